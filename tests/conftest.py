@@ -1,0 +1,38 @@
+"""Shared fixtures: every async test runs on uvloop, the loop streamrl's services use."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import uvloop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict:
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def kafka_bootstrap() -> str:
+    return os.environ.get("STREAMRL_KAFKA", "127.0.0.1:9092")
+
+
+def kafka_reachable(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> str:
+    """The local broker (`scripts/kafka.sh start`). CI sets STREAMRL_REQUIRE_KAFKA=1 so a missing
+    broker fails the run instead of silently skipping the Kafka tests."""
+    bootstrap = kafka_bootstrap()
+    if not kafka_reachable(bootstrap):
+        if os.environ.get("STREAMRL_REQUIRE_KAFKA") == "1":
+            pytest.fail(f"no Kafka broker at {bootstrap}; start one with scripts/kafka.sh start")
+        pytest.skip(f"no Kafka broker at {bootstrap} (scripts/kafka.sh start)")
+    return f"kafka://{bootstrap}"
