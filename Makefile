@@ -1,0 +1,25 @@
+# The two commands a new user needs (see README.md):
+#   make demo   set up, then run the main job on the embedded default (file log)
+#   make test   set up, start the local Kafka broker, run the test suite
+.PHONY: setup demo test lint kafka-start kafka-stop bench
+
+setup:
+	scripts/setup.sh
+
+demo: setup
+	.venv/bin/streamrl demo
+
+test:
+	scripts/test.sh
+
+lint: setup
+	.venv/bin/ruff check .
+
+kafka-start:
+	scripts/kafka.sh install && scripts/kafka.sh start
+
+kafka-stop:
+	scripts/kafka.sh stop
+
+bench: setup kafka-start
+	.venv/bin/python -m bench.log_throughput

@@ -1,0 +1,54 @@
+"""The `streamrl` command. Each subcommand lives in `streamrl/commands/<name>.py` with
+`add_arguments(parser)` and `run(args) -> int`; modules load only when their command runs, so
+`streamrl --help` stays fast (no torch import)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> one-line help; the module is streamrl.commands.<name>
+COMMANDS: dict[str, str] = {
+    "demo": "write a demo run's streams to the log and read them back (no model needed)",
+    "tail": "print a stream's events or trajectories as a table",
+    "inspect": "summarize a run: its streams, events, trajectories and dead letters",
+}
+
+DEFAULT_LOG = "runs/log"
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrl",
+        description="Event-sourced streaming RL post-training for LLMs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--log",
+            default=os.environ.get("STREAMRL_LOG", DEFAULT_LOG),
+            help="log URL: a path or file://PATH (embedded default), kafka://HOST:PORT, "
+            f"memory:// (env STREAMRL_LOG; default {DEFAULT_LOG})",
+        )
+        if name == chosen:
+            module = importlib.import_module(f"streamrl.commands.{name}")
+            module.add_arguments(p)
+            p.set_defaults(module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""A run's streams: one namespace per run, five streams, named `<run_id>.<kind>`.
+
+| kind         | written by          | read by                  | payload                          |
+|--------------|---------------------|--------------------------|----------------------------------|
+| prompts      | run driver          | producers (one group)    | Prompt events (msgpack)          |
+| trajectories | producers           | trainer, audit, metrics  | Arrow IPC record batches         |
+| weights      | trainer             | producers, audit         | WeightVersionAnnounced (msgpack) |
+| events       | everyone            | audit, replay            | lifecycle + lineage (msgpack)    |
+| dlq          | whoever rejects     | operators                | DeadLetter: reason + original    |
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import NamedTuple
+
+# Kafka topic names allow [a-zA-Z0-9._-]; the dot separates run and kind, so run ids have none.
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+class StreamKind(StrEnum):
+    PROMPTS = "prompts"
+    TRAJECTORIES = "trajectories"
+    WEIGHTS = "weights"
+    EVENTS = "events"
+    DLQ = "dlq"
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not valid: use 1-200 letters, digits, '_' or '-' (no dots)"
+        )
+    return run_id
+
+
+class RunStreams(NamedTuple):
+    """The stream names of one run."""
+
+    run_id: str
+
+    def name(self, kind: StreamKind) -> str:
+        return f"{check_run_id(self.run_id)}.{kind.value}"
+
+    @property
+    def prompts(self) -> str:
+        return self.name(StreamKind.PROMPTS)
+
+    @property
+    def trajectories(self) -> str:
+        return self.name(StreamKind.TRAJECTORIES)
+
+    @property
+    def weights(self) -> str:
+        return self.name(StreamKind.WEIGHTS)
+
+    @property
+    def events(self) -> str:
+        return self.name(StreamKind.EVENTS)
+
+    @property
+    def dlq(self) -> str:
+        return self.name(StreamKind.DLQ)
+
+    def all(self) -> dict[StreamKind, str]:
+        return {kind: self.name(kind) for kind in StreamKind}
+
+
+def parse_stream(stream: str) -> tuple[str, StreamKind]:
+    """Split `<run_id>.<kind>` into its parts; a clear error for anything else."""
+    run_id, dot, kind = stream.rpartition(".")
+    if not dot:
+        raise ValueError(f"stream {stream!r} is not of the form <run_id>.<kind>")
+    try:
+        return check_run_id(run_id), StreamKind(kind)
+    except ValueError:
+        kinds = ", ".join(k.value for k in StreamKind)
+        raise ValueError(f"stream {stream!r}: kind {kind!r} is not one of {kinds}") from None
