@@ -1,0 +1,29 @@
+"""streamrl's own Qwen3-style decoder models (dense and MoE), shared by producers and trainer.
+
+    model = load_checkpoint("path/to/hf_checkpoint")          # CausalLM, fp32 on CPU
+    out = model(tokens, positions)                            # out.logits: [B, T, vocab]
+    out = model(tokens, positions, return_hidden=True)        # then token_logprobs(...)
+    cache = KVCache.for_model(model.config, num_slots=B, max_seq_len=S)
+    out = model(tokens, positions, kv_cache=cache)            # prefill / decode
+
+`out.routed_experts` ([B, T, num_moe_layers, top_k] int32) records MoE routing; pass it back
+as `forced_routing=` to replay it in the trainer.
+"""
+
+from streamrl.models.checkpoint import load_checkpoint, save_checkpoint
+from streamrl.models.config import ModelConfig
+from streamrl.models.kv_cache import CacheStep, KVCache
+from streamrl.models.logprobs import token_logprobs
+from streamrl.models.model import CausalLM, ModelOutput, Qwen3Model
+
+__all__ = [
+    "CacheStep",
+    "CausalLM",
+    "KVCache",
+    "ModelConfig",
+    "ModelOutput",
+    "Qwen3Model",
+    "load_checkpoint",
+    "save_checkpoint",
+    "token_logprobs",
+]

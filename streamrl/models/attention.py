@@ -1,0 +1,85 @@
+"""Grouped-query self-attention with Qwen3's per-head q/k RMSNorm, through torch SDPA.
+
+Who may attend to whom is decided by the caller as one boolean mask per forward (see
+`segment_causal_mask` and `CacheStep.attention_mask`), so the same module serves packed
+training batches and slot-addressed cached decode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streamrl.models.config import ModelConfig
+from streamrl.models.kv_cache import CacheStep
+from streamrl.models.layers import RMSNorm, apply_rotary
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        H, D, bias = config.hidden_size, config.head_dim, config.attention_bias
+        self.q_proj = nn.Linear(H, self.num_heads * D, bias=bias)
+        self.k_proj = nn.Linear(H, self.num_kv_heads * D, bias=bias)
+        self.v_proj = nn.Linear(H, self.num_kv_heads * D, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * D, H, bias=bias)
+        # Qwen3 normalizes each head's q and k before rotary (over head_dim only).
+        self.q_norm = RMSNorm(D, config.rms_norm_eps)
+        self.k_norm = RMSNorm(D, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: CacheStep | None = None,
+    ) -> Tensor:
+        # x: [B, T, hidden]; cos, sin: [B, T, D]
+        # mask: [B, 1, T, S] bool (True = attend), or None for plain causal attention over x
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, T, H*, D]
+        if cache is None:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
+        else:
+            k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, S, D]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # [B, Hq, T, D]
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+
+
+def segment_causal_mask(positions: Tensor) -> Tensor | None:
+    """Causal mask that also keeps packed sequences apart, derived from positions alone.
+
+    A row may hold several sequences back to back; a new one starts wherever the position does
+    not continue the previous token's (+1). A query attends to earlier-or-same tokens of its own
+    segment. Right padding whose positions continue the row is harmless: it comes after every
+    real token, so causality already hides it.
+
+    Returns None when no row is packed: plain causal attention needs no [T, T] mask, and SDPA's
+    `is_causal` path keeps flash kernels available on GPU.
+    """
+    # positions: [B, T] -> [B, 1, T, T] bool, or None
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    segment = starts.long().cumsum(dim=1)  # [B, T]
+    T = positions.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
+    same = segment[:, :, None] == segment[:, None, :]  # [B, T, T]
+    return (same & causal)[:, None]

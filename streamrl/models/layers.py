@@ -1,0 +1,74 @@
+"""Building blocks shared by every Qwen3-style layer: RMSNorm, rotary embedding, SwiGLU MLP.
+
+Numerics follow the reference Qwen3 math exactly (norm statistics in fp32, rotary angles in fp32
+from integer positions) so fp32 logits match transformers to float rounding, and bf16 runs later
+round at the same places.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / sqrt(mean(x^2) + eps), statistics in fp32, over the last dim."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Cast back before the scale, as the reference does, so bf16 rounds at the same point.
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for rotary position embedding, computed from per-token positions.
+
+    Angles are computed on the fly from `positions` instead of a precomputed table: it costs
+    head_dim/2 multiplies per token, keeps no state (so meta-device construction needs no
+    re-init) and works for any position layout (left/right padding, packing, per-slot decode).
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        # positions: [B, T] int -> cos, sin: [B, T, head_dim]
+        D = self.head_dim
+        exponent = torch.arange(0, D, 2, dtype=torch.float32, device=positions.device) / D
+        inv_freq = 1.0 / (self.theta**exponent)  # [D/2]
+        angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
+        angles = torch.cat((angles, angles), dim=-1)  # [B, T, D]
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (i, i + D/2) of each head by the token's angle (the "rotate half" layout)."""
+    # x: [B, T, H, D]; cos, sin: [B, T, D]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)). Parameter names match HF checkpoints."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [..., hidden] -> [..., hidden]
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,104 @@
+"""Sparse mixture-of-experts MLP: softmax router, top-k routed SwiGLU experts, optional shared
+expert, and routing replay.
+
+Routing replay: the trainer must push gradients through the same experts the rollout engine
+used, or the importance ratio compares two different networks. Given `forced_ids` (the ids the
+engine recorded), the block routes each token to exactly those experts, but takes the gate
+weights from its own router probabilities at those ids. The weights are then a differentiable
+function of the router, so the router still learns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streamrl.models.config import ModelConfig
+from streamrl.models.layers import MLP
+
+
+class Experts(nn.Module):
+    """All routed experts of one layer, stacked so one parameter holds every expert."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        E, H, Im = num_experts, hidden_size, intermediate_size
+        self.gate_proj = nn.Parameter(torch.empty(E, Im, H))
+        self.up_proj = nn.Parameter(torch.empty(E, Im, H))
+        self.down_proj = nn.Parameter(torch.empty(E, H, Im))
+        for w in (self.gate_proj, self.up_proj, self.down_proj):
+            nn.init.normal_(w, std=0.02)
+
+    def forward(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
+        # x: [N, H]; ids: [N, k] long; weights: [N, k] -> [N, H]
+        N, k = ids.shape
+        if N == 0:
+            return x.new_zeros(0, x.shape[-1])
+        flat = ids.reshape(-1)  # [N*k], assignment a = token a // k, rank a % k
+        # Stable sort groups assignments by expert in a fixed order: deterministic on any device.
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0]).tolist()
+        tokens = order // k
+        outs, start = [], 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            xs = x[tokens[start : start + n]]  # [n, H]
+            h = F.silu(xs @ self.gate_proj[e].T) * (xs @ self.up_proj[e].T)  # [n, I]
+            outs.append(h @ self.down_proj[e].T)  # [n, H]
+            start += n
+        y_sorted = torch.cat(outs)  # [N*k, H] in expert order
+        # Un-permute with a copy (each slot written once) instead of a scatter-add, so the
+        # sum over k below has a fixed order and no atomics are needed on GPU.
+        y = torch.empty_like(y_sorted).index_copy(0, order, y_sorted)
+        return (y.view(N, k, -1) * weights[..., None]).sum(dim=1)
+
+
+class MoE(nn.Module):
+    """Drop-in replacement for the dense MLP in MoE layers; also returns the routed ids."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        H = config.hidden_size
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.gate = nn.Linear(H, config.num_experts, bias=False)  # the router
+        self.experts = Experts(config.num_experts, H, config.moe_intermediate_size)
+        self.shared_expert: MLP | None = None
+        self.shared_expert_gate: nn.Linear | None = None
+        if config.shared_expert_intermediate_size > 0:
+            self.shared_expert = MLP(H, config.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(H, 1, bias=False)
+
+    def forward(self, x: Tensor, forced_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (output, routed expert ids). `forced_ids` replaces the router's choice."""
+        # x: [B, T, H]; forced_ids: [B, T, k] int or None -> out: [B, T, H], ids: [B, T, k] int32
+        B, T, H = x.shape
+        flat = x.reshape(B * T, H)
+        probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)  # [N, E]
+        if forced_ids is None:
+            weights, ids = torch.topk(probs, self.top_k, dim=-1)  # [N, k], descending
+        else:
+            ids = self._check_forced(forced_ids, B, T).reshape(B * T, self.top_k)
+            weights = probs.gather(-1, ids)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = self.experts(flat, ids, weights.to(x.dtype))
+        if self.shared_expert is not None and self.shared_expert_gate is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        return out.view(B, T, H), ids.view(B, T, self.top_k).to(torch.int32)
+
+    def _check_forced(self, forced_ids: Tensor, B: int, T: int) -> Tensor:
+        if forced_ids.shape != (B, T, self.top_k):
+            raise ValueError(
+                f"forced routing for this layer must have shape [{B}, {T}, {self.top_k}], "
+                f"got {list(forced_ids.shape)}"
+            )
+        if forced_ids.is_floating_point():
+            raise ValueError(f"forced routing ids must be integers, got {forced_ids.dtype}")
+        ids = forced_ids.long()
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_experts):
+            raise ValueError(f"forced routing ids must lie in [0, {self.num_experts})")
+        return ids
