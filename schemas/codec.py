@@ -1,0 +1,100 @@
+"""Trajectory bytes on the wire: one Arrow IPC stream holding exactly one record batch.
+
+`encode_trajectories` is the producer's last gate: it refuses a batch that a v1 reader could not
+read (`SchemaIncompatibleError`) or would reject (`TrajectoryDecodeError`), before anything is
+published. `decode_trajectories` treats its input as hostile: size caps and a framing scan run
+before pyarrow materializes arrays, then schema checks, full Arrow validation and the semantic
+checks. It returns a batch with exactly the v1 schema, or raises a `DecodeError` subclass; no
+other exception type escapes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+
+from schemas.checks import check_batch
+from schemas.compat import check_compatible, conform
+from schemas.errors import DecodeError, TrajectoryDecodeError
+from schemas.ipc_scan import scan_stream
+from schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from schemas.trajectory import TRAJECTORY_SCHEMA
+
+_READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
+_WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # readers reject compressed bodies
+
+
+@contextmanager
+def _stage(where: str, reason_code: str) -> Iterator[None]:
+    """Turn any non-contract exception raised inside into a `TrajectoryDecodeError`."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, IndexError, MemoryError, ...
+        detail = f"{type(exc).__name__}: {exc}"
+        raise TrajectoryDecodeError(detail[:500], where=where, reason_code=reason_code) from exc
+
+
+def encode_trajectories(batch: pa.RecordBatch, *, validate: bool = True,
+                        limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
+    """Encode one record batch as an Arrow IPC stream, stamped with the v1 schema marker.
+
+    Raises `SchemaIncompatibleError` when the schema breaks v1 (changed type, missing or renamed
+    required column, another major version, extension types) and, with `validate` (the default),
+    `TrajectoryDecodeError` for the first row a reader would reject. Unknown extra columns are
+    written as they are: they are a newer writer's optional columns.
+    """
+    if not isinstance(batch, pa.RecordBatch):
+        raise TypeError(f"encode_trajectories takes a pyarrow.RecordBatch, got {type(batch)!r}")
+    check_compatible(batch.schema, require_marker=False)
+    metadata = {**(batch.schema.metadata or {}), **(TRAJECTORY_SCHEMA.metadata or {})}
+    batch = batch.replace_schema_metadata(metadata)
+    if validate:
+        check_batch(conform(batch), limits=limits)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema, options=_WRITE_OPTIONS) as writer:
+        writer.write_batch(batch)
+    data = sink.getvalue().to_pybytes()
+    if len(data) > limits.max_message_bytes:
+        raise TrajectoryDecodeError(
+            f"encoded batch is {len(data)} bytes, readers accept at most "
+            f"{limits.max_message_bytes}; split it into smaller batches", where="IPC stream",
+            reason_code="too_large")
+    return data
+
+
+def decode_trajectories(data: bytes | bytearray | memoryview, *, vocab_size: int | None = None,
+                        limits: DecodeLimits = DEFAULT_LIMITS) -> pa.RecordBatch:
+    """Decode untrusted bytes into a batch with exactly `TRAJECTORY_SCHEMA`.
+
+    Unknown columns are dropped and optional columns missing from an older writer are null-filled.
+    With `vocab_size`, token ids must also be < vocab_size. Raises `TrajectoryDecodeError` or
+    `SchemaIncompatibleError` (both `DecodeError`) for anything else.
+    """
+    if vocab_size is not None and vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TrajectoryDecodeError(f"expected bytes, got {type(data).__name__}",
+                                    where="message", reason_code="not_bytes")
+    with _stage("message", "malformed_ipc"):
+        size = memoryview(data).nbytes
+    if size > limits.max_message_bytes:
+        raise TrajectoryDecodeError(f"message is {size} bytes, limit {limits.max_message_bytes}",
+                                    where="message", reason_code="too_large")
+    with _stage("IPC stream", "malformed_ipc"):
+        buf = pa.py_buffer(data)
+        scan_stream(buf, limits)
+        reader = pa.ipc.open_stream(buf, options=_READ_OPTIONS)
+        check_compatible(reader.schema, require_marker=True)
+        batch = reader.read_next_batch()
+    with _stage("record batch", "invalid_arrow"):
+        batch.validate(full=True)
+    # Arrow-valid input cannot make the checks below raise anything but DecodeError; if it does,
+    # that is a bug here, surfaced under its own code rather than blamed on the bytes.
+    with _stage("record batch", "check_error"):
+        batch = conform(batch)
+        check_batch(batch, vocab_size=vocab_size, limits=limits)
+    return batch

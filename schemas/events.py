@@ -1,0 +1,202 @@
+"""Control events: small, frozen, tagged msgspec structs, one tagged union per stream.
+
+Every event has `event_id` (uuid4 hex, the de-duplication key: a retried publish reuses it),
+`run_id` and `time_ms` (wall clock, informational only: replay orders by log position, never by
+time). Structs tolerate unknown fields so an older reader can read a newer writer's events; new
+fields always get defaults. Wire tags are explicit snake_case strings, so renaming a class never
+changes the bytes; a tag is never reused for a different event. Values msgspec's types cannot
+express (non-negative versions, sha256 digests) are checked in `__post_init__`, which runs both on
+construction and on decode and raises `EventDecodeError`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from schemas.event_checks import check_digest, check_non_negative, check_that
+
+
+def _new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Event(msgspec.Struct, kw_only=True, frozen=True, tag_field="type"):
+    """Fields every event carries."""
+
+    run_id: str
+    event_id: str = msgspec.field(default_factory=_new_event_id)
+    time_ms: int = msgspec.field(default_factory=_now_ms)
+
+    def __post_init__(self) -> None:
+        check_that(0 < len(self.event_id) <= 128, self, "event_id", "must be 1-128 characters",
+                   "bad_event_id")
+        check_non_negative(self, "time_ms")
+
+
+class LogPosition(msgspec.Struct, frozen=True, array_like=True):
+    """An exact position in the log; encoded as a 3-element array to keep BatchFormed small."""
+
+    stream: str
+    partition: int
+    offset: int
+
+
+class Staleness(msgspec.Struct, kw_only=True, frozen=True):
+    """Versions behind the trained policy, over the samples of one batch."""
+
+    min: int
+    max: int
+    mean: float
+
+
+# --- prompts stream ---------------------------------------------------------------------------
+
+class Prompt(Event, tag="prompt"):
+    """One prompt to sample `num_samples` responses for; exactly one of `tokens` / `text`."""
+
+    prompt_id: str
+    tokens: tuple[int, ...] | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = {}  # e.g. the reference answer a reward function needs
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_that((self.tokens is None) != (self.text is None), self, "tokens",
+                   "exactly one of tokens and text must be set", "bad_prompt")
+        check_that(self.num_samples >= 1, self, "num_samples", "must be >= 1", "bad_prompt")
+        check_that(self.tokens is None or all(t >= 0 for t in self.tokens), self, "tokens",
+                   "token ids must be >= 0", "bad_prompt")
+
+
+# --- weights stream ---------------------------------------------------------------------------
+
+class WeightVersionAnnounced(Event, tag="weight_version_announced"):
+    """A new weight version exists; the tensors travel over `transport` at `locator`."""
+
+    version: int
+    parent: int | None  # None only for the initial weights
+    digest: str  # sha256 hex of the serialized weights
+    num_bytes: int
+    locator: str
+    transport: str  # "shm", "file", "cuda_ipc", "nccl", ...
+    batch_ids: tuple[str, ...] = ()  # the BatchFormed batches trained into this version
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "version", "num_bytes")
+        check_digest(self, "digest")
+        check_that(self.parent is None or 0 <= self.parent < self.version, self, "parent",
+                   f"must be older than version {self.version}", "bad_version")
+
+
+# --- events stream ----------------------------------------------------------------------------
+
+class RunStarted(Event, tag="run_started"):
+    config: dict[str, Any] | bytes  # JSON-compatible dict, or the raw bytes of the config file
+    seed: int
+    streamrl_version: str
+    recipe: str
+
+
+class WeightVersionLoaded(Event, tag="weight_version_loaded"):
+    producer_id: str
+    version: int
+    load_ms: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "version", "load_ms")
+
+
+class BatchFormed(Event, tag="batch_formed"):
+    """The trainer took exactly these log positions (one per sample, same order as sample_ids)
+    to train `policy_version` on; the lineage record that makes replay exact."""
+
+    batch_id: str
+    positions: tuple[LogPosition, ...]
+    sample_ids: tuple[str, ...]
+    policy_version: int
+    staleness: Staleness
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "policy_version")
+        check_that(len(self.positions) == len(self.sample_ids), self, "positions",
+                   f"{len(self.positions)} positions for {len(self.sample_ids)} sample_ids",
+                   "length_mismatch")
+        check_that(all(p.partition >= 0 and p.offset >= 0 for p in self.positions), self,
+                   "positions", "partitions and offsets must be >= 0", "negative_value")
+        s = self.staleness
+        check_that(0 <= s.min <= s.max, self, "staleness", "need 0 <= min <= max", "bad_staleness")
+
+
+class TrainStep(Event, tag="train_step"):
+    step: int
+    version: int  # the weight version this step produced
+    metrics: dict[str, float] = {}  # NaN allowed: a diverged loss is worth recording
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "step", "version")
+
+
+class CheckpointSaved(Event, tag="checkpoint_saved"):
+    version: int
+    path: str
+    digest: str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "version")
+        check_digest(self, "digest")
+
+
+class ProducerJoined(Event, tag="producer_joined"):
+    producer_id: str
+    host: str
+    pid: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "pid")
+
+
+class ProducerLeft(Event, tag="producer_left"):
+    producer_id: str
+    host: str
+    pid: int
+    reason: str = ""  # "shutdown", "crash", "scaled_down", ...
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "pid")
+
+
+class Rejected(Event, tag="rejected"):
+    """Something was deliberately not used (a staleness drop, a throttle); not an error."""
+
+    subject: str  # usually a sample_id
+    reason_code: str
+    detail: str = ""
+
+
+# --- dlq stream -------------------------------------------------------------------------------
+
+class DeadLetter(Event, tag="dead_letter"):
+    """Input that a component refused, with why and the original bytes, for operators."""
+
+    reason_code: str
+    detail: str
+    component: str
+    source: LogPosition | None
+    original: bytes

@@ -1,0 +1,80 @@
+"""The trajectory Arrow schema, v1: one row per sample, the narrowest types that hold the data.
+
+Required columns (never null) are what a trainer needs to train on a sample and what an audit needs
+to trace it: ids, versions, tokens, logprobs, loss mask, reward, finish reason, seed, timestamps.
+Optional columns (nullable, may also be absent from an older writer's batch and then read as null):
+`reward_details` (null = no breakdown) and the MoE routing group `moe_num_layers`, `moe_top_k`,
+`routed_experts`, `routed_experts_wide` (null for dense models, or when routing was not recorded).
+
+List children are declared nullable (Arrow's default, so hand-built batches match the type) but the
+decoder rejects nulls inside any list: a null token has no meaning.
+
+Evolution rules live in docs/schema-evolution.md; `schemas.compat` enforces them.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_NAME = "trajectory"
+SCHEMA_VERSION = 1  # the major version; additive optional columns do not bump it
+META_SCHEMA = b"streamrl.schema"
+META_VERSION = b"streamrl.schema_version"
+
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
+# The dictionary every writer uses, in this order, so indices are stable across batches.
+FINISH_REASON_TYPE = pa.dictionary(pa.int8(), pa.string())
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+# The routing column for models with at most 256 routed experts; `routed_experts_wide` otherwise.
+NARROW_EXPERT_LIMIT = 256
+
+
+def _required(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=False)
+
+
+def _optional(name: str, type_: pa.DataType) -> pa.Field:
+    return pa.field(name, type_, nullable=True)
+
+
+TRAJECTORY_FIELDS: tuple[pa.Field, ...] = (
+    _required("run_id", pa.string()),
+    _required("sample_id", pa.string()),  # stable, unique across the run; the dedup key
+    _required("group_id", pa.string()),  # samples of one prompt share it (GRPO groups)
+    _required("prompt_id", pa.string()),
+    _required("sample_index", pa.uint16()),  # index within its group
+    _required("producer_id", pa.string()),
+    _required("policy_version", pa.uint32()),  # weights version when generation started
+    # Weights may change mid-sample: the version that sampled each token. All >= policy_version.
+    _required("response_versions", pa.list_(pa.uint32())),  # [num_response_tokens]
+    _required("prompt_tokens", pa.list_(pa.int32())),  # [num_prompt_tokens]
+    _required("response_tokens", pa.list_(pa.int32())),  # [num_response_tokens]
+    _required("logprobs", pa.list_(pa.float32())),  # [num_response_tokens] sampling logprobs, <= 0
+    _required("loss_mask", pa.list_(pa.bool_())),  # [num_response_tokens] True = trained on
+    _required("reward", pa.float32()),
+    _optional("reward_details", pa.map_(pa.string(), pa.float32())),  # {component: value}
+    _required("finish_reason", FINISH_REASON_TYPE),  # one of FINISH_REASONS
+    _optional("moe_num_layers", pa.uint16()),
+    _optional("moe_top_k", pa.uint8()),
+    # [num_response_tokens, moe_num_layers, moe_top_k] flattened C-order; <= 256 experts.
+    _optional("routed_experts", pa.list_(pa.uint8())),
+    # [num_response_tokens, moe_num_layers, moe_top_k] flattened C-order; > 256 experts.
+    # At most one of routed_experts / routed_experts_wide is non-null in a row.
+    _optional("routed_experts_wide", pa.list_(pa.uint16())),
+    _required("seed", pa.uint64()),
+    _required("started_at", TIMESTAMP_TYPE),
+    _required("finished_at", TIMESTAMP_TYPE),
+)
+
+TRAJECTORY_SCHEMA: pa.Schema = pa.schema(
+    TRAJECTORY_FIELDS,
+    metadata={META_SCHEMA: SCHEMA_NAME.encode(), META_VERSION: str(SCHEMA_VERSION).encode()},
+)
+
+FIELDS_BY_NAME: dict[str, pa.Field] = {f.name: f for f in TRAJECTORY_FIELDS}
+REQUIRED_COLUMNS: frozenset[str] = frozenset(f.name for f in TRAJECTORY_FIELDS if not f.nullable)
+OPTIONAL_COLUMNS: frozenset[str] = frozenset(f.name for f in TRAJECTORY_FIELDS if f.nullable)
+# Columns whose every row is one entry per response token.
+PER_TOKEN_COLUMNS: tuple[str, ...] = (
+    "response_tokens", "logprobs", "loss_mask", "response_versions")
+ROUTING_COLUMNS: tuple[str, ...] = ("routed_experts", "routed_experts_wide")
