@@ -14,6 +14,8 @@ if ! scripts/kafka.sh status >/dev/null 2>&1; then
 fi
 trap '[ "$started_here" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true' EXIT
 
+.venv/bin/ruff check .
+
 # The Kafka tests fail rather than skip when the broker is missing.
 export STREAMRL_REQUIRE_KAFKA=1
 .venv/bin/python -m pytest "$@"

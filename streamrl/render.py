@@ -39,7 +39,8 @@ def trajectory_rows(record: Record, batch: pa.RecordBatch) -> list[list[str]]:
     resp_len = [len(t) for t in batch["response_tokens"].to_pylist()]
     rows = []
     for i in range(batch.num_rows):
-        span = f"{min(versions[i])}-{max(versions[i])}" if versions[i] else str(cols["policy_version"][i])
+        v = versions[i] or [cols["policy_version"][i]]
+        span = f"{min(v)}-{max(v)}" if min(v) != max(v) else str(v[0])
         rows.append([
             f"{record.partition}:{record.offset}", "trajectory", _time(record.timestamp_ms),
             f"sample={cols['sample_id'][i]}  producer={cols['producer_id'][i]}  "

@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
@@ -186,7 +187,7 @@ async def _trainer(log: Log, run_id: str, args: argparse.Namespace, producers: a
     version = await _latest_version(log, run_id)
     pending: list[tuple[LogPosition, list[str], list[int]]] = []
 
-    def decode(data: bytes):  # noqa: ANN202
+    def decode(data: bytes) -> pa.RecordBatch:
         return decode_trajectories(data, vocab_size=len(VOCAB))
 
     while True:

@@ -56,7 +56,9 @@ async def _tail(args: argparse.Namespace) -> int:
         console.print(records_table(f"{args.stream} ({log.url})", records))
         if not args.follow:
             return 0
-        await asyncio.gather(*(_follow(log, args.stream, p, o, console) for p, o in offsets.items()))
+        await asyncio.gather(
+            *(_follow(log, args.stream, p, o, console) for p, o in offsets.items())
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ beyond the process (a "restart" is a new `MemoryLog` sharing the same `MemorySto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 
@@ -128,12 +129,10 @@ class MemoryLog(Log):
         records = self._partitions(stream)[partition]
         if len(records) <= offset and timeout_s > 0:
             async with self._changed:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._changed.wait_for(lambda: len(records) > offset), timeout_s
                     )
-                except TimeoutError:
-                    pass
         return records[max(offset, 0) : max(offset, 0) + max_records]
 
     async def end_offset(self, stream: str, partition: int) -> int:

@@ -79,7 +79,9 @@ async def test_offsets_increase_in_append_order_and_resume_point_loses_nothing(
     s = unique("traj")
     await log.ensure_stream(s, 1)
     positions = [await log.append(s, f"r{i}".encode()) for i in range(5)]
-    positions += await log.append_many([Append(stream=s, value=f"r{i}".encode()) for i in range(5, 30)])
+    positions += await log.append_many(
+        [Append(stream=s, value=f"r{i}".encode()) for i in range(5, 30)]
+    )
     offsets = [p.offset for p in positions]
     assert offsets == sorted(offsets) and len(set(offsets)) == 30
     # Read in small pages, always resuming after the last record seen.
