@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# A real single-node Apache Kafka broker (KRaft, no ZooKeeper) on 127.0.0.1 for development and CI.
+#
+#   scripts/kafka.sh install     fetch the broker jars from Maven Central (once; cached after that)
+#   scripts/kafka.sh start       format storage on first use, start in the background, wait until ready
+#   scripts/kafka.sh status      say whether it runs (exit 0) or not (exit 3)
+#   scripts/kafka.sh logs [N|-f] last N lines of the broker log (default 50), or follow it
+#   scripts/kafka.sh stop        graceful stop, kill -9 after STREAMRL_KAFKA_STOP_TIMEOUT seconds
+#   scripts/kafka.sh wipe        stop and delete the data dir (topics, offsets, transactions)
+#
+# Environment (defaults in brackets):
+#   STREAMRL_KAFKA_VERSION          Kafka release [4.1.1]
+#   STREAMRL_KAFKA_PORT             client listener on 127.0.0.1 [9092]
+#   STREAMRL_KAFKA_CONTROLLER_PORT  KRaft controller listener on 127.0.0.1 [client port + 1]
+#   STREAMRL_CACHE                  jar cache, kept across clones [~/.cache/streamrl]
+#   STREAMRL_KAFKA_DATA             log dirs, config, pid and log file [$STREAMRL_CACHE/kafka-data]
+#   STREAMRL_KAFKA_HEAP             JVM max heap [768m]
+#   STREAMRL_KAFKA_START_TIMEOUT    seconds to wait for the broker to serve metadata [90]
+#   STREAMRL_KAFKA_STOP_TIMEOUT     seconds to wait for a graceful stop [30]
+#
+# Why jars from Maven Central rather than the release tarball: Maven Central is the one Java
+# source every dev box and CI machine here reaches, and Maven's local repo makes the second
+# install free. The libs/ dir has the same layout as the tarball's, so any Kafka class runs with
+# `java -cp "$STREAMRL_CACHE/kafka/<version>/libs/*" <class>` (e.g. ProducerPerformance).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VERSION="${STREAMRL_KAFKA_VERSION:-4.1.1}"
+# log4j api, core and the slf4j2 binding must share one version; 2.24.3 is what Kafka 4.1 ships.
+LOG4J_VERSION="${STREAMRL_KAFKA_LOG4J_VERSION:-2.24.3}"
+CACHE="${STREAMRL_CACHE:-$HOME/.cache/streamrl}"
+LIBS="$CACHE/kafka/$VERSION/libs"
+DATA="${STREAMRL_KAFKA_DATA:-$CACHE/kafka-data}"
+PORT="${STREAMRL_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${STREAMRL_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+HEAP="${STREAMRL_KAFKA_HEAP:-768m}"
+START_TIMEOUT="${STREAMRL_KAFKA_START_TIMEOUT:-90}"
+STOP_TIMEOUT="${STREAMRL_KAFKA_STOP_TIMEOUT:-30}"
+PID_FILE="$DATA/broker.pid"
+LOG_FILE="$DATA/broker.log"
+PYTHON="${PYTHON:-python3}"
+
+say() { echo "kafka: $*"; }
+die() { echo "kafka: error: $*" >&2; exit 1; }
+
+check_java() {
+    command -v java >/dev/null || die "java not found; Kafka $VERSION needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+    local v
+    v="$(java -version 2>&1 | sed -n 's/.*version "\([0-9][0-9]*\).*/\1/p' | head -n1)"
+    [[ -n "$v" && "$v" -ge 17 ]] || die "Kafka $VERSION needs Java 17+, found: $(java -version 2>&1 | head -n1)"
+}
+
+installed() { [[ -f "$LIBS/.complete" ]]; }
+
+cmd_install() {
+    check_java
+    if installed; then
+        say "$VERSION already installed ($LIBS)"
+        return 0
+    fi
+    command -v mvn >/dev/null || die "mvn not found; install Maven 3.6+ (apt-get install maven) to fetch the Kafka jars"
+    local tmp
+    tmp="$(mktemp -d)"
+    # shellcheck disable=SC2064 # expand now: $tmp is local
+    trap "rm -rf '$tmp'" EXIT
+    sed -e "s/@KAFKA_VERSION@/$VERSION/g" -e "s/@LOG4J_VERSION@/$LOG4J_VERSION/g" \
+        "$HERE/kafka/pom.xml" >"$tmp/pom.xml"
+    say "fetching Kafka $VERSION jars from Maven Central into $LIBS"
+    # Into a scratch dir first and renamed at the end, so an interrupted install never leaves a
+    # half-filled libs/ that a later start would trust.
+    if ! mvn -B -q -f "$tmp/pom.xml" -Dmaven.repo.local="$CACHE/maven" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1; then
+        tail -n 30 "$tmp/mvn.log" >&2
+        die "Maven could not fetch org.apache.kafka:kafka_2.13:$VERSION (is the version right and Maven Central reachable?)"
+    fi
+    touch "$tmp/libs/.complete"
+    mkdir -p "$(dirname "$LIBS")"
+    rm -rf "$LIBS"
+    mv "$tmp/libs" "$LIBS"
+    say "installed $(find "$LIBS" -name '*.jar' | wc -l) jars ($(du -sh "$LIBS" | cut -f1))"
+}
+
+# The pid in the pid file, if that process is alive and is our broker (pids get reused).
+broker_pid() {
+    [[ -f "$PID_FILE" ]] || return 1
+    local pid
+    pid="$(cat "$PID_FILE")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' \
+        && echo "$pid"
+}
+
+answers() { "$PYTHON" "$HERE/kafka/ready.py" 127.0.0.1 "$PORT" "${1:-0}"; }
+
+write_config() {
+    sed -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CONTROLLER_PORT#g" -e "s#@DATA@#$DATA#g" \
+        "$HERE/kafka/server.properties" >"$DATA/server.properties"
+    cp "$HERE/kafka/log4j2.properties" "$DATA/log4j2.properties"
+}
+
+# -Xms small: the broker rarely needs its whole heap, and CI runs the tests on the same 2 cores.
+JAVA_OPTS=(-Xmx"$HEAP" -Xms128m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$DATA/log4j2.properties" -cp "$LIBS/*")
+
+cmd_start() {
+    if pid="$(broker_pid)"; then
+        say "already running (pid $pid) on 127.0.0.1:$PORT"
+        return 0
+    fi
+    if answers; then
+        say "a broker not started from $DATA already answers on 127.0.0.1:$PORT; leaving it be"
+        return 0
+    fi
+    installed || cmd_install
+    check_java
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found; the readiness check needs Python 3 (set PYTHON=...)"
+    mkdir -p "$DATA"
+    write_config
+    # One log per run: the previous one is kept beside it for post-mortems.
+    [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
+    if [[ ! -f "$DATA/kraft/meta.properties" ]]; then
+        # A KRaft cluster id is 16 random bytes, base64url without padding.
+        local cluster_id
+        cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+        java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" \
+            >"$DATA/format.log" 2>&1 || { cat "$DATA/format.log" >&2; die "formatting $DATA/kraft failed"; }
+    fi
+    local t0=$SECONDS
+    # setsid + nohup: the broker must outlive this shell and ignore the terminal's hangup.
+    # (setsid execs in place here, not being a group leader, so $! is the JVM's pid.)
+    setsid nohup java "${JAVA_OPTS[@]}" kafka.Kafka "$DATA/server.properties" \
+        </dev/null >>"$LOG_FILE" 2>&1 &
+    echo $! >"$PID_FILE"
+    # Polls until the broker lists itself in metadata; gives up early if the JVM dies.
+    while ! answers 1; do
+        if ! broker_pid >/dev/null; then
+            tail -n 40 "$LOG_FILE" >&2
+            die "broker exited during start (log: $LOG_FILE)"
+        fi
+        if ((SECONDS - t0 >= START_TIMEOUT)); then
+            tail -n 40 "$LOG_FILE" >&2
+            die "broker not ready after ${START_TIMEOUT}s (still running as pid $(cat "$PID_FILE"); log: $LOG_FILE)"
+        fi
+    done
+    say "started Kafka $VERSION (pid $(cat "$PID_FILE")) on 127.0.0.1:$PORT in $((SECONDS - t0))s; data in $DATA"
+}
+
+cmd_stop() {
+    local pid
+    if ! pid="$(broker_pid)"; then
+        say "not running"
+        rm -f "$PID_FILE"
+        return 0
+    fi
+    kill -TERM "$pid"
+    local t0=$SECONDS
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS - t0 >= STOP_TIMEOUT)); then
+            say "no clean stop after ${STOP_TIMEOUT}s; killing pid $pid"
+            kill -KILL "$pid" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    rm -f "$PID_FILE"
+    say "stopped (pid $pid)"
+}
+
+cmd_status() {
+    local pid
+    if pid="$(broker_pid)"; then
+        if answers; then
+            say "running (pid $pid) on 127.0.0.1:$PORT, Kafka $VERSION, data in $DATA"
+        else
+            say "running (pid $pid) but not answering on 127.0.0.1:$PORT yet"
+        fi
+        return 0
+    fi
+    say "not running"
+    return 3
+}
+
+cmd_logs() {
+    [[ -f "$LOG_FILE" ]] || die "no broker log at $LOG_FILE"
+    if [[ "${1:-}" == "-f" ]]; then
+        exec tail -n 50 -f "$LOG_FILE"
+    fi
+    tail -n "${1:-50}" "$LOG_FILE"
+}
+
+cmd_wipe() {
+    cmd_stop
+    rm -rf "$DATA"
+    say "wiped $DATA"
+}
+
+case "${1:-}" in
+    install) cmd_install ;;
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    logs) cmd_logs "${2:-50}" ;;
+    wipe) cmd_wipe ;;
+    *)
+        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 2
+        ;;
+esac

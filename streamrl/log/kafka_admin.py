@@ -1,0 +1,173 @@
+"""The Kafka log's cluster-side calls: topics (streams) and consumer-group offsets.
+
+Group offsets go straight to the group coordinator with OffsetCommit/OffsetFetch as a *simple*
+group (generation -1, no member id). That is what a standalone consumer with manual assignment
+does, and it needs no group membership, no rebalancing and no consumer per group; the offsets
+land in `__consumer_offsets` like any consumer's and survive broker restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiokafka.errors as kerr
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
+from aiokafka.protocol.metadata import MetadataRequest
+
+from streamrl.log.base import LogError, LogWriteError, StreamPartition
+from streamrl.log.kafka_config import KafkaLogConfig
+
+GROUP_COORDINATOR = 0
+
+# Errors after which asking again (after finding the coordinator anew) can succeed: the
+# coordinator moved, is loading its partition after a restart, or the connection dropped.
+_RETRY_CODES = {
+    kerr.CoordinatorLoadInProgressError.errno,
+    kerr.CoordinatorNotAvailableError.errno,
+    kerr.NotCoordinatorError.errno,
+    kerr.RequestTimedOutError.errno,
+}
+_TRANSIENT = (
+    kerr.NodeNotReadyError,
+    kerr.RequestTimedOutError,
+    kerr.KafkaConnectionError,
+    kerr.CoordinatorLoadInProgressError,
+    kerr.CoordinatorNotAvailableError,
+    kerr.NotCoordinatorError,
+)
+
+
+class KafkaAdmin:
+    """Topic and group-offset operations; `start()` before use, `stop()` (idempotent) after."""
+
+    def __init__(self, config: KafkaLogConfig) -> None:
+        self._config = config
+        self._client = AIOKafkaClient(**config.admin_settings())
+        self._admin = AIOKafkaAdminClient(**config.admin_settings())
+        self._coordinators: dict[str, int] = {}
+
+    async def start(self) -> None:
+        await self._client.bootstrap()
+        await self._admin.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(self._client.close(), self._admin.close(), return_exceptions=True)
+
+    # -- topics ---------------------------------------------------------------------------------
+    async def create_topic(self, name: str, num_partitions: int) -> None:
+        """Create `name` unless it exists (another writer may create it at the same moment)."""
+        topic = NewTopic(
+            name,
+            num_partitions,
+            self._config.replication_factor,
+            topic_configs={
+                "max.message.bytes": str(self._config.topic_max_message_bytes),
+                **self._config.topic_configs,
+            },
+        )
+        resp = await self._admin.create_topics([topic])
+        for _name, code, *rest in resp.topic_errors:
+            if code in (0, kerr.TopicAlreadyExistsError.errno):
+                continue
+            detail = f"{kerr.for_code(code).__name__}: {rest[0] if rest else ''}"
+            if code == kerr.InvalidTopicError.errno:
+                # Kafka allows [a-zA-Z0-9._-], at most 249 characters.
+                raise ValueError(f"invalid stream name {name!r} for Kafka ({detail})")
+            raise LogError(f"creating stream {name!r} failed: {detail}")
+
+    async def partition_count(self, name: str, *, wait_s: float = 0.0) -> int | None:
+        """Partitions of `name`, or None if it does not exist. With `wait_s`, waits that long for
+        a just-created topic to show up with a leader for every partition (metadata propagates
+        from the controller to the broker a moment after CreateTopics returns)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            topics = await self._metadata([name])
+            info = next((t for t in topics if t["topic"] == name), None)
+            known = info is not None and info["error_code"] == 0 and info["partitions"]
+            if known and all(p["leader"] >= 0 for p in info["partitions"]):
+                return len(info["partitions"])
+            if time.monotonic() >= deadline:
+                return len(info["partitions"]) if known else None
+            await asyncio.sleep(0.05)
+
+    async def topic_names(self) -> list[str]:
+        return [t["topic"] for t in await self._metadata(None) if not t["is_internal"]]
+
+    async def _metadata(self, topics: list[str] | None) -> list[dict]:
+        # allow_auto_topic_creation=False: asking about a missing stream must not create it,
+        # whatever the broker's auto.create.topics.enable says.
+        request = MetadataRequest(topics, allow_auto_topic_creation=False)
+        resp = await self._client.send(self._client.get_random_node(), request)
+        return resp.to_object()["topics"]
+
+    # -- consumer-group offsets -----------------------------------------------------------------
+    async def commit_offsets(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
+        by_topic: dict[str, list[tuple[int, int, str]]] = {}
+        for (stream, partition), offset in offsets.items():
+            by_topic.setdefault(stream, []).append((partition, int(offset), ""))
+        request = OffsetCommitRequest(
+            group,
+            OffsetCommitRequest.DEFAULT_GENERATION_ID,
+            "",
+            OffsetCommitRequest.DEFAULT_RETENTION_TIME,
+            list(by_topic.items()),
+        )
+        resp = await self._group_call(group, request)
+        if codes := _error_codes(resp):
+            raise LogWriteError(f"committing offsets of group {group!r} failed: {_names(codes)}")
+
+    async def fetch_offsets(
+        self, group: str, partitions: list[StreamPartition]
+    ) -> dict[StreamPartition, int | None]:
+        by_topic: dict[str, list[int]] = {}
+        for stream, partition in partitions:
+            by_topic.setdefault(stream, []).append(partition)
+        resp = await self._group_call(group, OffsetFetchRequest(group, list(by_topic.items())))
+        if codes := _error_codes(resp):
+            raise LogError(f"reading offsets of group {group!r} failed: {_names(codes)}")
+        result: dict[StreamPartition, int | None] = dict.fromkeys(partitions)
+        for topic, parts in resp.topics:
+            for partition, offset, *_ in parts:
+                # -1 is how the coordinator says "this group never committed here".
+                result[StreamPartition(topic, partition)] = offset if offset >= 0 else None
+        return result
+
+    async def _group_call(self, group: str, request: Any) -> Any:
+        """Send a group request to the group's coordinator, finding the coordinator anew and
+        retrying while it moves or loads, for at most `request_timeout_s`."""
+        deadline = time.monotonic() + self._config.request_timeout_s
+        while True:
+            try:
+                node = self._coordinators.get(group)
+                if node is None:
+                    node = await self._client.coordinator_lookup(GROUP_COORDINATOR, group)
+                    self._coordinators[group] = node
+                resp = await self._client.send(node, request)
+                codes = _error_codes(resp)
+                if not set(codes) & _RETRY_CODES:
+                    return resp
+                last = _names(codes)
+            except _TRANSIENT as exc:
+                last = type(exc).__name__
+            self._coordinators.pop(group, None)
+            if time.monotonic() >= deadline:
+                err = LogError(f"group coordinator of {group!r} unavailable: {last}")
+                err.retriable = True
+                raise err
+            await asyncio.sleep(0.1)
+
+
+def _error_codes(resp: Any) -> list[int]:
+    """Non-zero error codes of an OffsetCommit/OffsetFetch response (top level and per partition;
+    the error code is the last field of each partition entry in every version)."""
+    top = getattr(resp, "error_code", 0)
+    return ([top] if top else []) + [p[-1] for _t, parts in resp.topics for p in parts if p[-1]]
+
+
+def _names(codes: list[int]) -> str:
+    return ", ".join(sorted({kerr.for_code(c).__name__ for c in codes}))

@@ -1,0 +1,166 @@
+"""Configuration of the Kafka log and the aiokafka client settings derived from it.
+
+aiokafka's defaults suit at-most-once telemetry, not an event log: acks=1 loses acknowledged
+writes on leader failover, a 1 MiB request cap rejects trajectory batches, read_uncommitted
+readers see aborted transactions, and auto-commit moves group positions behind the caller's back.
+Every setting that matters is therefore spelled out here, next to the reason for it, and
+`tests/log/test_kafka_config.py` checks that the clients really run with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+MiB = 1024 * 1024
+
+# Topic-level `max.message.bytes` is checked against a whole record batch, which is the record
+# plus ~60 bytes of batch framing (more with headers); this headroom keeps a record of exactly
+# `max_record_bytes` accepted.
+BATCH_FRAMING_HEADROOM = 1 * MiB
+
+
+class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Options of `open_log("kafka://host:port[,host:port]", **options)`."""
+
+    bootstrap: str
+    """Comma-separated host:port list, taken from the URL."""
+
+    writer_id: str | None = None
+    """Stable name of the logical writer (e.g. "run42.trainer"), used as the Kafka
+    `transactional.id`. Required for `transact`. A restarted writer must reuse its id: starting it
+    fences the previous incarnation (its open transaction is aborted and it can never commit
+    again). Two live writers must never share one."""
+
+    client_id: str = "streamrl"
+    """Shows up in broker logs and quotas."""
+
+    compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    """Off by default: trajectory payloads are Arrow IPC, mostly token ids and floats that
+    compress poorly, and compressing 10+ MiB batches costs more CPU than the bytes it saves on a
+    local network. Turn on for text-heavy streams or slow links."""
+
+    linger_ms: int = 2
+    """How long the producer waits to fill a batch. Small: producers already batch rows into
+    Arrow record batches, so waiting longer only adds latency."""
+
+    max_record_bytes: int = 64 * MiB
+    """Largest record accepted (producer `max_request_size` and `max_batch_size`; topics are
+    created with `max.message.bytes` a little above it; readers fetch at least this much). The
+    broker's `message.max.bytes` must allow it too (scripts/kafka.sh sets 65 MiB)."""
+
+    replication_factor: int = 1
+    """For streams this log creates. 1 suits the single-node dev broker; use 3 in production."""
+
+    topic_configs: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra topic configs for streams this log creates (e.g. {"retention.ms": "-1"})."""
+
+    request_timeout_s: float = 30.0
+    """Per-request timeout of the Kafka clients."""
+
+    append_timeout_s: float = 60.0
+    """How long `append_many` waits for acknowledgements before raising a retriable
+    LogWriteError. The idempotent producer keeps retrying in the background, so a timed-out
+    append may still land (as with any network write)."""
+
+    commit_timeout_s: float = 30.0
+    """How long `transact` waits for the transaction commit to be confirmed before it reports
+    the outcome as unknown (TransactionOutcomeUnknownError, retriable)."""
+
+    transaction_timeout_s: float = 60.0
+    """The broker aborts a transaction left open longer than this (e.g. by a crashed writer),
+    which releases readers blocked behind it at the last stable offset."""
+
+    fetch_max_wait_ms: int = 200
+    """How long the broker holds a fetch when no data is there. Shorter than the 500 ms default
+    because a reader that seeks elsewhere waits for its in-flight fetch to return first."""
+
+    max_readers: int = 32
+    """Partition readers (one consumer each) kept open; the least recently used is closed."""
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap:
+            raise ValueError("kafka log needs at least one host:port, e.g. kafka://127.0.0.1:9092")
+        if self.max_record_bytes < 1 * MiB:
+            raise ValueError(
+                f"max_record_bytes must be at least 1 MiB, got {self.max_record_bytes}"
+            )
+        if self.replication_factor < 1:
+            raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
+        if self.writer_id is not None and not self.writer_id:
+            raise ValueError("writer_id must be a non-empty string (or left out)")
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> KafkaLogConfig:
+        scheme, sep, rest = url.partition("://")
+        if scheme != "kafka" or not sep:
+            raise ValueError(f"not a kafka URL: {url!r} (expected kafka://host:port[,host:port])")
+        bootstrap = rest.strip("/")
+        try:
+            return msgspec.convert({"bootstrap": bootstrap, **options}, cls)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"bad kafka log option: {exc}") from None
+
+    @property
+    def topic_max_message_bytes(self) -> int:
+        return self.max_record_bytes + BATCH_FRAMING_HEADROOM
+
+    def producer_settings(self) -> dict[str, Any]:
+        """Settings shared by the plain and the transactional producer."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            # Durable means acknowledged by every in-sync replica: with acks=1 a leader that
+            # dies before followers copy the record loses a write we already reported done.
+            "acks": "all",
+            # Broker-side de-duplication of retried batches (producer id + sequence numbers),
+            # so a retry after a lost acknowledgement never writes a record twice, and retries
+            # keep per-partition order.
+            "enable_idempotence": True,
+            # aiokafka's 1 MiB request cap would reject any real trajectory batch.
+            "max_request_size": self.max_record_bytes,
+            # A batch may grow to the record cap; a single record larger than the batch size
+            # still gets a batch of its own (aiokafka always admits a batch's first record).
+            "max_batch_size": self.max_record_bytes,
+            "compression_type": self.compression,
+            "linger_ms": self.linger_ms,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+
+    def transactional_settings(self, transactional_id: str) -> dict[str, Any]:
+        return {
+            **self.producer_settings(),
+            "transactional_id": transactional_id,
+            "transaction_timeout_ms": int(self.transaction_timeout_s * 1000),
+        }
+
+    def consumer_settings(self) -> dict[str, Any]:
+        """Settings of every consumer: readers, and the one that answers end offsets."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            # No group membership: readers are assigned partitions by hand and positions are
+            # committed explicitly through `commit`/`transact`, never behind the caller's back.
+            "group_id": None,
+            "enable_auto_commit": False,
+            # Records of aborted or still-open transactions must never reach a reader; this also
+            # makes end offsets the last stable offset rather than the high watermark.
+            "isolation_level": "read_committed",
+            # A position outside the log is a caller bug (or data lost to retention): raise,
+            # rather than silently jump to the start ("earliest") or skip to the end ("latest").
+            "auto_offset_reset": "none",
+            # Fetch limits at least one maximal record; the broker returns an oversize first
+            # batch anyway, but smaller caps would turn every large record into extra round trips.
+            "fetch_max_bytes": self.topic_max_message_bytes,
+            "max_partition_fetch_bytes": self.topic_max_message_bytes,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
+
+    def admin_settings(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "request_timeout_ms": int(self.request_timeout_s * 1000),
+        }
