@@ -65,8 +65,9 @@ def record_rows(record: Record) -> list[list[str]]:
 
 def records_table(title: str, records: list[Record]) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
-    for name in ("partition:offset", "type", "time (UTC)", "content"):
-        table.add_column(name, overflow="fold")
+    for name in ("at", "type", "time (UTC)"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("content", overflow="fold")
     for record in records:
         for row in record_rows(record):
             table.add_row(*row)

@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -81,6 +82,10 @@ async def _demo(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     total = args.prompts * args.samples_per_prompt
     async with open_log(args.log, writer_id=f"{run_id}-trainer") as log:
+        if streams.events in await log.list_streams(run_id):
+            print(f"run {run_id!r} already exists in {log.url}: choose another --run, or look "
+                  f"at it with: streamrl inspect {run_id} --log {args.log}", file=sys.stderr)
+            return 2
         await log.ensure_stream(streams.prompts, args.producers)
         for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
             await log.ensure_stream(stream, 1)
