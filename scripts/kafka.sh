@@ -100,7 +100,10 @@ write_config() {
 }
 
 # -Xms small: the broker rarely needs its whole heap, and CI runs the tests on the same 2 cores.
-JAVA_OPTS=(-Xmx"$HEAP" -Xms128m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true
+# Exit on OOM: a dead broker fails tests clearly, a thrashing one makes them time out. Crash
+# reports go to the data dir, not into whatever directory the script was started from.
+JAVA_OPTS=(-Xmx"$HEAP" -Xms128m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+    -XX:ErrorFile="$DATA/hs_err_pid%p.log" -Djava.awt.headless=true
     -Dlog4j2.configurationFile="$DATA/log4j2.properties" -cp "$LIBS/*")
 
 cmd_start() {
@@ -132,6 +135,7 @@ cmd_start() {
     setsid nohup java "${JAVA_OPTS[@]}" kafka.Kafka "$DATA/server.properties" \
         </dev/null >>"$LOG_FILE" 2>&1 &
     echo $! >"$PID_FILE"
+    echo "$VERSION" >"$DATA/broker.version"
     # Polls until the broker lists itself in metadata; gives up early if the JVM dies.
     while ! answers 1; do
         if ! broker_pid >/dev/null; then
@@ -171,7 +175,7 @@ cmd_status() {
     local pid
     if pid="$(broker_pid)"; then
         if answers; then
-            say "running (pid $pid) on 127.0.0.1:$PORT, Kafka $VERSION, data in $DATA"
+            say "running (pid $pid) on 127.0.0.1:$PORT, Kafka $(cat "$DATA/broker.version" 2>/dev/null || echo '?'), data in $DATA"
         else
             say "running (pid $pid) but not answering on 127.0.0.1:$PORT yet"
         fi
