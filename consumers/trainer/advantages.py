@@ -1,0 +1,120 @@
+"""Advantage estimators: per-sample rewards in, per-token advantages out.
+
+Every estimator is an `AdvantageFn`, a plain callable referenced by import path in the config
+(`"consumers.trainer.advantages:grpo"`). Each computes one scalar advantage per sample and
+spreads it over that sample's trained tokens; every other position gets exactly 0.
+
+Groups are the samples sharing a `group_id` (one prompt's samples). A group of one sample, or a
+group whose rewards are all equal, carries no learning signal and gets advantage 0, never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+import torch
+from torch import Tensor
+
+from consumers.trainer.batch import TrainBatch
+
+
+class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """What an advantage estimator may look at: rewards, groups and where tokens are trained."""
+
+    rewards: Tensor  # [N] float
+    group_ids: Sequence[str]  # [N]
+    loss_mask: Tensor  # [B, S] bool
+    segments: Tensor | None = None
+    """[B, S] int64 sample index of each position (-1 = padding); None means row b is sample b."""
+
+    @classmethod
+    def from_batch(cls, batch: TrainBatch) -> AdvantageInput:
+        return cls(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
+                   segments=batch.segments)
+
+
+AdvantageFn = Callable[[AdvantageInput], Tensor]
+"""AdvantageInput -> advantages [B, S] float32, zero wherever loss_mask is False."""
+
+
+def make_group_normalized(*, scale_by_std: bool = True, eps: float = 1e-6) -> AdvantageFn:
+    """GRPO's group-relative advantage for sample i of group g:
+
+        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)      scale_by_std=True (GRPO)
+        A_i =  r_i - mean_g(r)                          scale_by_std=False (Dr. GRPO)
+
+    std is the sample standard deviation (Bessel-corrected, n - 1). Dr. GRPO (Liu et al., 2025,
+    "Understanding R1-Zero-Like Training") drops the std division because it up-weights prompts
+    whose rewards barely vary; pair it with the loss's "seq_sum_norm" aggregation, which drops
+    the per-sequence length normalization for the same reason.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+    def group_normalized(inp: AdvantageInput) -> Tensor:
+        r = _rewards(inp)
+        index, num_groups = _group_index(inp.group_ids, r.device)
+        count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
+            0, index, torch.ones_like(r))
+        mean = torch.zeros_like(count).index_add_(0, index, r) / count
+        centered = r - mean[index]
+        # Exact zero for single-sample and uniform groups: a mean of equal floats may differ
+        # from them by rounding, and dividing that residue by eps would invent a signal.
+        lo = torch.full_like(count, torch.inf).scatter_reduce(0, index, r, "amin")
+        hi = torch.full_like(count, -torch.inf).scatter_reduce(0, index, r, "amax")
+        silent = ((count < 2) | (lo == hi))[index]
+        if scale_by_std:
+            sq = torch.zeros_like(count).index_add_(0, index, centered.square())
+            std = (sq / (count - 1).clamp(min=1)).sqrt()
+            centered = centered / (std[index] + eps)
+        return _per_token(inp, torch.where(silent, torch.zeros_like(centered), centered))
+
+    return group_normalized
+
+
+grpo: AdvantageFn = make_group_normalized()
+"""GRPO (Shao et al., 2024, DeepSeekMath): (r - group mean) / (group std + 1e-6). The default."""
+
+dr_grpo: AdvantageFn = make_group_normalized(scale_by_std=False)
+"""Dr. GRPO: r - group mean, no std scaling."""
+
+
+def reinforce_baseline(inp: AdvantageInput) -> Tensor:
+    """REINFORCE with a batch-mean baseline: A_i = r_i - mean over the batch of r; groups are
+    ignored. A batch of one sample or of equal rewards gets 0."""
+    r = _rewards(inp)
+    centered = r - r.mean()
+    if r.numel() < 2 or bool((r == r[0]).all()):
+        centered = torch.zeros_like(r)
+    return _per_token(inp, centered)
+
+
+def _rewards(inp: AdvantageInput) -> Tensor:
+    r = inp.rewards.to(torch.float64)  # float64: group sums of many rewards keep their digits
+    if r.dim() != 1 or r.numel() != len(inp.group_ids):
+        raise ValueError(f"rewards must be [N] with one group id each; got shape "
+                         f"{list(inp.rewards.shape)} and {len(inp.group_ids)} group ids")
+    if not bool(torch.isfinite(r).all()):
+        raise ValueError("rewards must be finite")
+    return r
+
+
+def _group_index(group_ids: Sequence[str], device: torch.device) -> tuple[Tensor, int]:
+    """Each sample's group as an index in order of first appearance (no hash order involved)."""
+    first: dict[str, int] = {}
+    index = [first.setdefault(g, len(first)) for g in group_ids]
+    return torch.tensor(index, dtype=torch.long, device=device), len(first)
+
+
+def _per_token(inp: AdvantageInput, per_sample: Tensor) -> Tensor:
+    # per_sample: [N] -> [B, S] float32, the sample's value on its trained tokens, 0 elsewhere
+    mask = inp.loss_mask
+    if inp.segments is None:
+        if mask.shape[0] != per_sample.numel():
+            raise ValueError(f"loss_mask has {mask.shape[0]} rows for {per_sample.numel()} "
+                             "samples; pass segments for packed rows")
+        values = per_sample[:, None].expand(mask.shape)
+    else:
+        values = per_sample[inp.segments.clamp(min=0)]
+    return torch.where(mask, values, torch.zeros_like(values)).to(torch.float32)

@@ -1,0 +1,231 @@
+"""Policy losses for off-policy token streams: PPO-clip with truncated importance sampling, and
+AReaL's decoupled PPO objective.
+
+Three policies meet in a streaming trainer, per token:
+  mu     the sampler: the engine's logprobs (`old_logprobs`), possibly several versions stale and
+         computed by a different kernel stack than the trainer's;
+  prox   the proximal policy: the trainer's weights when the batch was formed, recomputed without
+         grad (`proximal_logprobs`);
+  pi     the current policy being optimized (`logprobs`, with grad).
+
+Every log-ratio is clamped to +-`max_log_ratio` before exp, so a token whose probability
+collapsed to 0 gives a large finite ratio (and no gradient through the clamp), never inf. Masked
+positions are replaced by zeros before any arithmetic: they contribute exactly 0 to the loss and
+to the gradient even when their logprobs are -inf or NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+import torch
+from torch import Tensor
+
+
+class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    clip_low: float = 0.2
+    """eps_low: the surrogate ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """eps_high: clipped above at 1 + clip_high (DAPO's "clip-higher" raises it, e.g. 0.28)."""
+    importance_cap: float = 2.0
+    """C: token importance weights between the trainer's policy and the sampler are capped here."""
+    cap_mode: Literal["truncate", "mask"] = "truncate"
+    """Over the cap, "truncate" uses weight C; "mask" drops the token (weight 0)."""
+    max_log_ratio: float = 20.0
+    """Log-ratios are clamped to +-this before exp (exp(20) ~ 5e8 still fits float32 sums)."""
+    aggregation: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
+    """How token losses become one number. "token_mean": sum over trained tokens / their count
+    (every token weighs the same). "seq_mean": mean over each sample's tokens, then over samples
+    (every sample weighs the same). "seq_sum_norm": sum / (num_samples * norm_tokens), a constant
+    divisor free of length bias (Dr. GRPO)."""
+    norm_tokens: int | None = None
+    """The per-sample constant of "seq_sum_norm", e.g. the maximum response length."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clip_low < 1:
+            raise ValueError(f"clip_low must be in (0, 1), got {self.clip_low}")
+        if self.clip_high <= 0:
+            raise ValueError(f"clip_high must be positive, got {self.clip_high}")
+        if self.importance_cap < 1:
+            raise ValueError(f"importance_cap must be >= 1 (1 = never up-weight), "
+                             f"got {self.importance_cap}")
+        if self.max_log_ratio <= 0:
+            raise ValueError(f"max_log_ratio must be positive, got {self.max_log_ratio}")
+        if self.aggregation == "seq_sum_norm" and (self.norm_tokens or 0) <= 0:
+            raise ValueError('aggregation "seq_sum_norm" needs norm_tokens > 0 (set it to the '
+                             "maximum response length)")
+
+
+class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    logprobs: Tensor  # [B, S] log pi(target), current policy, requires grad
+    old_logprobs: Tensor  # [B, S] log mu(target), from the engine at its temperature
+    proximal_logprobs: Tensor | None  # [B, S] log prox(target), no grad; None = not computed
+    advantages: Tensor  # [B, S]
+    loss_mask: Tensor  # [B, S] bool
+    versions: Tensor  # [B, S] int, the version that sampled each target
+    current_version: int
+    config: LossConfig
+    segments: Tensor | None = None
+    """[B, S] sample index per position (-1 = padding) for per-sample aggregation of packed
+    rows; None means row b is sample b."""
+
+
+class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """The loss and its diagnostics, each a mean over trained tokens unless named otherwise:
+    clip_fraction (tokens whose clip was active), ratio_mean (the clipped ratio), tis_weight_mean
+    and tis_weight_max (the capped behavior weight w), truncated_fraction (tokens over the cap),
+    approx_kl_old (k3 estimate of KL(mu || pi)), staleness_mean/max (current_version - version),
+    num_tokens, loss."""
+
+    loss: Tensor  # scalar, differentiable
+    metrics: dict[str, float]
+
+
+LossFn = Callable[[LossInput], LossOutput]
+
+
+def ppo_tis(inp: LossInput) -> LossOutput:
+    """PPO-clip against the sampler, with the train/rollout part of its importance weight truncated.
+
+        r   = exp(logp - old)                         ratio to the sampler mu
+        s   = min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
+        ref = prox if given, else logp (detached)
+        g   = exp(ref - old)                          trainer-vs-sampler mismatch, no grad
+        w   = min(g, C)                               (cap_mode "mask": w = g if g <= C else 0)
+        L   = -(w / g) s
+
+    On unclipped tokens the gradient is -w (pi / ref) A grad(logp): exactly PPO's -r A grad(logp)
+    while g <= C, and the mismatch factor capped at C beyond. This is the truncated importance
+    sampling fix for rollout engines whose probabilities differ from the trainer's (Yao et al.,
+    2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"): weight each
+    token by min(trainer prob / sampler prob, C) so rare large mismatches cannot dominate.
+    """
+    p = _prepared(inp)
+    ref = p.prox if p.prox is not None else p.logp.detach()
+    g, w, capped = _behavior_weight(ref, p.old, inp)
+    r = _exp_ratio(p.logp, p.old, inp.config)
+    surrogate, clipped = _clipped_surrogate(r, p.adv, inp.config)
+    return _finish(-(w / g) * surrogate, r, w, capped, clipped, p, inp)
+
+
+def decoupled_ppo(inp: LossInput) -> LossOutput:
+    """AReaL's decoupled PPO objective (Fu et al., 2025): the trust region is centred on the
+    proximal policy, and off-policyness with respect to the sampler is corrected by importance
+    weighting:
+
+        w = min(exp(prox - old), C)                   behavior weight prox/mu, no grad
+                                                      (cap_mode "mask": 0 above C)
+        r = exp(logp - prox)                          ratio to the proximal policy
+        L = -w min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
+
+    Stale samples thus need no tighter clipping: however old mu is, each update moves pi at most
+    eps away from prox. Without `proximal_logprobs` the sampler is the proximal policy (w = 1),
+    which is plain PPO-clip against the sampler.
+    """
+    p = _prepared(inp)
+    prox = p.prox if p.prox is not None else p.old
+    _, w, capped = _behavior_weight(prox, p.old, inp)
+    r = _exp_ratio(p.logp, prox, inp.config)
+    surrogate, clipped = _clipped_surrogate(r, p.adv, inp.config)
+    return _finish(-w * surrogate, r, w, capped, clipped, p, inp)
+
+
+class _Prepared(msgspec.Struct, frozen=True):
+    logp: Tensor
+    old: Tensor
+    prox: Tensor | None
+    adv: Tensor
+    mask: Tensor
+
+
+def _prepared(inp: LossInput) -> _Prepared:
+    mask = inp.loss_mask.bool()
+    if inp.logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {list(inp.logprobs.shape)} and loss_mask "
+                         f"{list(mask.shape)} must have the same [B, S] shape")
+
+    def clean(t: Tensor) -> Tensor:
+        # where(), not multiplication: 0 * -inf would be NaN, and where's backward sends exact
+        # zeros to the masked positions.
+        t = t.float()
+        return torch.where(mask, t, torch.zeros_like(t))
+
+    prox = None if inp.proximal_logprobs is None else clean(inp.proximal_logprobs.detach())
+    return _Prepared(clean(inp.logprobs), clean(inp.old_logprobs.detach()), prox,
+                     clean(inp.advantages.detach()), mask)
+
+
+def _exp_ratio(a: Tensor, b: Tensor, config: LossConfig) -> Tensor:
+    return torch.exp((a - b).clamp(-config.max_log_ratio, config.max_log_ratio))
+
+
+def _behavior_weight(ref: Tensor, old: Tensor, inp: LossInput) -> tuple[Tensor, Tensor, Tensor]:
+    """(g = ref/mu, w = g capped at C, whether the cap was hit), all without grad."""
+    g = _exp_ratio(ref.detach(), old, inp.config)
+    capped = g > inp.config.importance_cap
+    over = (torch.full_like(g, inp.config.importance_cap) if inp.config.cap_mode == "truncate"
+            else torch.zeros_like(g))
+    return g, torch.where(capped, over, g), capped
+
+
+def _clipped_surrogate(r: Tensor, adv: Tensor, config: LossConfig) -> tuple[Tensor, Tensor]:
+    """min(r A, clip(r) A), written as a choice so the clip is active strictly beyond 1 +- eps
+    (where it is active the value is a constant: zero gradient)."""
+    lo, hi = 1.0 - config.clip_low, 1.0 + config.clip_high
+    clipped = ((adv > 0) & (r > hi)) | ((adv < 0) & (r < lo))
+    bound = (r.detach().clamp(lo, hi) * adv)
+    return torch.where(clipped, bound, r * adv), clipped
+
+
+def _finish(per_token: Tensor, r: Tensor, w: Tensor, capped: Tensor, clipped: Tensor,
+            p: _Prepared, inp: LossInput) -> LossOutput:
+    mask = p.mask
+    per_token = torch.where(mask, per_token, torch.zeros_like(per_token))
+    loss = _aggregate(per_token, mask, inp)
+    with torch.no_grad():
+        n = max(int(mask.sum()), 1)
+
+        def mean(t: Tensor) -> float:
+            return float(torch.where(mask, t.float(), 0.0).sum() / n)
+
+        def peak(t: Tensor) -> float:
+            return float(t.float()[mask].max()) if bool(mask.any()) else 0.0
+
+        log_q = (p.logp - p.old).clamp(-inp.config.max_log_ratio, inp.config.max_log_ratio)
+        k3 = torch.exp(log_q) - 1 - log_q  # estimates KL(mu || pi) from samples of mu
+        staleness = inp.current_version - inp.versions.long()
+        metrics = {
+            "loss": float(loss),
+            "num_tokens": float(mask.sum()),
+            "clip_fraction": mean(clipped),
+            "ratio_mean": mean(r),
+            "tis_weight_mean": mean(w),
+            "tis_weight_max": peak(w),
+            "truncated_fraction": mean(capped),
+            "approx_kl_old": mean(k3),
+            "staleness_mean": mean(staleness),
+            "staleness_max": peak(staleness),
+        }
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+def _aggregate(per_token: Tensor, mask: Tensor, inp: LossInput) -> Tensor:
+    config = inp.config
+    if config.aggregation == "token_mean":
+        return per_token.sum() / mask.sum().clamp(min=1)
+    if inp.segments is None:
+        segments = torch.arange(mask.shape[0], device=mask.device)[:, None].expand(mask.shape)
+    else:
+        segments = inp.segments
+    num_samples = int(segments.max()) + 1 if segments.numel() else 0
+    if config.aggregation == "seq_sum_norm":
+        assert config.norm_tokens is not None  # checked in LossConfig
+        return per_token.sum() / max(num_samples * config.norm_tokens, 1)
+    index = segments.clamp(min=0).reshape(-1)
+    sums = per_token.new_zeros(num_samples).index_add(0, index, per_token.reshape(-1))
+    counts = per_token.new_zeros(num_samples).index_add(0, index, mask.reshape(-1).float())
+    has_tokens = counts > 0
+    per_sample = sums[has_tokens] / counts[has_tokens]
+    return per_sample.sum() / max(int(has_tokens.sum()), 1)

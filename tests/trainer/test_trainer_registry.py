@@ -1,0 +1,50 @@
+"""Hook paths: the defaults resolve, and every kind of typo says what is wrong."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from consumers.trainer import (
+    DEFAULT_ADVANTAGE,
+    DEFAULT_LOSS,
+    AlgorithmConfig,
+    ResolveError,
+    decoupled_ppo,
+    grpo,
+    resolve,
+    resolve_advantage,
+    resolve_loss,
+)
+from consumers.trainer.batch import BatchConfig
+
+
+def test_defaults_resolve_to_grpo_and_decoupled_ppo() -> None:
+    assert resolve_advantage(DEFAULT_ADVANTAGE) is grpo
+    assert resolve_loss(DEFAULT_LOSS) is decoupled_ppo
+    assert resolve("consumers.trainer.batch:BatchConfig.__post_init__") is (
+        BatchConfig.__post_init__)
+    config = msgspec.convert({"loss": "consumers.trainer.losses:ppo_tis",
+                              "loss_config": {"clip_high": 0.28}}, AlgorithmConfig)
+    assert config.loss_config.clip_high == 0.28 and config.advantage == DEFAULT_ADVANTAGE
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("consumers.trainer.advantages.grpo", "must look like 'package.module:attribute'"),
+    ("consumers.trainer.advantages:grpoo",
+     "cannot import 'consumers.trainer.advantages:grpoo': module consumers.trainer.advantages "
+     "has no attribute grpoo"),
+    ("consumers.trainr.advantages:grpo", "no module named consumers.trainr"),
+    ("consumers.trainer.registry:DEFAULT_LOSS", "is a str, expected a callable"),
+    ("consumers.trainer.advantages:make_group_normalized", "1 positional argument"),
+])
+def test_bad_paths_are_explained(path: str, message: str) -> None:
+    with pytest.raises(ResolveError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        resolve_advantage(path)
+
+
+def test_a_typo_in_the_config_fails_at_load() -> None:
+    with pytest.raises(ResolveError, match="has no attribute decoupled"):
+        AlgorithmConfig(loss="consumers.trainer.losses:decoupled")
+    with pytest.raises(msgspec.ValidationError, match="has no attribute"):
+        msgspec.convert({"advantage": "consumers.trainer.advantages:nope"}, AlgorithmConfig)
