@@ -42,8 +42,8 @@ def resolve(path: str, expected: Any = None, *, what: str = "hook") -> Any:
         else:
             ok = isinstance(target, expected)
         if not ok:
-            raise HookError(f"{what} {path!r} is a {type(target).__name__}, expected "
-                            f"{expected.__name__}")
+            found = target.__name__ if inspect.isclass(target) else type(target).__name__
+            raise HookError(f"{what} {path!r} is {found}, expected {expected.__name__}")
     elif not callable(target):
         raise HookError(f"{what} {path!r} is a {type(target).__name__}, not callable; expected "
                         f"{getattr(expected, '__name__', None) or expected}")
