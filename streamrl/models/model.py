@@ -55,12 +55,13 @@ class DecoderLayer(nn.Module):
         mask: Tensor | None,
         cache: CacheStep | None,
         forced_ids: Tensor | None,
+        forced_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         # x: [B, T, hidden]
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         h = self.post_attention_layernorm(x)
         if isinstance(self.mlp, MoE):
-            out, ids = self.mlp(h, forced_ids)
+            out, ids = self.mlp(h, forced_ids, forced_mask)
             return x + out, ids
         return x + self.mlp(h), None
 
@@ -85,6 +86,7 @@ class Qwen3Model(nn.Module):
         *,
         cache: CacheStep | None = None,
         forced_routing: Tensor | None = None,
+        routing_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         # tokens, positions: [B, T]; forced_routing: [B, T, num_moe_layers, top_k] or None
         # -> hidden: [B, T, hidden], routed: [B, T, num_moe_layers, top_k] int32 or None
@@ -111,7 +113,7 @@ class Qwen3Model(nn.Module):
             forced = None
             if forced_routing is not None and layer.is_moe:
                 forced = forced_routing[:, :, len(routed)]
-            x, ids = layer(x, cos, sin, mask, cache, forced)
+            x, ids = layer(x, cos, sin, mask, cache, forced, routing_mask)
             if ids is not None:
                 routed.append(ids)
         return self.norm(x), (torch.stack(routed, dim=2) if routed else None)
@@ -141,6 +143,7 @@ class CausalLM(nn.Module):
         kv_cache: KVCache | None = None,
         slots: Tensor | None = None,
         forced_routing: Tensor | None = None,
+        routing_mask: Tensor | None = None,
         return_hidden: bool = False,
     ) -> ModelOutput:
         """Run the decoder on `tokens` at `positions` (each token's position in its sequence).
@@ -148,13 +151,15 @@ class CausalLM(nn.Module):
         With `kv_cache`, row b is the sequence in cache slot `slots[b]` (default: slot b); the
         new tokens' k/v are stored at their positions and every query attends to its slot's
         cache up to its own position. `forced_routing` ([B, T, num_moe_layers, top_k]) replays
-        recorded expert choices (see `moe.py`). `return_hidden` skips the LM head.
+        recorded expert choices (see `moe.py`); with `routing_mask` ([B, T] bool) only where the
+        mask is True. `return_hidden` skips the LM head.
         """
         # tokens, positions: [B, T]; slots: [B] or None
         if slots is not None and kv_cache is None:
             raise ValueError("slots only make sense together with kv_cache")
         cache = kv_cache.step(positions, slots) if kv_cache is not None else None
-        hidden, routed = self.model(tokens, positions, cache=cache, forced_routing=forced_routing)
+        hidden, routed = self.model(tokens, positions, cache=cache, forced_routing=forced_routing,
+                                    routing_mask=routing_mask)
         if return_hidden:
             return ModelOutput(logits=None, hidden=hidden, routed_experts=routed)
         return ModelOutput(logits=self.lm_head(hidden), hidden=None, routed_experts=routed)

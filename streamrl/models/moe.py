@@ -72,9 +72,14 @@ class MoE(nn.Module):
             self.shared_expert = MLP(H, config.shared_expert_intermediate_size)
             self.shared_expert_gate = nn.Linear(H, 1, bias=False)
 
-    def forward(self, x: Tensor, forced_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Returns (output, routed expert ids). `forced_ids` replaces the router's choice."""
-        # x: [B, T, H]; forced_ids: [B, T, k] int or None -> out: [B, T, H], ids: [B, T, k] int32
+    def forward(
+        self, x: Tensor, forced_ids: Tensor | None = None, forced_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Returns (output, routed expert ids). `forced_ids` replaces the router's choice, at
+        every token or, with `forced_mask`, only where the mask is True (the router picks freely
+        elsewhere, e.g. at prompt tokens whose routing was never recorded)."""
+        # x: [B, T, H]; forced_ids: [B, T, k] int or None; forced_mask: [B, T] bool or None
+        # -> out: [B, T, H], ids: [B, T, k] int32
         B, T, H = x.shape
         flat = x.reshape(B * T, H)
         probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)  # [N, E]
@@ -82,6 +87,9 @@ class MoE(nn.Module):
             weights, ids = torch.topk(probs, self.top_k, dim=-1)  # [N, k], descending
         else:
             ids = self._check_forced(forced_ids, B, T).reshape(B * T, self.top_k)
+            if forced_mask is not None:
+                own = torch.topk(probs, self.top_k, dim=-1).indices
+                ids = torch.where(forced_mask.reshape(B * T, 1), ids, own)
             weights = probs.gather(-1, ids)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)

@@ -46,6 +46,24 @@ def test_forced_routing_is_obeyed_and_router_still_learns(moe: Tiny) -> None:
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+def test_a_routing_mask_forces_only_the_recorded_positions(moe: Tiny) -> None:
+    """Prompt tokens have no recorded routing: the router picks freely there, and the forward is
+    exactly the free one at those positions while the masked-in positions obey the record."""
+    model = load_checkpoint(moe.path)
+    tokens, positions = batch(2, 16, seed=5)
+    with torch.no_grad():
+        free = model(tokens, positions)
+        forced = (free.routed_experts + 3) % model.config.num_experts
+        mask = torch.zeros(2, 16, dtype=torch.bool)
+        mask[:, 10:] = True  # the "response" part
+        out = model(tokens, positions, forced_routing=forced, routing_mask=mask)
+    assert torch.equal(out.routed_experts[:, 10:], forced[:, 10:])
+    assert torch.equal(out.routed_experts[:, :10], free.routed_experts[:, :10])
+    # causal: earlier positions are unaffected (up to summation order inside the experts)
+    assert torch.allclose(out.logits[:, :10], free.logits[:, :10], atol=ATOL, rtol=0)
+    assert (out.logits[:, 10:] - free.logits[:, 10:]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize(
     ("make_forced", "message"),
     [
