@@ -126,10 +126,15 @@ class BatchFormed(Event, tag="batch_formed"):
     sample_ids: tuple[str, ...]
     policy_version: int
     staleness: Staleness
+    # The staleness policy's loss weight per sample (same order); empty means all 1.0.
+    sample_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_non_negative(self, "policy_version")
+        check_that(not self.sample_weights or len(self.sample_weights) == len(self.sample_ids),
+                   self, "sample_weights", f"{len(self.sample_weights)} weights for "
+                   f"{len(self.sample_ids)} sample_ids", "length_mismatch")
         check_that(len(self.positions) == len(self.sample_ids), self, "positions",
                    f"{len(self.positions)} positions for {len(self.sample_ids)} sample_ids",
                    "length_mismatch")
