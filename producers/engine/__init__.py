@@ -1,0 +1,27 @@
+"""The embedded torch rollout engine: continuous batching over streamrl's own model.
+
+    engine = TorchEngine(load_checkpoint(path), EngineConfig(max_batch_size=8, max_seq_len=1024))
+    results = engine.generate([GenerationRequest(request_id="r0", prompt_tokens=[1, 2, 3],
+                                                 params=SamplingParams(temperature=0.7))])
+
+Step-level API for producers: `add_request`, `step`, `abort`, `has_unfinished`, and
+`load_weights(state_dict, version)` between steps. See `engine.py` for the step's order and the
+in-flight weight update semantics, `sampling.py` for seeds and the logprob convention, and
+`request.py` for which forward pass each recorded MoE routing row comes from.
+"""
+
+from producers.engine.config import EngineConfig
+from producers.engine.engine import TorchEngine
+from producers.engine.request import GenerationRequest, GenerationResult, Timing
+from producers.engine.sampling import SamplingParams, sample, seed_from_request_id
+
+__all__ = [
+    "EngineConfig",
+    "GenerationRequest",
+    "GenerationResult",
+    "SamplingParams",
+    "Timing",
+    "TorchEngine",
+    "sample",
+    "seed_from_request_id",
+]

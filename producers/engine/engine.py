@@ -1,0 +1,256 @@
+"""`TorchEngine`: continuous-batching generation with streamrl's own model on a static KV cache.
+
+    engine = TorchEngine(load_checkpoint(path), EngineConfig(max_batch_size=8, max_seq_len=1024))
+    engine.add_request(GenerationRequest(request_id="r0", prompt_tokens=[...], params=...))
+    while engine.has_unfinished():
+        for result in engine.step():          # requests that finished in this step
+            publish(result)
+        if new_weights_arrived:
+            engine.load_weights(state_dict, version)   # between steps; in-flight ones continue
+
+One `step()` (1) decodes one token for every sequence already running, (2) frees the slots of
+those that finished, (3) admits queued requests into free slots and prefills them, which samples
+their first token. So every running sequence gains exactly one token per step, and a request
+joins as soon as a slot frees up. Decode runs before prefill because the decode batch is a fixed
+block of leading slots whose idle rows write scratch k/v at position 0 of their (free) slot;
+prefill afterwards overwrites it for any sequence admitted there.
+
+Weight updates: `load_weights` copies new tensors into the model in place between steps.
+Sequences in flight keep their KV cache, computed by the older weights, and continue with the
+new ones; each response token is stamped with the version whose forward pass sampled it
+(`response_versions`). This is the usual in-flight update semantics of async RL engines.
+
+Not thread-safe: call every method from one thread (an asyncio producer runs `step` in an
+executor and applies weights between calls).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from producers.engine.config import EngineConfig
+from producers.engine.request import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Timing,
+    checked_prompt,
+)
+from producers.engine.sampling import seed_from_request_id
+from producers.engine.slots import SlotBuffers
+from producers.engine.weights import copy_hf_weights
+from streamrl.models import CausalLM, KVCache
+
+_MAX_VERSION = 1 << 32  # response_versions are uint32 in the trajectory schema
+
+
+class _Entry:
+    """Host-side bookkeeping of one unfinished request."""
+
+    __slots__ = ("first_token_at", "prompt", "queued_at", "request", "seed", "started_at")
+
+    def __init__(self, request: GenerationRequest, prompt: np.ndarray, seed: int) -> None:
+        self.request, self.prompt, self.seed = request, prompt, seed
+        self.queued_at = time.time()
+        self.started_at: float | None = None
+        self.first_token_at: float | None = None
+
+
+class TorchEngine:
+    """Takes ownership of `model`: moves it to the config's device and dtype and updates it in
+    place on `load_weights`. `version` is the weight version the model holds now."""
+
+    def __init__(self, model: CausalLM, config: EngineConfig, *, version: int = 0) -> None:
+        _check_version(version)
+        self.config = config
+        self.model = model.to(device=config.torch_device, dtype=config.torch_dtype).eval()
+        mc = model.config
+        self.cache = KVCache.for_model(
+            mc,
+            num_slots=config.max_batch_size,
+            max_seq_len=config.max_seq_len,
+            dtype=config.torch_dtype,
+            device=config.torch_device,
+        )
+        self.buffers = SlotBuffers(
+            num_slots=config.max_batch_size,
+            max_seq_len=config.max_seq_len,
+            vocab_size=mc.vocab_size,
+            num_moe_layers=mc.num_moe_layers,
+            top_k=mc.num_experts_per_tok,
+            num_experts=mc.num_experts,
+            device=config.torch_device,
+        )
+        self._version = version
+        self._slots: list[_Entry | None] = [None] * config.max_batch_size
+        self._waiting: deque[_Entry] = deque()
+        self._aborted: list[GenerationResult] = []  # handed out by the next step()
+        self._ids: set[str] = set()
+
+    @property
+    def version(self) -> int:
+        """The weight version that samples the next tokens."""
+        return self._version
+
+    def add_request(self, request: GenerationRequest) -> None:
+        """Queue a request; it starts in the first step with a free slot (FIFO)."""
+        if request.request_id in self._ids:
+            raise ValueError(f"request id {request.request_id!r} is already in the engine")
+        prompt = checked_prompt(request, self.model.config.vocab_size, self.config.max_seq_len)
+        seed = request.params.seed
+        seed = seed_from_request_id(request.request_id) if seed is None else seed
+        self._waiting.append(_Entry(request, prompt, seed))
+        self._ids.add(request.request_id)
+
+    def has_unfinished(self) -> bool:
+        """True while some request has not been returned by `step()` yet."""
+        return bool(self._ids)
+
+    def step(self) -> list[GenerationResult]:
+        """Decode one token for every running sequence, admit and prefill waiting requests;
+        returns the requests that finished (or were aborted) since the last step."""
+        with torch.inference_mode():
+            finished, self._aborted = self._aborted, []
+            finished += self._decode()
+            finished += self._prefill(self._admit())
+        for result in finished:
+            self._ids.discard(result.request_id)
+        return finished
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a queued or running request; the next `step()` returns it with finish_reason
+        "abort" and the tokens sampled so far. False if no such unfinished request."""
+        for entry in self._waiting:
+            if entry.request.request_id == request_id:
+                self._waiting.remove(entry)
+                self._aborted.append(self._result(entry, None, "abort"))
+                return True
+        for slot, entry in enumerate(self._slots):
+            if entry is not None and entry.request.request_id == request_id:
+                self._aborted.append(self._finish(slot, "abort"))
+                return True
+        return False
+
+    def load_weights(self, state_dict: Mapping[str, Tensor], version: int) -> None:
+        """Replace the weights (HF names, as `streamrl.models.checkpoint`) between steps.
+        Running sequences keep their KV cache and continue; their next tokens carry `version`."""
+        _check_version(version)
+        if version <= self._version:
+            raise ValueError(
+                f"weight version {version} is not newer than the loaded version {self._version}"
+            )
+        with torch.inference_mode():
+            copy_hf_weights(self.model, state_dict)
+        self._version = version
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
+        """Run `requests` to completion on an idle engine; results in request order."""
+        if self.has_unfinished():
+            raise ValueError("generate() needs an idle engine; use add_request/step instead")
+        order = []
+        for request in requests:
+            self.add_request(request)
+            order.append(request.request_id)
+        done: dict[str, GenerationResult] = {}
+        while self.has_unfinished():
+            done.update((r.request_id, r) for r in self.step())
+        return [done[request_id] for request_id in order]
+
+    def _decode(self) -> list[GenerationResult]:
+        # Rows are the leading block of slots up to the last busy one (admission fills the lowest
+        # free slot first, so it stays compact); a CUDA-graph version pads it to a captured size.
+        busy = [s for s, entry in enumerate(self._slots) if entry is not None]
+        if not busy:
+            return []
+        b = self.buffers
+        rows = torch.arange(busy[-1] + 1, device=b.tokens.device)  # [n]
+        positions = torch.where(b.active[rows], b.length[rows] - 1, 0)  # [n] last token
+        tokens = b.tokens[rows, positions]  # [n]
+        out = self.model(tokens[:, None], positions[:, None], kv_cache=self.cache, slots=rows)
+        routed = None if out.routed_experts is None else out.routed_experts[:, 0]
+        status = b.sample_next(rows, positions, out.logits[:, 0], routed, self._version)
+        return self._collect(rows, status)
+
+    def _admit(self) -> list[int]:
+        slots = []
+        for slot, entry in enumerate(self._slots):
+            if entry is None and self._waiting:
+                entry = self._slots[slot] = self._waiting.popleft()
+                entry.started_at = time.time()
+                prompt = torch.from_numpy(entry.prompt).to(self.buffers.tokens.device).long()
+                self.buffers.admit(slot, prompt, entry.request.params, entry.seed)
+                slots.append(slot)
+        return slots
+
+    def _prefill(self, slots: list[int]) -> list[GenerationResult]:
+        # One right-padded forward over the new prompts; pad tokens write k/v past their row's
+        # end, which that row's decode steps overwrite before reading (see kv_cache.py).
+        if not slots:
+            return []
+        b = self.buffers
+        rows = torch.tensor(slots, device=b.tokens.device)  # [n]
+        lengths = b.length[rows]  # [n]
+        T = int(lengths.max())
+        positions = torch.arange(T, device=rows.device).expand(len(slots), T)  # [n, T]
+        out = self.model(
+            b.tokens[rows, :T], positions, kv_cache=self.cache, slots=rows, return_hidden=True
+        )
+        last = lengths - 1  # [n] position of each prompt's last token
+        idx = torch.arange(len(slots), device=rows.device)
+        logits = self.model.logits(out.hidden[idx, last])  # [n, V]
+        routed = None if out.routed_experts is None else out.routed_experts[idx, last]
+        status = b.sample_next(rows, last, logits, routed, self._version)
+        now = time.time()
+        for slot in slots:
+            self._slots[slot].first_token_at = now  # type: ignore[union-attr]
+        return self._collect(rows, status)
+
+    def _collect(self, rows: Tensor, status: Tensor) -> list[GenerationResult]:
+        # status: [n] from SlotBuffers.sample_next; the one host sync of a step.
+        reasons: tuple[FinishReason, ...] = ("length", "stop")
+        return [
+            self._finish(int(rows[i]), reasons[s - 1]) for i, s in enumerate(status.tolist()) if s
+        ]
+
+    def _finish(self, slot: int, reason: FinishReason) -> GenerationResult:
+        entry = self._slots[slot]
+        assert entry is not None, f"slot {slot} holds no sequence"
+        result = self._result(entry, slot, reason)
+        self._slots[slot] = None
+        self.buffers.release(slot)
+        return result
+
+    def _result(self, entry: _Entry, slot: int | None, reason: FinishReason) -> GenerationResult:
+        # A request aborted while queued never got a slot: its response is empty.
+        fields = (
+            self.buffers.response(slot, len(entry.prompt))
+            if slot is not None
+            else (self.buffers.empty_response())
+        )
+        now = time.time()
+        started = entry.started_at or now
+        timing = Timing(
+            queued_at=entry.queued_at,
+            started_at=started,
+            first_token_at=entry.first_token_at or now,
+            finished_at=now,
+        )
+        return GenerationResult(
+            request_id=entry.request.request_id,
+            prompt_tokens=entry.prompt,
+            finish_reason=reason,
+            seed=entry.seed,
+            timing=timing,
+            **fields,
+        )
+
+
+def _check_version(version: int) -> None:
+    if not 0 <= version < _MAX_VERSION:
+        raise ValueError(f"weight version must be in [0, 2**32), got {version}")

@@ -1,0 +1,122 @@
+"""Sampling parameters and the batched sampler.
+
+Each row of a batch is sampled with its own temperature, top-k and top-p in one pass of tensor
+ops, with no per-row Python and no data-dependent shapes (so a CUDA graph can capture it later).
+
+Randomness is per request, never per batch. When a request is admitted, a `torch.Generator`
+seeded from the request's seed draws one uniform number per response token it may produce
+(`request_uniforms`); token i is chosen by inverse CDF with uniform u_i over the truncated
+distribution, walked in vocabulary order. A request's tokens thus depend only on its seed and
+its own logits, not on which requests share the batch, their order or their KV slots: replaying
+a recorded seed reproduces the sample. That is exact when the logits are bitwise the same; a
+different batch shape may change them by fp32 noise (BLAS picks kernels by shape), which flips
+a token only if u falls within that noise of an interval edge (order 1e-6 per token). One
+uniform per token (Gumbel-max would need one per vocab entry) makes drawing them all up front
+cheap and keeps generator calls out of the decode step.
+
+Logprob convention: the logprob returned for a sampled token is `log_softmax(logits / T)` at that
+token, with the request's temperature T applied but *before* top-k/top-p truncation. That is
+exactly what the trainer recomputes with `streamrl.models.token_logprobs(..., temperature=T)`,
+so importance ratios compare like with like; the truncated distribution's logprob would need
+the trainer to re-apply the truncation and would be -inf for tokens the new policy cuts. For
+greedy requests (T = 0) the logprob is taken at T = 1, the model's own distribution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import torch
+from torch import Tensor
+
+_UNIFORM_CHUNK = 256  # uniforms are drawn in fixed chunks so u_i never depends on the total drawn
+_MAX_SEED = 1 << 64
+
+
+class SamplingParams(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """How one request is sampled. The sampled token's logprob is always returned (see the
+    module docstring for which distribution it is taken from)."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (argmax of the logits)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens until their mass reaches top_p (1 = off)."""
+    top_k: int = 0
+    """Keep only the top_k most likely tokens (0 = off)."""
+    max_new_tokens: int = 256
+    """Most response tokens to generate; reaching it ends the request with "length"."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Sampling any of these ends the request with "stop" (the stop token stays in the response)."""
+    seed: int | None = None
+    """Seeds this request's generator, in [0, 2**64). None derives it from the request id
+    (`seed_from_request_id`), so samples of one prompt differ and a replay reproduces them;
+    the seed used is reported in `GenerationResult.seed` either way."""
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:  # also rejects NaN
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids}")
+        if self.seed is not None and not 0 <= self.seed < _MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+
+
+def seed_from_request_id(request_id: str) -> int:
+    """A stable 64-bit seed from a request id (blake2b, not Python's salted `hash`)."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
+
+
+def request_uniforms(seed: int, num_tokens: int) -> Tensor:
+    """The uniforms in [0, 1) that choose a request's response tokens 0..num_tokens-1."""
+    # -> [num_tokens] float32, on CPU; u_i depends only on (seed, i)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    num_chunks = -(-num_tokens // _UNIFORM_CHUNK)
+    chunks = [torch.rand(_UNIFORM_CHUNK, generator=gen) for _ in range(num_chunks)]
+    return torch.cat(chunks)[:num_tokens] if chunks else torch.zeros(0)
+
+
+def sample(
+    logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, uniforms: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Sample one token per row; returns (tokens, logprobs of those tokens).
+
+    Rows with temperature 0 take the argmax of `logits` (first index on ties, as
+    `torch.argmax`); so do rows with top_k 1 or a top_p below the top token's probability.
+    """
+    # logits: [B, V]; temperature, top_p, uniforms: [B] float32; top_k: [B] int (0 = off)
+    # -> tokens: [B] int64, logprobs: [B] float32
+    V = logits.shape[-1]
+    greedy = temperature <= 0
+    temp = torch.where(greedy, torch.ones_like(temperature), temperature)
+    scaled = logits.float() / temp[:, None]  # [B, V]; exact copy of the logits when temp is 1
+    logp = torch.log_softmax(scaled, dim=-1)  # [B, V]; the reported logprobs, before truncation
+    # Which tokens survive top-k/top-p needs the ranking. Sort the scaled logits, not logp, so
+    # ties and order are those of the logits themselves.
+    _, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # [B, V]
+    ranked = logp.gather(-1, order).exp()  # [B, V] probabilities, descending
+    rank = torch.arange(V, device=logits.device)
+    k = torch.where(top_k > 0, top_k, V).masked_fill(greedy, 1)  # [B]
+    mass_before = ranked.cumsum(-1) - ranked  # [B, V]; mass of strictly more likely tokens
+    # top_p 1 must keep everything even where the fp32 cumsum overshoots 1 in the tail.
+    p_cut = top_p.masked_fill(top_p >= 1, float("inf"))  # [B]
+    # Both conditions are monotone in rank, so the kept set is a prefix; rank 0 is always kept.
+    kept_ranks = (rank[None] < k[:, None]) & (mass_before < p_cut[:, None])  # [B, V]
+    keep = torch.zeros_like(kept_ranks).scatter_(-1, order, kept_ranks)  # [B, V] vocab order
+    # The inverse CDF walks the kept tokens in vocabulary order, not by rank: near-equal
+    # probabilities swap ranks under fp32 noise (e.g. another batch shape's BLAS kernel), which
+    # would hand u to a different token; in vocabulary order a token changes only if u lies
+    # within that noise of an interval edge.
+    cdf = (logp.exp() * keep).cumsum(-1)  # [B, V]
+    target = uniforms * cdf[:, -1]  # [B]; u < 1, so the target lies inside the kept mass
+    tokens = torch.searchsorted(cdf, target[:, None], right=True)[:, 0]  # [B]
+    # Rounding can put the target on the very last edge: fall back to the last kept token.
+    last_kept = (keep * rank[None]).amax(-1)  # [B]
+    tokens = torch.minimum(tokens, last_kept)
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
