@@ -14,7 +14,8 @@ routed for position P+R-1, and nothing is scored there). Routing of prompt posit
 recorded (the trajectory schema has one row per response token): those are fixed inputs that
 the trainer routes itself (the same choices for the same weights, up to fp32 near-ties); under
 an in-flight weight update their KV came from older weights anyway, which no replay reproduces.
-`tests/engine/test_engine_logprobs.py` shows the trainer-side recipe.
+Trainer recipe: `CausalLM.forward(..., forced_routing=F, routing_mask=M)` with F[P-1+i] =
+`routed_experts[i]` and M True exactly on P-1..P+R-2 (`tests/engine/engine_util.py` does it).
 """
 
 from __future__ import annotations

@@ -52,20 +52,33 @@ def run_to_end(eng: TorchEngine) -> list[GenerationResult]:
 
 
 def teacher_forced(
-    model: CausalLM, result: GenerationResult, temperature: float, forced: np.ndarray | None = None
+    model: CausalLM, result: GenerationResult, temperature: float, replay: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
     """What the trainer computes for `result`: a full forward over prompt + response.
 
     Returns (logprobs of the response tokens [R], the routing of every position [P+R, L, k] or
-    None, logits at the scoring positions P-1..P+R-2 [R, V]). `forced` ([P+R, L, k]) replays
-    routing."""
+    None, logits at the scoring positions P-1..P+R-2 [R, V]). With `replay`, the recorded
+    routing is forced onto positions P-1..P+R-2 (see producers/engine/request.py) and the
+    prompt positions route freely."""
     P = len(result.prompt_tokens)
     tokens = torch.from_numpy(np.concatenate([result.prompt_tokens, result.response_tokens]))
     positions = torch.arange(len(tokens))
-    routing = None if forced is None else torch.from_numpy(forced.astype(np.int64))[None]
+    forced = mask = None
+    if replay:
+        assert result.routed_experts is not None
+        recorded = torch.from_numpy(result.routed_experts.astype(np.int64))  # [R, L, k]
+        forced = torch.zeros((len(tokens), *recorded.shape[1:]), dtype=torch.long)
+        forced[P - 1 : -1] = recorded
+        mask = torch.zeros(len(tokens), dtype=torch.bool)
+        mask[P - 1 : -1] = True
+        forced, mask = forced[None], mask[None]
     with torch.inference_mode():
         out = model(
-            tokens[None].long(), positions[None], forced_routing=routing, return_hidden=True
+            tokens[None].long(),
+            positions[None],
+            forced_routing=forced,
+            routing_mask=mask,
+            return_hidden=True,
         )
         hidden = out.hidden[0, P - 1 : -1]  # [R, H] the positions that score response tokens
         logp, _ = token_logprobs(hidden, model.lm_head.weight, tokens[P:], temperature=temperature)

@@ -42,16 +42,14 @@ def test_engine_logprobs_equal_trainer_logprobs(tiny: Tiny, params: dict) -> Non
 
 
 def test_moe_forced_routing_replays_engine_logprobs(moe: Tiny) -> None:
-    """The trainer's replay: force the recorded rows onto positions P-1..P+R-2 (prompt positions
-    keep the trainer's own routing, the last position scores nothing); logprobs still match."""
+    """The trainer's replay: the recorded rows forced onto positions P-1..P+R-2 through
+    `routing_mask` (prompt positions route freely, the last position scores nothing); the
+    forward uses exactly the recorded experts there and the logprobs still match."""
     eng = engine(moe.path)
     (r,) = eng.generate([request("replay", length=7, temperature=1.0, max_new_tokens=20)])
     P = len(r.prompt_tokens)
-    _, own, _ = teacher_forced(eng.model, r, 1.0)
-    forced = own.copy()
-    forced[P - 1 : -1] = r.routed_experts
-    logp, replayed, _ = teacher_forced(eng.model, r, 1.0, forced=forced)
-    np.testing.assert_array_equal(replayed, forced)
+    logp, replayed, _ = teacher_forced(eng.model, r, 1.0, replay=True)
+    np.testing.assert_array_equal(replayed[P - 1 : -1], r.routed_experts)
     assert np.abs(logp - r.logprobs).max() <= LOGPROB_ATOL
 
 
