@@ -11,6 +11,7 @@ import sys
 
 # name -> one-line help; the module is streamrl.commands.<name>
 COMMANDS: dict[str, str] = {
+    "run": "run an RL recipe: trainer and producers as local processes over the log",
     "demo": "write a demo run's streams to the log and read them back (no model needed)",
     "tail": "print a stream's events or trajectories as a table",
     "inspect": "summarize a run: its streams, events, trajectories and dead letters",

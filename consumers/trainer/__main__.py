@@ -1,0 +1,65 @@
+"""The trainer process of a run (the run driver starts it):
+
+    python -m consumers.trainer --log runs/log --run arithmetic-20261125-101500
+
+It rebuilds its state from the log (checkpoint + recorded batches), then trains until the run's
+`max_versions`. Killing it at any point and starting it again continues exactly where the
+committed log ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from consumers.trainer.learner import LearnerConfig
+from consumers.trainer.loop import TrainerLoop
+from consumers.trainer.resume import read_history, rebuild
+from streamrl import aio
+from streamrl.log import open_log
+from streamrl.run.config import RunConfig
+from streamrl.run.context import TRAINER_GROUP, RunContext, load_run_context
+from streamrl.weights import TransportConfig, WeightTransport
+
+
+def learner_config(config: RunConfig) -> LearnerConfig:
+    t = config.trainer
+    return LearnerConfig(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+                         minibatches=t.minibatches, algorithm=t.algorithm,
+                         temperature=config.rollout.temperature or 1.0)
+
+
+def transport_for(ctx: RunContext) -> WeightTransport:
+    w = ctx.config.weights
+    return TransportConfig(kind=w.transport, keep_last=w.keep_versions,
+                           directory=str(ctx.run_dir / "weights"), namespace=ctx.run_id).open()
+
+
+async def train(log_url: str, run_id: str) -> None:
+    async with open_log(log_url, writer_id=f"{run_id}-trainer") as log:
+        ctx = await load_run_context(log, run_id)
+        torch.manual_seed(ctx.config.run.seed)
+        history = await read_history(log, ctx)
+        learner = await rebuild(log, ctx, learner_config(ctx.config), history)
+        next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
+        transport = transport_for(ctx)
+        try:
+            await TrainerLoop(log, ctx, learner, transport, version=history.version,
+                              trained=history.trained, next_offset=next_offset).run()
+        finally:
+            transport.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--log", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    aio.run(train(args.log, args.run))
+
+
+if __name__ == "__main__":
+    main()

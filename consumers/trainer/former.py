@@ -1,0 +1,122 @@
+"""`BatchFormer`: arriving trajectory records judged by the staleness policy and gathered into the
+next batch, with everything the batch's transaction must record.
+
+Records are judged in log order when they arrive, against the version the next step trains (the
+trainer's version does not change while a batch gathers). A record is one GRPO group or several
+whole groups; the policy judges a group together (`judge_group`). The batch closes as soon as it
+holds `batch_size` samples; records after that stay unjudged for the next batch. So every record
+before `next_offset` is decided (in this batch, or rejected with an event in the same
+transaction) and none after it is: committing `next_offset` with the batch is exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from schemas import LogPosition, Rejected, Staleness
+from streamrl.log import Record
+from streamrl.staleness import SampleInfo, StalenessPolicy, Verdict
+
+DUPLICATE = "duplicate"  # a sample id already trained or already in this batch
+
+
+class FormedBatch(msgspec.Struct, kw_only=True):
+    rows: list[pa.RecordBatch]  # kept rows of each record, in log order
+    sample_ids: list[str]
+    positions: list[LogPosition]  # one per sample: the record that holds it
+    weights: list[float]  # the policy's loss weight per sample
+    lags: list[int]
+    rejected: list[Rejected]
+    requeue: list[str]  # group ids whose prompt goes back to the prompts stream
+    next_offset: int  # the trajectories offset to commit with this batch
+
+    @property
+    def staleness(self) -> Staleness:
+        lags = [max(lag, 0) for lag in self.lags] or [0]
+        return Staleness(min=min(lags), max=max(lags), mean=float(np.mean(lags)))
+
+
+def sample_infos(record: Record, batch: pa.RecordBatch) -> list[SampleInfo]:
+    versions = batch["response_versions"].to_pylist()
+    policy = batch["policy_version"].to_pylist()
+    finished = batch["finished_at"].cast(pa.int64()).to_pylist()  # microseconds
+    out = []
+    for i, (sid, gid, pid) in enumerate(zip(batch["sample_id"].to_pylist(),
+                                            batch["group_id"].to_pylist(),
+                                            batch["prompt_id"].to_pylist(), strict=True)):
+        v = versions[i] or [policy[i]]
+        out.append(SampleInfo(
+            sample_id=sid, group_id=gid, prompt_id=pid, policy_version=policy[i],
+            min_version=min(v), max_version=max(v), finished_at_ms=finished[i] // 1000,
+            arrived_at_ms=record.timestamp_ms, position=tuple(record.position)))
+    return out
+
+
+class BatchFormer:
+    def __init__(self, policy: StalenessPolicy, batch_size: int, run_id: str,
+                 trained: set[str], next_offset: int) -> None:
+        self.policy = policy
+        self.batch_size = batch_size
+        self.run_id = run_id
+        self.trained = trained  # every sample id in a BatchFormed so far (dedup after restarts)
+        self._reset(next_offset)
+
+    def _reset(self, next_offset: int) -> None:
+        self.batch = FormedBatch(rows=[], sample_ids=[], positions=[], weights=[], lags=[],
+                                 rejected=[], requeue=[], next_offset=next_offset)
+
+    @property
+    def ready(self) -> bool:
+        return len(self.batch.sample_ids) >= self.batch_size
+
+    def add(self, record: Record, batch: pa.RecordBatch | None, version: int, now_ms: int) -> None:
+        """Judge one record (None: it was dead-lettered) against `version`."""
+        assert not self.ready, "take() the full batch before adding more"
+        self.batch.next_offset = record.offset + 1
+        if batch is None:
+            return
+        infos = sample_infos(record, batch)
+        verdicts = self._judge(infos, version, now_ms)
+        keep = [v.action == "keep" for v in verdicts]
+        for info, verdict in zip(infos, verdicts, strict=True):
+            if verdict.action == "keep":
+                self.batch.sample_ids.append(info.sample_id)
+                self.batch.positions.append(LogPosition(*record.position))
+                self.batch.weights.append(verdict.weight)
+                self.batch.lags.append(info.lag(version))
+                continue
+            self.batch.rejected.append(Rejected(
+                run_id=self.run_id, subject=info.sample_id, reason_code=verdict.reason_code,
+                detail=verdict.detail))
+            if verdict.action == "requeue" and info.group_id not in self.batch.requeue:
+                self.batch.requeue.append(info.group_id)
+        if any(keep):
+            self.batch.rows.append(batch.filter(pa.array(keep)))
+
+    def _judge(self, infos: list[SampleInfo], version: int, now_ms: int) -> list[Verdict]:
+        by_group: dict[str, list[int]] = defaultdict(list)
+        for i, info in enumerate(infos):
+            by_group[info.group_id].append(i)
+        verdicts: list[Verdict] = [Verdict.keep()] * len(infos)
+        seen = self.trained | set(self.batch.sample_ids)
+        for rows in by_group.values():
+            group = [infos[i] for i in rows]
+            dupes = [s.sample_id for s in group if s.sample_id in seen]
+            if dupes:
+                detail = f"already trained or batched: {', '.join(dupes[:4])}"
+                judged = [Verdict.drop(DUPLICATE, detail)] * len(group)
+            else:
+                judged = list(self.policy.judge_group(group, version, now_ms))
+            for i, verdict in zip(rows, judged, strict=True):
+                verdicts[i] = verdict
+        return verdicts
+
+    def take(self) -> FormedBatch:
+        formed = self.batch
+        self.trained.update(formed.sample_ids)
+        self._reset(formed.next_offset)
+        return formed

@@ -1,0 +1,119 @@
+"""`Learner`: the model, its optimizer and one RL step per weight version.
+
+A step is a pure function of (weights, optimizer state, batch rows, per-sample weights, config):
+no clock, no global RNG, so replaying the recorded batches reproduces every version bit for bit
+on CPU. Checkpoints hold model + optimizer state; resume loads one and replays the batches after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from consumers.trainer.advantages import AdvantageInput
+from consumers.trainer.batch import TrainBatch, build_batch
+from consumers.trainer.losses import LossInput
+from consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resolve_loss
+from streamrl.models import CausalLM, load_checkpoint, token_logprobs
+from streamrl.models.checkpoint import save_checkpoint, to_hf_names
+
+
+class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    minibatches: int
+    temperature: float  # the sampler's: logprobs are compared at the same temperature
+    algorithm: AlgorithmConfig
+
+
+class Learner:
+    def __init__(self, model: CausalLM, config: LearnerConfig) -> None:
+        self.model = model
+        self.config = config
+        self.advantage_fn = resolve_advantage(config.algorithm.advantage)
+        self.loss_fn = resolve_loss(config.algorithm.loss)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: LearnerConfig) -> Learner:
+        learner = cls(load_checkpoint(path), config)
+        optimizer_file = path / "optimizer.pt"
+        if optimizer_file.exists():
+            learner.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True))
+        return learner
+
+    def save(self, path: Path) -> None:
+        """Model in HF format plus optimizer state: everything a resume needs."""
+        save_checkpoint(self.model, path)
+        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        """The weights under HF names, as producers load them."""
+        return to_hf_names(self.model.state_dict(), self.model.config)
+
+    def logprobs(self, batch: TrainBatch) -> Tensor:
+        """log pi(target) at every position [B, S], replaying recorded MoE routing."""
+        out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
+                         routing_mask=batch.routing_mask, return_hidden=True)
+        logp, _ = token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
+                                 temperature=self.config.temperature)
+        return logp
+
+    def step(self, rows: Sequence[pa.RecordBatch], sample_weights: Sequence[float],
+             version: int) -> dict[str, float]:
+        """One version: advantages over the whole batch, then `minibatches` optimizer steps.
+        `sample_weights` (from the staleness policy, one per sample in row order) scale each
+        sample's advantages. Returns the metrics of the step."""
+        batch = build_batch(rows, self.config.algorithm.batch)
+        advantages = self.advantage_fn(AdvantageInput.from_batch(batch))
+        advantages = advantages * _per_position(batch, sample_weights)
+        with torch.no_grad():
+            proximal = self.logprobs(batch)
+        metrics: dict[str, float] = {}
+        for rows_mb in _split(batch.tokens.shape[0], self.config.minibatches):
+            mb = _rows(batch, rows_mb)
+            out = self.loss_fn(LossInput(
+                logprobs=self.logprobs(mb), old_logprobs=mb.old_logprobs,
+                proximal_logprobs=proximal[rows_mb], advantages=advantages[rows_mb],
+                loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
+                config=self.config.algorithm.loss_config, segments=mb.segments))
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if self.config.grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                      self.config.grad_clip)
+                metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + float(norm)
+            self.optimizer.step()
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        n = self.config.minibatches
+        metrics = {k: v / n for k, v in metrics.items()}
+        metrics["reward_mean"] = float(batch.rewards.float().mean())
+        return metrics
+
+
+def _split(num_rows: int, parts: int) -> list[slice]:
+    size = -(-num_rows // parts)
+    return [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
+
+
+def _rows(batch: TrainBatch, rows: slice) -> TrainBatch:
+    fields: dict[str, Any] = {}
+    for f in msgspec.structs.fields(batch):
+        value = getattr(batch, f.name)
+        fields[f.name] = value[rows] if isinstance(value, Tensor) and value.dim() >= 2 else value
+    return TrainBatch(**fields)
+
+
+def _per_position(batch: TrainBatch, sample_weights: Sequence[float]) -> Tensor:
+    """[B, S] weight of the sample each position belongs to (1 on padding)."""
+    w = torch.tensor([*sample_weights, 1.0], dtype=torch.float32)
+    return w[batch.segments.long()]  # segments: -1 on padding picks the trailing 1.0

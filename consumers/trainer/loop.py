@@ -1,0 +1,118 @@
+"""The trainer consumer: trajectories in, weight versions out, exactly once.
+
+    while version < max_versions:
+        batch = await next_batch()            # read, dead-letter, judge staleness, gather
+        metrics = learner.step(batch)         # advantages, off-policy loss, optimizer
+        await publish(batch, metrics)         # tensors via transport; one transaction for
+                                              # BatchFormed + TrainStep + Rejected + announce
+                                              # + requeued prompts + the consumed position
+
+The transaction is the commit point: a crash before it loses nothing (the batch is formed again
+from the same records after resume), a crash after it repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+
+from consumers.trainer.former import BatchFormer, FormedBatch
+from consumers.trainer.learner import Learner
+from schemas import (
+    BatchFormed,
+    CheckpointSaved,
+    Event,
+    TrainStep,
+    decode_event,
+    decode_trajectories,
+    encode_event,
+)
+from schemas.ids import parse_group_id
+from streamrl.dlq import DeadLetters
+from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.run.context import TRAINER_GROUP, RunContext
+from streamrl.weights import WeightTransport
+
+
+class TrainerLoop:
+    def __init__(self, log: Log, ctx: RunContext, learner: Learner, transport: WeightTransport,
+                 *, version: int, trained: set[str], next_offset: int) -> None:
+        self.log, self.ctx, self.learner, self.transport = log, ctx, learner, transport
+        self.version = version
+        self.streams = ctx.streams
+        hooks_policy = ctx.config.hooks()["staleness"]
+        self.former = BatchFormer(hooks_policy, ctx.config.trainer.batch_size, ctx.run_id,
+                                  trained, next_offset)
+        self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
+        self.vocab_size = learner.model.config.vocab_size
+        self._buffer: list[Record] = []
+
+    async def run(self) -> None:
+        while self.version < self.ctx.config.run.max_versions:
+            batch = await self.next_batch()
+            metrics = await asyncio.to_thread(self.learner.step, batch.rows, batch.weights,
+                                              self.version)
+            await self.publish(batch, metrics)
+            await self.maybe_checkpoint()
+
+    async def next_batch(self) -> FormedBatch:
+        while not self.former.ready:
+            if not self._buffer:
+                self._buffer = await self.log.read(
+                    self.streams.trajectories, 0, self.former.batch.next_offset,
+                    max_records=64, timeout_s=1.0)
+                continue
+            record = self._buffer.pop(0)
+            decoded = await self.dlq.decode_or_reject(
+                record, lambda data: decode_trajectories(data, vocab_size=self.vocab_size))
+            self.former.add(record, decoded, self.version, int(time.time() * 1000))
+        return self.former.take()
+
+    async def publish(self, batch: FormedBatch, metrics: dict[str, float]) -> None:
+        new = self.version + 1
+        published = await asyncio.to_thread(self.transport.publish, new,
+                                            self.learner.hf_state_dict())
+        batch_id = f"batch-{new:06d}"
+        metrics |= {"num_samples": float(len(batch.sample_ids)),
+                    "num_rejected": float(len(batch.rejected)),
+                    "staleness_mean": batch.staleness.mean,
+                    "staleness_max": float(batch.staleness.max)}
+        events: list[Event] = [
+            BatchFormed(run_id=self.ctx.run_id, batch_id=batch_id,
+                        positions=tuple(batch.positions), sample_ids=tuple(batch.sample_ids),
+                        policy_version=self.version, staleness=batch.staleness,
+                        sample_weights=tuple(batch.weights)),
+            TrainStep(run_id=self.ctx.run_id, step=new, version=new, metrics=metrics),
+            *batch.rejected,
+        ]
+        appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in events]
+        announce = published.announce(run_id=self.ctx.run_id, parent=self.version,
+                                      batch_ids=(batch_id,))
+        appends.append(Append(stream=self.streams.weights, value=encode_event(announce)))
+        appends += [await self._requeued(group_id) for group_id in batch.requeue]
+        offsets = {StreamPartition(self.streams.trajectories, 0): batch.next_offset}
+        await self.log.transact(TRAINER_GROUP, offsets, appends)
+        self.version = new
+        self.last_digest = published.digest
+
+    async def _requeued(self, group_id: str) -> Append:
+        """The group's prompt again, as a new prompt event (group ids name the prompt record)."""
+        partition, offset = parse_group_id(group_id)
+        [record] = await self.log.read(self.streams.prompts, partition, offset, max_records=1)
+        prompt = decode_event(record.value, "prompts")
+        again = msgspec.structs.replace(prompt, event_id=f"{prompt.event_id}-r{self.version}")
+        return Append(stream=self.streams.prompts, value=encode_event(again),
+                      key=prompt.prompt_id.encode())
+
+    async def maybe_checkpoint(self) -> None:
+        every = self.ctx.config.trainer.checkpoint_every
+        final = self.version == self.ctx.config.run.max_versions
+        if not (final or (every and self.version % every == 0)):
+            return
+        path = self.ctx.run_dir / "checkpoints" / f"v{self.version:06d}"
+        await asyncio.to_thread(self.learner.save, path)
+        await self.log.append(self.streams.events, encode_event(CheckpointSaved(
+            run_id=self.ctx.run_id, version=self.version, path=str(path),
+            digest=self.last_digest)))

@@ -1,0 +1,104 @@
+"""Rebuilding the trainer from the log: the newest checkpoint, then every recorded batch after it,
+replayed in order, each resulting version checked against its announced digest.
+
+This is event sourcing at work: the trainer's state at version N is a pure function of the
+recorded batches, the config and the seed, so a restart continues bit-exactly where the committed
+log ends, whatever happened to the process in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pyarrow as pa
+
+from consumers.trainer.learner import Learner, LearnerConfig
+from schemas import (
+    BatchFormed,
+    CheckpointSaved,
+    WeightVersionAnnounced,
+    decode_event,
+    decode_trajectories,
+)
+from streamrl.log import Log, Record
+from streamrl.run.context import RunContext
+from streamrl.weights import weights_digest
+
+
+class ResumeError(RuntimeError):
+    """The recorded batches do not reproduce an announced version."""
+
+
+class History(msgspec.Struct, kw_only=True):
+    batches: list[BatchFormed]  # in log order; batch i trains version policy_version -> +1
+    checkpoints: list[CheckpointSaved]
+    announced: dict[int, WeightVersionAnnounced]
+
+    @property
+    def version(self) -> int:
+        return max(self.announced, default=0)
+
+    @property
+    def trained(self) -> set[str]:
+        return {sid for b in self.batches for sid in b.sample_ids}
+
+
+async def read_stream(log: Log, stream: str, partition: int = 0) -> list[Record]:
+    out: list[Record] = []
+    offset = 0
+    while page := await log.read(stream, partition, offset, max_records=1000):
+        out += page
+        offset = page[-1].offset + 1
+    return out
+
+
+async def read_history(log: Log, ctx: RunContext) -> History:
+    events = [decode_event(r.value, "events")
+              for r in await read_stream(log, ctx.streams.events)]
+    announced = [decode_event(r.value, "weights")
+                 for r in await read_stream(log, ctx.streams.weights)]
+    return History(
+        batches=[e for e in events if isinstance(e, BatchFormed)],
+        checkpoints=[e for e in events if isinstance(e, CheckpointSaved)],
+        announced={a.version: a for a in announced if isinstance(a, WeightVersionAnnounced)})
+
+
+async def batch_rows(log: Log, batch: BatchFormed) -> list[pa.RecordBatch]:
+    """The exact rows a recorded batch trained on, in the order it trained on them."""
+    wanted = set(batch.sample_ids)
+    rows = []
+    for position in dict.fromkeys(batch.positions):  # unique, in order
+        [record] = await log.read(position.stream, position.partition, position.offset,
+                                  max_records=1)
+        data = decode_trajectories(record.value)
+        keep = pa.array([sid in wanted for sid in data["sample_id"].to_pylist()])
+        rows.append(data.filter(keep))
+    return rows
+
+
+async def rebuild(log: Log, ctx: RunContext, config: LearnerConfig, history: History, *,
+                  until: int | None = None,
+                  on_version: Callable[[int], None] | None = None) -> Learner:
+    """The learner at version `until` (default: the newest announced), from the newest checkpoint
+    at or before it plus the recorded batches after it; raises ResumeError on a digest mismatch."""
+    until = history.version if until is None else until
+    start, path = 0, ctx.init_checkpoint
+    for ckpt in history.checkpoints:
+        if start < ckpt.version <= until and Path(ckpt.path).exists():  # noqa: ASYNC240
+            start, path = ckpt.version, Path(ckpt.path)
+    learner = Learner.from_checkpoint(path, config)
+    for batch in history.batches:
+        if not start <= batch.policy_version < until:
+            continue
+        weights = list(batch.sample_weights) or [1.0] * len(batch.sample_ids)
+        learner.step(await batch_rows(log, batch), weights, batch.policy_version)
+        version = batch.policy_version + 1
+        expected = history.announced[version].digest
+        if weights_digest(learner.hf_state_dict()) != expected:
+            raise ResumeError(f"replaying {batch.batch_id} did not reproduce version {version}: "
+                              f"digest differs from the announced {expected[:16]}…")
+        if on_version is not None:
+            on_version(version)
+    return learner

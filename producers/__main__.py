@@ -1,0 +1,52 @@
+"""A rollout worker process of a run (the run driver starts them):
+
+    python -m producers --log runs/log --run arithmetic-20261125-101500 --index 0 --num-producers 2
+
+SIGTERM stops it after the current decoding step; prompts it had not finished are generated again
+by whoever owns their partition next, and the trainer drops any duplicate it already trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import torch
+
+from producers.engine import TorchEngine
+from producers.worker import Producer
+from streamrl import aio
+from streamrl.log import open_log
+from streamrl.models import load_checkpoint
+from streamrl.run.context import load_run_context
+
+
+async def produce(log_url: str, run_id: str, index: int, num_producers: int) -> None:
+    async with open_log(log_url, writer_id=f"{run_id}-producer-{index}") as log:
+        ctx = await load_run_context(log, run_id)
+        engine = TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
+                             version=0)
+        producer = Producer(log, ctx, engine, index, num_producers)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, producer.stopping.set)
+        await producer.run()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--log", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--num-producers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = p.parse_args()
+    if not 0 <= args.index < args.num_producers:
+        p.error(f"--index must be in [0, {args.num_producers})")
+    torch.set_num_threads(args.threads)
+    aio.run(produce(args.log, args.run, args.index, args.num_producers))
+
+
+if __name__ == "__main__":
+    main()

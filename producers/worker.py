@@ -1,0 +1,215 @@
+"""The rollout worker: prompts in, scored Arrow trajectories out.
+
+    while not stopping:
+        await weights.apply(engine)       # newest announced version, between decoding steps
+        await admit_prompts()             # staleness admission control, then n samples/prompt
+        finished = engine.step()          # one decoding step for every running sequence
+        await collect(finished)           # whole groups: reward, filter, publish
+
+A worker owns the prompts partitions p with p % num_producers == index and commits, in one
+transaction with each published group, the position after the oldest prompt it has not finished.
+Group and sample ids come from the prompt's position (`schemas.ids`), so a group regenerated
+after a crash has the same ids and the trainer drops the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import deque
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+
+from producers.engine import GenerationRequest, GenerationResult, SamplingParams, TorchEngine
+from producers.engine.sampling import seed_from_request_id
+from producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
+from producers.weight_sync import WeightSync
+from schemas import (
+    ProducerJoined,
+    ProducerLeft,
+    Prompt,
+    Rejected,
+    Sample,
+    decode_event,
+    encode_event,
+    encode_trajectories,
+    samples_to_batch,
+)
+from schemas.ids import group_id_for, sample_id_for
+from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.run.context import PRODUCER_GROUP, RunContext
+from streamrl.staleness import THROTTLED, AdmissionState
+
+
+class Group(msgspec.Struct, kw_only=True):
+    record: Record
+    prompt: Prompt
+    tokens: np.ndarray
+    results: dict[int, GenerationResult] = msgspec.field(default_factory=dict)
+
+
+class Producer:
+    def __init__(self, log: Log, ctx: RunContext, engine: TorchEngine, index: int,
+                 num_producers: int) -> None:
+        self.log, self.ctx, self.engine = log, ctx, engine
+        self.index, self.num_producers = index, num_producers
+        self.producer_id = f"producer-{index}"
+        self.hooks = ctx.config.hooks()
+        self.tokenizer = self.hooks["tokenizer"]
+        self.weights = WeightSync(log, ctx.run_id, self.producer_id)
+        self.groups: dict[str, Group] = {}
+        self.queue: deque[Record] = deque()  # prompt records read but not started
+        self.offsets: dict[int, int] = {}  # next prompt offset to read, per owned partition
+        self.num_started = 0
+        self.throttled = False
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._join()
+        try:
+            while not self.stopping.is_set():
+                await self.weights.apply(self.engine)
+                await self.admit_prompts()
+                if self.engine.has_unfinished():
+                    await self.collect(await asyncio.to_thread(self.engine.step))
+                else:
+                    await self.weights.poll(timeout_s=0.2)  # idle: wait for work
+        finally:
+            await self.log.append(self.ctx.streams.events, encode_event(ProducerLeft(
+                run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
+                pid=os.getpid(), reason="stopped")))
+            self.weights.close()
+
+    async def _join(self) -> None:
+        prompts = self.ctx.streams.prompts
+        for p in range(await self.log.num_partitions(prompts)):
+            if p % self.num_producers == self.index:
+                self.offsets[p] = await self.log.committed(PRODUCER_GROUP, prompts, p) or 0
+        await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
+            run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
+            pid=os.getpid())))
+        while self.weights.latest is None and not self.stopping.is_set():
+            await self.weights.poll(timeout_s=1.0)  # version 0 is announced by the driver
+        await self.weights.apply(self.engine)
+
+    async def admit_prompts(self) -> None:
+        n = self.ctx.config.data.samples_per_prompt
+        while True:
+            admission = self.hooks["staleness"].admit(AdmissionState(
+                trainer_version=self.weights.trainer_version, num_started=self.num_started,
+                num_in_flight=sum(n - len(g.results) for g in self.groups.values()),
+                batch_size=self.ctx.config.trainer.batch_size,
+                num_producers=self.num_producers, now_ms=int(time.time() * 1000),
+                producer_rank=self.index))
+            if admission.capacity < n:
+                await self._throttle(admission.detail)
+                return
+            self.throttled = False
+            if not self.queue and not await self._read_prompts():
+                return
+            self._start(self.queue.popleft())
+
+    async def _read_prompts(self) -> bool:
+        for p, offset in self.offsets.items():
+            records = await self.log.read(self.ctx.streams.prompts, p, offset, max_records=16)
+            if records:
+                self.offsets[p] = records[-1].offset + 1
+                self.queue.extend(records)
+        return bool(self.queue)
+
+    def _start(self, record: Record) -> None:
+        prompt = decode_event(record.value, "prompts")
+        tokens = (np.asarray(prompt.tokens, dtype=np.int32) if prompt.tokens is not None
+                  else self.tokenizer.encode(prompt.text or "", bos=True))
+        group_id = group_id_for(record.partition, record.offset)
+        self.groups[group_id] = Group(record=record, prompt=prompt, tokens=tokens)
+        r = self.ctx.config.rollout
+        for k in range(self.ctx.config.data.samples_per_prompt):
+            sample_id = sample_id_for(group_id, k)
+            params = SamplingParams(
+                temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                max_new_tokens=r.max_new_tokens, stop_token_ids=(self.tokenizer.stop_token_id,),
+                seed=seed_from_request_id(f"{self.ctx.config.run.seed}/{sample_id}"))
+            self.engine.add_request(GenerationRequest(request_id=sample_id,
+                                                      prompt_tokens=tokens, params=params))
+        self.num_started += self.ctx.config.data.samples_per_prompt
+
+    async def _throttle(self, detail: str) -> None:
+        if not self.throttled:  # one event per throttled stretch, not one per check
+            self.throttled = True
+            await self.log.append(self.ctx.streams.events, encode_event(Rejected(
+                run_id=self.ctx.run_id, subject=self.producer_id, reason_code=THROTTLED,
+                detail=detail)), key=self.producer_id.encode())
+
+    async def collect(self, finished: list[GenerationResult]) -> None:
+        for result in finished:
+            group_id, _, k = result.request_id.rpartition("-s")
+            group = self.groups[group_id]
+            group.results[int(k)] = result
+            if len(group.results) == self.ctx.config.data.samples_per_prompt:
+                await self.publish(group_id, self.groups.pop(group_id))
+
+    async def publish(self, group_id: str, group: Group) -> None:
+        results = [group.results[k] for k in sorted(group.results)]
+        rewards = [self._reward(group, res) for res in results]
+        appends: list[Append] = []
+        verdict = self._filter(group, results, rewards)
+        if verdict is not None and not verdict.keep:
+            self.num_started -= len(results)  # never trained: frees admission capacity
+            event = Rejected(run_id=self.ctx.run_id, subject=group_id, reason_code="filtered",
+                             detail=verdict.reason)
+            appends.append(Append(stream=self.ctx.streams.events, value=encode_event(event)))
+        else:
+            samples = [self._sample(group_id, group, k, res, rew)
+                       for k, (res, rew) in enumerate(zip(results, rewards, strict=True))]
+            data = encode_trajectories(samples_to_batch(samples))
+            appends.append(Append(stream=self.ctx.streams.trajectories, value=data,
+                                  key=group_id.encode()))
+        await self.log.transact(PRODUCER_GROUP, self._done_offsets(group), appends)
+
+    def _filter(self, group: Group, results: list[GenerationResult],
+                rewards: list[RewardOutput]) -> FilterOutput | None:
+        keep_fn = self.hooks["filter"]
+        if keep_fn is None:
+            return None
+        return keep_fn(FilterInput(
+            prompt_id=group.prompt.prompt_id, rewards=tuple(r.reward for r in rewards),
+            finish_reasons=tuple(r.finish_reason for r in results),
+            num_response_tokens=tuple(len(r.response_tokens) for r in results)))
+
+    def _done_offsets(self, group: Group) -> dict[StreamPartition, int]:
+        """The committed position of the group's partition: after the oldest unfinished prompt."""
+        p = group.record.partition
+        pending = [g.record.offset for g in self.groups.values() if g.record.partition == p]
+        pending += [r.offset for r in self.queue if r.partition == p]
+        next_offset = min(pending, default=self.offsets[p])
+        return {StreamPartition(self.ctx.streams.prompts, p): next_offset}
+
+    def _reward(self, group: Group, result: GenerationResult) -> RewardOutput:
+        response = result.response_tokens
+        if result.finish_reason == "stop":
+            response = response[:-1]  # the stop token is not part of the answer
+        return self.hooks["reward"](RewardInput(
+            prompt_id=group.prompt.prompt_id, prompt_text=group.prompt.text,
+            prompt_tokens=group.tokens, response_text=self.tokenizer.decode(response),
+            response_tokens=result.response_tokens, finish_reason=result.finish_reason,
+            metadata=dict(group.prompt.metadata)))
+
+    def _sample(self, group_id: str, group: Group, k: int, res: GenerationResult,
+                reward: RewardOutput) -> Sample:
+        versions = res.response_versions
+        return Sample(
+            run_id=self.ctx.run_id, sample_id=res.request_id, group_id=group_id,
+            prompt_id=group.prompt.prompt_id, sample_index=k, producer_id=self.producer_id,
+            policy_version=int(versions[0]) if len(versions) else self.engine.version,
+            prompt_tokens=res.prompt_tokens, response_tokens=res.response_tokens,
+            logprobs=res.logprobs, loss_mask=np.ones(len(res.response_tokens), dtype=bool),
+            reward=float(reward.reward), reward_details=dict(reward.details) or None,
+            finish_reason=res.finish_reason, seed=res.seed,
+            started_at=datetime.fromtimestamp(res.timing.started_at, UTC),
+            finished_at=datetime.fromtimestamp(res.timing.finished_at, UTC),
+            response_versions=versions, routed_experts=res.routed_experts)

@@ -1,0 +1,110 @@
+"""`streamrl run RECIPE`: an RL run with the trainer and producers as concurrent local processes.
+
+    streamrl run recipes/arithmetic/recipe.toml                          # embedded file log
+    streamrl run recipes/arithmetic/recipe.toml --log kafka://127.0.0.1:9092
+    streamrl run recipes/arithmetic/recipe.toml --producers 2 --max-versions 40
+
+Files of the run (checkpoints, published weights, TensorBoard logs, the reward curve) go to
+`runs/<run_id>/`; everything else is in the log, under the run's streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from streamrl import aio
+from streamrl.log import open_log
+from streamrl.run.config import ConfigError, RunConfig, load_config
+from streamrl.run.driver import RunExists, start_run, supervise
+from streamrl.run.hooks import EvalRequest
+from streamrl.run.monitor import plot_reward
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a recipe TOML file, e.g. recipes/arithmetic/recipe.toml")
+    p.add_argument("--run", default=None, help="run id (default: <recipe name>-<time>)")
+    p.add_argument("--runs-dir", default="runs", help="where run files go (default: runs)")
+    p.add_argument("--producers", type=int, default=None, help="override rollout.num_producers")
+    p.add_argument("--max-versions", type=int, default=None, help="override run.max_versions")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _with_overrides(load_config(args.recipe), args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    args.runs_dir = Path(args.runs_dir).absolute()  # processes may start elsewhere
+    return aio.run(_run(args, config))
+
+
+def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    data = msgspec.to_builtins(config)
+    if args.producers is not None:
+        data["rollout"]["num_producers"] = args.producers
+    if args.max_versions is not None:
+        data["run"]["max_versions"] = args.max_versions
+    try:
+        return msgspec.convert(data, RunConfig)
+    except (msgspec.ValidationError, ValueError) as error:
+        raise ConfigError(f"{args.recipe} with command-line overrides: {error}") from None
+
+
+async def _run(args: argparse.Namespace, config: RunConfig) -> int:
+    console = Console()
+    run_id = args.run or f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    evaluate = config.hooks()["evaluate"]
+    async with open_log(args.log, writer_id=f"{run_id}-driver") as log:
+        console.print(f"[bold]run {run_id}[/bold]: log {log.url}, files {args.runs_dir / run_id}")
+        try:
+            ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe)
+        except RunExists as error:
+            console.print(f"[red]{error}[/red]: choose another --run")
+            return 2
+        evals = {}
+        if evaluate is not None:
+            evals["eval before"] = _headline(evaluate(EvalRequest(
+                checkpoint_dir=ctx.init_checkpoint, version=0)))
+        t0 = time.monotonic()
+        with v0:
+            monitor = await supervise(ctx, args.log, log)
+        wall = time.monotonic() - t0
+        final = ctx.run_dir / "checkpoints" / f"v{config.run.max_versions:06d}"
+        if evaluate is not None:
+            evals["eval after"] = _headline(evaluate(EvalRequest(
+                checkpoint_dir=final, version=config.run.max_versions)))
+    png = plot_reward(monitor.stats.steps, ctx.run_dir / "reward.png", run_id, evals)
+    console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected))
+    console.print(f"reward curve: {png}\nTensorBoard: tensorboard --logdir {ctx.run_dir}")
+    console.print(f"inspect: streamrl inspect {run_id} --log {args.log}")
+    return 0
+
+
+def _headline(metrics: dict[str, float]) -> float:
+    """The first metric an evaluator reports is its headline (e.g. accuracy)."""
+    return next(iter(metrics.values()))
+
+
+def _summary(steps: list, evals: dict[str, float], wall: float, rejected: dict) -> Table:
+    table = Table(title="run summary", title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rewards = [s.metrics.get("reward_mean", float("nan")) for s in steps]
+    if rewards:
+        k = max(1, len(rewards) // 5)
+        table.add_row(f"mean batch reward, first {k} versions", f"{sum(rewards[:k]) / k:.3f}")
+        table.add_row(f"mean batch reward, last {k} versions", f"{sum(rewards[-k:]) / k:.3f}")
+    for name, value in evals.items():
+        table.add_row(name, f"{value:.3f}")
+    table.add_row("versions trained", str(len(steps)))
+    table.add_row("wall time", f"{wall:.0f} s")
+    for code, n in sorted(rejected.items()):
+        table.add_row(f"rejected: {code}", str(n))
+    return table

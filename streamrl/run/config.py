@@ -1,0 +1,166 @@
+"""`RunConfig`: everything that defines a run, read from a recipe's TOML file and validated at
+load, before anything starts. Each component owns its section; cross-field rules are checked here
+with messages that say how to fix them. The config is recorded verbatim in `RunStarted`, so a
+replay rebuilds the same run from the log alone.
+
+    config = load_config("recipes/arithmetic/recipe.toml")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from consumers.trainer.registry import AlgorithmConfig
+from producers.engine.config import EngineConfig
+from producers.hooks import RewardFn, SampleFilter
+from streamrl.hooks import resolve
+from streamrl.run.hooks import Evaluator, ModelInit, PromptSource, Tokenizer
+from streamrl.staleness import StalenessConfig, build_policy
+from streamrl.streams import check_run_id
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run; the message names the file and the field."""
+
+
+class Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class RunSection(Section, kw_only=True):
+    name: str
+    """Run id prefix; each run gets `<name>-<time>` unless `streamrl run --run ID` is given."""
+    seed: int = 0
+    """Seeds prompts, model init, sampling and training: the same seed replays the same run."""
+    max_versions: int = 20
+    """The run ends when the trainer has published this many new weight versions."""
+
+
+class ModelSection(Section, kw_only=True):
+    init: str
+    """Import path of a `ModelInit(ModelInitRequest) -> Path` writing the initial HF checkpoint
+    (e.g. a short SFT warm start), or of nothing with `checkpoint` set."""
+    moe: bool = False
+    """Ask `init` for the mixture-of-experts variant of the recipe's model."""
+
+
+class DataSection(Section, kw_only=True):
+    tokenizer: str
+    """Import path of a `Tokenizer` object (or a class, instantiated with no arguments)."""
+    prompts: str
+    """Import path of a `PromptSource(PromptRequest) -> list[PromptSpec]`."""
+    num_prompts: int = 1024
+    samples_per_prompt: int = 8
+    """The GRPO group size: samples generated per prompt."""
+
+
+class RolloutSection(Section, kw_only=True):
+    num_producers: int = 1
+    """Rollout worker processes; they share the prompts stream through one consumer group."""
+    reward: str
+    """Import path of a `RewardFn(RewardInput) -> RewardOutput`."""
+    filter: str | None = None
+    """Import path of a `SampleFilter(FilterInput) -> FilterOutput`, or none."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 16
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+
+
+class TrainerSection(Section, kw_only=True):
+    batch_size: int = 64
+    """Samples per weight version; a multiple of data.samples_per_prompt (whole groups)."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 = off)."""
+    minibatches: int = 1
+    """Optimizer steps per version; with more than one the decoupled loss's proximal policy
+    (the weights when the batch was formed) differs from the current one."""
+    checkpoint_every: int = 5
+    """Save model + optimizer state every N versions (resume replays batches after it)."""
+    algorithm: AlgorithmConfig = msgspec.field(default_factory=AlgorithmConfig)
+
+
+class WeightsSection(Section, kw_only=True):
+    transport: str = "file"
+    """How tensors move from trainer to producers: "file" (safetensors) or "shm"."""
+    keep_versions: int = 4
+    """Published versions kept available; older ones are released."""
+
+
+class EvalSection(Section, kw_only=True):
+    evaluate: str | None = None
+    """Import path of an `Evaluator(EvalRequest) -> dict[str, float]`, run by the driver on the
+    initial and the final weights (the before/after figures)."""
+
+
+class RunConfig(Section, kw_only=True):
+    run: RunSection
+    model: ModelSection
+    data: DataSection
+    rollout: RolloutSection
+    trainer: TrainerSection = msgspec.field(default_factory=TrainerSection)
+    staleness: StalenessConfig = msgspec.field(default_factory=StalenessConfig)
+    weights: WeightsSection = msgspec.field(default_factory=WeightsSection)
+    eval: EvalSection = msgspec.field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run.name)
+        group = self.data.samples_per_prompt
+        if self.trainer.batch_size % group:
+            raise ValueError(
+                f"trainer.batch_size ({self.trainer.batch_size}) must be a multiple of "
+                f"data.samples_per_prompt ({group}): batches hold whole GRPO groups")
+        if group > self.rollout.engine.max_batch_size:
+            raise ValueError(
+                f"rollout.engine.max_batch_size ({self.rollout.engine.max_batch_size}) must be "
+                f">= data.samples_per_prompt ({group}) so a group decodes together")
+        if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
+            raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
+                             f"trainer.batch_size ({self.trainer.batch_size})")
+
+    # -- hooks, resolved once at load -----------------------------------------------------------
+    def tokenizer(self) -> Tokenizer:
+        target = resolve(self.data.tokenizer, what="data.tokenizer")
+        tok = target() if isinstance(target, type) else target
+        if not isinstance(tok, Tokenizer):
+            raise ConfigError(f"data.tokenizer {self.data.tokenizer!r} has no encode/decode/"
+                              "vocab_size/pad_token_id/stop_token_id")
+        return tok
+
+    def hooks(self) -> dict[str, Any]:
+        """Every hook, resolved (raises with the field's name when a path is wrong)."""
+        return {
+            "tokenizer": self.tokenizer(),
+            "prompts": resolve(self.data.prompts, PromptSource, what="data.prompts"),
+            "init": resolve(self.model.init, ModelInit, what="model.init"),
+            "reward": resolve(self.rollout.reward, RewardFn, what="rollout.reward"),
+            "filter": (resolve(self.rollout.filter, SampleFilter, what="rollout.filter")
+                       if self.rollout.filter else None),
+            "evaluate": (resolve(self.eval.evaluate, Evaluator, what="eval.evaluate")
+                         if self.eval.evaluate else None),
+            "staleness": build_policy(self.staleness),
+        }
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a recipe; every problem is a `ConfigError` naming the file and field."""
+    path = Path(path)
+    try:
+        config = msgspec.toml.decode(path.read_bytes(), type=RunConfig)
+        config.hooks()
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {str(path)!r} does not exist") from None
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config
+
+
+def config_from_builtins(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a config recorded in `RunStarted` (replay, resume, producers in other processes)."""
+    return msgspec.convert(data, RunConfig)

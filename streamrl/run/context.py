@@ -1,0 +1,60 @@
+"""What every process of a run knows: the run's config and files, read back from `RunStarted`.
+
+The driver writes `RunStarted` once; producers, the trainer, replay and audit rebuild the same
+`RunContext` from it, so the log alone is enough to join or reproduce a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import RunStarted, decode_event
+from streamrl.log import Log
+from streamrl.run.config import RunConfig, config_from_builtins
+from streamrl.streams import RunStreams
+
+TRAINER_GROUP = "trainer"
+PRODUCER_GROUP = "producers"
+
+
+class RunContext(msgspec.Struct, kw_only=True, frozen=True):
+    run_id: str
+    config: RunConfig
+    init_checkpoint: Path  # HF checkpoint of version 0
+    run_dir: Path  # checkpoints, published weights, TensorBoard logs, plots
+
+    @property
+    def streams(self) -> RunStreams:
+        return RunStreams(self.run_id)
+
+    def run_started(self, recipe: str) -> RunStarted:
+        return RunStarted(
+            run_id=self.run_id, seed=self.config.run.seed, streamrl_version="0.1.0",
+            recipe=recipe, config={
+                "run_config": msgspec.to_builtins(self.config),
+                "init_checkpoint": str(self.init_checkpoint),
+                "run_dir": str(self.run_dir),
+            })
+
+
+def context_from_event(event: RunStarted) -> RunContext:
+    config: dict[str, Any] = event.config if isinstance(event.config, dict) else {}
+    if "run_config" not in config:
+        raise ValueError(f"RunStarted of run {event.run_id!r} carries no run_config")
+    return RunContext(run_id=event.run_id, config=config_from_builtins(config["run_config"]),
+                      init_checkpoint=Path(config["init_checkpoint"]),
+                      run_dir=Path(config["run_dir"]))
+
+
+async def load_run_context(log: Log, run_id: str, *, timeout_s: float = 30.0) -> RunContext:
+    """The context of `run_id` from the first record of its events stream (waits for it)."""
+    stream = RunStreams(run_id).events
+    await log.ensure_stream(stream, 1)
+    for record in await log.read(stream, 0, 0, max_records=16, timeout_s=timeout_s):
+        event = decode_event(record.value, "events")
+        if isinstance(event, RunStarted):
+            return context_from_event(event)
+    raise LookupError(f"run {run_id!r} has no RunStarted event in {log.url}")

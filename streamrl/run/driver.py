@@ -1,0 +1,126 @@
+"""The local run driver: a run's streams and initial weights, then the trainer and producers as
+concurrent local processes, watched through the log until the trainer reaches `max_versions`.
+
+    ctx, v0 = await start_run(config, log, run_id, runs_dir, recipe="recipes/x/recipe.toml")
+    with v0:                                  # keeps version 0's tensors loadable meanwhile
+        await supervise(ctx, log_url, log)    # spawns processes, shows progress, ends the run
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import msgspec
+
+from schemas import Prompt, encode_event
+from streamrl.log import Append, Log
+from streamrl.models.checkpoint import read_safetensors
+from streamrl.run.config import RunConfig
+from streamrl.run.context import RunContext
+from streamrl.run.hooks import ModelInitRequest, PromptRequest
+from streamrl.run.monitor import Monitor
+from streamrl.weights import TransportConfig, WeightTransport
+
+
+class RunExists(RuntimeError):
+    pass
+
+
+def prepare_init(config: RunConfig, cache_dir: Path) -> Path:
+    """The initial checkpoint, built once per (init hook source, model section, seed) and cached:
+    a warm start that took minutes is not repeated by the next run of the same recipe."""
+    init = config.hooks()["init"]
+    source = inspect.getsourcefile(init) or ""
+    key = hashlib.sha256(
+        Path(source).read_bytes() + msgspec.json.encode([config.model, config.run.seed,
+                                                         config.model.init])).hexdigest()[:16]
+    out_dir = cache_dir / f"init-{key}"
+    if not (out_dir / "config.json").exists():
+        built = init(ModelInitRequest(out_dir=out_dir, seed=config.run.seed, moe=config.model.moe))
+        if Path(built) != out_dir:
+            raise ValueError(f"model.init wrote {built}, expected {out_dir}")
+    return out_dir
+
+
+async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
+                    recipe: str) -> tuple[RunContext, WeightTransport]:
+    """Everything a run needs before its first process starts: streams, RunStarted, prompts and
+    version 0 of the weights, whose transport the caller keeps open for the run (closing it
+    releases the tensors). Refuses a run id that already exists in the log."""
+    if not runs_dir.is_absolute():  # the trainer and producers may start in another directory
+        raise ValueError(f"runs_dir must be an absolute path, got {runs_dir}")
+    run_dir = runs_dir / run_id
+    init_dir = await asyncio.to_thread(prepare_init, config, runs_dir / "cache")
+    ctx = RunContext(run_id=run_id, config=config, init_checkpoint=init_dir, run_dir=run_dir)
+    streams = ctx.streams
+    if streams.events in await log.list_streams(run_id):
+        raise RunExists(f"run {run_id!r} already exists in {log.url}")
+    await log.ensure_stream(streams.prompts, max(config.rollout.num_producers, 1))
+    for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
+        await log.ensure_stream(stream, 1)
+    await log.append(streams.events, encode_event(ctx.run_started(recipe)))
+    await _publish_prompts(log, ctx)
+    return ctx, await _publish_initial_weights(log, ctx)
+
+
+async def _publish_prompts(log: Log, ctx: RunContext) -> None:
+    data = ctx.config.data
+    specs = ctx.config.hooks()["prompts"](PromptRequest(seed=ctx.config.run.seed,
+                                                        num_prompts=data.num_prompts))
+    partitions = await log.num_partitions(ctx.streams.prompts)
+    await log.append_many([
+        Append(stream=ctx.streams.prompts, partition=i % partitions, key=s.prompt_id.encode(),
+               value=encode_event(Prompt(run_id=ctx.run_id, prompt_id=s.prompt_id, text=s.text,
+                                         metadata=s.metadata,
+                                         num_samples=data.samples_per_prompt)))
+        for i, s in enumerate(specs)])
+
+
+async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport:
+    w = ctx.config.weights
+    transport = TransportConfig(kind=w.transport, keep_last=1,
+                                directory=str(ctx.run_dir / "weights"),
+                                namespace=f"{ctx.run_id}-init").open()
+    tensors = read_safetensors(ctx.init_checkpoint)
+    published = await asyncio.to_thread(transport.publish, 0, tensors)
+    await log.append(ctx.streams.weights,
+                     encode_event(published.announce(run_id=ctx.run_id, parent=None)))
+    return transport
+
+
+async def _spawn(module: str, *args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
+
+
+async def supervise(ctx: RunContext, log_url: str, log: Log) -> Monitor:
+    """Run the trainer and producers until the trainer finishes; show progress meanwhile. A
+    process that fails ends the run with an error naming it."""
+    common = ("--log", log_url, "--run", ctx.run_id)
+    n = ctx.config.rollout.num_producers
+    trainer = await _spawn("consumers.trainer", *common)
+    producers = [await _spawn("producers", *common, "--index", str(i), "--num-producers", str(n))
+                 for i in range(n)]
+    monitor = Monitor(log, ctx.streams.events, ctx.config.run.max_versions, ctx.run_dir)
+    try:
+        with monitor.progress:
+            while trainer.returncode is None:
+                await monitor.poll(timeout_s=0.5)
+                for i, p in enumerate(producers):  # returncode is set when a child exits
+                    if p.returncode not in (None, 0):
+                        raise RuntimeError(f"producer {i} exited with code {p.returncode}")
+            await monitor.poll(timeout_s=0.5)
+        if trainer.returncode != 0:
+            raise RuntimeError(f"the trainer exited with code {trainer.returncode}")
+    finally:
+        for p in [trainer, *producers]:
+            if p.returncode is None:
+                p.terminate()
+        await asyncio.gather(*(p.wait() for p in [trainer, *producers]))
+        monitor.close()
+    return monitor

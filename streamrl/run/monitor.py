@@ -1,0 +1,82 @@
+"""Watching a run through its events stream: live progress and metrics, TensorBoard scalars, and
+the reward curve as a PNG. The monitor only reads the log, so it can watch any run, anywhere."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
+from streamrl.log import Log
+
+
+class RunStats(msgspec.Struct):
+    steps: list[TrainStep] = msgspec.field(default_factory=list)
+    rejected: Counter[str] = msgspec.field(default_factory=Counter)
+    loads: int = 0
+
+
+class Monitor:
+    def __init__(self, log: Log, events_stream: str, max_versions: int, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when watching
+
+        self.log, self.stream = log, events_stream
+        self.offset = 0
+        self.stats = RunStats()
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.progress = Progress(
+            TextColumn("[bold]trainer versions"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.description}"))
+        self.task = self.progress.add_task("waiting for the first batch", total=max_versions)
+
+    async def poll(self, timeout_s: float = 0.5) -> None:
+        for record in await self.log.read(self.stream, 0, self.offset, timeout_s=timeout_s):
+            self.offset = record.offset + 1
+            self._on(decode_event(record.value, "events"))
+
+    def _on(self, event: object) -> None:
+        match event:
+            case TrainStep(version=version, metrics=metrics):
+                self.stats.steps.append(event)
+                for name, value in metrics.items():
+                    self.writer.add_scalar(f"train/{name}", value, version)
+                self.progress.update(self.task, completed=version, description=(
+                    f"reward {metrics.get('reward_mean', float('nan')):.3f}  "
+                    f"staleness {metrics.get('staleness_mean', 0):.2f}  "
+                    f"rejected {sum(self.stats.rejected.values())}"))
+            case Rejected(reason_code=code):
+                self.stats.rejected[code] += 1
+            case WeightVersionLoaded():
+                self.stats.loads += 1
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_reward(steps: list[TrainStep], path: Path, title: str,
+                evals: dict[str, float] | None = None) -> Path:
+    """Mean training reward per weight version (and the eval figures, if any) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    versions = [s.version for s in steps]
+    ax.plot(versions, [s.metrics.get("reward_mean", float("nan")) for s in steps], marker=".",
+            label="mean reward of each batch")
+    for name, value in (evals or {}).items():
+        ax.axhline(value, linestyle="--", alpha=0.6, label=f"{name} = {value:.3f}")
+    ax.set_xlabel("weight version")
+    ax.set_ylabel("reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

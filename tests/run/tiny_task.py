@@ -1,0 +1,62 @@
+"""A tiny task for testing the run plumbing (not learning): echo the prompt's first digit.
+
+Hooks for `tests/run/tiny.toml`; the model is a random-init 1-layer Qwen3 with a character vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from producers.hooks import RewardInput, RewardOutput
+from streamrl.models import CausalLM, ModelConfig, save_checkpoint
+from streamrl.run.hooks import ModelInitRequest, PromptRequest, PromptSpec
+
+CHARS = "0123456789="
+
+
+class Tokenizer:
+    vocab_size = len(CHARS) + 3
+    pad_token_id, bos_token_id, stop_token_id = 0, 1, 2
+
+    def encode(self, text: str, *, bos: bool = False, stop: bool = False) -> npt.NDArray[np.int32]:
+        ids = [1] * bos + [3 + CHARS.index(c) for c in text] + [2] * stop
+        return np.asarray(ids, dtype=np.int32)
+
+    def decode(self, tokens: Iterable[int] | npt.NDArray[np.integer]) -> str:
+        return "".join(CHARS[t - 3] if 3 <= t < self.vocab_size else "" for t in
+                       np.asarray(tokens).reshape(-1).tolist())
+
+
+TOKENIZER = Tokenizer()
+
+
+def prompts(request: PromptRequest) -> list[PromptSpec]:
+    rng = np.random.default_rng(request.seed)
+    out = []
+    for i in range(request.num_prompts):
+        digits = "".join(str(d) for d in rng.integers(0, 10, size=3))
+        out.append(PromptSpec(prompt_id=f"echo-{i}", text=f"{digits}=",
+                              metadata={"answer": digits[0]}))
+    return out
+
+
+def init(request: ModelInitRequest) -> Path:
+    torch.manual_seed(request.seed)
+    moe = (dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=16) if request.moe else {"model_type": "qwen3"})
+    config = ModelConfig(vocab_size=TOKENIZER.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=16, max_position_embeddings=64, tie_word_embeddings=True,
+                         **moe)
+    save_checkpoint(CausalLM(config), request.out_dir)
+    return request.out_dir
+
+
+def reward(sample: RewardInput) -> RewardOutput:
+    right = sample.response_text[:1] == sample.metadata["answer"]
+    return RewardOutput(reward=float(right), status="correct" if right else "wrong")
