@@ -1,0 +1,75 @@
+"""Committed positions of consumer groups: one small JSON file per group under `<root>/_groups/`.
+
+Each write replaces the whole file atomically (temp file, fsync, rename, fsync the directory), so
+a reader or a crash sees the old positions or the new ones, never a mix. Writers hold the log's
+transaction lock (file_txn.py), which serializes read-modify-write of a group file and lets a
+pending transaction be rolled forward before any newer positions are written.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import msgspec
+
+from streamrl.log.base import LogCorruptionError, StreamPartition
+from streamrl.log.file_writer import fsync_dir, write_all
+
+Flat = Sequence[tuple[str, int, int]]  # (stream, partition, next offset to read)
+
+
+class GroupFile(msgspec.Struct, kw_only=True):
+    version: int = 1
+    positions: list[tuple[str, int, int]] = msgspec.field(default_factory=list)
+
+
+_decode = msgspec.json.Decoder(GroupFile).decode
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: write a temp file, fsync, rename over, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, [data], 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class GroupStore:
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "_groups"
+
+    def path(self, group: str) -> Path:
+        """The group's file; any group name works (it is percent-encoded)."""
+        name = quote(group, safe="")
+        if not group or len(name) > 200:
+            raise ValueError(f"group name {group!r} is empty or too long")
+        return self.dir / f"{name}.json"
+
+    def read(self, group: str) -> dict[StreamPartition, int]:
+        path = self.path(group)
+        try:
+            positions = _decode(path.read_bytes()).positions
+        except FileNotFoundError:
+            return {}
+        except msgspec.DecodeError as err:  # only ever replaced whole, so this is damage
+            raise LogCorruptionError(f"{path}: unreadable group positions: {err}") from err
+        return {StreamPartition(s, p): off for s, p, off in positions}
+
+    def merge(self, group: str, positions: Flat) -> None:
+        """Set the given positions, keeping the group's others (caller holds the txn lock)."""
+        if not positions:
+            return
+        merged = self.read(group)
+        merged.update({StreamPartition(s, p): off for s, p, off in positions})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        flat = [(sp.stream, sp.partition, off) for sp, off in sorted(merged.items())]
+        write_atomic(self.path(group), msgspec.json.encode(GroupFile(positions=flat)))
