@@ -83,18 +83,23 @@ async def test_kill_9_at_random_moments_keeps_an_acknowledged_prefix(tmp_path: P
     root = tmp_path / "log"
     rng = random.Random(20240611)
     acked: set[int] = set()
+    kills = 0
     async with FileLog(root) as log:  # so that a kill during the first start-up finds it
         await log.ensure_stream("s", 1)
-    for rounds in range(1, 16):
+    for rounds in range(1, 30):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(script), str(root), str(rounds), str(TOTAL),
             stdout=asyncio.subprocess.PIPE, env=env(),
         )  # fmt: skip
-        await asyncio.sleep(rng.uniform(0.25, 0.7))
+        assert proc.stdout is not None
+        # Kill at a random moment once it is appending (its first acknowledgement is out).
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
+        await asyncio.sleep(rng.uniform(0.0, 0.3))
         with contextlib.suppress(ProcessLookupError):  # it may have finished already
             proc.send_signal(signal.SIGKILL)
-        out, _ = await proc.communicate()
-        lines = out.decode().split("\n")
+        rest, _ = await proc.communicate()
+        kills += proc.returncode == -signal.SIGKILL
+        lines = (first + rest).decode().split("\n")
         acked |= {int(line) for line in lines[:-1]}  # the last line may be cut mid-number
         async with FileLog(root) as log:
             got = await read_all(log, "s")
@@ -103,6 +108,7 @@ async def test_kill_9_at_random_moments_keeps_an_acknowledged_prefix(tmp_path: P
         assert not acked or max(acked) < len(got), f"lost acknowledged records in round {rounds}"
         if len(got) == TOTAL:
             break
+    assert kills >= 3
     # A last writer finishes the job on top of whatever the kills left.
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(script), str(root), "0", str(TOTAL), env=env()
