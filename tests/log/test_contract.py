@@ -23,6 +23,7 @@ from streamrl.log import (
     open_log,
 )
 from streamrl.log.memory import MemoryLog, MemoryStore
+from tests.log.helpers import unique
 
 LogFactory = Callable[[], Awaitable[Log]]
 
@@ -54,10 +55,6 @@ async def make(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[LogFac
     yield factory
     for log in opened:
         await log.stop()
-
-
-def unique(name: str) -> str:
-    return f"t{uuid.uuid4().hex[:10]}.{name}"
 
 
 async def test_append_then_read_returns_the_record_at_its_position(make: LogFactory) -> None:

@@ -7,8 +7,6 @@ ignored keyword would show up here. Runs against the local broker (scripts/kafka
 from __future__ import annotations
 
 import gc
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -16,30 +14,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.consumer.fetcher import READ_COMMITTED, OffsetResetStrategy
 
 from streamrl.log import LogClosedError, LogWriteError, open_log
-from streamrl.log.kafka import KafkaLog
-
-MiB = 1024 * 1024
-OpenKafka = Callable[..., Awaitable[KafkaLog]]
-
-
-@pytest.fixture
-async def open_kafka(kafka_url: str) -> AsyncIterator[OpenKafka]:
-    opened: list[KafkaLog] = []
-
-    async def factory(**options: object) -> KafkaLog:
-        log = open_log(kafka_url, **options)
-        assert isinstance(log, KafkaLog)
-        await log.start()
-        opened.append(log)
-        return log
-
-    yield factory
-    for log in opened:
-        await log.stop()
-
-
-def unique(name: str) -> str:
-    return f"t{uuid.uuid4().hex[:10]}.{name}"
+from tests.log.helpers import MiB, OpenKafka, unique
 
 
 async def test_producers_wait_for_all_replicas_and_never_duplicate(open_kafka: OpenKafka) -> None:

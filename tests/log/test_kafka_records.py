@@ -8,36 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from streamrl.log import Append, LogClosedError, StreamPartition, open_log
-from streamrl.log.kafka import KafkaLog
-
-MiB = 1024 * 1024
-OpenKafka = Callable[..., Awaitable[KafkaLog]]
-
-
-@pytest.fixture
-async def open_kafka(kafka_url: str) -> AsyncIterator[OpenKafka]:
-    opened: list[KafkaLog] = []
-
-    async def factory(**options: object) -> KafkaLog:
-        log = open_log(kafka_url, **options)
-        assert isinstance(log, KafkaLog)
-        await log.start()
-        opened.append(log)
-        return log
-
-    yield factory
-    for log in opened:
-        await log.stop()
-
-
-def unique(name: str) -> str:
-    return f"t{uuid.uuid4().hex[:10]}.{name}"
+from streamrl.log import Append, LogClosedError, StreamPartition
+from tests.log.helpers import MiB, OpenKafka, unique
 
 
 async def test_8mb_records_round_trip_plain_and_in_a_transaction(open_kafka: OpenKafka) -> None:

@@ -9,36 +9,13 @@ unknown rather than aborted.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streamrl.log import Append, LogWriteError, StreamPartition, open_log
+from streamrl.log import Append, LogWriteError, StreamPartition
 from streamrl.log.kafka import KafkaLog, TransactionOutcomeUnknownError, WriterFencedError
-
-OpenKafka = Callable[..., Awaitable[KafkaLog]]
-
-
-@pytest.fixture
-async def open_kafka(kafka_url: str) -> AsyncIterator[OpenKafka]:
-    opened: list[KafkaLog] = []
-
-    async def factory(**options: object) -> KafkaLog:
-        log = open_log(kafka_url, **options)
-        assert isinstance(log, KafkaLog)
-        await log.start()
-        opened.append(log)
-        return log
-
-    yield factory
-    for log in opened:
-        await log.stop()
-
-
-def unique(name: str) -> str:
-    return f"t{uuid.uuid4().hex[:10]}.{name}"
+from tests.log.helpers import OpenKafka, unique
 
 
 async def values(log: KafkaLog, stream: str, timeout_s: float = 5.0) -> list[bytes]:
