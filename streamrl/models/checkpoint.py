@@ -42,26 +42,10 @@ def load_checkpoint(
     config = ModelConfig.from_file(path)
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         model = CausalLM(config)
-    state = from_hf_names(read_safetensors(path), config)
-    expected = model.state_dict()
-    if config.tie_word_embeddings:
-        # transformers ignores a stored lm_head when embeddings are tied; so do we.
-        state.pop("lm_head.weight", None)
-        expected.pop("lm_head.weight")
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not match its config.json: missing {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''}"
-        )
-    for name, ref in expected.items():
-        if state[name].shape != ref.shape:
-            raise ValueError(
-                f"checkpoint {path}: `{name}` has shape {list(state[name].shape)}, "
-                f"config.json implies {list(ref.shape)}"
-            )
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+    state = checked_state(read_safetensors(path), config, expected,
+                          source=f"checkpoint {path}", reference="config.json implies")
+    for name in state:
         state[name] = state[name].to(device=device, dtype=dtype)
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
@@ -97,6 +81,33 @@ def save_checkpoint(
     dtype = next(iter(state.values())).dtype
     config = {**model.config.to_hf_dict(), "dtype": str(dtype).removeprefix("torch.")}
     _atomic(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+
+
+def checked_state(tensors: dict[str, Tensor], config: ModelConfig,
+                  expected: dict[str, torch.Size], *, source: str,
+                  reference: str = "the model expects") -> dict[str, Tensor]:
+    """`tensors` (HF names, per-expert or fused MoE layout) under our parameter names, checked
+    against `expected` shapes: every name present, none extra, every shape equal, else
+    `ValueError` naming them. A tied LM head is the embedding, so a stored one is ignored (as
+    transformers does)."""
+    state = from_hf_names(tensors, config)
+    expected = dict(expected)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+        expected.pop("lm_head.weight", None)
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the model: missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise ValueError(f"{source}: `{name}` has shape {list(state[name].shape)}, "
+                             f"{reference} {list(shape)}")
+    return state
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
