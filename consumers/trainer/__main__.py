@@ -19,8 +19,7 @@ from consumers.trainer.resume import read_history, rebuild
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.config import RunConfig
-from streamrl.run.context import TRAINER_GROUP, RunContext, load_run_context
-from streamrl.weights import TransportConfig, WeightTransport
+from streamrl.run.context import TRAINER_GROUP, load_run_context
 
 
 def learner_config(config: RunConfig) -> LearnerConfig:
@@ -30,12 +29,6 @@ def learner_config(config: RunConfig) -> LearnerConfig:
                          temperature=config.rollout.temperature or 1.0)
 
 
-def transport_for(ctx: RunContext) -> WeightTransport:
-    w = ctx.config.weights
-    return TransportConfig(kind=w.transport, keep_last=w.keep_versions,
-                           directory=str(ctx.run_dir / "weights"), namespace=ctx.run_id).open()
-
-
 async def train(log_url: str, run_id: str) -> None:
     async with open_log(log_url, writer_id=f"{run_id}-trainer") as log:
         ctx = await load_run_context(log, run_id)
@@ -43,7 +36,8 @@ async def train(log_url: str, run_id: str) -> None:
         history = await read_history(log, ctx)
         learner = await rebuild(log, ctx, learner_config(ctx.config), history)
         next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
-        transport = transport_for(ctx)
+        transport = ctx.transport_config(keep_last=ctx.config.weights.keep_versions,
+                                         namespace=ctx.run_id).open()
         try:
             await TrainerLoop(log, ctx, learner, transport, version=history.version,
                               trained=history.trained, next_offset=next_offset).run()

@@ -15,6 +15,7 @@ from schemas import RunStarted, decode_event
 from streamrl.log import Log
 from streamrl.run.config import RunConfig, config_from_builtins
 from streamrl.streams import RunStreams
+from streamrl.weights import TransportConfig
 
 TRAINER_GROUP = "trainer"
 PRODUCER_GROUP = "producers"
@@ -29,6 +30,14 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def streams(self) -> RunStreams:
         return RunStreams(self.run_id)
+
+    def transport_config(self, *, keep_last: int, namespace: str) -> TransportConfig:
+        """The run's weight transport: files under the run directory, or /dev/shm segments
+        named after the run (so a later run can clean up after a crashed one)."""
+        kind = self.config.weights.transport
+        directory = str(self.run_dir / "weights") if kind == "file" else None
+        return TransportConfig(kind=kind, keep_last=keep_last, directory=directory,
+                               namespace=namespace)
 
     def run_started(self, recipe: str) -> RunStarted:
         return RunStarted(

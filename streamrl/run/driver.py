@@ -24,7 +24,7 @@ from streamrl.run.config import RunConfig
 from streamrl.run.context import RunContext
 from streamrl.run.hooks import ModelInitRequest, PromptRequest
 from streamrl.run.monitor import Monitor
-from streamrl.weights import TransportConfig, WeightTransport
+from streamrl.weights import WeightTransport
 
 
 class RunExists(RuntimeError):
@@ -82,10 +82,7 @@ async def _publish_prompts(log: Log, ctx: RunContext) -> None:
 
 
 async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport:
-    w = ctx.config.weights
-    transport = TransportConfig(kind=w.transport, keep_last=1,
-                                directory=str(ctx.run_dir / "weights"),
-                                namespace=f"{ctx.run_id}-init").open()
+    transport = ctx.transport_config(keep_last=1, namespace=f"{ctx.run_id}-init").open()
     tensors = read_safetensors(ctx.init_checkpoint)
     published = await asyncio.to_thread(transport.publish, 0, tensors)
     await log.append(ctx.streams.weights,
