@@ -4,13 +4,15 @@
     streamrl run recipes/arithmetic/recipe.toml --log kafka://127.0.0.1:9092
     streamrl run recipes/arithmetic/recipe.toml --producers 2 --max-versions 40
 
-Files of the run (checkpoints, published weights, TensorBoard logs, the reward curve) go to
-`runs/<run_id>/`; everything else is in the log, under the run's streams.
+Files of the run (checkpoints, published weights, TensorBoard logs, the reward curve and
+`summary.json` with the eval figures) go to `runs/<run_id>/`; everything else is in the log,
+under the run's streams.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -81,6 +83,10 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
             evals["eval after"] = _headline(evaluate(EvalRequest(
                 checkpoint_dir=final, version=config.run.max_versions)))
     png = plot_reward(monitor.stats.steps, ctx.run_dir / "reward.png", run_id, evals)
+    summary = {"run_id": run_id, "wall_s": wall, "evals": evals,
+               "rejected": dict(monitor.stats.rejected),
+               "batch_reward": [s.metrics.get("reward_mean") for s in monitor.stats.steps]}
+    (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected))
     console.print(f"reward curve: {png}\nTensorBoard: tensorboard --logdir {ctx.run_dir}")
     console.print(f"inspect: streamrl inspect {run_id} --log {args.log}")

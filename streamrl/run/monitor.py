@@ -68,8 +68,9 @@ def plot_reward(steps: list[TrainStep], path: Path, title: str,
     versions = [s.version for s in steps]
     ax.plot(versions, [s.metrics.get("reward_mean", float("nan")) for s in steps], marker=".",
             label="mean reward of each batch")
-    for name, value in (evals or {}).items():
-        ax.axhline(value, linestyle="--", alpha=0.6, label=f"{name} = {value:.3f}")
+    for (name, value), color in zip((evals or {}).items(), ("tab:gray", "tab:green", "tab:red"),
+                                    strict=False):
+        ax.axhline(value, linestyle="--", color=color, label=f"{name} = {value:.3f}")
     ax.set_xlabel("weight version")
     ax.set_ylabel("reward")
     ax.set_title(title)
