@@ -19,6 +19,7 @@ import time
 import msgspec
 
 from consumers.trainer.former import BatchFormer, FormedBatch
+from consumers.trainer.hooks import TrainStepInput
 from consumers.trainer.learner import Learner
 from schemas import (
     BatchFormed,
@@ -42,8 +43,9 @@ class TrainerLoop:
         self.log, self.ctx, self.learner, self.transport = log, ctx, learner, transport
         self.version = version
         self.streams = ctx.streams
-        hooks_policy = ctx.config.hooks()["staleness"]
-        self.former = BatchFormer(hooks_policy, ctx.config.trainer.batch_size, ctx.run_id,
+        hooks = ctx.config.hooks()
+        self.step_hooks = hooks["step_hooks"]
+        self.former = BatchFormer(hooks["staleness"], ctx.config.trainer.batch_size, ctx.run_id,
                                   trained, next_offset)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model.config.vocab_size
@@ -54,8 +56,18 @@ class TrainerLoop:
             batch = await self.next_batch()
             metrics = await asyncio.to_thread(self.learner.step, batch.rows, batch.weights,
                                               self.version)
-            await self.publish(batch, metrics)
+            await self.publish(batch, metrics | self.hook_metrics(batch, metrics))
             await self.maybe_checkpoint()
+
+    def hook_metrics(self, batch: FormedBatch, metrics: dict[str, float]) -> dict[str, float]:
+        step = TrainStepInput(
+            version=self.version + 1, metrics=dict(metrics), sample_ids=tuple(batch.sample_ids),
+            rewards=tuple(r for rows in batch.rows for r in rows["reward"].to_pylist()),
+            lags=tuple(batch.lags), model=self.learner.model)
+        extra: dict[str, float] = {}
+        for hook in self.step_hooks:
+            extra |= {name: float(value) for name, value in hook(step).items()}
+        return extra
 
     async def next_batch(self) -> FormedBatch:
         while not self.former.ready:

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.trainer.hooks import TrainStepHook
 from consumers.trainer.registry import AlgorithmConfig
 from producers.engine.config import EngineConfig
 from producers.hooks import RewardFn, SampleFilter
@@ -84,6 +85,9 @@ class TrainerSection(Section, kw_only=True):
     checkpoint_every: int = 5
     """Save model + optimizer state every N versions (resume replays batches after it)."""
     algorithm: AlgorithmConfig = msgspec.field(default_factory=AlgorithmConfig)
+    step_hooks: tuple[str, ...] = ()
+    """Import paths of `TrainStepHook(TrainStepInput) -> dict[str, float]`: extra metrics per
+    step, recorded in TrainStep (consumers/trainer/hooks.py)."""
 
 
 class WeightsSection(Section, kw_only=True):
@@ -145,6 +149,8 @@ class RunConfig(Section, kw_only=True):
             "evaluate": (resolve(self.eval.evaluate, Evaluator, what="eval.evaluate")
                          if self.eval.evaluate else None),
             "staleness": build_policy(self.staleness),
+            "step_hooks": [resolve(path, TrainStepHook, what="trainer.step_hooks")
+                           for path in self.trainer.step_hooks],
         }
 
 

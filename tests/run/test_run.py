@@ -74,6 +74,11 @@ def test_run_trains_every_version_exactly_once(backend: str, tmp_path: Path,
             ctx = await load_run_context(log, run_id)
             batches = await check_lineage(log, ctx)
             assert len(batches) == 3 and all(len(b.sample_ids) == 8 for b in batches)
+            events = [decode_event(r.value, "events")
+                      for r in await read_stream(log, ctx.streams.events)]
+            steps = [e for e in events if isinstance(e, TrainStep)]
+            # the recipe's training-step hook adds its metric to every step
+            assert [s.metrics["hook_num_samples"] for s in steps] == [8.0, 8.0, 8.0]
 
     aio.run(audit())
 

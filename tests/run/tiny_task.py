@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from consumers.trainer.hooks import TrainStepInput
 from producers.hooks import RewardInput, RewardOutput
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
 from streamrl.run.hooks import ModelInitRequest, PromptRequest, PromptSpec
@@ -60,3 +61,8 @@ def init(request: ModelInitRequest) -> Path:
 def reward(sample: RewardInput) -> RewardOutput:
     right = sample.response_text[:1] == sample.metadata["answer"]
     return RewardOutput(reward=float(right), status="correct" if right else "wrong")
+
+
+def count_samples(step: TrainStepInput) -> dict[str, float]:
+    """A training-step hook: its metric must show up in every TrainStep."""
+    return {"hook_num_samples": float(len(step.sample_ids))}
