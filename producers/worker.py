@@ -2,9 +2,9 @@
 
     while not stopping:
         await weights.apply(engine)       # newest announced version, between decoding steps
-        await admit_prompts()             # staleness admission control, then n samples/prompt
-        finished = engine.step()          # one decoding step for every running sequence
-        await collect(finished)           # whole groups: reward, filter, publish
+        await admit_prompts()             # staleness admission control, then a rollout task
+        await client.step()               # one decoding step for every running sequence
+    each rollout task, when its group is done:   reward, filter, publish
 
 A worker owns the prompts partitions p with p % num_producers == index and commits, in one
 transaction with each published group, the position after the oldest prompt it has not finished.
@@ -19,14 +19,14 @@ import os
 import socket
 import time
 from collections import deque
-from datetime import UTC, datetime
 
 import msgspec
 import numpy as np
 
-from producers.engine import GenerationRequest, GenerationResult, SamplingParams, TorchEngine
+from producers.engine import SamplingParams, TorchEngine
 from producers.engine.sampling import seed_from_request_id
 from producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
+from producers.rollout import EngineClient, RolloutInput, RolloutSample
 from producers.weight_sync import WeightSync
 from schemas import (
     ProducerJoined,
@@ -49,7 +49,7 @@ class Group(msgspec.Struct, kw_only=True):
     record: Record
     prompt: Prompt
     tokens: np.ndarray
-    results: dict[int, GenerationResult] = msgspec.field(default_factory=dict)
+    task: asyncio.Task | None = None
 
 
 class Producer:
@@ -61,6 +61,8 @@ class Producer:
         self.hooks = ctx.config.hooks()
         self.tokenizer = self.hooks["tokenizer"]
         self.weights = WeightSync(log, ctx.run_id, self.producer_id)
+        self.client = EngineClient(engine)
+        self.rollout = self.hooks["rollout"]
         self.groups: dict[str, Group] = {}
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.offsets: dict[int, int] = {}  # next prompt offset to read, per owned partition
@@ -74,11 +76,15 @@ class Producer:
             while not self.stopping.is_set():
                 await self.weights.apply(self.engine)
                 await self.admit_prompts()
-                if self.engine.has_unfinished():
-                    await self.collect(await asyncio.to_thread(self.engine.step))
+                if self.client.has_work():
+                    await self.client.step()
                 else:
                     await self.weights.poll(timeout_s=0.2)  # idle: wait for work
+                self._raise_failed_rollouts()
         finally:
+            for group in self.groups.values():
+                if group.task is not None:
+                    group.task.cancel()
             await self.log.append(self.ctx.streams.events, encode_event(ProducerLeft(
                 run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
                 pid=os.getpid(), reason="stopped")))
@@ -101,7 +107,7 @@ class Producer:
         while True:
             admission = self.hooks["staleness"].admit(AdmissionState(
                 trainer_version=self.weights.trainer_version, num_started=self.num_started,
-                num_in_flight=sum(n - len(g.results) for g in self.groups.values()),
+                num_in_flight=n * len(self.groups),
                 batch_size=self.ctx.config.trainer.batch_size,
                 num_producers=self.num_producers, now_ms=int(time.time() * 1000),
                 producer_rank=self.index))
@@ -126,17 +132,37 @@ class Producer:
         tokens = (np.asarray(prompt.tokens, dtype=np.int32) if prompt.tokens is not None
                   else self.tokenizer.encode(prompt.text or "", bos=True))
         group_id = group_id_for(record.partition, record.offset)
-        self.groups[group_id] = Group(record=record, prompt=prompt, tokens=tokens)
+        group = Group(record=record, prompt=prompt, tokens=tokens)
+        self.groups[group_id] = group
+        inp = RolloutInput(
+            prompt_id=prompt.prompt_id, prompt_text=prompt.text, prompt_tokens=tokens,
+            metadata=dict(prompt.metadata), num_samples=self.ctx.config.data.samples_per_prompt,
+            params=lambda k: self._params(group_id, k), generate=self.client.generate,
+            tokenizer=self.tokenizer)
+        group.task = asyncio.create_task(self._rollout(group_id, group, inp))
+        self.num_started += inp.num_samples
+
+    def _params(self, group_id: str, k: int) -> SamplingParams:
+        """The recipe's sampling settings, seeded per (run seed, sample): replayable."""
         r = self.ctx.config.rollout
-        for k in range(self.ctx.config.data.samples_per_prompt):
-            sample_id = sample_id_for(group_id, k)
-            params = SamplingParams(
-                temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                max_new_tokens=r.max_new_tokens, stop_token_ids=(self.tokenizer.stop_token_id,),
-                seed=seed_from_request_id(f"{self.ctx.config.run.seed}/{sample_id}"))
-            self.engine.add_request(GenerationRequest(request_id=sample_id,
-                                                      prompt_tokens=tokens, params=params))
-        self.num_started += self.ctx.config.data.samples_per_prompt
+        return SamplingParams(
+            temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+            max_new_tokens=r.max_new_tokens, stop_token_ids=(self.tokenizer.stop_token_id,),
+            seed=seed_from_request_id(f"{self.ctx.config.run.seed}/{sample_id_for(group_id, k)}"))
+
+    async def _rollout(self, group_id: str, group: Group, inp: RolloutInput) -> None:
+        samples = await self.rollout(inp)
+        if len(samples) != inp.num_samples:
+            raise ValueError(f"rollout {self.ctx.config.rollout.rollout!r} returned "
+                             f"{len(samples)} samples for {inp.num_samples} requested")
+        del self.groups[group_id]
+        await self.publish(group_id, group, samples)
+
+    def _raise_failed_rollouts(self) -> None:
+        """A rollout function that raised is a bug: stop the producer with its error."""
+        for group in self.groups.values():
+            if group.task is not None and group.task.done() and group.task.exception():
+                raise group.task.exception()  # type: ignore[misc]
 
     async def _throttle(self, detail: str) -> None:
         if not self.throttled:  # one event per throttled stretch, not one per check
@@ -145,16 +171,7 @@ class Producer:
                 run_id=self.ctx.run_id, subject=self.producer_id, reason_code=THROTTLED,
                 detail=detail)), key=self.producer_id.encode())
 
-    async def collect(self, finished: list[GenerationResult]) -> None:
-        for result in finished:
-            group_id, _, k = result.request_id.rpartition("-s")
-            group = self.groups[group_id]
-            group.results[int(k)] = result
-            if len(group.results) == self.ctx.config.data.samples_per_prompt:
-                await self.publish(group_id, self.groups.pop(group_id))
-
-    async def publish(self, group_id: str, group: Group) -> None:
-        results = [group.results[k] for k in sorted(group.results)]
+    async def publish(self, group_id: str, group: Group, results: list[RolloutSample]) -> None:
         rewards = [self._reward(group, res) for res in results]
         appends: list[Append] = []
         verdict = self._filter(group, results, rewards)
@@ -171,7 +188,7 @@ class Producer:
                                   key=group_id.encode()))
         await self.log.transact(PRODUCER_GROUP, self._done_offsets(group), appends)
 
-    def _filter(self, group: Group, results: list[GenerationResult],
+    def _filter(self, group: Group, results: list[RolloutSample],
                 rewards: list[RewardOutput]) -> FilterOutput | None:
         keep_fn = self.hooks["filter"]
         if keep_fn is None:
@@ -189,7 +206,7 @@ class Producer:
         next_offset = min(pending, default=self.offsets[p])
         return {StreamPartition(self.ctx.streams.prompts, p): next_offset}
 
-    def _reward(self, group: Group, result: GenerationResult) -> RewardOutput:
+    def _reward(self, group: Group, result: RolloutSample) -> RewardOutput:
         response = result.response_tokens
         if result.finish_reason == "stop":
             response = response[:-1]  # the stop token is not part of the answer
@@ -199,17 +216,16 @@ class Producer:
             response_tokens=result.response_tokens, finish_reason=result.finish_reason,
             metadata=dict(group.prompt.metadata)))
 
-    def _sample(self, group_id: str, group: Group, k: int, res: GenerationResult,
+    def _sample(self, group_id: str, group: Group, k: int, res: RolloutSample,
                 reward: RewardOutput) -> Sample:
         versions = res.response_versions
         return Sample(
-            run_id=self.ctx.run_id, sample_id=res.request_id, group_id=group_id,
+            run_id=self.ctx.run_id, sample_id=sample_id_for(group_id, k), group_id=group_id,
             prompt_id=group.prompt.prompt_id, sample_index=k, producer_id=self.producer_id,
             policy_version=int(versions[0]) if len(versions) else self.engine.version,
             prompt_tokens=res.prompt_tokens, response_tokens=res.response_tokens,
-            logprobs=res.logprobs, loss_mask=np.ones(len(res.response_tokens), dtype=bool),
+            logprobs=res.logprobs, loss_mask=res.loss_mask,
             reward=float(reward.reward), reward_details=dict(reward.details) or None,
             finish_reason=res.finish_reason, seed=res.seed,
-            started_at=datetime.fromtimestamp(res.timing.started_at, UTC),
-            finished_at=datetime.fromtimestamp(res.timing.finished_at, UTC),
+            started_at=res.started_at, finished_at=res.finished_at,
             response_versions=versions, routed_experts=res.routed_experts)

@@ -17,6 +17,7 @@ from consumers.trainer.hooks import TrainStepHook
 from consumers.trainer.registry import AlgorithmConfig
 from producers.engine.config import EngineConfig
 from producers.hooks import RewardFn, SampleFilter
+from producers.rollout import RolloutFn
 from streamrl.hooks import resolve
 from streamrl.run.hooks import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.staleness import StalenessConfig, build_policy
@@ -65,6 +66,9 @@ class RolloutSection(Section, kw_only=True):
     """Import path of a `RewardFn(RewardInput) -> RewardOutput`."""
     filter: str | None = None
     """Import path of a `SampleFilter(FilterInput) -> FilterOutput`, or none."""
+    rollout: str = "producers.rollout:sample_n"
+    """Import path of an async `RolloutFn(RolloutInput) -> list[RolloutSample]`: how a prompt
+    becomes its group (the default samples it n times; multi-turn rollouts plug in here)."""
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -144,6 +148,7 @@ class RunConfig(Section, kw_only=True):
             "prompts": resolve(self.data.prompts, PromptSource, what="data.prompts"),
             "init": resolve(self.model.init, ModelInit, what="model.init"),
             "reward": resolve(self.rollout.reward, RewardFn, what="rollout.reward"),
+            "rollout": resolve(self.rollout.rollout, RolloutFn, what="rollout.rollout"),
             "filter": (resolve(self.rollout.filter, SampleFilter, what="rollout.filter")
                        if self.rollout.filter else None),
             "evaluate": (resolve(self.eval.evaluate, Evaluator, what="eval.evaluate")

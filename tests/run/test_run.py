@@ -34,7 +34,7 @@ TINY = REPO / "tests" / "run" / "tiny.toml"
 def streamrl(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=REPO)
+                          text=True, timeout=600, env=env, cwd=REPO)
 
 
 async def check_lineage(log: Log, ctx: RunContext) -> list[BatchFormed]:
@@ -105,7 +105,7 @@ async def _kill_and_resume(tmp_path: Path) -> None:
             trainer.send_signal(signal.SIGKILL)
             await trainer.wait()
             restarted = await _spawn("consumers.trainer", *common)
-            assert await asyncio.wait_for(restarted.wait(), 240) == 0
+            assert await asyncio.wait_for(restarted.wait(), 480) == 0
             producer.terminate()
             await producer.wait()
         batches = await check_lineage(log, ctx)
@@ -151,5 +151,27 @@ def test_announced_versions_name_their_batches(tmp_path: Path) -> None:
             for batch in history.batches:
                 announced: WeightVersionAnnounced = history.announced[batch.policy_version + 1]
                 assert announced.batch_ids == (batch.batch_id,)
+
+    aio.run(check())
+
+
+def test_a_custom_multi_turn_rollout_is_recorded_and_trained(tmp_path: Path) -> None:
+    recipe = tmp_path / "two_turns.toml"
+    recipe.write_text(TINY.read_text().replace(
+        'reward = "tests.run.tiny_task:reward"',
+        'reward = "tests.run.tiny_task:reward"\nrollout = "tests.run.tiny_task:two_turns"'))
+    out = streamrl("run", str(recipe), "--log", str(tmp_path / "log"), "--run", "turns",
+                   "--runs-dir", str(tmp_path / "runs"), "--max-versions", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    async def check() -> None:
+        async with open_log(str(tmp_path / "log")) as log:
+            ctx = await load_run_context(log, "turns")
+            await check_lineage(log, ctx)
+            records = await read_stream(log, ctx.streams.trajectories)
+            masks = [m for r in records
+                     for m in decode_trajectories(r.value)["loss_mask"].to_pylist()]
+            # the environment's token in the middle of each response is never trained on
+            assert masks and all(m.count(False) == 1 for m in masks)
 
     aio.run(check())

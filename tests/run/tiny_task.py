@@ -14,6 +14,7 @@ import torch
 
 from consumers.trainer.hooks import TrainStepInput
 from producers.hooks import RewardInput, RewardOutput
+from producers.rollout import RolloutInput, RolloutSample
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
 from streamrl.run.hooks import ModelInitRequest, PromptRequest, PromptSpec
 
@@ -66,3 +67,27 @@ def reward(sample: RewardInput) -> RewardOutput:
 def count_samples(step: TrainStepInput) -> dict[str, float]:
     """A training-step hook: its metric must show up in every TrainStep."""
     return {"hook_num_samples": float(len(step.sample_ids))}
+
+
+async def two_turns(inp: RolloutInput) -> list[RolloutSample]:
+    """A custom rollout: the model answers, the "environment" appends '=', the model answers
+    again; the environment's token is not trained on (loss_mask False, logprob 0)."""
+    out = []
+    for k in range(inp.num_samples):
+        first = await inp.generate(inp.prompt_tokens, inp.params(k))
+        env = TOKENIZER.encode("=")
+        second = await inp.generate(np.concatenate([first.prompt_tokens, first.response_tokens,
+                                                    env]), inp.params(k))
+        tokens = np.concatenate([first.response_tokens, env, second.response_tokens])
+        out.append(RolloutSample(
+            prompt_tokens=first.prompt_tokens, response_tokens=tokens.astype(np.int32),
+            logprobs=np.concatenate([first.logprobs, [0.0], second.logprobs]).astype(np.float32),
+            loss_mask=np.array([True] * len(first.response_tokens) + [False]
+                               + [True] * len(second.response_tokens)),
+            response_versions=np.concatenate([first.response_versions,
+                                              second.response_versions[:1],
+                                              second.response_versions]).astype(np.uint32),
+            routed_experts=None, finish_reason=second.finish_reason, seed=first.seed,
+            started_at=RolloutSample.from_generation(first).started_at,
+            finished_at=RolloutSample.from_generation(second).finished_at))
+    return out
