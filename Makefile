@@ -1,10 +1,13 @@
 # The two commands a new user needs (see README.md):
-#   make demo   set up, then run the main job on the embedded default (file log)
+#   make run    set up, then run the main job on the embedded default (file log)
 #   make test   set up, start the local Kafka broker, run the test suite
-.PHONY: setup demo test lint kafka-start kafka-stop bench
+.PHONY: setup run demo test lint kafka-start kafka-stop bench
 
 setup:
 	scripts/setup.sh
+
+run: setup
+	.venv/bin/streamrl run recipes/arithmetic/recipe.toml
 
 demo: setup
 	.venv/bin/streamrl demo
