@@ -27,7 +27,7 @@ Guarantees on top of `Log`'s:
   leaves it to the OS.
 - Any number of processes may read and write one root at once: writers lock a partition per
   batch (flock), readers take no lock and never see a partially written frame.
-- `read` sees other processes' appends by polling file sizes (5 ms backing off to 100 ms) and
+- `read` sees other processes' appends by polling file sizes (2 ms backing off to 20 ms) and
   wakes at once for appends made through the same instance.
 - A torn tail (a writer died mid-write) is cut by the next writer, the bytes kept aside;
   corruption anywhere else is refused with `SegmentCorruptionError` (a `LogCorruptionError`)
@@ -78,7 +78,7 @@ T = TypeVar("T")
 log = logging.getLogger("streamrl.log.file")
 DEFAULT_SEGMENT_BYTES = 256 << 20
 READ_MAX_BYTES = 64 << 20  # a read stops gathering once its values reach this (after >= 1)
-POLL_MIN_S, POLL_MAX_S = 0.005, 0.1
+POLL_MIN_S, POLL_MAX_S = 0.002, 0.02  # bounds how late a reader in another process sees data
 FSYNC_POLICIES = ("always", "interval", "never")
 
 
