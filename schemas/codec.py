@@ -15,15 +15,23 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 
-from schemas.checks import check_batch
-from schemas.compat import check_compatible, conform
+from schemas.checks import check_batch, check_columns
+from schemas.compat import check_compatible, conform, conform_columns, has_v1_columns
 from schemas.errors import DecodeError, TrajectoryDecodeError
 from schemas.ipc_scan import scan_stream
 from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.trajectory import TRAJECTORY_SCHEMA
+from schemas.trajectory import TRAJECTORY_FIELDS, TRAJECTORY_SCHEMA
 
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # readers reject compressed bodies
+_V1_METADATA = TRAJECTORY_SCHEMA.metadata or {}
+_V1_METADATA_ITEMS = list(_V1_METADATA.items())
+_V1_NAMES = tuple(f.name for f in TRAJECTORY_FIELDS)
+# Schema messages (flatbuffer bytes) that passed `check_compatible`, newest first. A stream repeats
+# one schema in every message and equal bytes are an equal schema, so the schema is checked once
+# per distinct message. A memo: it changes no result, only what a repeated decode costs.
+_KNOWN_SCHEMA_MESSAGES = 8
+_known_schema_messages: tuple[bytes, ...] = ()
 
 
 @contextmanager
@@ -50,10 +58,14 @@ def encode_trajectories(batch: pa.RecordBatch, *, validate: bool = True,
     if not isinstance(batch, pa.RecordBatch):
         raise TypeError(f"encode_trajectories takes a pyarrow.RecordBatch, got {type(batch)!r}")
     check_compatible(batch.schema, require_marker=False)
-    metadata = {**(batch.schema.metadata or {}), **(TRAJECTORY_SCHEMA.metadata or {})}
-    batch = batch.replace_schema_metadata(metadata)
+    existing = batch.schema.metadata or {}
+    # A batch from `samples_to_batch` already has exactly the v1 schema: stamping it again would
+    # only build an equal schema object (and lose Arrow's cached comparisons of this one).
+    if not (list(existing.items()) == _V1_METADATA_ITEMS
+            and batch.schema.equals(TRAJECTORY_SCHEMA, check_metadata=True)):
+        batch = batch.replace_schema_metadata({**existing, **_V1_METADATA})
     if validate:
-        check_batch(conform(batch), limits=limits)
+        check_batch(batch if has_v1_columns(batch.schema) else conform(batch), limits=limits)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema, options=_WRITE_OPTIONS) as writer:
         writer.write_batch(batch)
@@ -86,15 +98,29 @@ def decode_trajectories(data: bytes | bytearray | memoryview, *, vocab_size: int
                                     where="message", reason_code="too_large")
     with _stage("IPC stream", "malformed_ipc"):
         buf = pa.py_buffer(data)
-        scan_stream(buf, limits)
+        schema_message = scan_stream(buf, limits)
         reader = pa.ipc.open_stream(buf, options=_READ_OPTIONS)
-        check_compatible(reader.schema, require_marker=True)
+        _check_stream_schema(schema_message, reader.schema)
         batch = reader.read_next_batch()
     with _stage("record batch", "invalid_arrow"):
         batch.validate(full=True)
     # Arrow-valid input cannot make the checks below raise anything but DecodeError; if it does,
     # that is a bug here, surfaced under its own code rather than blamed on the bytes.
     with _stage("record batch", "check_error"):
-        batch = conform(batch)
-        check_batch(batch, vocab_size=vocab_size, limits=limits)
+        columns = conform_columns(batch)
+        batch = pa.RecordBatch.from_arrays(columns, schema=TRAJECTORY_SCHEMA)  # = conform(batch)
+        check_columns(dict(zip(_V1_NAMES, columns, strict=True)), vocab_size=vocab_size,
+                      limits=limits)
     return batch
+
+
+def _check_stream_schema(schema_message: bytes, schema: pa.Schema) -> None:
+    """`check_compatible(schema, require_marker=True)` for a schema read from `schema_message`,
+    skipped when the same message bytes passed before (comparing them is cheaper than comparing
+    schemas that Arrow has not fingerprinted yet)."""
+    global _known_schema_messages
+    known = _known_schema_messages
+    if schema_message not in known:
+        check_compatible(schema, require_marker=True)
+        # One assignment: a concurrent decode sees the old or the new memo, never a torn one.
+        _known_schema_messages = (schema_message, *known[:_KNOWN_SCHEMA_MESSAGES - 1])

@@ -69,8 +69,27 @@ def _type_has_extension(type_: pa.DataType) -> bool:
     return any(_has_extension(type_.field(i)) for i in range(type_.num_fields))
 
 
+# Schemas that passed `check_compatible`, newest first, per `require_marker`. Every message of a
+# stream normally carries the same schema, so one comparison replaces the full walk. `equals`
+# with metadata covers names, types, nested fields and the extension-key sets; the dict compare
+# adds what `check_version` reads (Arrow's metadata equality tolerates reordered duplicate keys,
+# where the dict keeps the first). A memo: it changes no result, only what a repeat costs.
+_KNOWN_GOOD_SIZE = 8
+_known_good: dict[bool, tuple[pa.Schema, ...]] = {True: (), False: ()}
+
+
 def check_compatible(schema: pa.Schema, *, require_marker: bool = True) -> None:
     """Raise `SchemaIncompatibleError` naming the first column that breaks v1 compatibility."""
+    known = _known_good[require_marker]
+    for good in known:
+        if schema.equals(good, check_metadata=True) and schema.metadata == good.metadata:
+            return
+    _check_compatible(schema, require_marker=require_marker)
+    # One assignment: a concurrent caller sees the old or the new memo, never a torn one.
+    _known_good[require_marker] = (schema, *known[:_KNOWN_GOOD_SIZE - 1])
+
+
+def _check_compatible(schema: pa.Schema, *, require_marker: bool) -> None:
     check_version(schema, require_marker=require_marker)
     seen: set[str] = set()
     for field in schema:
@@ -104,9 +123,22 @@ def conform(batch: pa.RecordBatch) -> pa.RecordBatch:
     Unknown columns (from a newer writer) are dropped; optional v1 columns an older writer did
     not have are filled with nulls. Call only after `check_compatible` passed.
     """
-    names = batch.schema.names
-    columns = [
-        batch.column(names.index(f.name)) if f.name in names else pa.nulls(batch.num_rows, f.type)
+    return pa.RecordBatch.from_arrays(conform_columns(batch), schema=TRAJECTORY_SCHEMA)
+
+
+def conform_columns(batch: pa.RecordBatch) -> list[pa.Array]:
+    """The columns of `conform(batch)`, in v1 order."""
+    positions: dict[str, int] = {}
+    for i, name in enumerate(batch.schema.names):
+        positions.setdefault(name, i)
+    return [
+        batch.column(positions[f.name]) if f.name in positions
+        else pa.nulls(batch.num_rows, f.type)
         for f in TRAJECTORY_FIELDS
     ]
-    return pa.RecordBatch.from_arrays(columns, schema=TRAJECTORY_SCHEMA)
+
+
+def has_v1_columns(schema: pa.Schema) -> bool:
+    """Whether `schema` has exactly the v1 columns (names, types, order): then `conform` changes
+    only schema metadata, which no semantic check reads."""
+    return len(schema) == len(TRAJECTORY_FIELDS) and schema.equals(TRAJECTORY_SCHEMA)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pyarrow as pa
 
 from schemas.compat import EXTENSION_KEY
@@ -61,11 +62,14 @@ class _Table:
         return start + 4, _read(self.buf, "<I", start)
 
 
+_FORMATS = {fmt: struct.Struct(fmt) for fmt in ("<B", "<H", "<i", "<I", "<q")}
+
+
 def _read(buf: bytes, fmt: str, pos: int) -> int:
-    size = struct.calcsize(fmt)
-    if pos < 0 or pos + size > len(buf):
+    layout = _FORMATS[fmt]
+    if pos < 0 or pos + layout.size > len(buf):
         raise IndexError(f"flatbuffer read at {pos} outside {len(buf)} bytes")
-    value: int = struct.unpack_from(fmt, buf, pos)[0]
+    value: int = layout.unpack_from(buf, pos)[0]
     return value
 
 
@@ -81,22 +85,33 @@ def _check_record_batch(rb: _Table, where: str, limits: DecodeLimits, max_values
     if not 0 <= rows <= limits.max_rows:
         raise _bad(f"declares {rows} rows, limit {limits.max_rows}", where, "too_many_rows")
     start, count = rb.vector(1)
-    for i in range(count):
-        length = _read(rb.buf, "<q", start + i * _FIELD_NODE_BYTES)
-        if not 0 <= length <= max_values:
-            raise _bad(f"field node {i} declares {length} values, limit {max_values}", where,
-                       "declared_length_too_large")
+    # All node lengths at once: the nodes that fit in the buffer, then the first that does not
+    # fails exactly as a read of it would. The copy out of the flatbuffer is aligned (numpy is
+    # slow on unaligned data); as uint64 a negative length is huge, so one comparison finds both.
+    fit = min(count, max(0, (len(rb.buf) - start - 8) // _FIELD_NODE_BYTES + 1))
+    nodes = rb.buf[start:start + fit * _FIELD_NODE_BYTES - 8] if fit else b""
+    lengths = np.frombuffer(nodes, "<u8")[::2]
+    if np.count_nonzero(lengths > max_values):
+        i = int((lengths > max_values).argmax())
+        raise _bad(f"field node {i} declares {lengths.view('<i8')[i]} values, limit "
+                   f"{max_values}", where, "declared_length_too_large")
+    if fit < count:
+        _read(rb.buf, "<q", start + fit * _FIELD_NODE_BYTES)  # raises IndexError
     return rows
 
 
-def scan_stream(buf: pa.Buffer, limits: DecodeLimits) -> None:
+def scan_stream(buf: pa.Buffer, limits: DecodeLimits) -> bytes:
     """Raise a `DecodeError` subclass unless `buf` frames as: one schema, dictionary batches,
-    exactly one uncompressed record batch, no extension types, declared lengths within limits."""
+    exactly one uncompressed record batch, no extension types, declared lengths within limits.
+
+    Returns the schema message's metadata (flatbuffer) bytes: equal bytes mean an equal schema, so
+    callers can key per-schema work on them."""
     # No column can hold more values than the message has bits (bool is the densest type), so a
     # larger declared length is a lie whatever the type; null-typed columns are capped the same.
     max_values = min(8 * buf.size + 8, (1 << 31) - 1)
     reader = pa.ipc.MessageReader.open_stream(buf)
     num_batches = 0
+    schema_message = b""
     for index in range(limits.max_ipc_messages + 1):
         where = f"IPC message {index}"
         try:
@@ -115,7 +130,9 @@ def scan_stream(buf: pa.Buffer, limits: DecodeLimits) -> None:
         if (kind == _SCHEMA) != (index == 0):
             raise _bad("the stream must start with exactly one schema message", where,
                        "unexpected_message")
-        if kind == _RECORD_BATCH:
+        if kind == _SCHEMA:
+            schema_message = meta
+        elif kind == _RECORD_BATCH:
             num_batches += 1
             header = root.table(2)
             if header is None:
@@ -127,8 +144,9 @@ def scan_stream(buf: pa.Buffer, limits: DecodeLimits) -> None:
             if data is None:
                 raise _bad("dictionary batch without data", where, "malformed_ipc")
             _check_record_batch(data, where, limits, max_values)
-        elif kind != _SCHEMA:
+        else:
             raise _bad(f"unexpected IPC message kind {kind}", where, "unexpected_message")
     if num_batches != 1:
         raise _bad(f"expected exactly one record batch, found {num_batches}", "IPC stream",
                    "batch_count")
+    return schema_message

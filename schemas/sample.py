@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgspec
@@ -16,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from schemas.arrays import as_array, list_array, list_views
+from schemas.arrays import as_array, list_array, list_array_from_values, list_offsets, list_views
 from schemas.compat import check_compatible, conform
 from schemas.trajectory import (
     FINISH_REASONS,
@@ -28,6 +30,21 @@ from schemas.trajectory import (
 FinishReason = Literal["stop", "length", "abort", "error"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_REWARD_DETAILS_TYPE = TRAJECTORY_SCHEMA.field("reward_details").type
+_FINISH_REASON_DICTIONARY = pa.array(FINISH_REASONS, pa.string())
+_UINT32_MAX = (1 << 32) - 1
+_INT32_MAX = (1 << 31) - 1
+# Columns that hold a Sample attribute as it is; with the finish-reason index and timestamps they
+# are converted together, as the fields of one struct (see `_scalars`).
+_PLAIN_COLUMNS = ("run_id", "sample_id", "group_id", "prompt_id", "sample_index", "producer_id",
+                   "policy_version", "reward", "seed")
+_FINISH_REASON_INDEX = "finish_reason_index"
+_SCALARS_TYPE = pa.struct([
+    *((name, TRAJECTORY_SCHEMA.field(name).type) for name in _PLAIN_COLUMNS),
+    (_FINISH_REASON_INDEX, pa.int8()), ("started_at", TIMESTAMP_TYPE),
+    ("finished_at", TIMESTAMP_TYPE)])
+_SCALARS_NAMES = tuple(field.name for field in _SCALARS_TYPE)
+_plain_values = attrgetter(*_PLAIN_COLUMNS)
 
 
 class Sample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
@@ -82,8 +99,76 @@ def _routing(sample: Sample) -> tuple[npt.NDArray[Any] | None, bool]:
     return as_array(arr, dtype, "routed_experts", sample.sample_id).reshape(-1), wide
 
 
-def _scalar(samples: Sequence[Sample], name: str, type_: pa.DataType) -> pa.Array:
-    return pa.array([getattr(s, name) for s in samples], type=type_)
+def _scalar(samples: Sequence[Sample], name: str, converted: dict[str, pa.Array]) -> pa.Array:
+    column = converted.get(name)
+    if column is None:  # `_scalars` failed: convert this column alone, raising its own error
+        column = pa.array([getattr(s, name) for s in samples], _SCALARS_TYPE.field(name).type)
+    return column
+
+
+def _timestamps(samples: Sequence[Sample], name: str, converted: dict[str, pa.Array]) -> pa.Array:
+    column = converted.get(name)
+    if column is None:
+        column = pa.array([_micros(getattr(s, name), name, s.sample_id) for s in samples],
+                          TIMESTAMP_TYPE)
+    return column
+
+
+def _finish_reasons(samples: Sequence[Sample], converted: dict[str, pa.Array]) -> pa.Array:
+    indices = converted.get(_FINISH_REASON_INDEX)
+    if indices is None:
+        indices = pa.array([FINISH_REASONS.index(s.finish_reason) for s in samples], pa.int8())
+    return pa.DictionaryArray.from_arrays(indices, _FINISH_REASON_DICTIONARY)
+
+
+def _scalars(samples: Sequence[Sample]) -> dict[str, pa.Array] | None:
+    """The one-value-per-row columns (and the finish-reason indices), converted in one pass as
+    children of one struct array instead of one conversion call per column. None when any value
+    fails to convert: the per-column conversions then run in column order and raise their own
+    error."""
+    try:
+        rows = pa.array([(*_plain_values(s), FINISH_REASONS.index(s.finish_reason),
+                          _micros(s.started_at, "started_at", s.sample_id),
+                          _micros(s.finished_at, "finished_at", s.sample_id)) for s in samples],
+                        _SCALARS_TYPE)
+    except Exception:
+        return None
+    return {name: rows.field(i) for i, name in enumerate(_SCALARS_NAMES)}
+
+
+def _default_versions(samples: Sequence[Sample]) -> pa.ListArray | None:
+    """`response_versions` when no sample has them: every token by its `policy_version`, built
+    in one `np.repeat`. None when some sample has versions or a version is not a uint32 int:
+    then the per-sample path runs and raises what it raises."""
+    versions = [s.policy_version for s in samples]
+    if any(s.response_versions is not None for s in samples) or not all(
+            type(v) is int and 0 <= v <= _UINT32_MAX for v in versions):
+        return None
+    sizes = [len(s.response_tokens) for s in samples]
+    if sum(sizes) > _INT32_MAX:  # the per-sample path raises the overflow, in column order
+        return None
+    return list_array_from_values(np.repeat(np.array(versions, np.uint32), sizes),
+                                  list_offsets(sizes, "response_versions"))
+
+
+def _optional(values: list[Any], type_: pa.DataType) -> pa.Array:
+    # pa.nulls builds the same column as pa.array would, without converting each None.
+    return pa.nulls(len(values), type_) if all(v is None for v in values) else pa.array(
+        values, type_)
+
+
+@lru_cache(maxsize=8)
+def _no_reward_details(num_rows: int) -> pa.MapArray:
+    """The all-null `reward_details` column (immutable, so one per batch size is shared)."""
+    return pa.array([None] * num_rows, _REWARD_DETAILS_TYPE)
+
+
+def _reward_details(samples: Sequence[Sample]) -> pa.MapArray:
+    details = [s.reward_details for s in samples]
+    if all(d is None for d in details):
+        return _no_reward_details(len(details))
+    return pa.array([None if d is None else list(d.items()) for d in details],
+                    type=_REWARD_DETAILS_TYPE)
 
 
 def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
@@ -95,46 +180,45 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
     """
     ids = [s.sample_id for s in samples]
     routing = [_routing(s) for s in samples]
-    versions = [s.response_versions if s.response_versions is not None
-                else np.full(len(s.response_tokens), s.policy_version, np.uint32) for s in samples]
+    default_versions = _default_versions(samples)
+    versions = [] if default_versions is not None else [
+        s.response_versions if s.response_versions is not None
+        else np.full(len(s.response_tokens), s.policy_version, np.uint32) for s in samples]
     unknown = [s.finish_reason for s in samples if s.finish_reason not in FINISH_REASONS]
     if unknown:
         raise ValueError(f"finish_reason {unknown[0]!r} is not one of {FINISH_REASONS}")
     shapes = [np.shape(s.routed_experts) if s.routed_experts is not None else None
               for s in samples]
+    scalars = _scalars(samples) or {}
     columns: dict[str, pa.Array] = {
-        "run_id": _scalar(samples, "run_id", pa.string()),
-        "sample_id": _scalar(samples, "sample_id", pa.string()),
-        "group_id": _scalar(samples, "group_id", pa.string()),
-        "prompt_id": _scalar(samples, "prompt_id", pa.string()),
-        "sample_index": _scalar(samples, "sample_index", pa.uint16()),
-        "producer_id": _scalar(samples, "producer_id", pa.string()),
-        "policy_version": _scalar(samples, "policy_version", pa.uint32()),
-        "response_versions": list_array(versions, np.uint32, "response_versions", ids),
+        "run_id": _scalar(samples, "run_id", scalars),
+        "sample_id": _scalar(samples, "sample_id", scalars),
+        "group_id": _scalar(samples, "group_id", scalars),
+        "prompt_id": _scalar(samples, "prompt_id", scalars),
+        "sample_index": _scalar(samples, "sample_index", scalars),
+        "producer_id": _scalar(samples, "producer_id", scalars),
+        "policy_version": _scalar(samples, "policy_version", scalars),
+        "response_versions": default_versions if default_versions is not None
+        else list_array(versions, np.uint32, "response_versions", ids),
         "prompt_tokens": list_array([s.prompt_tokens for s in samples], np.int32,
                                     "prompt_tokens", ids),
         "response_tokens": list_array([s.response_tokens for s in samples], np.int32,
                                       "response_tokens", ids),
         "logprobs": list_array([s.logprobs for s in samples], np.float32, "logprobs", ids),
         "loss_mask": list_array([s.loss_mask for s in samples], np.bool_, "loss_mask", ids),
-        "reward": _scalar(samples, "reward", pa.float32()),
-        "reward_details": pa.array(
-            [None if s.reward_details is None else list(s.reward_details.items())
-             for s in samples], type=TRAJECTORY_SCHEMA.field("reward_details").type),
-        "finish_reason": pa.DictionaryArray.from_arrays(
-            pa.array([FINISH_REASONS.index(s.finish_reason) for s in samples], pa.int8()),
-            pa.array(FINISH_REASONS, pa.string())),
-        "moe_num_layers": pa.array([None if sh is None else sh[1] for sh in shapes], pa.uint16()),
-        "moe_top_k": pa.array([None if sh is None else sh[2] for sh in shapes], pa.uint8()),
+        "reward": _scalar(samples, "reward", scalars),
+        "reward_details": _reward_details(samples),
+        "finish_reason": _finish_reasons(samples, scalars),
+        "moe_num_layers": _optional([None if sh is None else sh[1] for sh in shapes],
+                                    pa.uint16()),
+        "moe_top_k": _optional([None if sh is None else sh[2] for sh in shapes], pa.uint8()),
         "routed_experts": list_array([None if wide else r for r, wide in routing], np.uint8,
                                      "routed_experts", ids),
         "routed_experts_wide": list_array([r if wide else None for r, wide in routing],
                                           np.uint16, "routed_experts_wide", ids),
-        "seed": _scalar(samples, "seed", pa.uint64()),
-        "started_at": pa.array([_micros(s.started_at, "started_at", s.sample_id)
-                                for s in samples], TIMESTAMP_TYPE),
-        "finished_at": pa.array([_micros(s.finished_at, "finished_at", s.sample_id)
-                                 for s in samples], TIMESTAMP_TYPE),
+        "seed": _scalar(samples, "seed", scalars),
+        "started_at": _timestamps(samples, "started_at", scalars),
+        "finished_at": _timestamps(samples, "finished_at", scalars),
     }
     return pa.RecordBatch.from_arrays(list(columns.values()), schema=TRAJECTORY_SCHEMA)
 

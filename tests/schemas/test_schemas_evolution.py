@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,6 +12,7 @@ from schemas import (
     TRAJECTORY_SCHEMA,
     SchemaIncompatibleError,
     batch_to_samples,
+    check_compatible,
     decode_trajectories,
     encode_trajectories,
     samples_to_batch,
@@ -131,3 +134,50 @@ def test_rule6_extension_types_are_refused() -> None:
     with pytest.raises(SchemaIncompatibleError) as info:
         decode_trajectories(raw_ipc(batch.append_column(field, uuids)))
     assert info.value.reason_code == "extension_type"
+
+
+def test_a_remembered_compatible_schema_lets_no_changed_schema_through() -> None:
+    # Compatibility is remembered per schema so a stream's repeated schema is checked once; a
+    # schema that differs in a type, the marker or an extension key must still be checked.
+    batch = v1_batch()
+    unmarked = batch.replace_schema_metadata(None)
+    decode_trajectories(encode_trajectories(unmarked))  # remembered: writer and reader side
+    index = batch.schema.get_field_index("reward")
+    widened = batch.set_column(index, "reward", batch.column("reward").cast(pa.float64()))
+    for encode_error in (lambda: encode_trajectories(widened),
+                         lambda: decode_trajectories(raw_ipc(widened))):
+        with pytest.raises(SchemaIncompatibleError) as info:
+            encode_error()
+        assert info.value.reason_code == "type_changed"
+    with pytest.raises(SchemaIncompatibleError) as info:  # writers may omit it, readers may not
+        decode_trajectories(raw_ipc(unmarked))
+    assert info.value.reason_code == "missing_schema_version"
+    tagged = batch.schema.field(index).with_metadata({"ARROW:extension:name": "x.evil"})
+    with pytest.raises(SchemaIncompatibleError) as info:
+        decode_trajectories(raw_ipc(batch.set_column(index, tagged, batch.column(index))))
+    assert info.value.reason_code == "extension_type"
+
+
+def test_a_remembered_schema_does_not_vouch_for_reordered_duplicate_metadata_keys() -> None:
+    # Arrow's metadata equality may call two key lists equal that read as different versions
+    # (the first of duplicate keys wins); the version must still be read from each schema.
+    rng = random.Random(0)
+
+    def with_versions(first: str, second: str) -> pa.Schema:
+        keys = [f"k{i:02d}" for i in range(20)] + [
+            "streamrl.schema", "streamrl.schema_version", "streamrl.schema_version"]
+        rng.shuffle(keys)
+        versions = iter((first, second))
+        return TRAJECTORY_SCHEMA.with_metadata(pa.KeyValueMetadata([
+            (key, next(versions) if key == "streamrl.schema_version"
+             else "trajectory" if key == "streamrl.schema" else "x") for key in keys]))
+
+    good = with_versions("1", "2")
+    check_compatible(good)
+    for _ in range(100):  # a twin Arrow calls equal, where this Arrow has them
+        bad = with_versions("2", "1")
+        if bad.equals(good, check_metadata=True):
+            break
+    with pytest.raises(SchemaIncompatibleError) as info:
+        check_compatible(bad)
+    assert info.value.reason_code == "unknown_major_version"
