@@ -18,12 +18,10 @@ then decode steps). That is the routing at position P - 1 + i, the same column a
 Nothing is recorded for prompt positions 0..P-2 (the engine routed them in prefill but the
 schema keeps only response routing), for the last position (its logits sample nothing) or for
 padding. There `forced_routing` holds a placeholder (expert ids 0..top_k-1, valid but
-meaningless) and `routing_mask` is False. `CausalLM` forces every position or none, so route the
-unrecorded positions freely in two passes: a no-grad forward without `forced_routing`, then
-`batch.complete_routing(free.routed_experts)` for the training forward. This is exact: the
-unrecorded prompt positions precede every recorded position of their sequence, so causality makes
-their hidden states, hence their free routing, identical in both passes; the last position and
-padding influence no trained logit.
+meaningless) and `routing_mask` is False: pass both to `CausalLM` (`forced_routing=`,
+`routing_mask=`) and it routes those positions freely. That is exact: the unrecorded prompt
+positions precede every recorded position of their sequence, so their hidden states, hence their
+routing, are what the engine had; the last position and padding influence no trained logit.
 
 Order is the input order (log order), so a batch is a pure function of the rows it was formed
 from. Rows are right-padded; positions count from 0 in each sequence (padding continues them).
@@ -79,18 +77,6 @@ class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     @property
     def num_samples(self) -> int:
         return len(self.sample_ids)
-
-    def complete_routing(self, free_routing: Tensor) -> Tensor:
-        """Recorded routing where it exists, `free_routing` (the model's own choice from a
-        no-grad forward without forcing) elsewhere: the `forced_routing=` of the training pass."""
-        # free_routing: [B, S, num_moe_layers, top_k] -> same shape, int32
-        if self.forced_routing is None or self.routing_mask is None:
-            raise ValueError("this batch has no recorded routing; run the model without forcing")
-        if free_routing.shape != self.forced_routing.shape:
-            raise ValueError(f"free routing has shape {list(free_routing.shape)}, expected "
-                             f"{list(self.forced_routing.shape)}")
-        mask = self.routing_mask[:, :, None, None]
-        return torch.where(mask, self.forced_routing, free_routing.to(torch.int32))
 
     def to(self, device: torch.device | str) -> TrainBatch:
         def move(t: Tensor | None) -> Tensor | None:

@@ -101,11 +101,11 @@ def test_recorded_routing_and_logprobs_match_an_engine_loop() -> None:
     # A second, shorter sample without routing: padding and unrecorded rows in the same batch.
     batch = build_batch([s, sample([1, 2], [3], sample_id="short")])
 
-    with torch.no_grad():
+    with torch.no_grad():  # the learner's path: recorded routing forced under its mask
         free = model(batch.tokens, batch.positions).routed_experts
-        forced = batch.complete_routing(free)
-        hidden = model(batch.tokens, batch.positions, forced_routing=forced,
-                       return_hidden=True).hidden
+        out = model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
+                    routing_mask=batch.routing_mask, return_hidden=True)
+        forced, hidden = out.routed_experts, out.hidden
     logp, _ = token_logprobs(hidden, model.lm_head.weight, batch.targets, temperature=temperature)
     assert batch.routing_mask is not None
     # Same weights, so the model's own routing at the aligned positions is what was recorded.
