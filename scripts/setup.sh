@@ -21,7 +21,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     # One install resolves everything, so pip never pulls a second torch over a CPU build that a
     # configured find-links directory provides.
-    # compat mode puts the checkout itself on sys.path, so packages added later import too.
-    .venv/bin/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+    .venv/bin/python -m pip install -q -e ".[dev]"
+    # The checkout itself on sys.path: recipes and packages added after this install import too
+    # (setuptools' editable finder only knows the packages that existed when it ran).
+    site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    pwd > "$site/streamrl-checkout.pth"
     echo "$want" > "$stamp"
 fi

@@ -40,7 +40,8 @@ async def train(log_url: str, run_id: str) -> None:
                                          namespace=ctx.run_id).open()
         try:
             await TrainerLoop(log, ctx, learner, transport, version=history.version,
-                              trained=history.trained, next_offset=next_offset).run()
+                              trained=history.trained, next_offset=next_offset,
+                              rejected=history.rejected).run()
         finally:
             transport.close()
 

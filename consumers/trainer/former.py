@@ -58,11 +58,12 @@ def sample_infos(record: Record, batch: pa.RecordBatch) -> list[SampleInfo]:
 
 class BatchFormer:
     def __init__(self, policy: StalenessPolicy, batch_size: int, run_id: str,
-                 trained: set[str], next_offset: int) -> None:
+                 trained: set[str], next_offset: int, rejected: set[str] | None = None) -> None:
         self.policy = policy
         self.batch_size = batch_size
         self.run_id = run_id
         self.trained = trained  # every sample id in a BatchFormed so far (dedup after restarts)
+        self.rejected = rejected or set()  # sample ids whose rejection is already committed
         self._reset(next_offset)
 
     def _reset(self, next_offset: int) -> None:
@@ -106,7 +107,9 @@ class BatchFormer:
         for rows in by_group.values():
             group = [infos[i] for i in rows]
             dupes = [s.sample_id for s in group if s.sample_id in seen]
-            if dupes:
+            if all(s.sample_id in self.rejected for s in group):
+                judged = [Verdict(action="drop")] * len(group)  # decided before: no new event
+            elif dupes:
                 detail = f"already trained or batched: {', '.join(dupes[:4])}"
                 judged = [Verdict.drop(DUPLICATE, detail)] * len(group)
             else:
@@ -114,6 +117,24 @@ class BatchFormer:
             for i, verdict in zip(rows, judged, strict=True):
                 verdicts[i] = verdict
         return verdicts
+
+    @property
+    def has_decisions(self) -> bool:
+        """Rejections (and requeues) judged but not yet committed."""
+        return bool(self.batch.rejected or self.batch.requeue)
+
+    def take_decisions(self) -> tuple[list[Rejected], list[str], int]:
+        """The pending rejections and requeues, to commit before a batch is full (else a run
+        whose every remaining sample is stale would wait forever for its requeued prompts), and
+        the offset that may be committed with them: before the first record still holding a kept
+        sample. Records between it and the read position are judged again after a restart; their
+        committed rejections are recognized (`rejected`) and not repeated."""
+        kept = [p.offset for p in self.batch.positions]
+        commit = min(kept, default=self.batch.next_offset)
+        decisions = (self.batch.rejected, self.batch.requeue, commit)
+        self.rejected.update(r.subject for r in self.batch.rejected)
+        self.batch.rejected, self.batch.requeue = [], []
+        return decisions
 
     def take(self) -> FormedBatch:
         formed = self.batch

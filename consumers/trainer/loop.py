@@ -39,14 +39,15 @@ from streamrl.weights import WeightTransport
 
 class TrainerLoop:
     def __init__(self, log: Log, ctx: RunContext, learner: Learner, transport: WeightTransport,
-                 *, version: int, trained: set[str], next_offset: int) -> None:
+                 *, version: int, trained: set[str], next_offset: int,
+                 rejected: set[str] | None = None) -> None:
         self.log, self.ctx, self.learner, self.transport = log, ctx, learner, transport
         self.version = version
         self.streams = ctx.streams
         hooks = ctx.config.hooks()
         self.step_hooks = hooks["step_hooks"]
         self.former = BatchFormer(hooks["staleness"], ctx.config.trainer.batch_size, ctx.run_id,
-                                  trained, next_offset)
+                                  trained, next_offset, rejected)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model.config.vocab_size
         self._buffer: list[Record] = []
@@ -75,6 +76,8 @@ class TrainerLoop:
                 self._buffer = await self.log.read(
                     self.streams.trajectories, 0, self.former.batch.next_offset,
                     max_records=64, timeout_s=1.0)
+                if not self._buffer and self.former.has_decisions:
+                    await self.commit_decisions()
                 continue
             record = self._buffer.pop(0)
             decoded = await self.dlq.decode_or_reject(
@@ -108,6 +111,14 @@ class TrainerLoop:
         await self.log.transact(TRAINER_GROUP, offsets, appends)
         self.version = new
         self.last_digest = published.digest
+
+    async def commit_decisions(self) -> None:
+        """Caught up without a full batch: commit the rejections and requeues judged so far."""
+        rejected, requeue, offset = self.former.take_decisions()
+        appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in rejected]
+        appends += [await self._requeued(group_id) for group_id in requeue]
+        offsets = {StreamPartition(self.streams.trajectories, 0): offset}
+        await self.log.transact(TRAINER_GROUP, offsets, appends)
 
     async def _requeued(self, group_id: str) -> Append:
         """The group's prompt again, as a new prompt event (group ids name the prompt record)."""

@@ -18,6 +18,7 @@ from consumers.trainer.learner import Learner, LearnerConfig
 from schemas import (
     BatchFormed,
     CheckpointSaved,
+    Rejected,
     WeightVersionAnnounced,
     decode_event,
     decode_trajectories,
@@ -34,6 +35,7 @@ class ResumeError(RuntimeError):
 class History(msgspec.Struct, kw_only=True):
     batches: list[BatchFormed]  # in log order; batch i trains version policy_version -> +1
     checkpoints: list[CheckpointSaved]
+    rejected: set[str]  # subjects of committed Rejected events (sample ids, among others)
     announced: dict[int, WeightVersionAnnounced]
 
     @property
@@ -62,6 +64,7 @@ async def read_history(log: Log, ctx: RunContext) -> History:
     return History(
         batches=[e for e in events if isinstance(e, BatchFormed)],
         checkpoints=[e for e in events if isinstance(e, CheckpointSaved)],
+        rejected={e.subject for e in events if isinstance(e, Rejected)},
         announced={a.version: a for a in announced if isinstance(a, WeightVersionAnnounced)})
 
 

@@ -16,6 +16,7 @@ import pytest
 from consumers.trainer.resume import read_history, read_stream
 from schemas import (
     BatchFormed,
+    Rejected,
     TrainStep,
     WeightVersionAnnounced,
     decode_event,
@@ -79,6 +80,11 @@ def test_run_trains_every_version_exactly_once(backend: str, tmp_path: Path,
             steps = [e for e in events if isinstance(e, TrainStep)]
             # the recipe's training-step hook adds its metric to every step
             assert [s.metrics["hook_num_samples"] for s in steps] == [8.0, 8.0, 8.0]
+            # every stale group was requeued: its prompt is back in the prompts stream
+            stale = {e.subject.rsplit("-s", 1)[0] for e in events
+                     if isinstance(e, Rejected) and e.reason_code == "stale_lag"}
+            prompts = await read_stream(log, ctx.streams.prompts)
+            assert len(prompts) == 64 + len(stale)
 
     aio.run(audit())
 
