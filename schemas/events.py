@@ -100,11 +100,25 @@ class WeightVersionAnnounced(Event, tag="weight_version_announced"):
 
 # --- events stream ----------------------------------------------------------------------------
 
+class RunParent(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a derived run comes from: `run_id` at weight `version`; `relation` says how."""
+
+    run_id: str
+    version: int
+    relation: str  # "fork" | "replay" | "counterfactual" | "rereward"
+
+
 class RunStarted(Event, tag="run_started"):
     config: dict[str, Any] | bytes  # JSON-compatible dict, or the raw bytes of the config file
     seed: int
     streamrl_version: str
     recipe: str
+    parent: RunParent | None = None  # set for forks, replays and counterfactual re-trainings
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.parent is not None:
+            check_non_negative(self.parent, "version")
 
 
 class WeightVersionLoaded(Event, tag="weight_version_loaded"):

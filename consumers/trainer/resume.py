@@ -23,7 +23,7 @@ from schemas import (
     decode_event,
     decode_trajectories,
 )
-from streamrl.log import Log, Record
+from streamrl.log import Log
 from streamrl.run.context import RunContext
 from streamrl.weights import weights_digest
 
@@ -47,20 +47,11 @@ class History(msgspec.Struct, kw_only=True):
         return {sid for b in self.batches for sid in b.sample_ids}
 
 
-async def read_stream(log: Log, stream: str, partition: int = 0) -> list[Record]:
-    out: list[Record] = []
-    offset = 0
-    while page := await log.read(stream, partition, offset, max_records=1000):
-        out += page
-        offset = page[-1].offset + 1
-    return out
-
-
 async def read_history(log: Log, ctx: RunContext) -> History:
     events = [decode_event(r.value, "events")
-              for r in await read_stream(log, ctx.streams.events)]
+              for r in await log.read_all(ctx.streams.events, 0)]
     announced = [decode_event(r.value, "weights")
-                 for r in await read_stream(log, ctx.streams.weights)]
+                 for r in await log.read_all(ctx.streams.weights, 0)]
     return History(
         batches=[e for e in events if isinstance(e, BatchFormed)],
         checkpoints=[e for e in events if isinstance(e, CheckpointSaved)],

@@ -31,16 +31,6 @@ def run(args: argparse.Namespace) -> int:
     return aio.run(_inspect(args))
 
 
-async def read_all(log: Log, stream: str) -> list[Record]:
-    records: list[Record] = []
-    for p in range(await log.num_partitions(stream)):
-        offset = 0
-        while page := await log.read(stream, p, offset, max_records=1000):
-            records += page
-            offset = page[-1].offset + 1
-    return records
-
-
 class Decoded(msgspec.Struct):
     events: list[object] = msgspec.field(default_factory=list)
     batches: list[pa.RecordBatch] = msgspec.field(default_factory=list)
@@ -73,7 +63,7 @@ async def summarize(log: Log, run_id: str, console: Console) -> int:
     decoded: dict[StreamKind, Decoded] = {}
     for kind, name in RunStreams(run_id).all().items():
         try:
-            records = await read_all(log, name)
+            records = await log.read_all(name)
         except StreamNotFoundError:
             overview.add_row(kind.value, "-", "-", "[dim]missing[/dim]")
             continue

@@ -193,6 +193,18 @@ class Log(abc.ABC):
     async def end_offset(self, stream: str, partition: int) -> int:
         """The offset after the last committed record (0 for an empty partition)."""
 
+    async def read_all(self, stream: str, partition: int | None = None) -> list[Record]:
+        """Every committed record of one partition (or of all partitions, partition by
+        partition, when `partition` is None), read in pages; returns without waiting."""
+        parts = range(await self.num_partitions(stream)) if partition is None else [partition]
+        out: list[Record] = []
+        for p in parts:
+            offset = 0
+            while page := await self.read(stream, p, offset, max_records=1000):
+                out += page
+                offset = page[-1].offset + 1
+        return out
+
     async def follow(
         self, stream: str, partition: int, offset: int = 0, *, poll_s: float = 0.5
     ) -> AsyncIterator[Record]:

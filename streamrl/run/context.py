@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from schemas import RunStarted, decode_event
+from schemas import RunParent, RunStarted, decode_event
 from streamrl.log import Log
 from streamrl.run.config import RunConfig, config_from_builtins
 from streamrl.streams import RunStreams
@@ -26,6 +26,7 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True):
     config: RunConfig
     init_checkpoint: Path  # HF checkpoint of version 0
     run_dir: Path  # checkpoints, published weights, TensorBoard logs, plots
+    parent: RunParent | None = None  # the run this one was forked or replayed from
 
     @property
     def streams(self) -> RunStreams:
@@ -42,7 +43,7 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True):
     def run_started(self, recipe: str) -> RunStarted:
         return RunStarted(
             run_id=self.run_id, seed=self.config.run.seed, streamrl_version="0.1.0",
-            recipe=recipe, config={
+            recipe=recipe, parent=self.parent, config={
                 "run_config": msgspec.to_builtins(self.config),
                 "init_checkpoint": str(self.init_checkpoint),
                 "run_dir": str(self.run_dir),
@@ -55,7 +56,7 @@ def context_from_event(event: RunStarted) -> RunContext:
         raise ValueError(f"RunStarted of run {event.run_id!r} carries no run_config")
     return RunContext(run_id=event.run_id, config=config_from_builtins(config["run_config"]),
                       init_checkpoint=Path(config["init_checkpoint"]),
-                      run_dir=Path(config["run_dir"]))
+                      run_dir=Path(config["run_dir"]), parent=event.parent)
 
 
 async def load_run_context(log: Log, run_id: str, *, timeout_s: float = 30.0) -> RunContext:

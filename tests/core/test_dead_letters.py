@@ -21,19 +21,11 @@ from schemas import (
 from schemas.testing import make_group
 from streamrl import aio
 from streamrl.dlq import DeadLetters
-from streamrl.log import Log, open_log
+from streamrl.log import open_log
 from streamrl.log.memory import MemoryLog
 from streamrl.streams import RunStreams
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def read_all(log: Log, stream: str) -> list:
-    out, offset = [], 0
-    while page := await log.read(stream, 0, offset, max_records=1000):
-        out += page
-        offset = page[-1].offset + 1
-    return out
 
 
 async def test_a_bad_record_is_dead_lettered_and_the_next_one_still_decodes() -> None:
@@ -48,9 +40,9 @@ async def test_a_bad_record_is_dead_lettered_and_the_next_one_still_decodes() ->
     await log.append(streams.trajectories, good)
     dlq = DeadLetters(log, "r1", component="trainer")
     decoded = [await dlq.decode_or_reject(r, decode_trajectories)
-               for r in await read_all(log, streams.trajectories)]
+               for r in await log.read_all(streams.trajectories)]
     assert decoded[0] is None and decoded[1].num_rows == 2
-    [letter_record] = await read_all(log, streams.dlq)
+    [letter_record] = await log.read_all(streams.dlq)
     letter = decode_event(letter_record.value, "dlq")
     assert isinstance(letter, DeadLetter)
     assert letter.component == "trainer" and letter.reason_code
@@ -75,8 +67,8 @@ async def test_errors_that_are_not_contract_violations_propagate() -> None:
 
 async def _read_back(url: str, streams: RunStreams) -> tuple[dict[int, bytes], list[DeadLetter]]:
     async with open_log(url) as log:
-        trajectories = {r.offset: r.value for r in await read_all(log, streams.trajectories)}
-        letters = [decode_event(r.value, "dlq") for r in await read_all(log, streams.dlq)]
+        trajectories = {r.offset: r.value for r in await log.read_all(streams.trajectories)}
+        letters = [decode_event(r.value, "dlq") for r in await log.read_all(streams.dlq)]
     return trajectories, letters
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.trainer.resume import read_history, read_stream
+from consumers.trainer.resume import read_history
 from schemas import (
     BatchFormed,
     Rejected,
@@ -76,14 +76,14 @@ def test_run_trains_every_version_exactly_once(backend: str, tmp_path: Path,
             batches = await check_lineage(log, ctx)
             assert len(batches) == 3 and all(len(b.sample_ids) == 8 for b in batches)
             events = [decode_event(r.value, "events")
-                      for r in await read_stream(log, ctx.streams.events)]
+                      for r in await log.read_all(ctx.streams.events)]
             steps = [e for e in events if isinstance(e, TrainStep)]
             # the recipe's training-step hook adds its metric to every step
             assert [s.metrics["hook_num_samples"] for s in steps] == [8.0, 8.0, 8.0]
             # every stale group was requeued: its prompt is back in the prompts stream
             stale = {e.subject.rsplit("-s", 1)[0] for e in events
                      if isinstance(e, Rejected) and e.reason_code == "stale_lag"}
-            prompts = await read_stream(log, ctx.streams.prompts)
+            prompts = await log.read_all(ctx.streams.prompts)
             assert len(prompts) == 64 + len(stale)
 
     aio.run(audit())
@@ -116,7 +116,7 @@ async def _kill_and_resume(tmp_path: Path) -> None:
             await producer.wait()
         batches = await check_lineage(log, ctx)
         assert len(batches) == config.run.max_versions
-        weights = [r.value for r in await read_stream(log, ctx.streams.weights)]
+        weights = [r.value for r in await log.read_all(ctx.streams.weights)]
         assert len(weights) == config.run.max_versions + 1  # no version announced twice
 
 
@@ -174,7 +174,7 @@ def test_a_custom_multi_turn_rollout_is_recorded_and_trained(tmp_path: Path) -> 
         async with open_log(str(tmp_path / "log")) as log:
             ctx = await load_run_context(log, "turns")
             await check_lineage(log, ctx)
-            records = await read_stream(log, ctx.streams.trajectories)
+            records = await log.read_all(ctx.streams.trajectories)
             masks = [m for r in records
                      for m in decode_trajectories(r.value)["loss_mask"].to_pylist()]
             # the environment's token in the middle of each response is never trained on
