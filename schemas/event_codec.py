@@ -22,6 +22,7 @@ from schemas.events import (
     Prompt,
     Rejected,
     RunStarted,
+    ScaleRequested,
     TrainStep,
     WeightVersionAnnounced,
     WeightVersionLoaded,
@@ -32,7 +33,7 @@ PromptStreamEvent: TypeAlias = Prompt
 WeightsStreamEvent: TypeAlias = WeightVersionAnnounced
 EventsStreamEvent: TypeAlias = (
     RunStarted | WeightVersionLoaded | BatchFormed | TrainStep | CheckpointSaved
-    | ProducerJoined | ProducerLeft | Rejected
+    | ProducerJoined | ProducerLeft | Rejected | ScaleRequested
 )
 DlqEvent: TypeAlias = DeadLetter
 

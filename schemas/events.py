@@ -201,6 +201,18 @@ class ProducerLeft(Event, tag="producer_left"):
         check_non_negative(self, "pid")
 
 
+class ScaleRequested(Event, tag="scale_requested"):
+    """Someone (`streamrl scale`) asked for `num_producers` producers; the run's supervisor
+    follows the events stream and acts on the newest request."""
+
+    num_producers: int
+    requested_by: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "num_producers")
+
+
 class Rejected(Event, tag="rejected"):
     """Something was deliberately not used (a staleness drop, a throttle); not an error."""
 
