@@ -26,7 +26,7 @@ def learner_config(config: RunConfig) -> LearnerConfig:
     t = config.trainer
     return LearnerConfig(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                          minibatches=t.minibatches, algorithm=t.algorithm,
-                         temperature=config.rollout.temperature or 1.0)
+                         temperature=config.rollout.temperature or 1.0, compute=t.compute)
 
 
 async def train(log_url: str, run_id: str) -> None:

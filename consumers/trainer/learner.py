@@ -3,6 +3,10 @@
 A step is a pure function of (weights, optimizer state, batch rows, per-sample weights, config):
 no clock, no global RNG, so replaying the recorded batches reproduces every version bit for bit
 on CPU. Checkpoints hold model + optimizer state; resume loads one and replays the batches after.
+
+On CUDA (`LearnerConfig.compute`, see compute.py) the same step runs in bf16 with fp32 master
+weights, with the LM head's log-softmax chunked and recomputed in backward
+(`fused_token_logprobs`), so no fp32 [tokens, vocab] logits tensor is ever materialized.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from torch import Tensor
 
 from consumers.trainer.advantages import AdvantageInput
 from consumers.trainer.batch import TrainBatch, build_batch
+from consumers.trainer.compute import ComputeConfig, autocast, full_tensor, optimizer, place
 from consumers.trainer.losses import LossInput
 from consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resolve_loss
-from streamrl.models import CausalLM, load_checkpoint, token_logprobs
+from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
 
 
@@ -31,23 +36,26 @@ class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
     minibatches: int
     temperature: float  # the sampler's: logprobs are compared at the same temperature
     algorithm: AlgorithmConfig
+    compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
 
 
 class Learner:
     def __init__(self, model: CausalLM, config: LearnerConfig) -> None:
-        self.model = model
         self.config = config
+        self.compute = config.compute
+        self.model = place(model, config.compute)
         self.advantage_fn = resolve_advantage(config.algorithm.advantage)
         self.loss_fn = resolve_loss(config.algorithm.loss)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = optimizer(self.model, config.compute, lr=config.lr,
+                                   weight_decay=config.weight_decay)
 
     @classmethod
     def from_checkpoint(cls, path: Path, config: LearnerConfig) -> Learner:
         learner = cls(load_checkpoint(path), config)
         optimizer_file = path / "optimizer.pt"
         if optimizer_file.exists():
-            learner.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True))
+            learner.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True,
+                                                         map_location=config.compute.device))
         return learner
 
     def save(self, path: Path) -> None:
@@ -57,15 +65,21 @@ class Learner:
 
     def hf_state_dict(self) -> dict[str, Tensor]:
         """The weights under HF names, as producers load them."""
-        return to_hf_names(self.model.state_dict(), self.model.config)
+        state = {k: full_tensor(v) for k, v in self.model.state_dict().items()}
+        return to_hf_names(state, self.model.config)
 
     def logprobs(self, batch: TrainBatch) -> Tensor:
         """log pi(target) at every position [B, S], replaying recorded MoE routing."""
-        out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
-                         routing_mask=batch.routing_mask, return_hidden=True)
-        logp, _ = token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
-                                 temperature=self.config.temperature)
-        return logp
+        with autocast(self.compute):
+            out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
+                             routing_mask=batch.routing_mask, return_hidden=True)
+            if not self.compute.on_gpu:  # the CPU path, bit-exact on replay
+                return token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
+                                      temperature=self.config.temperature)[0]
+            return fused_token_logprobs(
+                out.hidden, self.model.lm_head.weight, batch.targets,
+                temperature=self.config.temperature,
+                chunk_size=self.compute.logprob_chunk_tokens, compiled=self.compute.compile)
 
     def step(self, rows: Sequence[pa.RecordBatch], sample_weights: Sequence[float],
              version: int) -> dict[str, float]:
@@ -75,6 +89,9 @@ class Learner:
         batch = build_batch(rows, self.config.algorithm.batch)
         advantages = self.advantage_fn(AdvantageInput.from_batch(batch))
         advantages = advantages * _per_position(batch, sample_weights)
+        if self.compute.on_gpu:
+            batch, advantages = _to(batch, self.compute.torch_device), advantages.to(
+                self.compute.torch_device, non_blocking=True)
         with torch.no_grad():
             proximal = self.logprobs(batch)
         metrics: dict[str, float] = {}
@@ -111,6 +128,12 @@ def _rows(batch: TrainBatch, rows: slice) -> TrainBatch:
         value = getattr(batch, f.name)
         fields[f.name] = value[rows] if isinstance(value, Tensor) and value.dim() >= 2 else value
     return TrainBatch(**fields)
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    fields = {f.name: getattr(batch, f.name) for f in msgspec.structs.fields(batch)}
+    return TrainBatch(**{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
+                         for k, v in fields.items()})
 
 
 def _per_position(batch: TrainBatch, sample_weights: Sequence[float]) -> Tensor:

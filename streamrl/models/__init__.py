@@ -13,7 +13,7 @@ as `forced_routing=` to replay it in the trainer.
 from streamrl.models.checkpoint import load_checkpoint, save_checkpoint
 from streamrl.models.config import ModelConfig
 from streamrl.models.kv_cache import CacheStep, KVCache
-from streamrl.models.logprobs import token_logprobs
+from streamrl.models.logprobs import fused_token_logprobs, token_logprobs
 from streamrl.models.model import CausalLM, ModelOutput, Qwen3Model
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "Qwen3Model",
+    "fused_token_logprobs",
     "load_checkpoint",
     "save_checkpoint",
     "token_logprobs",

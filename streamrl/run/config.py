@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from consumers.trainer.compute import ComputeConfig
 from consumers.trainer.hooks import TrainStepHook
 from consumers.trainer.registry import AlgorithmConfig
 from producers.engine.config import EngineConfig
@@ -95,6 +96,9 @@ class TrainerSection(Section, kw_only=True):
 
 
 class WeightsSection(Section, kw_only=True):
+    compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
+    """Device, precision (bf16 with fp32 master weights), activation checkpointing, compile,
+    FSDP2 (consumers/trainer/compute.py); the default is the bit-exact CPU path."""
     transport: str = "file"
     """How tensors move from trainer to producers: "file" (safetensors) or "shm"."""
     keep_versions: int = 4
