@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "demo": "write a demo run's streams to the log and read them back (no model needed)",
     "tail": "print a stream's events or trajectories as a table",
     "inspect": "summarize a run: its streams, events, trajectories and dead letters",
+    "audit": "check a run's lineage: exactly-once training, staleness, versions, digests",
 }
 
 DEFAULT_LOG = "runs/log"

@@ -1,0 +1,112 @@
+"""Checks that no stream lost or repeated anything.
+
+On the file and memory logs offsets are contiguous from 0, so a gap is visible directly. On Kafka
+transaction markers take offsets, so gaps are normal there and the check is semantic: nothing a
+stream holds may appear twice (event ids, trajectory sample and group ids, batch ids, prompts).
+A requeued prompt is the one legitimate repeat of a prompt id: the trainer re-appends it with
+event id `<original event id>-r<version>`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from schemas import BatchFormed, DeadLetter, Prompt
+from streamrl.audit.lineage import RunRecords, as_position
+from streamrl.audit.report import CheckResult, DeadLetterSummary, first, where_position
+from streamrl.log import Position
+from streamrl.streams import StreamKind
+
+
+def check_streams(run: RunRecords) -> CheckResult:
+    result = CheckResult(name="streams", title="no gap or duplicate in any stream",
+                         num_checked=sum(len(r) for r in run.records.values()))
+    if run.contiguous_offsets:
+        _offset_gaps(run, result)
+    else:
+        result.notes.append("Kafka: offsets are not contiguous (transaction markers); "
+                            "checked for duplicates only")
+    _duplicate_event_ids(run, result)
+    _duplicate_trajectories(run, result)
+    _duplicate_batches(run, result)
+    _duplicate_prompts(run, result)
+    dead = {as_position(e.source) for _, e in run.of(StreamKind.DLQ, DeadLetter)
+            if e.source is not None}
+    for bad in run.undecodable:
+        if bad.position in dead:
+            continue  # refused and kept in the dlq, as it should be
+        result.fail("undecodable_record", f"record cannot be decoded ({bad.reason_code}: "
+                    f"{bad.what}) and is not in the dead-letter stream",
+                    where_position(*bad.position))
+    return result
+
+
+def _offset_gaps(run: RunRecords, result: CheckResult) -> None:
+    for records in run.records.values():
+        expected: dict[tuple[str, int], int] = defaultdict(int)
+        for record in records:
+            key = (record.stream, record.partition)
+            if record.offset != expected[key]:
+                result.fail("offset_gap", f"offset {record.offset} follows "
+                            f"{expected[key] - 1} (expected {expected[key]})",
+                            where_position(*record.position))
+            expected[key] = record.offset + 1
+
+
+def _duplicate_event_ids(run: RunRecords, result: CheckResult) -> None:
+    for events in run.events.values():
+        seen: dict[str, Position] = {}
+        for position, event in events:
+            if (earlier := seen.get(event.event_id)) is not None:
+                result.fail("duplicate_event_id", f"{type(event).__name__} with event id "
+                            f"{event.event_id} was already recorded at "
+                            f"{where_position(*earlier)}", where_position(*position))
+            else:
+                seen[event.event_id] = position
+
+
+def _duplicate_trajectories(run: RunRecords, result: CheckResult) -> None:
+    records_of_group: dict[str, list[Position]] = defaultdict(list)
+    for position, rows in run.rows_at.items():
+        for group_id in dict.fromkeys(r.group_id for r in rows):
+            records_of_group[group_id].append(position)
+    repeated_groups = set()
+    for group_id, positions in records_of_group.items():
+        if len(positions) > 1:
+            repeated_groups.add(group_id)
+            at = first(where_position(*p) for p in positions)
+            result.fail("duplicate_group", f"group {group_id} was published "
+                        f"{len(positions)} times, at {at}", where_position(*positions[1]))
+    for sample_id, rows in run.rows_by_sample().items():
+        if len(rows) > 1 and rows[0].group_id not in repeated_groups:
+            result.fail("duplicate_sample", f"sample {sample_id} appears {len(rows)} times, at "
+                        f"{first(where_position(*r.position) for r in rows)}",
+                        where_position(*rows[1].position))
+
+
+def _duplicate_batches(run: RunRecords, result: CheckResult) -> None:
+    count = Counter(b.batch_id for _, b in run.batches)
+    for position, batch in run.of(StreamKind.EVENTS, BatchFormed):
+        if count[batch.batch_id] > 1:
+            count[batch.batch_id] = 0  # report each id once
+            result.fail("duplicate_batch_id", f"batch id {batch.batch_id} is recorded more "
+                        f"than once", where_position(*position))
+
+
+def _duplicate_prompts(run: RunRecords, result: CheckResult) -> None:
+    event_ids: dict[str, set[str]] = defaultdict(set)  # prompt id -> its event ids so far
+    for position, prompt in run.of(StreamKind.PROMPTS, Prompt):
+        earlier = event_ids[prompt.prompt_id]
+        requeue = prompt.event_id.rpartition("-r")[0] in earlier
+        if earlier and not requeue:
+            result.fail("duplicate_prompt", f"prompt {prompt.prompt_id} was published again "
+                        f"(event {prompt.event_id}), not as a requeue of an earlier one",
+                        where_position(*position))
+        earlier.add(prompt.event_id)
+
+
+def dead_letter_summary(run: RunRecords) -> list[DeadLetterSummary]:
+    """Dead letters by (reason code, component), most frequent first: reported, not failures."""
+    count = Counter((e.reason_code, e.component) for _, e in run.of(StreamKind.DLQ, DeadLetter))
+    return [DeadLetterSummary(reason_code=r, component=c, count=n)
+            for (r, c), n in count.most_common()]

@@ -1,0 +1,47 @@
+"""`streamrl audit RUN`: check a run's lineage end to end; exit 1 on any violation.
+
+    streamrl audit my-run                                  # the embedded file log (runs/log)
+    streamrl audit my-run --log kafka://127.0.0.1:9092 --json audit.json
+
+Exit codes: 0 every check passed, 1 at least one violation, 2 unusable input (unknown run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from streamrl import aio
+from streamrl.audit import AuditInputError, AuditReport, audit_run
+from streamrl.audit.render import print_report
+from streamrl.log import open_log
+from streamrl.streams import check_run_id
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run id")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write the full report (every violation) as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        check_run_id(args.run)
+        report = aio.run(_audit(args.log, args.run))
+    except (AuditInputError, ValueError) as error:
+        console.print(f"[red]streamrl audit: {error}[/red]", highlight=False)
+        return 2
+    print_report(report, console)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_builtins(), indent=2))
+    return 0 if report.ok else 1
+
+
+async def _audit(url: str, run_id: str) -> AuditReport:
+    async with open_log(url) as log:
+        return await audit_run(log, run_id)
