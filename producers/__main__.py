@@ -4,6 +4,8 @@
 
 SIGTERM stops it after the current decoding step; prompts it had not finished are generated again
 by whoever owns their partition next, and the trainer drops any duplicate it already trained.
+Producer `index` owns the prompts partitions p with p % num_producers == index
+(`streamrl.launch.owned_partitions`); `streamrl scale` changes the membership.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ from streamrl.models import load_checkpoint
 from streamrl.run.context import load_run_context
 
 
-async def produce(log_url: str, run_id: str, index: int, num_producers: int) -> None:
+async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
+                  stopping: asyncio.Event | None = None) -> None:
+    """Run producer `index` of `num_producers` until SIGTERM/SIGINT, or until `stopping` is set
+    when given (a Ray actor's `stop()`; signals are then left to the host process)."""
     async with open_log(log_url, writer_id=f"{run_id}-producer-{index}") as log:
         ctx = await load_run_context(log, run_id)
         engine = TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
                              version=0)
         producer = Producer(log, ctx, engine, index, num_producers)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, producer.stopping.set)
+        if stopping is not None:
+            producer.stopping = stopping
+        else:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, producer.stopping.set)
         await producer.run()
 
 

@@ -6,7 +6,9 @@
         await client.step()               # one decoding step for every running sequence
     each rollout task, when its group is done:   reward, filter, publish
 
-A worker owns the prompts partitions p with p % num_producers == index and commits, in one
+A worker owns the prompts partitions `owned_partitions(index, num_producers, ...)` (p with
+p % num_producers == index; the run's supervisor changes the membership on `streamrl scale`, never
+giving a partition two owners at once) and commits, in one
 transaction with each published group, the position after the oldest prompt it has not finished.
 Group and sample ids come from the prompt's position (`schemas.ids`), so a group regenerated
 after a crash has the same ids and the trainer drops the duplicate.
@@ -40,6 +42,7 @@ from schemas import (
     samples_to_batch,
 )
 from schemas.ids import group_id_for, sample_id_for
+from streamrl.launch.membership import owned_partitions
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, RunContext
 from streamrl.staleness import THROTTLED, AdmissionState
@@ -92,9 +95,9 @@ class Producer:
 
     async def _join(self) -> None:
         prompts = self.ctx.streams.prompts
-        for p in range(await self.log.num_partitions(prompts)):
-            if p % self.num_producers == self.index:
-                self.offsets[p] = await self.log.committed(PRODUCER_GROUP, prompts, p) or 0
+        num_partitions = await self.log.num_partitions(prompts)
+        for p in owned_partitions(self.index, self.num_producers, num_partitions):
+            self.offsets[p] = await self.log.committed(PRODUCER_GROUP, prompts, p) or 0
         await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
             run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
             pid=os.getpid())))
@@ -120,8 +123,10 @@ class Producer:
             self._start(self.queue.popleft())
 
     async def _read_prompts(self) -> bool:
+        per_partition = max(2, 16 // max(len(self.offsets), 1))  # prompts stay near their order
         for p, offset in self.offsets.items():
-            records = await self.log.read(self.ctx.streams.prompts, p, offset, max_records=16)
+            records = await self.log.read(self.ctx.streams.prompts, p, offset,
+                                          max_records=per_partition)
             if records:
                 self.offsets[p] = records[-1].offset + 1
                 self.queue.extend(records)

@@ -3,6 +3,7 @@
     streamrl run recipes/arithmetic/recipe.toml                          # embedded file log
     streamrl run recipes/arithmetic/recipe.toml --log kafka://127.0.0.1:9092
     streamrl run recipes/arithmetic/recipe.toml --producers 2 --max-versions 40
+    streamrl run recipes/arithmetic/recipe.toml --ray                    # Ray actors, local Ray
 
 Files of the run (checkpoints, published weights, TensorBoard logs, the reward curve and
 `summary.json` with the eval figures) go to `runs/<run_id>/`; everything else is in the log,
@@ -22,9 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from streamrl import aio
+from streamrl.launch import Launcher
 from streamrl.log import open_log
 from streamrl.run.config import ConfigError, RunConfig, load_config
-from streamrl.run.driver import RunExists, start_run, supervise
+from streamrl.run.context import RunContext
+from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
 from streamrl.run.hooks import EvalRequest
 from streamrl.run.monitor import plot_reward
 
@@ -35,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="where run files go (default: runs)")
     p.add_argument("--producers", type=int, default=None, help="override rollout.num_producers")
     p.add_argument("--max-versions", type=int, default=None, help="override run.max_versions")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the trainer and producers as Ray actors (placement from the "
+                        "recipe's [placement]); ADDRESS of a cluster, or none for a local Ray")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +82,11 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
                 checkpoint_dir=ctx.init_checkpoint, version=0)))
         t0 = time.monotonic()
         with v0:
-            monitor = await supervise(ctx, args.log, log)
+            try:
+                monitor = await supervise(ctx, args.log, log, _launcher(args, ctx))
+            except RunStopped as stopped:
+                console.print(f"[yellow]{stopped}[/yellow]")
+                return 143
         wall = time.monotonic() - t0
         final = ctx.run_dir / "checkpoints" / f"v{config.run.max_versions:06d}"
         if evaluate is not None:
@@ -91,6 +101,16 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
     console.print(f"reward curve: {png}\nTensorBoard: tensorboard --logdir {ctx.run_dir}")
     console.print(f"inspect: streamrl inspect {run_id} --log {args.log}")
     return 0
+
+
+def _launcher(args: argparse.Namespace, ctx: RunContext) -> Launcher | None:
+    """Ray actors with `--ray`; None means local processes (the default)."""
+    if args.ray is None:
+        return None
+    from streamrl.launch.ray_actors import RayLauncher  # imports ray: only when asked for
+
+    return RayLauncher(args.log, ctx.run_id, ctx.config.placement, address=args.ray,
+                       initial_producers=ctx.config.rollout.num_producers)
 
 
 def _headline(metrics: dict[str, float]) -> float:

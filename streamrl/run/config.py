@@ -9,7 +9,7 @@ replay rebuilds the same run from the log alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -63,6 +63,9 @@ class DataSection(Section, kw_only=True):
 class RolloutSection(Section, kw_only=True):
     num_producers: int = 1
     """Rollout worker processes; they share the prompts stream through one consumer group."""
+    max_producers: int = 16
+    """Most producers the run can scale to (`streamrl scale`): the prompts stream gets this many
+    partitions, and a producer owns whole partitions."""
     reward: str
     """Import path of a `RewardFn(RewardInput) -> RewardOutput`."""
     filter: str | None = None
@@ -93,12 +96,12 @@ class TrainerSection(Section, kw_only=True):
     step_hooks: tuple[str, ...] = ()
     """Import paths of `TrainStepHook(TrainStepInput) -> dict[str, float]`: extra metrics per
     step, recorded in TrainStep (consumers/trainer/hooks.py)."""
-
-
-class WeightsSection(Section, kw_only=True):
     compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
     """Device, precision (bf16 with fp32 master weights), activation checkpointing, compile,
     FSDP2 (consumers/trainer/compute.py); the default is the bit-exact CPU path."""
+
+
+class WeightsSection(Section, kw_only=True):
     transport: str = "file"
     """How tensors move from trainer to producers: "file" (safetensors) or "shm"."""
     keep_versions: int = 4
@@ -111,6 +114,22 @@ class EvalSection(Section, kw_only=True):
     initial and the final weights (the before/after figures)."""
 
 
+class PlacementSection(Section, kw_only=True):
+    """Where a run's processes go under Ray (`streamrl run --ray`); local runs ignore it."""
+
+    mode: Literal["colocated", "disaggregated"] = "disaggregated"
+    """colocated: trainer and producers packed on one node (sharing its GPUs: give fractions);
+    disaggregated: spread over nodes, producers apart from the trainer where possible."""
+    trainer_gpus: float = 0.0
+    """GPUs the trainer actor asks for (0 on CPU: its bundle then asks for CPUs only)."""
+    producer_gpus: float = 0.0
+    """GPUs each producer actor asks for; with colocated and one GPU, e.g. 0.5 and 0.5."""
+    trainer_cpus: float = 1.0
+    producer_cpus: float = 1.0
+    max_restarts: int = 3
+    """How often Ray restarts an actor that died; it resumes from the log each time."""
+
+
 class RunConfig(Section, kw_only=True):
     run: RunSection
     model: ModelSection
@@ -120,6 +139,7 @@ class RunConfig(Section, kw_only=True):
     staleness: StalenessConfig = msgspec.field(default_factory=StalenessConfig)
     weights: WeightsSection = msgspec.field(default_factory=WeightsSection)
     eval: EvalSection = msgspec.field(default_factory=EvalSection)
+    placement: PlacementSection = msgspec.field(default_factory=PlacementSection)
 
     def __post_init__(self) -> None:
         check_run_id(self.run.name)
@@ -132,6 +152,9 @@ class RunConfig(Section, kw_only=True):
             raise ValueError(
                 f"rollout.engine.max_batch_size ({self.rollout.engine.max_batch_size}) must be "
                 f">= data.samples_per_prompt ({group}) so a group decodes together")
+        if not 1 <= self.rollout.num_producers <= self.rollout.max_producers:
+            raise ValueError(f"rollout.num_producers ({self.rollout.num_producers}) must be in "
+                             f"[1, rollout.max_producers ({self.rollout.max_producers})]")
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import os
-import sys
+import signal
 from pathlib import Path
 
 import msgspec
 
 from schemas import Prompt, encode_event
+from streamrl.launch.base import Launcher
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.run.config import RunConfig
@@ -60,7 +60,7 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
     streams = ctx.streams
     if streams.events in await log.list_streams(run_id):
         raise RunExists(f"run {run_id!r} already exists in {log.url}")
-    await log.ensure_stream(streams.prompts, max(config.rollout.num_producers, 1))
+    await log.ensure_stream(streams.prompts, config.rollout.max_producers)  # scale room
     for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
         await log.ensure_stream(stream, 1)
     await log.append(streams.events, encode_event(ctx.run_started(recipe)))
@@ -90,34 +90,38 @@ async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport
     return transport
 
 
-async def _spawn(module: str, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
+class RunStopped(RuntimeError):
+    """The supervisor was told to stop (SIGTERM, e.g. from `streamrl down`) before the end."""
 
 
-async def supervise(ctx: RunContext, log_url: str, log: Log) -> Monitor:
-    """Run the trainer and producers until the trainer finishes; show progress meanwhile. A
-    process that fails ends the run with an error naming it."""
-    common = ("--log", log_url, "--run", ctx.run_id)
-    n = ctx.config.rollout.num_producers
-    trainer = await _spawn("consumers.trainer", *common)
-    producers = [await _spawn("producers", *common, "--index", str(i), "--num-producers", str(n))
-                 for i in range(n)]
+async def supervise(ctx: RunContext, log_url: str, log: Log,
+                    launcher: Launcher | None = None) -> Monitor:
+    """Run the trainer and producers (local processes unless another `launcher` is given) until
+    the trainer finishes, acting on scale requests; show progress meanwhile. A process that fails
+    ends the run with an error naming it; SIGTERM stops every process and raises `RunStopped`."""
+    from streamrl.launch.local import LocalLauncher
+    from streamrl.launch.supervisor import Supervisor
+
+    supervisor = Supervisor(log, ctx, launcher or LocalLauncher(log_url, ctx.run_id), log_url)
     monitor = Monitor(log, ctx.streams.events, ctx.config.run.max_versions, ctx.run_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    status = "failed"
     try:
+        await supervisor.start()
         with monitor.progress:
-            while trainer.returncode is None:
+            while (code := await supervisor.step()) is None and not stop.is_set():
                 await monitor.poll(timeout_s=0.5)
-                for i, p in enumerate(producers):  # returncode is set when a child exits
-                    if p.returncode not in (None, 0):
-                        raise RuntimeError(f"producer {i} exited with code {p.returncode}")
             await monitor.poll(timeout_s=0.5)
-        if trainer.returncode != 0:
-            raise RuntimeError(f"the trainer exited with code {trainer.returncode}")
+        if stop.is_set() and code is None:
+            status = "stopped"
+            raise RunStopped(f"run {ctx.run_id} was stopped before it finished")
+        if code != 0:
+            raise RuntimeError(f"the trainer exited with code {code}")
+        status = "finished"
     finally:
-        for p in [trainer, *producers]:
-            if p.returncode is None:
-                p.terminate()
-        await asyncio.gather(*(p.wait() for p in [trainer, *producers]))
+        loop.remove_signal_handler(signal.SIGTERM)
+        await supervisor.close(status)
         monitor.close()
     return monitor

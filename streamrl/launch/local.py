@@ -1,0 +1,89 @@
+"""Local mode: the trainer and each producer are child processes of the supervisor.
+
+    python -m consumers.trainer --log URL --run RUN
+    python -m producers --log URL --run RUN --index I --num-producers N
+
+A producer is stopped with SIGTERM (it finishes its decoding step, writes ProducerLeft and
+exits); a child that exits with an error ends the run with an error naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from streamrl.launch.base import LaunchError, Member
+
+STOP_TIMEOUT_S = 60.0
+
+
+async def spawn(module: str, *args: str) -> asyncio.subprocess.Process:
+    """`python -m module args` with one torch thread: processes share the machine's cores."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class LocalLauncher:
+    kind = "local"
+
+    def __init__(self, log_url: str, run_id: str) -> None:
+        self.common = ("--log", log_url, "--run", run_id)
+        self.trainer: asyncio.subprocess.Process | None = None
+        self.producers: dict[int, tuple[int, asyncio.subprocess.Process]] = {}  # index -> (n, p)
+
+    async def start_trainer(self) -> None:
+        self.trainer = await spawn("consumers.trainer", *self.common)
+
+    async def start_producer(self, index: int, num_producers: int) -> None:
+        assert index not in self.producers, f"producer {index} is already running"
+        proc = await spawn("producers", *self.common, "--index", str(index),
+                           "--num-producers", str(num_producers))
+        self.producers[index] = (num_producers, proc)
+
+    async def stop_producer(self, index: int) -> None:
+        _, proc = self.producers.pop(index)
+        await stop_process(proc)
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise LaunchError(f"producer {index} exited with code {proc.returncode} while stopping")
+
+    async def trainer_exit_code(self) -> int | None:
+        assert self.trainer is not None, "start_trainer first"
+        for index, (_, proc) in self.producers.items():  # returncode is set when a child exits
+            if proc.returncode not in (None, 0):
+                raise LaunchError(f"producer {index} exited with code {proc.returncode}")
+        return self.trainer.returncode
+
+    async def members(self) -> list[Member]:
+        host = socket.gethostname()
+        out = []
+        if self.trainer is not None:
+            out.append(Member(role="trainer", pid=self.trainer.pid, host=host,
+                              status=_status(self.trainer)))
+        for index, (n, proc) in sorted(self.producers.items()):
+            out.append(Member(role="producer", index=index, num_producers=n, pid=proc.pid,
+                              host=host, status=_status(proc)))
+        return out
+
+    async def close(self) -> None:
+        procs = [p for _, p in self.producers.values()]
+        if self.trainer is not None:
+            procs.append(self.trainer)
+        await asyncio.gather(*(stop_process(p) for p in procs))
+
+
+def _status(proc: asyncio.subprocess.Process) -> str:
+    return "running" if proc.returncode is None else f"exited({proc.returncode})"
