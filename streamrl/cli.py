@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "demo": "write a demo run's streams to the log and read them back (no model needed)",
     "tail": "print a stream's events or trajectories as a table",
     "inspect": "summarize a run: its streams, events, trajectories and dead letters",
+    "replay": "reproduce a run bit-exactly from its log, or re-train it under another policy",
+    "compare": "compare runs side by side: rewards, samples, staleness (table and PNG)",
     "audit": "check a run's lineage: exactly-once training, staleness, versions, digests",
 }
 
