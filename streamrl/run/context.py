@@ -21,12 +21,33 @@ TRAINER_GROUP = "trainer"
 PRODUCER_GROUP = "producers"
 
 
+class ForkPoint(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a fork starts (streamrl/run/fork.py, fork_position.py): its first version is the
+    parent's `version`; the parent's samples it took over are trained first, renamed."""
+
+    version: int
+    trajectories_offset: int  # the parent's trajectory records before it were judged at version
+    carried: dict[str, str] = {}  # the fork's group id -> the parent's group id
+    num_carried_samples: int = 0
+
+    def carried_share(self, rank: int, num_producers: int) -> int:
+        """Carried samples count as the first ones started (admission control): a producer's
+        share of them, the slots k < num_carried_samples with k % num_producers == rank."""
+        return max(0, -(-(self.num_carried_samples - rank) // num_producers))
+
+
 class RunContext(msgspec.Struct, kw_only=True, frozen=True):
     run_id: str
     config: RunConfig
     init_checkpoint: Path  # HF checkpoint of version 0
     run_dir: Path  # checkpoints, published weights, TensorBoard logs, plots
     parent: RunParent | None = None  # the run this one was forked or replayed from
+    fork: ForkPoint | None = None  # set for a fork: where in the parent's log it starts
+
+    @property
+    def first_version(self) -> int:
+        """The run's first announced weight version: 0, or a fork's parent version."""
+        return self.fork.version if self.fork is not None else 0
 
     @property
     def streams(self) -> RunStreams:
@@ -47,7 +68,7 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True):
                 "run_config": msgspec.to_builtins(self.config),
                 "init_checkpoint": str(self.init_checkpoint),
                 "run_dir": str(self.run_dir),
-            })
+            } | ({"fork": msgspec.to_builtins(self.fork)} if self.fork is not None else {}))
 
 
 def context_from_event(event: RunStarted) -> RunContext:
@@ -56,7 +77,8 @@ def context_from_event(event: RunStarted) -> RunContext:
         raise ValueError(f"RunStarted of run {event.run_id!r} carries no run_config")
     return RunContext(run_id=event.run_id, config=config_from_builtins(config["run_config"]),
                       init_checkpoint=Path(config["init_checkpoint"]),
-                      run_dir=Path(config["run_dir"]), parent=event.parent)
+                      run_dir=Path(config["run_dir"]), parent=event.parent,
+                      fork=msgspec.convert(config["fork"], ForkPoint) if "fork" in config else None)
 
 
 async def load_run_context(log: Log, run_id: str, *, timeout_s: float = 30.0) -> RunContext:
