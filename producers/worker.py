@@ -69,7 +69,10 @@ class Producer:
         self.groups: dict[str, Group] = {}
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.offsets: dict[int, int] = {}  # next prompt offset to read, per owned partition
-        self.num_started = 0
+        # A fork's versions start at its parent's version and the samples it carried over count
+        # as started first: admission control counts from there (streamrl/run/fork.py).
+        self.base_version = ctx.first_version
+        self.num_started = ctx.fork.carried_share(index, num_producers) if ctx.fork else 0
         self.throttled = False
         self.stopping = asyncio.Event()
 
@@ -109,7 +112,8 @@ class Producer:
         n = self.ctx.config.data.samples_per_prompt
         while True:
             admission = self.hooks["staleness"].admit(AdmissionState(
-                trainer_version=self.weights.trainer_version, num_started=self.num_started,
+                trainer_version=max(0, self.weights.trainer_version - self.base_version),
+                num_started=self.num_started,
                 num_in_flight=n * len(self.groups),
                 batch_size=self.ctx.config.trainer.batch_size,
                 num_producers=self.num_producers, now_ms=int(time.time() * 1000),
