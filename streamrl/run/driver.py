@@ -22,8 +22,10 @@ from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.run.config import RunConfig
 from streamrl.run.context import RunContext
+from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
 from streamrl.run.hooks import ModelInitRequest, PromptRequest
 from streamrl.run.monitor import Monitor
+from streamrl.streams import RunStreams
 from streamrl.weights import WeightTransport
 
 
@@ -48,23 +50,38 @@ def prepare_init(config: RunConfig, cache_dir: Path) -> Path:
 
 
 async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
-                    recipe: str) -> tuple[RunContext, WeightTransport]:
+                    recipe: str, fork: ForkSpec | None = None
+                    ) -> tuple[RunContext, WeightTransport]:
     """Everything a run needs before its first process starts: streams, RunStarted, prompts and
     version 0 of the weights, whose transport the caller keeps open for the run (closing it
-    releases the tensors). Refuses a run id that already exists in the log."""
+    releases the tensors). Refuses a run id that already exists in the log. With `fork`, the
+    run starts from another run's version instead (streamrl/run/fork.py): that version's
+    weights, announced as the first version, and the parent's unfinished prompts and samples."""
     if not runs_dir.is_absolute():  # the trainer and producers may start in another directory
         raise ValueError(f"runs_dir must be an absolute path, got {runs_dir}")
     run_dir = runs_dir / run_id
-    init_dir = await asyncio.to_thread(prepare_init, config, runs_dir / "cache")
-    ctx = RunContext(run_id=run_id, config=config, init_checkpoint=init_dir, run_dir=run_dir)
-    streams = ctx.streams
-    if streams.events in await log.list_streams(run_id):
+    if RunStreams(run_id).events in await log.list_streams(run_id):
         raise RunExists(f"run {run_id!r} already exists in {log.url}")
+    plan: ForkPlan | None = None
+    if fork is None:
+        init_dir = await asyncio.to_thread(prepare_init, config, runs_dir / "cache")
+    else:
+        plan = await plan_fork(log, config, fork, run_dir)
+        init_dir = plan.init_checkpoint
+    ctx = RunContext(run_id=run_id, config=config, init_checkpoint=init_dir, run_dir=run_dir,
+                     parent=plan.parent if plan else None)
+    streams = ctx.streams
     await log.ensure_stream(streams.prompts, config.rollout.max_producers)  # scale room
     for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
         await log.ensure_stream(stream, 1)
+    if plan is not None:
+        ctx = msgspec.structs.replace(
+            ctx, fork=plan.position.point(await log.num_partitions(streams.prompts)))
     await log.append(streams.events, encode_event(ctx.run_started(recipe)))
-    await _publish_prompts(log, ctx)
+    if plan is None:
+        await _publish_prompts(log, ctx)
+    else:
+        await write_fork(log, ctx, plan)
     return ctx, await _publish_initial_weights(log, ctx)
 
 
@@ -84,7 +101,7 @@ async def _publish_prompts(log: Log, ctx: RunContext) -> None:
 async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport:
     transport = ctx.transport_config(keep_last=1, namespace=f"{ctx.run_id}-init").open()
     tensors = read_safetensors(ctx.init_checkpoint)
-    published = await asyncio.to_thread(transport.publish, 0, tensors)
+    published = await asyncio.to_thread(transport.publish, ctx.first_version, tensors)
     await log.append(ctx.streams.weights,
                      encode_event(published.announce(run_id=ctx.run_id, parent=None)))
     return transport
