@@ -4,6 +4,7 @@
     streamrl run recipes/arithmetic/recipe.toml --log kafka://127.0.0.1:9092
     streamrl run recipes/arithmetic/recipe.toml --producers 2 --max-versions 40
     streamrl run recipes/arithmetic/recipe.toml --ray                    # Ray actors, local Ray
+    streamrl run recipes/arithmetic/recipe.toml --fork arithmetic-20261125-101500@20
 
 Files of the run (checkpoints, published weights, TensorBoard logs, the reward curve and
 `summary.json` with the eval figures) go to `runs/<run_id>/`; everything else is in the log,
@@ -22,12 +23,14 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from consumers.trainer.resume import ResumeError
 from streamrl import aio
 from streamrl.launch import Launcher
 from streamrl.log import open_log
 from streamrl.run.config import ConfigError, RunConfig, load_config
 from streamrl.run.context import RunContext
 from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
+from streamrl.run.fork import ForkError, parse_fork_spec
 from streamrl.run.hooks import EvalRequest
 from streamrl.run.monitor import plot_reward
 
@@ -41,12 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the trainer and producers as Ray actors (placement from the "
                         "recipe's [placement]); ADDRESS of a cluster, or none for a local Ray")
+    p.add_argument("--fork", default=None, metavar="RUN@VERSION",
+                   help="start from run RUN's weight version VERSION and its place in the log "
+                        "(nothing of RUN's past is generated again); docs/fork-and-rereward.md")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = _with_overrides(load_config(args.recipe), args)
-    except ConfigError as error:
+        args.fork = parse_fork_spec(args.fork) if args.fork is not None else None
+    except (ConfigError, ForkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.runs_dir = Path(args.runs_dir).absolute()  # processes may start elsewhere
@@ -72,14 +79,21 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
     async with open_log(args.log, writer_id=f"{run_id}-driver") as log:
         console.print(f"[bold]run {run_id}[/bold]: log {log.url}, files {args.runs_dir / run_id}")
         try:
-            ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe)
+            ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe,
+                                      fork=args.fork)
         except RunExists as error:
             console.print(f"[red]{error}[/red]: choose another --run")
             return 2
+        except (ForkError, ResumeError) as error:
+            console.print(f"[red]error: {error}[/red]")
+            return 2
+        if ctx.fork is not None:
+            console.print(f"forked from {args.fork.run_id}@{ctx.fork.version}: "
+                          f"{ctx.fork.num_carried_samples} samples carried over")
         evals = {}
         if evaluate is not None:
             evals["eval before"] = _headline(evaluate(EvalRequest(
-                checkpoint_dir=ctx.init_checkpoint, version=0)))
+                checkpoint_dir=ctx.init_checkpoint, version=ctx.first_version)))
         t0 = time.monotonic()
         with v0:
             try:
@@ -94,6 +108,7 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
                 checkpoint_dir=final, version=config.run.max_versions)))
     png = plot_reward(monitor.stats.steps, ctx.run_dir / "reward.png", run_id, evals)
     summary = {"run_id": run_id, "wall_s": wall, "evals": evals,
+               "parent": msgspec.to_builtins(ctx.parent), "first_version": ctx.first_version,
                "rejected": dict(monitor.stats.rejected),
                "batch_reward": [s.metrics.get("reward_mean") for s in monitor.stats.steps]}
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
