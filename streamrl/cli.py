@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "replay": "reproduce a run bit-exactly from its log, or re-train it under another policy",
     "compare": "compare runs side by side: rewards, samples, staleness (table and PNG)",
     "audit": "check a run's lineage: exactly-once training, staleness, versions, digests",
+    "up": "start a run in the background: docker compose (Kafka, trainer, producers) or --local",
+    "down": "stop a run started with `streamrl up`",
+    "ps": "list a run's processes and their status",
+    "scale": "change the number of producers of a running run (local, Ray or compose)",
 }
 
 DEFAULT_LOG = "runs/log"

@@ -1,0 +1,70 @@
+"""`streamrl ps [RUN]`: a run's processes and their status (default: the newest `streamrl up`).
+
+    streamrl ps
+    streamrl ps tiny-20261125-101500 --runs-dir runs
+
+Reads runs/<run_id>/processes.json, which the run's supervisor keeps current, and checks each
+local pid against the OS; in compose mode it shows `docker compose ps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from streamrl.launch import compose
+from streamrl.launch.state import NoSuchRun, is_ours, processes, resolve_run, up_info
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
+    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs_dir)
+    try:
+        run_id = resolve_run(runs_dir, args.run)
+    except NoSuchRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    up = up_info(runs_dir, run_id) or {}
+    if up.get("mode") == "compose":
+        try:
+            compose.check_engine()
+        except compose.NoDockerEngine as error:
+            print(f"error: run {run_id} runs under docker compose, but {error}", file=sys.stderr)
+            return 2
+        return compose.compose("ps")
+    state = processes(runs_dir, run_id)
+    if state is None:
+        print(f"error: run {run_id} has no {runs_dir / run_id / 'processes.json'}: it was not "
+              "started here, or has not started yet", file=sys.stderr)
+        return 2
+    Console().print(table(run_id, up, state))
+    return 0
+
+
+def table(run_id: str, up: dict, state: dict) -> Table:
+    supervisor = state.get("supervisor_pid")
+    alive = is_ours(supervisor)
+    age = time.time() - state.get("updated_ms", 0) / 1000
+    t = Table(title=f"run {run_id}: {state.get('mode')} mode, log {state.get('log')}, "
+                    f"{state.get('num_producers')} producers, run {state.get('status')}"
+                    f"{'' if alive else ' (supervisor gone)'}, updated {age:.0f} s ago",
+              title_justify="left")
+    for column in ("role", "index", "pid", "host", "status", "restarts"):
+        t.add_column(column)
+    t.add_row("supervisor", "", str(supervisor), "", "running" if alive else "gone", "")
+    for m in state.get("members", []):
+        status = m["status"]
+        if state.get("mode") == "local" and status == "running" and not is_ours(m.get("pid")):
+            status = "gone"
+        t.add_row(m["role"], str(m["index"]) if m["role"] == "producer" else "",
+                  str(m.get("pid") or "-"), m.get("host", ""), status, str(m.get("restarts", 0)))
+    return t

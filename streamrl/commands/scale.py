@@ -1,0 +1,90 @@
+"""`streamrl scale RUN --producers N`: change how many producers a running run has.
+
+    streamrl scale tiny-20261125-101500 --producers 4
+    streamrl scale --producers 1                      # the newest `streamrl up`
+
+The request is an event (`ScaleRequested`) on the run's events stream; the run's supervisor
+follows that stream and hands the prompts partitions over to the new membership (local processes
+or Ray actors). The trainer keeps going. Under docker compose the producer service is scaled too.
+The command waits until the supervisor reports the new membership (`--no-wait` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from schemas import ScaleRequested, encode_event
+from streamrl import aio
+from streamrl.launch import compose
+from streamrl.launch.state import NoSuchRun, processes, resolve_run, up_info
+from streamrl.log import open_log
+from streamrl.run.context import load_run_context
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
+    p.add_argument("--producers", type=int, required=True, help="the number of producers wanted")
+    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
+    p.add_argument("--no-wait", action="store_true", help="return once the request is logged")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default 180)")
+
+
+def run(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs_dir)
+    try:
+        run_id = resolve_run(runs_dir, args.run)
+    except NoSuchRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    up = up_info(runs_dir, run_id) or {}
+    state = processes(runs_dir, run_id) or {}
+    log_url = state.get("log") or (up.get("log") if up.get("mode") == "local" else None)
+    log_url = log_url or args.log  # a run not started here: --log says where it is
+    try:
+        aio.run(request(log_url, run_id, args.producers))
+    except (LookupError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if up.get("mode") == "compose":
+        try:
+            compose.check_engine()
+        except compose.NoDockerEngine as error:
+            print(f"error: the run runs under docker compose, but {error}", file=sys.stderr)
+            return 2
+        return compose.compose("up", "-d", "--no-recreate", "--scale",
+                               f"producer={args.producers}")
+    print(f"run {run_id}: asked for {args.producers} producers (log {log_url})")
+    if args.no_wait:
+        return 0
+    return wait_for(runs_dir, run_id, args.producers, args.timeout)
+
+
+async def request(log_url: str, run_id: str, num_producers: int) -> None:
+    async with open_log(log_url, writer_id=f"{run_id}-scale") as log:
+        ctx = await load_run_context(log, run_id, timeout_s=5.0)
+        limit = ctx.config.rollout.max_producers
+        if not 0 <= num_producers <= limit:
+            raise ValueError(f"--producers must be in [0, {limit}] (the run's "
+                             "rollout.max_producers: its prompts stream has that many partitions)")
+        await log.append(ctx.streams.events, encode_event(ScaleRequested(
+            run_id=run_id, num_producers=num_producers, requested_by="streamrl scale")))
+
+
+def wait_for(runs_dir: Path, run_id: str, num_producers: int, timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = processes(runs_dir, run_id) or {}
+        producers = [m for m in state.get("members", []) if m["role"] == "producer"]
+        if state.get("num_producers") == num_producers and len(producers) == num_producers:
+            print(f"run {run_id}: {num_producers} producers running")
+            return 0
+        if state.get("status") not in (None, "running"):
+            print(f"error: run {run_id} is {state['status']}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    print(f"error: run {run_id} did not reach {num_producers} producers in {timeout_s:.0f} s "
+          f"(is its supervisor running? `streamrl ps {run_id}`)", file=sys.stderr)
+    return 1
