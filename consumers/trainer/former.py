@@ -12,6 +12,8 @@ transaction) and none after it is: committing `next_offset` with the batch is ex
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -19,9 +21,16 @@ import pyarrow as pa
 
 from schemas import LogPosition, Rejected, Staleness
 from streamrl.log import Record
-from streamrl.staleness import SampleInfo, StalenessPolicy, Verdict
+from streamrl.staleness import SampleInfo, Verdict
 
 DUPLICATE = "duplicate"  # a sample id already trained or already in this batch
+
+
+class GroupJudge(Protocol):
+    """What the former asks of a staleness policy (a `StalenessPolicy`, or a wrapper of one)."""
+
+    def judge_group(self, samples: Sequence[SampleInfo], trainer_version: int,
+                    now_ms: int) -> tuple[Verdict, ...]: ...
 
 
 class FormedBatch(msgspec.Struct, kw_only=True):
@@ -57,7 +66,7 @@ def sample_infos(record: Record, batch: pa.RecordBatch) -> list[SampleInfo]:
 
 
 class BatchFormer:
-    def __init__(self, policy: StalenessPolicy, batch_size: int, run_id: str,
+    def __init__(self, policy: GroupJudge, batch_size: int, run_id: str,
                  trained: set[str], next_offset: int, rejected: set[str] | None = None) -> None:
         self.policy = policy
         self.batch_size = batch_size

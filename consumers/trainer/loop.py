@@ -9,16 +9,22 @@
 
 The transaction is the commit point: a crash before it loses nothing (the batch is formed again
 from the same records after resume), a crash after it repeats nothing.
+
+A counterfactual replay (`streamrl/replay/`) runs this same loop over another run's recorded
+trajectories: a `TrajectorySource` names that stream, its own consumer group (never the parent's),
+that it is finite (an empty read ends the loop with `SourceExhausted`) and the clock verdicts see.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import msgspec
 
-from consumers.trainer.former import BatchFormer, FormedBatch
+from consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
 from consumers.trainer.hooks import TrainStepInput
 from consumers.trainer.learner import Learner
 from schemas import (
@@ -37,22 +43,47 @@ from streamrl.run.context import TRAINER_GROUP, RunContext
 from streamrl.weights import WeightTransport
 
 
+def wall_clock(record: Record, version: int) -> int:
+    """The live trainer judges a record at the moment it reads it."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrajectorySource:
+    """Where the loop reads trajectories (partition 0) and under which group it commits."""
+
+    stream: str
+    group: str = TRAINER_GROUP
+    finite: bool = False
+    """A recorded stream that will not grow: the first empty read ends the loop."""
+    clock: Callable[[Record, int], int] = wall_clock
+    """`now_ms` for the staleness verdict of a record read at a trainer version."""
+
+
+class SourceExhausted(Exception):
+    """A finite source has no record left; the loop stopped before `max_versions`."""
+
+
 class TrainerLoop:
     def __init__(self, log: Log, ctx: RunContext, learner: Learner, transport: WeightTransport,
                  *, version: int, trained: set[str], next_offset: int,
-                 rejected: set[str] | None = None) -> None:
+                 rejected: set[str] | None = None, source: TrajectorySource | None = None,
+                 policy: GroupJudge | None = None) -> None:
         self.log, self.ctx, self.learner, self.transport = log, ctx, learner, transport
         self.version = version
         self.streams = ctx.streams
+        self.source = source or TrajectorySource(stream=ctx.streams.trajectories)
         hooks = ctx.config.hooks()
         self.step_hooks = hooks["step_hooks"]
-        self.former = BatchFormer(hooks["staleness"], ctx.config.trainer.batch_size, ctx.run_id,
-                                  trained, next_offset, rejected)
+        self.former = BatchFormer(policy or hooks["staleness"], ctx.config.trainer.batch_size,
+                                  ctx.run_id, trained, next_offset, rejected)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model.config.vocab_size
         self._buffer: list[Record] = []
 
     async def run(self) -> None:
+        """Train until `max_versions`; raises SourceExhausted when a finite source ends first
+        (its pending rejections are committed before)."""
         while self.version < self.ctx.config.run.max_versions:
             batch = await self.next_batch()
             metrics = await asyncio.to_thread(self.learner.step, batch.rows, batch.weights,
@@ -74,15 +105,18 @@ class TrainerLoop:
         while not self.former.ready:
             if not self._buffer:
                 self._buffer = await self.log.read(
-                    self.streams.trajectories, 0, self.former.batch.next_offset,
-                    max_records=64, timeout_s=1.0)
+                    self.source.stream, 0, self.former.batch.next_offset,
+                    max_records=64, timeout_s=0.0 if self.source.finite else 1.0)
                 if not self._buffer and self.former.has_decisions:
                     await self.commit_decisions()
+                if not self._buffer and self.source.finite:
+                    raise SourceExhausted(f"{self.source.stream} ended at trainer version "
+                                          f"{self.version}")
                 continue
             record = self._buffer.pop(0)
             decoded = await self.dlq.decode_or_reject(
                 record, lambda data: decode_trajectories(data, vocab_size=self.vocab_size))
-            self.former.add(record, decoded, self.version, int(time.time() * 1000))
+            self.former.add(record, decoded, self.version, self.source.clock(record, self.version))
         return self.former.take()
 
     async def publish(self, batch: FormedBatch, metrics: dict[str, float]) -> None:
@@ -107,8 +141,8 @@ class TrainerLoop:
                                       batch_ids=(batch_id,))
         appends.append(Append(stream=self.streams.weights, value=encode_event(announce)))
         appends += [await self._requeued(group_id) for group_id in batch.requeue]
-        offsets = {StreamPartition(self.streams.trajectories, 0): batch.next_offset}
-        await self.log.transact(TRAINER_GROUP, offsets, appends)
+        offsets = {StreamPartition(self.source.stream, 0): batch.next_offset}
+        await self.log.transact(self.source.group, offsets, appends)
         self.version = new
         self.last_digest = published.digest
 
@@ -117,8 +151,8 @@ class TrainerLoop:
         rejected, requeue, offset = self.former.take_decisions()
         appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in rejected]
         appends += [await self._requeued(group_id) for group_id in requeue]
-        offsets = {StreamPartition(self.streams.trajectories, 0): offset}
-        await self.log.transact(TRAINER_GROUP, offsets, appends)
+        offsets = {StreamPartition(self.source.stream, 0): offset}
+        await self.log.transact(self.source.group, offsets, appends)
 
     async def _requeued(self, group_id: str) -> Append:
         """The group's prompt again, as a new prompt event (group ids name the prompt record)."""

@@ -8,7 +8,7 @@ log ends, whatever happened to the process in between.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -72,27 +72,59 @@ async def batch_rows(log: Log, batch: BatchFormed) -> list[pa.RecordBatch]:
     return rows
 
 
+class Replayed(msgspec.Struct, kw_only=True, frozen=True):
+    """One recorded batch trained again: the version it produced and whether it matches."""
+
+    batch: BatchFormed
+    version: int
+    digest: str  # weights_digest of the learner after the step
+    expected: str  # the announced digest of `version`
+    metrics: dict[str, float]
+
+    @property
+    def matches(self) -> bool:
+        return self.digest == self.expected
+
+
+def checkpoint_for(ctx: RunContext, history: History, until: int) -> tuple[int, Path]:
+    """The newest checkpoint at or before `until` that still exists (else version 0's)."""
+    start, path = 0, ctx.init_checkpoint
+    for ckpt in history.checkpoints:
+        if start < ckpt.version <= until and Path(ckpt.path).exists():
+            start, path = ckpt.version, Path(ckpt.path)
+    return start, path
+
+
+async def replay_batches(log: Log, learner: Learner, history: History, *, start: int,
+                         until: int) -> AsyncIterator[Replayed]:
+    """Train `learner` (at version `start`) on every recorded batch of versions start..until-1,
+    in log order, yielding each resulting version with its digest and the announced one. The
+    caller decides what a mismatch means (resume raises; replay reports)."""
+    for batch in history.batches:
+        if not start <= batch.policy_version < until:
+            continue
+        weights = list(batch.sample_weights) or [1.0] * len(batch.sample_ids)
+        metrics = learner.step(await batch_rows(log, batch), weights, batch.policy_version)
+        version = batch.policy_version + 1
+        announced = history.announced.get(version)
+        yield Replayed(batch=batch, version=version, metrics=metrics,
+                       digest=weights_digest(learner.hf_state_dict()),
+                       expected=announced.digest if announced else "")
+
+
 async def rebuild(log: Log, ctx: RunContext, config: LearnerConfig, history: History, *,
                   until: int | None = None,
                   on_version: Callable[[int], None] | None = None) -> Learner:
     """The learner at version `until` (default: the newest announced), from the newest checkpoint
     at or before it plus the recorded batches after it; raises ResumeError on a digest mismatch."""
     until = history.version if until is None else until
-    start, path = 0, ctx.init_checkpoint
-    for ckpt in history.checkpoints:
-        if start < ckpt.version <= until and Path(ckpt.path).exists():  # noqa: ASYNC240
-            start, path = ckpt.version, Path(ckpt.path)
+    start, path = checkpoint_for(ctx, history, until)
     learner = Learner.from_checkpoint(path, config)
-    for batch in history.batches:
-        if not start <= batch.policy_version < until:
-            continue
-        weights = list(batch.sample_weights) or [1.0] * len(batch.sample_ids)
-        learner.step(await batch_rows(log, batch), weights, batch.policy_version)
-        version = batch.policy_version + 1
-        expected = history.announced[version].digest
-        if weights_digest(learner.hf_state_dict()) != expected:
-            raise ResumeError(f"replaying {batch.batch_id} did not reproduce version {version}: "
-                              f"digest differs from the announced {expected[:16]}…")
+    async for step in replay_batches(log, learner, history, start=start, until=until):
+        if not step.matches:
+            raise ResumeError(f"replaying {step.batch.batch_id} did not reproduce version "
+                              f"{step.version}: digest differs from the announced "
+                              f"{step.expected[:16]}…")
         if on_version is not None:
-            on_version(version)
+            on_version(step.version)
     return learner
