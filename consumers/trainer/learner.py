@@ -90,8 +90,8 @@ class Learner:
         advantages = self.advantage_fn(AdvantageInput.from_batch(batch))
         advantages = advantages * _per_position(batch, sample_weights)
         if self.compute.on_gpu:
-            batch, advantages = _to(batch, self.compute.torch_device), advantages.to(
-                self.compute.torch_device, non_blocking=True)
+            batch = batch.to(self.compute.torch_device)
+            advantages = advantages.to(self.compute.torch_device)
         with torch.no_grad():
             proximal = self.logprobs(batch)
         metrics: dict[str, float] = {}
@@ -128,12 +128,6 @@ def _rows(batch: TrainBatch, rows: slice) -> TrainBatch:
         value = getattr(batch, f.name)
         fields[f.name] = value[rows] if isinstance(value, Tensor) and value.dim() >= 2 else value
     return TrainBatch(**fields)
-
-
-def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
-    fields = {f.name: getattr(batch, f.name) for f in msgspec.structs.fields(batch)}
-    return TrainBatch(**{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v
-                         for k, v in fields.items()})
 
 
 def _per_position(batch: TrainBatch, sample_weights: Sequence[float]) -> Tensor:
