@@ -94,15 +94,19 @@ def _duplicate_batches(run: RunRecords, result: CheckResult) -> None:
 
 
 def _duplicate_prompts(run: RunRecords, result: CheckResult) -> None:
-    event_ids: dict[str, set[str]] = defaultdict(set)  # prompt id -> its event ids so far
+    """A prompt id may repeat only as requeues: every copy but one (the root) must be named
+    `<event id of another copy>-r<version>`. Requeues are keyed by prompt id, so they can land
+    in another partition than the original: compare within the prompt id, not in log order."""
+    copies: dict[str, list[tuple[Position, str]]] = defaultdict(list)
     for position, prompt in run.of(StreamKind.PROMPTS, Prompt):
-        earlier = event_ids[prompt.prompt_id]
-        requeue = prompt.event_id.rpartition("-r")[0] in earlier
-        if earlier and not requeue:
-            result.fail("duplicate_prompt", f"prompt {prompt.prompt_id} was published again "
-                        f"(event {prompt.event_id}), not as a requeue of an earlier one",
-                        where_position(*position))
-        earlier.add(prompt.event_id)
+        copies[prompt.prompt_id].append((position, prompt.event_id))
+    for prompt_id, items in copies.items():
+        ids = {event_id for _, event_id in items}
+        roots = [(p, e) for p, e in items if e.rpartition("-r")[0] not in ids]
+        for position, event_id in roots[1:]:
+            result.fail("duplicate_prompt", f"prompt {prompt_id} was published again (event "
+                        f"{event_id}; first at {where_position(*roots[0][0])}), not as a "
+                        f"requeue of an earlier copy", where_position(*position))
 
 
 def dead_letter_summary(run: RunRecords) -> list[DeadLetterSummary]:
