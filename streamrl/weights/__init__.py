@@ -3,6 +3,7 @@
 
     shm   POSIX shared memory (/dev/shm), same machine     shm://streamrl-<namespace>-v<version>
     file  safetensors files on a shared filesystem          file:///abs/dir/v<version>.safetensors
+    cuda_ipc  one shared device buffer, same GPU (colocated)  cuda_ipc://streamrl-<namespace>-v<version>.ipc
 
 `open_transport(name, **options)` or `TransportConfig(...).open()` builds one. Every version is
 announced in the log with `Published.announce(...)`, and its digest (`weights_digest`) is the
@@ -28,10 +29,11 @@ from streamrl.weights.base import (
 from streamrl.weights.digest import weights_digest
 
 # name -> "module:Class"; each class is built with `Class(**options)` or `Class.from_config`.
-# Planned: "cuda_ipc" (colocated on one GPU) and "nccl" (broadcast across GPUs).
+# Planned: "nccl" (broadcast across GPUs).
 TRANSPORTS: dict[str, str] = {
     "shm": "streamrl.weights.shm:ShmTransport",
     "file": "streamrl.weights.file:FileTransport",
+    "cuda_ipc": "streamrl.weights.cuda_ipc:CudaIpcTransport",
 }
 
 
@@ -55,8 +57,8 @@ class TransportConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     """The weight transport of a run."""
 
     kind: str = "shm"
-    """A key of TRANSPORTS: "shm" (producers on the trainer's machine) or "file" (a shared
-    filesystem)."""
+    """A key of TRANSPORTS: "shm" (producers on the trainer's machine), "file" (a shared
+    filesystem) or "cuda_ipc" (trainer and engines on the same GPU)."""
 
     keep_last: int = 2
     """Versions the publisher keeps loadable. Producers that fall further behind get
@@ -68,8 +70,8 @@ class TransportConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     publish). shm: the tmpfs to use (default /dev/shm)."""
 
     namespace: str | None = None
-    """shm: segment-name prefix, normally the run id (required to publish); it is what lets a
-    restarted run remove the segments a crashed one left behind."""
+    """shm, cuda_ipc: segment/manifest-name prefix, normally the run id (required to publish);
+    it is what lets a restarted run remove the segments a crashed one left behind."""
 
     def __post_init__(self) -> None:
         transport_class(self.kind)  # raises with the list of known names
