@@ -1,0 +1,202 @@
+"""Re-scoring a recorded trajectory stream with another reward function, into a new run, without
+generating anything again:
+
+    result = await rereward(log, "arithmetic-ci-20261125", "recipes.arithmetic.task:reward_strict",
+                            new_run="arithmetic-ci-strict", runs_dir=Path("runs").absolute())
+
+The new run is a normal run: `RunStarted(parent=RunParent(RUN, 0, "rereward"))` with the parent's
+config but `rollout.reward` replaced, and a trajectories stream that holds the parent's records
+in the parent's order, one record for each, with the same rows (sample and group ids, versions,
+tokens, logprobs, routing) and only `run_id`, `reward` and `reward_details` new. So GRPO groups
+stay whole and `streamrl replay PARENT --trajectories NEW_RUN` trains on it as recorded arrival.
+Sample and group ids still name the parent's prompt records (its prompts stream is where they
+resolve); the new run has no prompts, weights or batches of its own.
+
+The reward function is the recipe hook (`producers/hooks.py`: `RewardFn(RewardInput) ->
+RewardOutput`), called with the input the producer gave it: the prompt (text, metadata) from the
+parent's prompts stream and the response decoded the same way. This is the one place a consumer
+imports a producer-side type: it plays the producer's scoring step again.
+
+Exactly once, resumable: each page of re-scored records is appended in one transaction with the
+parent position it covers (consumer group `rereward`), so running the same command again after a
+crash, or after the parent recorded more, continues where the new stream ends. A record that
+does not decode goes to the new run's dead-letter stream, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from producers.hooks import RewardFn, RewardInput, RewardOutput
+from schemas import (
+    DeadLetter,
+    DecodeError,
+    LogPosition,
+    Prompt,
+    RunParent,
+    RunStarted,
+    TrajectoryDecodeError,
+    decode_event,
+    decode_trajectories,
+    encode_event,
+    encode_trajectories,
+)
+from schemas.ids import group_id_for
+from streamrl.hooks import resolve
+from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.run.config import RunConfig, config_from_builtins
+from streamrl.run.context import RunContext, load_run_context
+from streamrl.run.hooks import Tokenizer
+from streamrl.streams import RunStreams, check_run_id
+
+GROUP = "rereward"  # the consumer group whose position in the parent's stream is committed
+PAGE = 64  # records per transaction
+
+
+class RerewardError(ValueError):
+    """A re-reward that cannot run as asked; the message says what and how to fix it."""
+
+
+class RerewardResult(msgspec.Struct, kw_only=True):
+    run_id: str
+    num_records: int = 0  # parent records re-scored by this call
+    num_samples: int = 0
+    num_changed: int = 0  # samples whose reward differs from the parent's
+    num_dead_lettered: int = 0
+    reward_before: float = 0.0  # mean over the re-scored samples
+    reward_after: float = 0.0
+    resumed_at: int = 0  # the parent offset this call started from
+
+
+async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_dir: Path,
+                   on_progress: Callable[[int, int], None] | None = None) -> RerewardResult:
+    """Re-score every recorded trajectory of `parent_id` with the hook at import path `reward`
+    into run `new_run` (created, or continued if it is a re-reward of the same run with the same
+    function). `on_progress(done, total)` is called after each page."""
+    for what, run_id in (("RUN", parent_id), ("--as", new_run)):
+        try:
+            check_run_id(run_id)
+        except ValueError as error:
+            raise RerewardError(f"{what} {run_id!r}: {error}") from None
+    fn = resolve(reward, RewardFn, what="--reward")
+    if RunStreams(parent_id).events not in await log.list_streams(parent_id):
+        raise RerewardError(f"no run {parent_id!r} in {log.url} (`streamrl inspect` lists runs)")
+    parent = await load_run_context(log, parent_id, timeout_s=5.0)
+    ctx = await _start(log, parent, reward, new_run, runs_dir)
+    source = parent.streams.trajectories
+    start = await log.committed(GROUP, source, 0) or 0
+    end = await log.end_offset(source, 0)
+    scorer = Scorer(fn, parent.config.tokenizer(), await _prompts(log, parent))
+    result = RerewardResult(run_id=new_run, resumed_at=start)
+    offset = start
+    while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):
+        appends = [_rescored(record, ctx, scorer, result) for record in records]
+        offset = records[-1].offset + 1
+        await log.transact(GROUP, {StreamPartition(source, 0): offset}, appends)
+        result.num_records += len(records)
+        if on_progress is not None:
+            on_progress(offset, end)
+    if result.num_samples:  # sums so far
+        result.reward_before /= result.num_samples
+        result.reward_after /= result.num_samples
+    return result
+
+
+class Scorer:
+    """The producer's scoring step for recorded rows: same `RewardInput`, another function."""
+
+    def __init__(self, fn: RewardFn, tokenizer: Tokenizer, prompts: dict[str, Prompt]) -> None:
+        self.fn, self.tokenizer, self.prompts = fn, tokenizer, prompts
+
+    def score(self, rows: pa.RecordBatch) -> list[RewardOutput]:
+        out = []
+        for i, group_id in enumerate(rows["group_id"].to_pylist()):
+            prompt = self.prompts.get(group_id)
+            if prompt is None:
+                raise TrajectoryDecodeError(
+                    f"group {group_id!r} names no record of the parent's prompts stream",
+                    where=f"row {i}, column 'group_id'", reason_code="prompt_missing")
+            response = np.asarray(rows["response_tokens"][i].values, dtype=np.int32)
+            finish = rows["finish_reason"][i].as_py()
+            answer = response[:-1] if finish == "stop" else response  # as the producer does
+            result = self.fn(RewardInput(
+                prompt_id=prompt.prompt_id, prompt_text=prompt.text,
+                prompt_tokens=np.asarray(rows["prompt_tokens"][i].values, dtype=np.int32),
+                response_text=self.tokenizer.decode(answer), response_tokens=response,
+                finish_reason=finish, metadata=dict(prompt.metadata)))
+            if not isinstance(result, RewardOutput):
+                raise TypeError(f"the reward function returned {type(result).__name__}, "
+                                "expected RewardOutput")
+            out.append(result)
+        return out
+
+
+def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
+              result: RerewardResult) -> Append:
+    """The record with new rewards for the new run's trajectories, or its dead letter."""
+    try:
+        rows = decode_trajectories(record.value)
+        scores = scorer.score(rows)
+    except DecodeError as error:
+        result.num_dead_lettered += 1
+        letter = DeadLetter(run_id=ctx.run_id, reason_code=error.reason_code,
+                            detail=str(error)[:4096], component="rereward",
+                            source=LogPosition(*record.position), original=record.value)
+        return Append(stream=ctx.streams.dlq, value=encode_event(letter), key=b"rereward")
+    new = pa.array([s.reward for s in scores], pa.float32())
+    old_np, new_np = rows["reward"].to_numpy(), new.to_numpy()
+    result.num_samples += rows.num_rows
+    result.num_changed += int((old_np != new_np).sum())
+    result.reward_before += float(old_np.sum())
+    result.reward_after += float(new_np.sum())
+    details = [list(s.details.items()) or None for s in scores]
+    replaced = {
+        "run_id": pa.array([ctx.run_id] * rows.num_rows, pa.string()),
+        "reward": new,
+        "reward_details": pa.array(details, rows.schema.field("reward_details").type),
+    }
+    columns = [replaced.get(name, rows[name]) for name in rows.schema.names]
+    batch = pa.RecordBatch.from_arrays(columns, schema=rows.schema)
+    return Append(stream=ctx.streams.trajectories, value=encode_trajectories(batch),
+                  key=record.key)
+
+
+async def _prompts(log: Log, parent: RunContext) -> dict[str, Prompt]:
+    """group id -> the parent's prompt record it answers."""
+    return {group_id_for(r.partition, r.offset): decode_event(r.value, "prompts")
+            for r in await log.read_all(parent.streams.prompts)}
+
+
+async def _start(log: Log, parent: RunContext, reward: str, new_run: str,
+                 runs_dir: Path) -> RunContext:
+    """The new run's context: created with its RunStarted, or read back to continue it."""
+    streams = RunStreams(new_run)
+    if streams.events in await log.list_streams(new_run):
+        ctx = await load_run_context(log, new_run, timeout_s=5.0)
+        same = (ctx.parent == RunParent(run_id=parent.run_id, version=0, relation="rereward")
+                and ctx.config.rollout.reward == reward)
+        if not same:
+            raise RerewardError(f"run {new_run!r} already exists in {log.url} and is not a "
+                                f"re-reward of {parent.run_id!r} with {reward!r}; choose "
+                                "another --as")
+        return ctx
+    ctx = RunContext(run_id=new_run, config=_with_reward(parent.config, reward),
+                     init_checkpoint=parent.init_checkpoint, run_dir=runs_dir / new_run,
+                     parent=RunParent(run_id=parent.run_id, version=0, relation="rereward"))
+    for stream in streams.all().values():
+        await log.ensure_stream(stream, 1)
+    started: RunStarted = ctx.run_started(f"rereward of {parent.run_id}")
+    started.config["rereward"] = {"source": parent.streams.trajectories, "reward": reward}
+    await log.append(streams.events, encode_event(started))
+    return ctx
+
+
+def _with_reward(config: RunConfig, reward: str) -> RunConfig:
+    data = msgspec.to_builtins(config)
+    data["rollout"]["reward"] = reward
+    return config_from_builtins(data)
