@@ -19,6 +19,7 @@ import os
 import socket
 from typing import Any
 
+import msgspec
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -95,6 +96,8 @@ class RayLauncher:
         self.trainer: _Actor | None = None
         self.producers: dict[int, _Actor] = {}
         self.stopped: list[_Actor] = []
+        self.last_members: list[Member] = []
+        self.closed = False
 
     def _bundle(self, role: Role) -> dict[str, float]:
         p = self.placement
@@ -158,10 +161,17 @@ class RayLauncher:
         return _result(self.trainer, "trainer")
 
     async def members(self) -> list[Member]:
+        if self.closed:  # Ray may be shut down: the last snapshot, every actor stopped
+            return [msgspec.structs.replace(m, status="stopped") for m in self.last_members]
         actors = [a for a in [self.trainer, *self.producers.values()] if a is not None]
-        return list(await asyncio.gather(*(_member(a) for a in actors)))
+        self.last_members = list(await asyncio.gather(*(_member(a) for a in actors)))
+        return self.last_members
 
     async def close(self) -> None:
+        if self.closed:
+            return
+        await self.members()
+        self.closed = True
         await asyncio.gather(*(self.stop_producer(i) for i in list(self.producers)))
         if self.trainer is not None:
             ray.kill(self.trainer.handle, no_restart=True)
