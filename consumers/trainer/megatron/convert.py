@@ -1,0 +1,162 @@
+"""HF Qwen3 ↔ megatron-core GPTModel weight names and layouts, on plain tensors.
+
+Pure tensor reshuffling: no megatron import, no CUDA, so CI checks it on CPU and a round trip
+is exact (tensors are sliced and concatenated, never recomputed). Dense Qwen3 with the local
+layer spec (`get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")`):
+
+    HF (model.layers.i. / decoder.layers.i.)   megatron-core
+    model.embed_tokens.weight                  embedding.word_embeddings.weight
+    input_layernorm.weight                     input_layernorm.weight
+    self_attn.{q,k,v}_proj.weight              self_attention.linear_qkv.weight
+    self_attn.{q,k}_norm.weight                self_attention.{q,k}_layernorm.weight
+    self_attn.o_proj.weight                    self_attention.linear_proj.weight
+    post_attention_layernorm.weight            pre_mlp_layernorm.weight
+    mlp.{gate,up}_proj.weight                  mlp.linear_fc1.weight
+    mlp.down_proj.weight                       mlp.linear_fc2.weight
+    model.norm.weight                          decoder.final_layernorm.weight
+    lm_head.weight (untied only)               output_layer.weight (untied only)
+
+linear_qkv interleaves per KV group: for each of the G groups, that group's H/G query heads,
+then its key head, then its value head (rows of head_dim each), which is how megatron splits
+the fused projection. linear_fc1 is [gate; up] stacked along rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from streamrl.models import ModelConfig
+
+_LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attn.q_norm.weight": "self_attention.q_layernorm.weight",
+    "self_attn.k_norm.weight": "self_attention.k_layernorm.weight",
+    "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
+    "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
+    "mlp.down_proj.weight": "mlp.linear_fc2.weight",
+}
+_GLOBAL_RENAMES = {
+    "model.embed_tokens.weight": "embedding.word_embeddings.weight",
+    "model.norm.weight": "decoder.final_layernorm.weight",
+    "lm_head.weight": "output_layer.weight",
+}
+
+
+def _check_supported(config: ModelConfig) -> None:
+    if config.is_moe:
+        raise ValueError("the megatron backend converts dense Qwen3 only (model_type 'qwen3'); "
+                         "MoE expert layouts are not mapped yet")
+    if config.attention_bias:
+        raise ValueError("attention_bias = true is not mapped (no Qwen3 checkpoint uses it)")
+
+
+def hf_to_megatron(hf: Mapping[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """HF-named tensors -> megatron GPTModel names. Raises ValueError naming missing or
+    unexpected tensors; a tied model's `lm_head.weight`, if present, is ignored."""
+    _check_supported(config)
+    expected = set(megatron_shapes(config))
+    names = set(hf) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    want_hf = set(hf_names(config))
+    if names != want_hf:
+        raise ValueError(_diff("HF weights", names, want_hf))
+    out: dict[str, Tensor] = {}
+    for hf_name, mg_name in _GLOBAL_RENAMES.items():
+        if mg_name in expected:
+            out[mg_name] = hf[hf_name]
+    G, D = config.num_key_value_heads, config.head_dim
+    per_group = config.num_attention_heads // G
+    for i in range(config.num_hidden_layers):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        for a, b in _LAYER_RENAMES.items():
+            out[dst + b] = hf[src + a]
+        q = hf[src + "self_attn.q_proj.weight"].reshape(G, per_group * D, -1)
+        k = hf[src + "self_attn.k_proj.weight"].reshape(G, D, -1)
+        v = hf[src + "self_attn.v_proj.weight"].reshape(G, D, -1)
+        out[dst + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(
+            G * (per_group + 2) * D, -1)
+        out[dst + "mlp.linear_fc1.weight"] = torch.cat(
+            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0)
+    _check_shapes(out, megatron_shapes(config), "megatron")
+    return out
+
+
+def megatron_to_hf(mg: Mapping[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """Megatron GPTModel names -> HF names (the inverse of `hf_to_megatron`, exactly)."""
+    _check_supported(config)
+    names = {n for n in mg if not n.endswith("_extra_state")}
+    want = set(megatron_shapes(config))
+    if names != want:
+        raise ValueError(_diff("megatron weights", names, want))
+    _check_shapes({n: mg[n] for n in names}, megatron_shapes(config), "megatron")
+    out: dict[str, Tensor] = {}
+    for hf_name, mg_name in _GLOBAL_RENAMES.items():
+        if mg_name in mg:
+            out[hf_name] = mg[mg_name]
+    G, D = config.num_key_value_heads, config.head_dim
+    per_group = config.num_attention_heads // G
+    I = config.intermediate_size  # noqa: E741 - the usual name of the MLP width
+    for i in range(config.num_hidden_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for a, b in _LAYER_RENAMES.items():
+            out[dst + a] = mg[src + b]
+        qkv = mg[src + "self_attention.linear_qkv.weight"].reshape(G, (per_group + 2) * D, -1)
+        q, k, v = qkv.split([per_group * D, D, D], dim=1)
+        out[dst + "self_attn.q_proj.weight"] = q.reshape(G * per_group * D, -1)
+        out[dst + "self_attn.k_proj.weight"] = k.reshape(G * D, -1)
+        out[dst + "self_attn.v_proj.weight"] = v.reshape(G * D, -1)
+        gate, up = mg[src + "mlp.linear_fc1.weight"].split([I, I], dim=0)
+        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def hf_names(config: ModelConfig) -> list[str]:
+    """Every HF tensor name of the dense model (no lm_head when tied)."""
+    per_layer = ["input_layernorm.weight", "post_attention_layernorm.weight",
+                 *(f"self_attn.{p}_proj.weight" for p in "qkvo"), "self_attn.q_norm.weight",
+                 "self_attn.k_norm.weight",
+                 *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down"))]
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    names += [f"model.layers.{i}.{n}" for i in range(config.num_hidden_layers) for n in per_layer]
+    return names + ([] if config.tie_word_embeddings else ["lm_head.weight"])
+
+
+def megatron_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every megatron GPTModel parameter for `config` (local spec, TP = 1)."""
+    H, D, I = config.hidden_size, config.head_dim, config.intermediate_size  # noqa: E741
+    Q, G = config.num_attention_heads, config.num_key_value_heads
+    shapes: dict[str, tuple[int, ...]] = {
+        "embedding.word_embeddings.weight": (config.vocab_size, H),
+        "decoder.final_layernorm.weight": (H,),
+    }
+    if not config.tie_word_embeddings:
+        shapes["output_layer.weight"] = (config.vocab_size, H)
+    for i in range(config.num_hidden_layers):
+        p = f"decoder.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (H,),
+                   p + "self_attention.linear_qkv.weight": ((Q + 2 * G) * D, H),
+                   p + "self_attention.q_layernorm.weight": (D,),
+                   p + "self_attention.k_layernorm.weight": (D,),
+                   p + "self_attention.linear_proj.weight": (H, Q * D),
+                   p + "pre_mlp_layernorm.weight": (H,),
+                   p + "mlp.linear_fc1.weight": (2 * I, H),
+                   p + "mlp.linear_fc2.weight": (H, I)}
+    return shapes
+
+
+def _check_shapes(tensors: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]],
+                  what: str) -> None:
+    bad = [f"{n}: {tuple(t.shape)} != {shapes[n]}" for n, t in tensors.items()
+           if tuple(t.shape) != shapes[n]]
+    if bad:
+        raise ValueError(f"{what} tensors with the wrong shape for this config: "
+                         + "; ".join(bad[:5]))
+
+
+def _diff(what: str, got: set[str], want: set[str]) -> str:
+    missing, extra = sorted(want - got), sorted(got - want)
+    return (f"{what} do not match the config: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+            f"{' ...' if len(extra) > 5 else ''}")

@@ -1,0 +1,155 @@
+"""megatron-core GPTModel for the same HF Qwen3 config, and a learner that trains it with the
+same GRPO step as the torch backend.
+
+    pip install 'streamrl[megatron]'   # megatron-core; its forward needs CUDA
+    initialize()                        # one-rank process group + megatron's model parallel state
+    learner = MegatronLearner(model_config, hf_state_dict, learner_config)
+
+The model uses the local (pure megatron-core, no Transformer Engine) layer spec with
+qk-layernorm, GQA (`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMSNorm, RoPE at
+the config's theta and tied embeddings. Weights move in and out under HF names through
+`convert.py`, so versions are published and digested exactly like the torch backend's.
+Logprobs take megatron's final hidden states through `output_processor` into the same
+`fused_token_logprobs` (no [tokens, vocab] fp32 logits). Limits: dense models, tensor and
+pipeline parallel size 1, unpacked batches (megatron's RoPE counts positions per row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from consumers.trainer.batch import TrainBatch
+from consumers.trainer.compute import autocast
+from consumers.trainer.learner import Learner, LearnerConfig
+from consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
+from consumers.trainer.registry import resolve_advantage, resolve_loss
+from streamrl.models import ModelConfig, fused_token_logprobs
+
+
+def require_megatron() -> Any:
+    try:
+        import megatron.core
+    except ImportError as e:
+        raise ImportError("the megatron backend needs megatron-core: pip install "
+                          "'streamrl[megatron]' (0.19.x on Python 3.12, with CUDA)") from e
+    return megatron.core
+
+
+def initialize(seed: int = 0, port: int = 29518) -> None:
+    """A one-rank NCCL process group (unless one exists) and megatron's parallel state at
+    tensor/pipeline size 1; idempotent."""
+    require_megatron()
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}",
+                                             rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def transformer_config(config: ModelConfig, params_dtype: torch.dtype) -> Any:
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig(
+        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        num_query_groups=config.num_key_value_heads, kv_channels=config.head_dim,
+        ffn_hidden_size=config.intermediate_size, normalization="RMSNorm",
+        layernorm_epsilon=config.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
+        add_bias_linear=False, add_qkv_bias=False, qk_layernorm=True, hidden_dropout=0.0,
+        attention_dropout=0.0, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
+        attention_softmax_in_fp32=True)
+
+
+def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) -> Any:
+    """An (initialized, random) megatron GPTModel for `config` on the current CUDA device."""
+    require_megatron()
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    if config.is_moe:
+        raise ValueError("the megatron backend supports dense Qwen3 only")
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    return GPTModel(
+        config=transformer_config(config, params_dtype), transformer_layer_spec=spec,
+        vocab_size=config.vocab_size, max_sequence_length=config.max_position_embeddings,
+        share_embeddings_and_output_weights=config.tie_word_embeddings,
+        position_embedding_type="rope", rotary_base=int(config.rope_theta),
+        rotary_percent=1.0).cuda()
+
+
+def load_hf(model: Any, hf: Mapping[str, Tensor], config: ModelConfig) -> None:
+    """Copy HF-named weights into `model` in place (names and shapes checked first)."""
+    state = hf_to_megatron(hf, config)
+    params = dict(model.named_parameters())
+    if set(params) != set(state):
+        raise ValueError(f"GPTModel parameters differ from the conversion: only in the model "
+                         f"{sorted(set(params) - set(state))[:5]}, only converted "
+                         f"{sorted(set(state) - set(params))[:5]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+
+
+def to_hf(model: Any, config: ModelConfig) -> dict[str, Tensor]:
+    return megatron_to_hf({n: p.detach().clone() for n, p in model.named_parameters()}, config)
+
+
+def logprobs(model: Any, tokens: Tensor, targets: Tensor, *, temperature: float = 1.0,
+             chunk_size: int = 4096) -> Tensor:
+    """[B, S] log p(target) through megatron's decoder and final norm, then the shared
+    chunked LM-head logprobs."""
+    # tokens, targets: [B, S]
+    B, S = tokens.shape
+    positions = torch.arange(S, device=tokens.device).expand(B, S)
+
+    def head(*, hidden_states: Tensor, output_layer: Any, output_weight: Tensor | None,
+             **_: Any) -> Tensor:
+        weight = output_weight if output_weight is not None else output_layer.weight
+        hidden = hidden_states.transpose(0, 1)  # megatron is [S, B, H]
+        return fused_token_logprobs(hidden, weight, targets, temperature=temperature,
+                                    chunk_size=chunk_size)
+
+    return model(tokens, positions, None, output_processor=head)
+
+
+class MegatronLearner(Learner):
+    """`Learner` with a megatron GPTModel: the same advantages, loss, optimizer and step; fp32
+    master weights with bf16 autocast, as the torch backend on CUDA."""
+
+    def __init__(self, model_config: ModelConfig, hf: Mapping[str, Tensor],
+                 config: LearnerConfig) -> None:
+        if not config.compute.on_gpu:
+            raise ValueError("the megatron backend needs a CUDA device (compute.device)")
+        if config.algorithm.batch.pack_row_tokens is not None:
+            raise ValueError("the megatron backend takes unpacked batches: unset "
+                             "trainer.algorithm.batch.pack_row_tokens")
+        initialize()
+        self.config, self.compute, self.model_config = config, config.compute, model_config
+        self.model = build_gpt(model_config)
+        load_hf(self.model, hf, model_config)
+        self.advantage_fn = resolve_advantage(config.algorithm.advantage)
+        self.loss_fn = resolve_loss(config.algorithm.loss)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay, fused=True)
+
+    def hf_state_dict(self) -> dict[str, Tensor]:
+        return to_hf(self.model, self.model_config)
+
+    def logprobs(self, batch: TrainBatch) -> Tensor:
+        with autocast(self.compute):
+            return logprobs(self.model, batch.tokens, batch.targets,
+                            temperature=self.config.temperature,
+                            chunk_size=self.compute.logprob_chunk_tokens)
+
+    def save(self, path: Any) -> None:
+        raise NotImplementedError("checkpoints of the megatron backend are not written yet; "
+                                  "publish hf_state_dict() instead")
