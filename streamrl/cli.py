@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "replay": "reproduce a run bit-exactly from its log, or re-train it under another policy",
     "compare": "compare runs side by side: rewards, samples, staleness (table and PNG)",
     "audit": "check a run's lineage: exactly-once training, staleness, versions, digests",
+    "staleness": "a run's staleness: lag histograms, drops by reason, throughput; PNG + JSON",
     "rereward": "re-score a run's recorded trajectories with another reward function (new run)",
     "up": "start a run in the background: docker compose (Kafka, trainer, producers) or --local",
     "down": "stop a run started with `streamrl up`",
