@@ -7,6 +7,8 @@
 #   scripts/kafka.sh logs [N|-f] last N lines of the broker log (default 50), or follow it
 #   scripts/kafka.sh stop        graceful stop, kill -9 after STREAMRL_KAFKA_STOP_TIMEOUT seconds
 #   scripts/kafka.sh wipe        stop and delete the data dir (topics, offsets, transactions)
+#   scripts/kafka.sh acl ARGS    Kafka's AclCommand against this broker as the SASL admin
+#                                (e.g. acl --list); only with STREAMRL_KAFKA_SASL_USERS
 #
 # Environment (defaults in brackets):
 #   STREAMRL_KAFKA_VERSION          Kafka release [4.1.1]
@@ -17,6 +19,10 @@
 #   STREAMRL_KAFKA_HEAP             JVM max heap [768m]
 #   STREAMRL_KAFKA_START_TIMEOUT    seconds to wait for the broker to serve metadata [90]
 #   STREAMRL_KAFKA_STOP_TIMEOUT     seconds to wait for a graceful stop [30]
+#   STREAMRL_KAFKA_SASL_USERS       "admin:pw user:pw ..." turns on SASL/SCRAM-SHA-512 on the client
+#                                   port and ACLs (StandardAuthorizer); the first user is the super
+#                                   user. Users are created when the data dir is first formatted.
+#                                   Unset [default]: plaintext, no authorization.
 #
 # Why jars from Maven Central rather than the release tarball: Maven Central is the one Java
 # source every dev box and CI machine here reaches, and Maven's local repo makes the second
@@ -91,12 +97,47 @@ broker_pid() {
         && echo "$pid"
 }
 
-answers() { "$PYTHON" "$HERE/kafka/ready.py" 127.0.0.1 "$PORT" "${1:-0}"; }
+# With SASL the client port answers nothing before authentication, so readiness there is the
+# broker's own "started" line (logged after it registered with the controller) plus an open port.
+answers() {
+    if [[ -n "$SASL_USERS" ]]; then
+        local t0=$SECONDS
+        while true; do
+            grep -q "Kafka Server started" "$LOG_FILE" 2>/dev/null \
+                && "$PYTHON" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$PORT" 2>/dev/null \
+                && return 0
+            ((SECONDS - t0 >= ${1:-0})) && return 1
+            sleep 0.25
+        done
+    fi
+    "$PYTHON" "$HERE/kafka/ready.py" 127.0.0.1 "$PORT" "${1:-0}"
+}
 
 write_config() {
     sed -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CONTROLLER_PORT#g" -e "s#@DATA@#$DATA#g" \
         "$HERE/kafka/server.properties" >"$DATA/server.properties"
     cp "$HERE/kafka/log4j2.properties" "$DATA/log4j2.properties"
+    if [[ -n "$SASL_USERS" ]]; then
+        # Later keys win in a Java properties file: this block replaces the plaintext listener.
+        sed -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CONTROLLER_PORT#g" -e "s#@ADMIN@#$(sasl_admin)#g" -e "s#@ADMIN_PASSWORD@#$(sasl_admin_password)#g" \
+            "$HERE/kafka/sasl.properties" >>"$DATA/server.properties"
+        # The AclCommand's client config; kept in the data dir (0600), which holds the data anyway.
+        (umask 077; printf '%s\n' "security.protocol=SASL_PLAINTEXT" "sasl.mechanism=SCRAM-SHA-512" \
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$(sasl_admin)\" password=\"$(sasl_admin_password)\";" \
+            >"$DATA/admin.properties")
+    fi
+}
+
+SASL_USERS="${STREAMRL_KAFKA_SASL_USERS:-}"
+sasl_admin() { local first="${SASL_USERS%% *}"; echo "${first%%:*}"; }
+sasl_admin_password() { local first="${SASL_USERS%% *}"; echo "${first#*:}"; }
+# --add-scram arguments of the storage format, one per "user:password".
+scram_args() {
+    local pair
+    for pair in $SASL_USERS; do
+        [[ "$pair" == *:* ]] || die "STREAMRL_KAFKA_SASL_USERS entries are user:password, got '$pair'"
+        printf '%s\n' "--add-scram" "SCRAM-SHA-512=[name=${pair%%:*},password=${pair#*:}]"
+    done
 }
 
 # -Xms small: the broker rarely needs its whole heap, and CI runs the tests on the same 2 cores.
@@ -123,11 +164,14 @@ cmd_start() {
     # One log per run: the previous one is kept beside it for post-mortems.
     [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
     if [[ ! -f "$DATA/kraft/meta.properties" ]]; then
-        # A KRaft cluster id is 16 random bytes, base64url without padding.
+        # A KRaft cluster id is 16 random bytes, base64url without padding. It may start with
+        # "-", hence --cluster-id=ID (a separate argument would read as an option).
         local cluster_id
         cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
-        java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$DATA/server.properties" \
-            >"$DATA/format.log" 2>&1 || { cat "$DATA/format.log" >&2; die "formatting $DATA/kraft failed"; }
+        local scram=()
+        [[ -n "$SASL_USERS" ]] && mapfile -t scram < <(scram_args)
+        java "${JAVA_OPTS[@]}" kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$DATA/server.properties" \
+            "${scram[@]}" >"$DATA/format.log" 2>&1 || { cat "$DATA/format.log" >&2; die "formatting $DATA/kraft failed"; }
     fi
     local t0=$SECONDS
     # setsid + nohup: the broker must outlive this shell and ignore the terminal's hangup.
@@ -193,6 +237,14 @@ cmd_logs() {
     tail -n "${1:-50}" "$LOG_FILE"
 }
 
+cmd_acl() {
+    [[ -n "$SASL_USERS" ]] || die "acl needs a SASL broker (STREAMRL_KAFKA_SASL_USERS)"
+    broker_pid >/dev/null || die "no broker running from $DATA"
+    java "${JAVA_OPTS[@]}" -Dlog4j2.configurationFile="$HERE/kafka/tools-log4j2.properties" \
+        org.apache.kafka.tools.AclCommand --bootstrap-server "127.0.0.1:$PORT" \
+        --command-config "$DATA/admin.properties" "$@"
+}
+
 cmd_wipe() {
     cmd_stop
     rm -rf "$DATA"
@@ -206,8 +258,9 @@ case "${1:-}" in
     status) cmd_status ;;
     logs) cmd_logs "${2:-50}" ;;
     wipe) cmd_wipe ;;
+    acl) shift; cmd_acl "$@" ;;
     *)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac

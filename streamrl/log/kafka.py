@@ -50,17 +50,19 @@ from streamrl.log.base import (
     StreamPartition,
     choose_partition,
 )
-from streamrl.log.kafka_admin import KafkaAdmin
+from streamrl.log.kafka_admin import KafkaAdmin, NotAuthenticatedError, probe_connection
 from streamrl.log.kafka_config import KafkaLogConfig
 from streamrl.log.kafka_reader import ReaderPool
 from streamrl.log.kafka_txn import (
+    NotAuthorizedError,
     TransactionalWriter,
     TransactionOutcomeUnknownError,
     WriterFencedError,
     write_error,
 )
 
-__all__ = ["KafkaLog", "KafkaLogConfig", "TransactionOutcomeUnknownError", "WriterFencedError"]
+__all__ = ["KafkaLog", "KafkaLogConfig", "NotAuthenticatedError", "NotAuthorizedError",
+           "TransactionOutcomeUnknownError", "WriterFencedError"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,11 @@ class KafkaLog(Log):
                     await self._txn.start()
             except BaseException as exc:
                 await self._close_clients()
+                if isinstance(exc, NotAuthorizedError):
+                    raise
                 if isinstance(exc, kerr.KafkaError | OSError):
+                    if (cause := await probe_connection(self.config)) is not None:
+                        raise cause from exc
                     err = LogError(f"cannot start kafka log at {self.url}: {exc!r}")
                     err.retriable = True
                     raise err from exc
@@ -152,6 +158,11 @@ class KafkaLog(Log):
         if stream in self._num_partitions:
             return self._num_partitions[stream]
         assert self._admin is not None
+        # Look before creating: with ACLs, CreateTopics on an existing stream is refused to a
+        # principal without Create, though the stream is right there for it to use.
+        if (count := await self._admin.partition_count(stream)) is not None:
+            self._num_partitions[stream] = count
+            return count
         await self._admin.create_topic(stream, num_partitions)
         count = await self._admin.partition_count(stream, wait_s=self.config.request_timeout_s)
         if count is None:
@@ -209,7 +220,9 @@ class KafkaLog(Log):
             metas = await asyncio.wait_for(asyncio.gather(*futures), self.config.append_timeout_s)
         except (kerr.KafkaError, TimeoutError) as exc:
             self._check_open()
-            raise write_error(exc, "append not acknowledged") from exc
+            streams = ", ".join(sorted({app.stream for app in appends}))
+            raise write_error(exc, f"append to {streams} not acknowledged",
+                              self.config.sasl_username) from exc
         return [
             Position(app.stream, m.partition, m.offset)
             for (_p, app), m in zip(targets, metas, strict=True)

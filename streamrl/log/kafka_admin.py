@@ -16,6 +16,7 @@ from typing import Any
 import aiokafka.errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import create_conn
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -75,6 +76,10 @@ class KafkaAdmin:
             if code in (0, kerr.TopicAlreadyExistsError.errno):
                 continue
             detail = f"{kerr.for_code(code).__name__}: {rest[0] if rest else ''}"
+            if code == kerr.TopicAuthorizationFailedError.errno:
+                raise LogError(f"creating stream {name!r}: not authorized (Kafka ACLs deny this "
+                               "principal Create on it); an operator creates a run's streams, "
+                               "see docs/kafka-security.md")
             if code == kerr.InvalidTopicError.errno:
                 # Kafka allows [a-zA-Z0-9._-], at most 249 characters.
                 raise ValueError(f"invalid stream name {name!r} for Kafka ({detail})")
@@ -160,6 +165,40 @@ class KafkaAdmin:
                 err.retriable = True
                 raise err
             await asyncio.sleep(0.1)
+
+
+class NotAuthenticatedError(LogError):
+    """The broker refused the SASL login (wrong user, password or mechanism)."""
+
+    retriable = False
+
+
+_SASL_ERRORS = (kerr.SaslAuthenticationFailed, kerr.UnsupportedSaslMechanismError,
+                kerr.IllegalSaslStateError)
+
+
+async def probe_connection(config: KafkaLogConfig) -> LogError | None:
+    """Why the first bootstrap broker refuses a login, if it does. aiokafka's bootstrap failure
+    says only "unable to bootstrap" and logs the cause, so a wrong password would read like a
+    broker that is down; one direct connection recovers the real reason."""
+    host, _, port = config.bootstrap.split(",")[0].rpartition(":")
+    settings = config.common_settings()
+    try:
+        conn = await create_conn(
+            host, int(port), client_id=config.client_id,
+            request_timeout_ms=settings["request_timeout_ms"],
+            ssl_context=settings.get("ssl_context"), security_protocol=config.security_protocol,
+            sasl_mechanism=config.sasl_mechanism or "PLAIN",
+            sasl_plain_username=config.sasl_username, sasl_plain_password=config.password())
+    except _SASL_ERRORS as exc:
+        return NotAuthenticatedError(
+            f"kafka at {config.bootstrap} refused the {config.sasl_mechanism} login of user "
+            f"{config.sasl_username!r}: {exc} (check the user, the password in "
+            f"{config.sasl_password_env} and sasl_mechanism)")
+    except Exception:  # unreachable, TLS trouble, ...: the caller's own error says enough
+        return None
+    conn.close()
+    return None
 
 
 def _error_codes(resp: Any) -> list[int]:

@@ -9,9 +9,13 @@ Every setting that matters is therefore spelled out here, next to the reason for
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import msgspec
+
+from streamrl.log import kafka_options as opts
 
 MiB = 1024 * 1024
 
@@ -79,6 +83,45 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     max_readers: int = 32
     """Partition readers (one consumer each) kept open; the least recently used is closed."""
 
+    durable: bool = True
+    """Refuse client options that break durability or exactly-once (acks other than all,
+    idempotence off, auto-commit on, read_uncommitted; `kafka_options.UNSAFE`). Turn off only
+    for throwaway benchmarks."""
+
+    client_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Extra aiokafka client parameters (e.g. {"metadata_max_age_ms": 60000}), each given to
+    every client that accepts it. URL query keys that are not log options land here. Checked by
+    `kafka_options.check_client_options`."""
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: SASL_SSL (authenticated, encrypted) in production."""
+
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism for SASL_* protocols; SCRAM keeps the password off the wire."""
+
+    sasl_username: str | None = None
+    """The principal's name (Kafka ACLs name it as User:<name>)."""
+
+    sasl_password: str | None = None
+    """Only from code (`open_log(url, sasl_password=...)`), never from a URL; when unset the
+    password is read from the environment variable `sasl_password_env`."""
+
+    sasl_password_env: str = "STREAMRL_KAFKA_PASSWORD"
+    """Environment variable that holds the SASL password (inherited by child processes, so a
+    run's trainer and producers authenticate without the secret in their arguments)."""
+
+    ssl_cafile: str | None = None
+    """PEM file of the CA that signed the brokers' certificates (default: the system CAs)."""
+
+    ssl_certfile: str | None = None
+    """Client certificate chain (PEM), for brokers that require mutual TLS."""
+
+    ssl_keyfile: str | None = None
+    """Private key of `ssl_certfile` (PEM), if not in that file."""
+
+    ssl_check_hostname: bool = True
+    """Check that the broker's certificate names the host connected to."""
+
     def __post_init__(self) -> None:
         if not self.bootstrap:
             raise ValueError("kafka log needs at least one host:port, e.g. kafka://127.0.0.1:9092")
@@ -90,16 +133,64 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
         if self.writer_id is not None and not self.writer_id:
             raise ValueError("writer_id must be a non-empty string (or left out)")
+        opts.check_client_options(self.client_options, durable=self.durable)
+        self._check_security()
+
+    def _check_security(self) -> None:
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
+            raise ValueError(f"security_protocol={self.security_protocol} needs sasl_mechanism "
+                             "and sasl_username (e.g. ?sasl_mechanism=SCRAM-SHA-512"
+                             "&sasl_username=trainer)")
+        if sasl and self.password() is None:
+            raise ValueError(f"SASL user {self.sasl_username!r} has no password: set the "
+                             f"environment variable {self.sasl_password_env} (or pass "
+                             "sasl_password= in code; never in the URL)")
+        if not sasl and (self.sasl_mechanism or self.sasl_username):
+            raise ValueError(f"sasl_mechanism/sasl_username need security_protocol SASL_SSL or "
+                             f"SASL_PLAINTEXT, not {self.security_protocol}")
+        files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if not tls and any(f is not None for f in files):
+            raise ValueError(f"ssl_* files need security_protocol SSL or SASL_SSL, not "
+                             f"{self.security_protocol}")
+        for name, path in zip(("ssl_cafile", "ssl_certfile", "ssl_keyfile"), files, strict=True):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name}={path!r}: no such file")
+
+    def password(self) -> str | None:
+        return self.sasl_password or os.environ.get(self.sasl_password_env) or None
+
+    def __repr__(self) -> str:  # never print the password
+        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "sasl_password"}
+        return f"KafkaLogConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> KafkaLogConfig:
         scheme, sep, rest = url.partition("://")
         if scheme != "kafka" or not sep:
             raise ValueError(f"not a kafka URL: {url!r} (expected kafka://host:port[,host:port])")
-        bootstrap = rest.strip("/")
+        hosts, _, query = rest.partition("?")
+        url_options: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+            if key in opts.SECRET_QUERY_KEYS:
+                raise ValueError(f"{key} in a kafka URL refused: URLs end up in process "
+                                 "arguments and logs; put the password in the environment "
+                                 "(STREAMRL_KAFKA_PASSWORD, or the variable named by "
+                                 "sasl_password_env)")
+            if key in cls.__struct_fields__ and key != "client_options":
+                url_options[key] = value
+            else:
+                extra[key] = opts.parse_value(value)
+        merged = {**url_options, **options}
+        merged["client_options"] = {**extra, **dict(options.get("client_options") or {})}
         try:
-            return msgspec.convert({"bootstrap": bootstrap, **options}, cls)
+            # strict=False: query values are strings ("60", "false") for int/bool fields.
+            return msgspec.convert({"bootstrap": hosts.strip("/"), **merged}, cls, strict=False)
         except msgspec.ValidationError as exc:
+            if isinstance(exc.__context__, opts.UnsafeKafkaSetting):
+                raise exc.__context__ from None  # keep its type: callers may catch it
             raise ValueError(f"bad kafka log option: {exc}") from None
 
     @property
@@ -108,9 +199,8 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     def producer_settings(self) -> dict[str, Any]:
         """Settings shared by the plain and the transactional producer."""
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "client_id": self.client_id,
+        return self._with_options("producer", {
+            **self.common_settings(),
             # Durable means acknowledged by every in-sync replica: with acks=1 a leader that
             # dies before followers copy the record loses a write we already reported done.
             "acks": "all",
@@ -125,8 +215,7 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             "max_batch_size": self.max_record_bytes,
             "compression_type": self.compression,
             "linger_ms": self.linger_ms,
-            "request_timeout_ms": int(self.request_timeout_s * 1000),
-        }
+        })
 
     def transactional_settings(self, transactional_id: str) -> dict[str, Any]:
         return {
@@ -137,9 +226,8 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     def consumer_settings(self) -> dict[str, Any]:
         """Settings of every consumer: readers, and the one that answers end offsets."""
-        return {
-            "bootstrap_servers": self.bootstrap,
-            "client_id": self.client_id,
+        return self._with_options("consumer", {
+            **self.common_settings(),
             # No group membership: readers are assigned partitions by hand and positions are
             # committed explicitly through `commit`/`transact`, never behind the caller's back.
             "group_id": None,
@@ -155,12 +243,30 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             "fetch_max_bytes": self.topic_max_message_bytes,
             "max_partition_fetch_bytes": self.topic_max_message_bytes,
             "fetch_max_wait_ms": self.fetch_max_wait_ms,
-            "request_timeout_ms": int(self.request_timeout_s * 1000),
-        }
+        })
 
     def admin_settings(self) -> dict[str, Any]:
-        return {
+        """Settings of the admin client and the raw client that commits group offsets."""
+        return self._with_options("admin", self.common_settings())
+
+    def common_settings(self) -> dict[str, Any]:
+        """Connection and security settings every client shares."""
+        settings: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap,
             "client_id": self.client_id,
             "request_timeout_ms": int(self.request_timeout_s * 1000),
+            "security_protocol": self.security_protocol,
         }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            settings["ssl_context"] = opts.ssl_context(
+                self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_check_hostname)
+        if self.security_protocol.startswith("SASL_"):
+            settings |= {"sasl_mechanism": self.sasl_mechanism,
+                         "sasl_plain_username": self.sasl_username,
+                         "sasl_plain_password": self.password()}
+        return settings
+
+    def _with_options(self, kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """`settings` plus the user's client options this kind of client accepts (checked at
+        load: none can undo a safety setting in durable mode)."""
+        return {**settings, **opts.for_client(self.client_options, kind)}

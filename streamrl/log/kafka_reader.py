@@ -38,6 +38,9 @@ def to_record(msg: ConsumerRecord) -> Record:
 
 
 def read_error(exc: Exception, tp: TopicPartition) -> LogError:
+    if isinstance(exc, kerr.TopicAuthorizationFailedError):
+        return LogError(f"not authorized to read {tp.topic}[{tp.partition}]: Kafka ACLs deny "
+                        "this principal Read on the stream; see docs/kafka-security.md")
     err = LogError(f"reading {tp.topic}[{tp.partition}] failed: {type(exc).__name__}: {exc}")
     err.retriable = bool(getattr(exc, "retriable", False))
     return err

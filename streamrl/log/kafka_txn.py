@@ -33,6 +33,9 @@ from streamrl.log.base import Append, LogClosedError, LogWriteError
 from streamrl.log.kafka_config import KafkaLogConfig
 
 _FENCED = (kerr.ProducerFenced, kerr.InvalidProducerEpoch, kerr.TransactionalIdAuthorizationFailed)
+# What a broker with ACLs answers when the principal lacks a permission.
+_DENIED = (kerr.TopicAuthorizationFailedError, kerr.TransactionalIdAuthorizationFailed,
+           kerr.GroupAuthorizationFailedError, kerr.ClusterAuthorizationFailedError)
 
 
 class TransactionOutcomeUnknownError(LogWriteError):
@@ -47,8 +50,32 @@ class WriterFencedError(LogWriteError):
     retriable = False
 
 
-def write_error(exc: BaseException, what: str) -> LogWriteError:
+class NotAuthorizedError(LogWriteError):
+    """The broker's ACLs deny this principal the operation (e.g. a producer writing the weights
+    stream). Retrying cannot help; an operator must grant it (docs/kafka-security.md)."""
+
+    retriable = False
+
+
+def denied_error(exc: BaseException, what: str, principal: str | None) -> NotAuthorizedError:
+    who = f"User:{principal}" if principal else "this client (no SASL user)"
+    resource = {
+        kerr.TopicAuthorizationFailedError: "the stream(s)",
+        kerr.TransactionalIdAuthorizationFailed: "the transactional id (writer_id)",
+        kerr.GroupAuthorizationFailedError: "the consumer group",
+        kerr.ClusterAuthorizationFailedError: "the cluster",
+    }.get(type(exc), "the resource")
+    names = ", ".join(sorted(map(str, exc.args[0]))) if exc.args and isinstance(
+        exc.args[0], set | frozenset) else (str(exc.args[0]) if exc.args else "")
+    return NotAuthorizedError(
+        f"{what}: not authorized: Kafka ACLs deny {who} access to {resource} {names} "
+        f"({type(exc).__name__}); an operator must grant it, see docs/kafka-security.md")
+
+
+def write_error(exc: BaseException, what: str, principal: str | None = None) -> LogWriteError:
     """A LogWriteError for an aiokafka failure, keeping its retriable flag (timeouts retry)."""
+    if isinstance(exc, _DENIED):
+        return denied_error(exc, what, principal)
     if isinstance(exc, _FENCED):
         return WriterFencedError(f"{what}: fenced by a newer writer with the same writer_id")
     err = LogWriteError(f"{what}: {type(exc).__name__}: {exc}")
@@ -115,7 +142,7 @@ class TransactionalWriter:
                     raise WriterFencedError(
                         f"writer {self.transactional_id!r} was fenced by a newer instance"
                     ) from exc
-                raise write_error(exc, "transaction aborted") from exc
+                raise write_error(exc, "transaction aborted", self._config.sasl_username) from exc
             try:
                 await asyncio.wait_for(producer.commit_transaction(), self._config.commit_timeout_s)
             except _FENCED as exc:
@@ -153,7 +180,9 @@ class TransactionalWriter:
             except BaseException as exc:
                 await producer.stop()
                 if isinstance(exc, Exception):
-                    raise write_error(exc, "starting the transactional producer") from exc
+                    raise write_error(exc, f"starting the transactional producer of writer "
+                                            f"{self.transactional_id!r}",
+                                      self._config.sasl_username) from exc
                 raise
             self._producer = producer
         return self._producer

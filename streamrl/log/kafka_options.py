@@ -1,0 +1,131 @@
+"""Extra Kafka client options, the durability guard, and SASL/TLS settings of the Kafka log.
+
+Users reach the aiokafka clients in two ways, both checked here:
+
+    kafka://broker:9093?security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512&sasl_username=tr
+    open_log(url, client_options={"metadata_max_age_ms": 60000})
+
+A query key that names a `KafkaLogConfig` field sets it; any other key must be a parameter of an
+aiokafka client and goes to `client_options`, then to every client that accepts it. Secrets never
+travel in URLs (they end up in process arguments, shell history and logs): the SASL password comes
+from `open_log(..., sasl_password=...)` or the environment variable named by `sasl_password_env`.
+
+The guard: in durable mode (the default) an option that would break the log's guarantees is
+refused with the reason, not silently overridden: a user who wrote `acks=1` believes it is in
+effect. `durable=false` lets them through for throwaway benchmarks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+
+CLIENTS: dict[str, type] = {
+    "producer": AIOKafkaProducer,
+    "consumer": AIOKafkaConsumer,
+    "admin": AIOKafkaAdminClient,
+    "client": AIOKafkaClient,
+}
+
+# Parameters accepted by each client kind (the constructor's own keyword names).
+PARAMS: dict[str, frozenset[str]] = {
+    kind: frozenset(inspect.signature(cls.__init__).parameters) - {"self", "loop", "topics"}
+    for kind, cls in CLIENTS.items()
+}
+ALL_PARAMS = frozenset().union(*PARAMS.values())
+# One settings dict serves the admin client and the raw client beside it: what both accept.
+PARAMS["admin"] = PARAMS["admin"] & PARAMS.pop("client")
+
+# Options the log sets itself and that a user value would silently break, whatever the mode.
+RESERVED: dict[str, str] = {
+    "bootstrap_servers": "comes from the URL's host:port list",
+    "transactional_id": "is the writer_id option (one per logical writer)",
+    "group_id": ("must stay unset (readers are assigned partitions by hand; positions "
+                 "go through commit/transact)"),
+    "key_serializer": "must stay unset (records are bytes)",
+    "value_serializer": "must stay unset (records are bytes)",
+    "key_deserializer": "must stay unset (records are bytes)",
+    "value_deserializer": "must stay unset (records are bytes)",
+    "ssl_context": ("is built from the ssl_cafile, ssl_certfile, ssl_keyfile options (files: "
+                    "every process of a run can load them)"),
+    "security_protocol": "is a log option: ?security_protocol=SASL_SSL",
+    "sasl_mechanism": "is a log option: ?sasl_mechanism=SCRAM-SHA-512",
+    "sasl_plain_username": "is the sasl_username log option",
+    "sasl_plain_password": "is the sasl_password option or the environment (sasl_password_env)",
+}
+
+# option -> (is the value safe?, what it must be, why): refused in durable mode.
+UNSAFE: dict[str, tuple[Any, str, str]] = {
+    "acks": (lambda v: str(v).lower() in ("all", "-1"), "all",
+             "with fewer acknowledgements a leader that fails before its followers copy a "
+             "record loses a write already reported durable"),
+    "enable_idempotence": (lambda v: v is True, "true",
+                           "without it a retried batch can be written twice or out of order, and "
+                           "transactions (exactly-once batches) need it"),
+    "enable_auto_commit": (lambda v: v is False, "false",
+                           "auto-commit moves a group's position behind the caller's back, "
+                           "so a crash could skip records never processed"),
+    "isolation_level": (lambda v: v == "read_committed", "read_committed",
+                        "read_uncommitted readers see records of aborted transactions, e.g. a "
+                        "batch a fenced trainer never committed"),
+}
+
+SECRET_QUERY_KEYS = {"sasl_password", "sasl_plain_password", "password"}
+
+
+class UnsafeKafkaSetting(ValueError):
+    """A Kafka client option that would break the log's durability or exactly-once guarantees."""
+
+
+def parse_value(text: str) -> Any:
+    """A URL query value as the client expects it: bool, int, float, or the string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_client_options(options: Mapping[str, Any], *, durable: bool) -> None:
+    """Refuse unknown, reserved and (in durable mode) unsafe client options, saying why."""
+    for key, value in options.items():
+        if key not in ALL_PARAMS:
+            close = difflib.get_close_matches(key, sorted(ALL_PARAMS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown Kafka client option {key!r}{hint}: not a parameter of "
+                             "any aiokafka client (AIOKafkaProducer, AIOKafkaConsumer, admin)")
+        if key in RESERVED:
+            raise ValueError(f"Kafka client option {key!r} cannot be set: it {RESERVED[key]}")
+        rule = UNSAFE.get(key)
+        if durable and rule is not None and not rule[0](value):
+            raise UnsafeKafkaSetting(
+                f"unsafe Kafka setting {key}={value!r} refused in durable mode: {rule[2]}. "
+                f"The log needs {key}={rule[1]}; pass durable=false to accept the risk "
+                "(e.g. ?durable=false for a throwaway benchmark)")
+
+
+def for_client(options: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The options one client kind accepts (a consumer option never reaches a producer)."""
+    return {k: v for k, v in options.items() if k in PARAMS[kind]}
+
+
+def ssl_context(cafile: str | None, certfile: str | None, keyfile: str | None,
+                check_hostname: bool) -> ssl.SSLContext:
+    """A client TLS context: the system CAs unless `cafile` names the cluster's CA; a client
+    certificate when the brokers require mutual TLS."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile)
+    ctx.check_hostname = check_hostname
+    return ctx
