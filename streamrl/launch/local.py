@@ -4,7 +4,9 @@
     python -m producers --log URL --run RUN --index I --num-producers N
 
 A producer is stopped with SIGTERM (it finishes its decoding step, writes ProducerLeft and
-exits); a child that exits with an error ends the run with an error naming it.
+exits). A child that dies (killed, crashed) is started again after RESTART_DELAY_S and resumes
+from the log, as Ray restarts an actor; after MAX_RESTARTS restarts of one role the run ends with
+an error naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 from streamrl.launch.base import LaunchError, Member
 
 STOP_TIMEOUT_S = 60.0
+MAX_RESTARTS = 5  # per role and index, over the run: a crash loop still ends the run
+RESTART_DELAY_S = 2.0  # lets a broker or a lock holder that took the child down come back
 
 
 async def spawn(module: str, *args: str) -> asyncio.subprocess.Process:
@@ -44,6 +48,7 @@ class LocalLauncher:
         self.common = ("--log", log_url, "--run", run_id)
         self.trainer: asyncio.subprocess.Process | None = None
         self.producers: dict[int, tuple[int, asyncio.subprocess.Process]] = {}  # index -> (n, p)
+        self.restarts: dict[str, int] = {}
 
     async def start_trainer(self) -> None:
         self.trainer = await spawn("consumers.trainer", *self.common)
@@ -62,10 +67,23 @@ class LocalLauncher:
 
     async def trainer_exit_code(self) -> int | None:
         assert self.trainer is not None, "start_trainer first"
-        for index, (_, proc) in self.producers.items():  # returncode is set when a child exits
+        for index, (n, proc) in list(self.producers.items()):  # returncode: set once exited
             if proc.returncode not in (None, 0):
-                raise LaunchError(f"producer {index} exited with code {proc.returncode}")
+                self._count_restart(f"producer {index}", proc.returncode)
+                del self.producers[index]
+                await asyncio.sleep(RESTART_DELAY_S)
+                await self.start_producer(index, n)
+        if self.trainer.returncode not in (None, 0):
+            self._count_restart("trainer", self.trainer.returncode)
+            await asyncio.sleep(RESTART_DELAY_S)
+            await self.start_trainer()  # resumes from the log: nothing trained twice
         return self.trainer.returncode
+
+    def _count_restart(self, who: str, code: int) -> None:
+        self.restarts[who] = self.restarts.get(who, 0) + 1
+        if self.restarts[who] > MAX_RESTARTS:
+            raise LaunchError(f"{who} exited with code {code} (restarted {MAX_RESTARTS} times)")
+        print(f"{who} exited with code {code}; restarting it", file=sys.stderr)
 
     async def members(self) -> list[Member]:
         host = socket.gethostname()
