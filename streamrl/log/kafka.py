@@ -18,7 +18,8 @@ How the contract in `base.py` maps onto Kafka:
   group (`kafka_admin.py`).
 - `transact` is a Kafka transaction on the writer's transactional producer (`kafka_txn.py`),
   whose `transactional.id` is `writer_id`; see there for fencing and for the one outcome the
-  caller must handle itself, TransactionOutcomeUnknownError.
+  caller sees only when the outcome stays unknown past `unknown_outcome_s`,
+  TransactionOutcomeUnknownError (kafka_dedup.py settles and de-duplicates before that).
 
 Cancellation: a cancelled `append`/`append_many` may still land (the producer keeps retrying);
 a cancelled `transact` is aborted if its commit was not sent yet, otherwise its outcome is
@@ -52,6 +53,7 @@ from streamrl.log.base import (
 )
 from streamrl.log.kafka_admin import KafkaAdmin, NotAuthenticatedError, probe_connection
 from streamrl.log.kafka_config import KafkaLogConfig
+from streamrl.log.kafka_dedup import end_offsets, find_committed
 from streamrl.log.kafka_reader import ReaderPool
 from streamrl.log.kafka_txn import (
     NotAuthorizedError,
@@ -240,13 +242,37 @@ class KafkaLog(Log):
         if not offsets and not targets:
             return []
         tp_offsets = {TopicPartition(s, p): int(off) for (s, p), off in offsets.items()}
-        metas = await self._txn.run(group, tp_offsets, targets)
+        starts = await end_offsets(self, targets)
+        deadline = time.monotonic() + self.config.unknown_outcome_s
+        while True:
+            try:
+                metas = await self._txn.run(group, tp_offsets, targets)
+                positions = [Position(app.stream, m.partition, m.offset)
+                             for (_p, app), m in zip(targets, metas, strict=True)]
+                break
+            except TransactionOutcomeUnknownError as exc:
+                # Never aborted blindly, never repeated blindly: see kafka_dedup.py. Without
+                # records there is nothing to find, and committing the same offsets again is
+                # harmless.
+                found = (await find_committed(self, targets, starts, deadline, exc)
+                         if targets else None)
+                if found is not None:
+                    logger.warning("unconfirmed commit of %s had committed; not repeated",
+                                   self.config.writer_id)
+                    positions = found
+                    break
+                logger.warning("unconfirmed commit of %s had not committed; running it again",
+                               self.config.writer_id)
         if offsets:
             await self._await_offsets_visible(group, offsets)
-        return [
-            Position(app.stream, m.partition, m.offset)
-            for (_p, app), m in zip(targets, metas, strict=True)
-        ]
+        return positions
+
+    async def settle_transactions(self) -> None:
+        """Make sure the writer's producer is initialised, which settles any transaction an
+        earlier producer of this writer left unconfirmed; raises if the broker is unreachable."""
+        self._check_open()
+        assert self._txn is not None
+        await self._txn.settle()
 
     async def _await_offsets_visible(
         self, group: str, offsets: Mapping[StreamPartition, int]

@@ -72,6 +72,10 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     """How long `transact` waits for the transaction commit to be confirmed before it reports
     the outcome as unknown (TransactionOutcomeUnknownError, retriable)."""
 
+    unknown_outcome_s: float = 300.0
+    """How long `transact` keeps trying to learn whether an unconfirmed commit happened (while
+    the broker is unreachable) before it gives up with TransactionOutcomeUnknownError."""
+
     transaction_timeout_s: float = 60.0
     """The broker aborts a transaction left open longer than this (e.g. by a crashed writer),
     which releases readers blocked behind it at the last stable offset."""

@@ -103,6 +103,11 @@ class TransactionalWriter:
         async with self._lock:
             await self._ensure_producer()
 
+    async def settle(self) -> None:
+        """A live producer under the transactional id (see `KafkaLog.settle_transactions`)."""
+        async with self._lock:
+            await self._ensure_producer()
+
     async def stop(self) -> None:
         self._closed = True
         await self._discard()

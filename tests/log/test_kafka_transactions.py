@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streamrl.log import Append, LogWriteError, StreamPartition
-from streamrl.log.kafka import KafkaLog, TransactionOutcomeUnknownError, WriterFencedError
+from streamrl.log.kafka import KafkaLog, WriterFencedError
 from tests.log.helpers import OpenKafka, unique
 
 
@@ -117,7 +117,9 @@ async def test_a_restarted_writer_fences_its_zombie(open_kafka: OpenKafka) -> No
     assert await values(reader, events) == [b"r", b"r2"]
 
 
-async def test_an_unanswered_commit_is_reported_unknown_not_aborted(open_kafka: OpenKafka) -> None:
+async def test_an_unanswered_commit_is_settled_and_found_not_aborted_or_repeated(
+    open_kafka: OpenKafka,
+) -> None:
     log = await open_kafka(writer_id=unique("trainer"), commit_timeout_s=1.0)
     traj, events = unique("traj"), unique("events")
     await log.ensure_stream(traj, 1)
@@ -135,14 +137,13 @@ async def test_an_unanswered_commit_is_reported_unknown_not_aborted(open_kafka: 
 
     producer.commit_transaction = commit_then_lose_the_answer
     producer.abort_transaction = spy_abort
-    with pytest.raises(TransactionOutcomeUnknownError) as info:
-        await log.transact(
-            group, {StreamPartition(traj, 0): 5}, [Append(stream=events, value=b"b1")]
-        )
-    assert info.value.retriable is True
+    [position] = await log.transact(
+        group, {StreamPartition(traj, 0): 5}, [Append(stream=events, value=b"b1")]
+    )
     assert aborts == []
-    # It did commit; nothing undid it, and a caller that checks before retrying finds it.
+    # It did commit: the log found it (de-duplicated by content) instead of running it again.
     assert await values(log, events) == [b"b1"]
+    assert position.offset == 0
     assert await log.committed(group, traj, 0) == 5
     # The writer carries on with a fresh producer under the same transactional id.
     await log.transact(group, {StreamPartition(traj, 0): 6}, [Append(stream=events, value=b"b2")])
