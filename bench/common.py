@@ -128,3 +128,15 @@ def record_results(name: str, cases: list[Case], info: dict[str, str], png: Path
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def replace_section(name: str, body: str) -> None:
+    """Replace (or append) the `name` section of BENCHMARKS.md with a free-form `body`, for
+    benchmarks whose results are not one ratio table."""
+    section = f"<!-- {name}:start -->\n## {name}\n\n{body}\n<!-- {name}:end -->"
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+    text = (pattern.sub(lambda _: section, text) if pattern.search(text)
+            else text.rstrip() + "\n\n" + section + "\n")
+    path.write_text(text)
