@@ -2,9 +2,9 @@
 
 On the file and memory logs offsets are contiguous from 0, so a gap is visible directly. On Kafka
 transaction markers take offsets, so gaps are normal there and the check is semantic: nothing a
-stream holds may appear twice (event ids, trajectory sample and group ids, batch ids, prompts).
-A requeued prompt is the one legitimate repeat of a prompt id: the trainer re-appends it with
-event id `<original event id>-r<version>`.
+stream holds may appear twice (event ids, trajectory sample and group ids, batch ids). Prompt ids
+may legitimately repeat (requeues, and datasets that ask the same question twice), so repeated
+prompt ids are noted; a prompt published twice repeats its event id and fails.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def check_streams(run: RunRecords) -> CheckResult:
     _duplicate_event_ids(run, result)
     _duplicate_trajectories(run, result)
     _duplicate_batches(run, result)
-    _duplicate_prompts(run, result)
+    _repeated_prompts(run, result)
     dead = {as_position(e.source) for _, e in run.of(StreamKind.DLQ, DeadLetter)
             if e.source is not None}
     for bad in run.undecodable:
@@ -93,20 +93,23 @@ def _duplicate_batches(run: RunRecords, result: CheckResult) -> None:
                         f"than once", where_position(*position))
 
 
-def _duplicate_prompts(run: RunRecords, result: CheckResult) -> None:
-    """A prompt id may repeat only as requeues: every copy but one (the root) must be named
-    `<event id of another copy>-r<version>`. Requeues are keyed by prompt id, so they can land
-    in another partition than the original: compare within the prompt id, not in log order."""
-    copies: dict[str, list[tuple[Position, str]]] = defaultdict(list)
-    for position, prompt in run.of(StreamKind.PROMPTS, Prompt):
-        copies[prompt.prompt_id].append((position, prompt.event_id))
-    for prompt_id, items in copies.items():
-        ids = {event_id for _, event_id in items}
-        roots = [(p, e) for p, e in items if e.rpartition("-r")[0] not in ids]
-        for position, event_id in roots[1:]:
-            result.fail("duplicate_prompt", f"prompt {prompt_id} was published again (event "
-                        f"{event_id}; first at {where_position(*roots[0][0])}), not as a "
-                        f"requeue of an earlier copy", where_position(*position))
+def _repeated_prompts(run: RunRecords, result: CheckResult) -> None:
+    """Prompt ids that the driver published more than once (not as requeues) are noted, not
+    failed: a dataset may hold the same question twice, and ids are the recipe's. A publish
+    that really happened twice repeats its event id, which `duplicate_event_id` catches.
+    Requeues are keyed by prompt id, so they can land in another partition than the original:
+    compare within a prompt id, not in log order."""
+    copies: dict[str, list[str]] = defaultdict(list)
+    for _, prompt in run.of(StreamKind.PROMPTS, Prompt):
+        copies[prompt.prompt_id].append(prompt.event_id)
+    repeated = 0
+    for event_ids in copies.values():
+        ids = set(event_ids)
+        roots = [e for e in event_ids if e.rpartition("-r")[0] not in ids]
+        repeated += len(roots) > 1
+    if repeated:
+        result.notes.append(f"{repeated} prompt ids were published more than once "
+                            f"besides requeues (repeated questions in the dataset)")
 
 
 def dead_letter_summary(run: RunRecords) -> list[DeadLetterSummary]:

@@ -23,7 +23,7 @@ CODES: dict[str, tuple[str, ...]] = {
     "digests": ("digest_mismatch", "stored_weights_unreadable"),
     "reported_versions": ("unannounced_version",),
     "streams": ("offset_gap", "duplicate_event_id", "duplicate_sample", "duplicate_group",
-                "duplicate_batch_id", "duplicate_prompt", "undecodable_record"),
+                "duplicate_batch_id", "undecodable_record"),
     "dead_letters": ("dead_lettered_sample_trained",),
 }
 

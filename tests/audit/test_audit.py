@@ -207,12 +207,16 @@ def test_an_undecodable_record_that_nobody_dead_lettered(real_run: RealRun,
 
 
 def test_a_prompt_published_twice(real_run: RealRun, log_copy: Path) -> None:
+    """A retried publish repeats the event id; a repeated question with a new id is only noted."""
     prompts = RunStreams(real_run.run_id).prompts
     _, prompt = read_events(log_copy, prompts)[0]
-    [position] = append_events(log_copy, prompts, [replace(prompt, event_id="planted-prompt")])
-    message = assert_names(audit(log_copy, real_run.run_id), "duplicate_prompt",
-                           f"{prompts}:0:{position.offset}")
-    assert prompt.prompt_id in message
+    [again, _] = append_events(log_copy, prompts,
+                               [prompt, replace(prompt, event_id="same-question")])
+    report = audit(log_copy, real_run.run_id)
+    message = assert_names(report, "duplicate_event_id", f"{prompts}:0:{again.offset}")
+    assert "Prompt" in message
+    assert len(report.violations) == 1
+    assert any("1 prompt ids" in note for note in report.check("streams").notes)
 
 
 def test_a_loss_weight_the_policy_did_not_give(real_run: RealRun, log_copy: Path) -> None:
