@@ -22,6 +22,12 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> None:
     params = dict(model.named_parameters())  # a tied LM head appears once, as the embedding
     state = checked_state(dict(tensors), model.config,
                           {name: p.shape for name, p in params.items()}, source="weights")
+    dst, src = list(params.values()), [state[name] for name in params]
     with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(state[name])
+        if all(t.device == p.device for t, p in zip(src, dst, strict=True)):
+            # One fused multi-tensor copy (casting to the engine's dtype): on a GPU this is
+            # 1.4 ms instead of 6-7 ms of per-tensor launches for Qwen3-0.6B (bench/weight_sync).
+            torch._foreach_copy_(dst, src)
+        else:
+            for p, t in zip(dst, src, strict=True):
+                p.copy_(t)
