@@ -22,7 +22,9 @@ from streamrl import aio
 from streamrl.audit import AuditReport, SampleRow, load_run
 from streamrl.audit.report import CODES
 from streamrl.log import open_log
+from streamrl.models.checkpoint import read_safetensors
 from streamrl.streams import RunStreams
+from streamrl.weights.file import FileTransport
 from tests.audit.planting import (
     RealRun,
     append_events,
@@ -140,6 +142,25 @@ def test_a_checkpoint_that_no_longer_matches_its_digest(real_run: RealRun, log_c
                    if isinstance(e, CheckpointSaved) and e.version == 3 else e)
     message = assert_names(audit(log_copy, real_run.run_id), "digest_mismatch", "version 3")
     assert str(tampered) in message
+
+
+def test_transport_weights_that_no_longer_match_their_digest(real_run: RealRun,
+                                                             log_copy: Path,
+                                                             tmp_path: Path) -> None:
+    """Version 1 still stored by the file transport, but its tensors changed after the
+    announcement (the run released its own files, so the test stores this one)."""
+    [saved] = [e for _, e in read_events(log_copy, RunStreams(real_run.run_id).events)
+               if isinstance(e, CheckpointSaved) and e.version == 3]
+    tensors = read_safetensors(Path(saved.path))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    with FileTransport(tmp_path / "weights", keep_last=1) as transport:
+        stored = transport.publish(1, tensors)
+        rewrite_events(log_copy, RunStreams(real_run.run_id).weights,
+                       lambda e: replace(e, locator=stored.locator)
+                       if isinstance(e, WeightVersionAnnounced) and e.version == 1 else e)
+        message = assert_names(audit(log_copy, real_run.run_id), "digest_mismatch", "version 1")
+    assert stored.locator in message
 
 
 def test_a_producer_reporting_an_unannounced_version(real_run: RealRun, log_copy: Path) -> None:
