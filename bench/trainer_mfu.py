@@ -44,10 +44,11 @@ COMMON = dict(model_type="qwen3", vocab_size=151_936, num_hidden_layers=28,
 # (name, compute options, minibatches per step) per shape
 VARIANTS = {
     "0.6B": [("eager bf16", {}, 4), ("compile", {"compile": True}, 4),
+             ("compile", {"compile": True}, 2),
              ("compile + AC", {"compile": True, "activation_checkpointing": True}, 1),
              ("FSDP2(1 GPU) + compile + AC",
               {"compile": True, "activation_checkpointing": True, "fsdp": True}, 1)],
-    "1.7B": [("eager bf16", {}, 8), ("compile", {"compile": True}, 8),
+    "1.7B": [("eager bf16", {}, 8), ("compile", {"compile": True}, 4),
              ("compile + AC", {"compile": True, "activation_checkpointing": True}, 2)],
 }
 
@@ -137,16 +138,21 @@ def _init_single_rank() -> None:
                                              rank=0, world_size=1)
 
 
-def run(out: Path, quick: bool, shapes: list[str], num_steps: int) -> Path:
+def run(out: Path, quick: bool, shapes: list[str], num_steps: int,
+        only: set[str] | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = machine_info()
     if device.type == "cuda":
         info["card"] = torch.cuda.get_device_name(device)
     info["torch"] = torch.__version__
     matmul = matmul_tflops(device) if device.type == "cuda" else float("nan")
-    cases = []
+    cases: list[dict] = []
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "trainer_mfu.json"
     for shape in shapes:
         for name, options, minibatches in VARIANTS[shape]:
+            if only is not None and f"{shape}/{name}/{minibatches}" not in only:
+                continue
             if options.get("fsdp") and device.type == "cuda":
                 _init_single_rank()
             try:
@@ -156,10 +162,9 @@ def run(out: Path, quick: bool, shapes: list[str], num_steps: int) -> Path:
             torch.cuda.empty_cache() if device.type == "cuda" else None
             print(json.dumps(case), flush=True)
             cases.append(case)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "trainer_mfu.json"
-    path.write_text(json.dumps({"info": info, "matmul_tflops": matmul,
-                                "peak_tflops": PEAK_TFLOPS, "cases": cases}, indent=2))
+            # after every case, so a run cut short still leaves what it measured
+            path.write_text(json.dumps({"info": info, "matmul_tflops": matmul,
+                                        "peak_tflops": PEAK_TFLOPS, "cases": cases}, indent=2))
     return path
 
 
@@ -224,11 +229,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a tiny shape (CPU allowed)")
     p.add_argument("--shapes", default="0.6B,1.7B")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--only", help="comma-separated SHAPE/VARIANT/MINIBATCHES cases to run, "
+                   "e.g. '0.6B/compile/2'")
     args = p.parse_args()
     if args.record:
         record(args.record)
         return
-    print(run(args.out, args.quick, args.shapes.split(","), args.steps))
+    only = set(args.only.split(",")) if args.only else None
+    print(run(args.out, args.quick, args.shapes.split(","), args.steps, only))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ weights, with the LM head's log-softmax chunked and recomputed in backward
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class Learner:
         """One version: advantages over the whole batch, then `minibatches` optimizer steps.
         `sample_weights` (from the staleness policy, one per sample in row order) scale each
         sample's advantages. Returns the metrics of the step."""
+        started = time.perf_counter()
         batch = build_batch(rows, self.config.algorithm.batch)
         advantages = self.advantage_fn(AdvantageInput.from_batch(batch))
         advantages = advantages * _per_position(batch, sample_weights)
@@ -114,6 +116,10 @@ class Learner:
         n = self.config.minibatches
         metrics = {k: v / n for k, v in metrics.items()}
         metrics["reward_mean"] = float(batch.rewards.float().mean())
+        # Throughput, for people (the GPU run's training tok/s): the clock never feeds the
+        # weights, so replay stays exact; `step_ms` is the one metric that differs on replay.
+        metrics["train_tokens"] = float(batch.positions.numel() - int((batch.segments < 0).sum()))
+        metrics["step_ms"] = (time.perf_counter() - started) * 1e3
         return metrics
 
 

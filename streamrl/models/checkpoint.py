@@ -63,7 +63,8 @@ def save_checkpoint(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = to_hf_names(model.state_dict(), model.config)
+    # .cpu() is a no-op on CPU tensors and lets a GPU trainer save without a model copy.
+    state = {k: v.cpu() for k, v in to_hf_names(model.state_dict(), model.config).items()}
     shards = _split(state, max_shard_bytes)
     for old in [*path.glob("model-*-of-*.safetensors"), path / SINGLE_FILE, path / INDEX_FILE]:
         old.unlink(missing_ok=True)
