@@ -30,8 +30,11 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
     when given (a Ray actor's `stop()`; signals are then left to the host process)."""
     async with open_log(log_url, writer_id=f"{run_id}-producer-{index}") as log:
         ctx = await load_run_context(log, run_id)
-        engine = TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
-                             version=0)
+        factory = ctx.config.hooks()["engine_factory"]  # e.g. an SGLang server's adapter
+        engine = (factory(ctx.init_checkpoint, dict(ctx.config.rollout.engine_options))
+                  if factory is not None else
+                  TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
+                              version=0))
         producer = Producer(log, ctx, engine, index, num_producers)
         if stopping is not None:
             producer.stopping = stopping

@@ -10,9 +10,9 @@ per-token columns: logprobs, versions from weight-version spans, routed experts)
 """
 
 from producers.sglang.convert import SGLangResponseError
-from producers.sglang.engine import SGLangConfig, SGLangEngine
+from producers.sglang.engine import SGLangConfig, SGLangEngine, engine_from_options
 from producers.sglang.http import SGLangError, SGLangHTTP
 from producers.sglang.weights import DistributedWeightSender, PauseMode
 
 __all__ = ["DistributedWeightSender", "PauseMode", "SGLangConfig", "SGLangEngine", "SGLangError",
-           "SGLangHTTP", "SGLangResponseError"]
+           "SGLangHTTP", "SGLangResponseError", "engine_from_options"]

@@ -177,3 +177,13 @@ class SGLangEngine:
             # SGLang reports no per-request admission time: start = queued, first token = end.
             timing=Timing(queued_at=p.queued_at, started_at=p.queued_at,
                           first_token_at=finished_at, finished_at=finished_at))
+
+
+def engine_from_options(checkpoint: str | Path, options: dict[str, Any]) -> SGLangEngine:
+    """The recipe's `rollout.engine_factory` for SGLang: `options` are `SGLangConfig` fields,
+    e.g. `engine_options = { url = "http://127.0.0.1:30000", pause_mode = "in_place" }`."""
+    try:
+        config = msgspec.convert(options, SGLangConfig)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"rollout.engine_options for SGLang: {exc}") from None
+    return SGLangEngine.from_checkpoint(checkpoint, config)

@@ -8,6 +8,7 @@ replay rebuilds the same run from the log alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,11 @@ class RolloutSection(Section, kw_only=True):
     top_k: int = 0
     max_new_tokens: int = 16
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    engine_factory: str | None = None
+    """Import path of a `(checkpoint: Path, options: dict) -> engine` that replaces the embedded
+    torch engine, e.g. "producers.sglang:engine_from_options" (an SGLang server); None = torch."""
+    engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Options handed to `engine_factory` (for SGLang: the fields of `SGLangConfig`)."""
 
 
 class TrainerSection(Section, kw_only=True):
@@ -178,6 +184,9 @@ class RunConfig(Section, kw_only=True):
             "rollout": resolve(self.rollout.rollout, RolloutFn, what="rollout.rollout"),
             "filter": (resolve(self.rollout.filter, SampleFilter, what="rollout.filter")
                        if self.rollout.filter else None),
+            "engine_factory": (resolve(self.rollout.engine_factory, Callable[[Any, Any], Any],
+                                       what="rollout.engine_factory")
+                               if self.rollout.engine_factory else None),
             "evaluate": (resolve(self.eval.evaluate, Evaluator, what="eval.evaluate")
                          if self.eval.evaluate else None),
             "staleness": build_policy(self.staleness),

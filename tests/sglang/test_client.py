@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,26 @@ def test_bad_config_and_requests_are_refused() -> None:
         with pytest.raises(ValueError, match="not newer"):
             eng.load_weights({"w": torch.ones(1)}, version=0)
         eng.close()
+
+
+def test_a_recipe_selects_the_adapter_by_import_path(tmp_path) -> None:
+    """`rollout.engine_factory` + `engine_options` in the recipe; bad options name the field."""
+    from producers.sglang import engine_from_options
+    from streamrl.models import save_checkpoint
+    from streamrl.models.model import CausalLM
+    from streamrl.run.config import load_config
+
+    recipe = Path("recipes/arithmetic/recipe_moe.toml").read_text().replace(
+        "[trainer]", 'engine_factory = "producers.sglang:engine_from_options"\n'
+        'engine_options = { url = "http://127.0.0.1:30000", pause_mode = "in_place" }\n\n'
+        "[trainer]", 1)
+    (tmp_path / "r.toml").write_text(recipe)
+    config = load_config(tmp_path / "r.toml")
+    factory = config.hooks()["engine_factory"]
+    save_checkpoint(CausalLM(MOE), tmp_path / "ckpt")
+    eng = factory(tmp_path / "ckpt", dict(config.rollout.engine_options))
+    assert isinstance(eng, SGLangEngine) and eng.config.pause_mode == "in_place"
+    assert eng.model_config.moe_layers == MOE.moe_layers
+    eng.close()
+    with pytest.raises(ValueError, match="pause_mode"):
+        engine_from_options(tmp_path / "ckpt", {"url": "http://x", "pause_mode": "later"})
