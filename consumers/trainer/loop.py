@@ -163,10 +163,12 @@ class TrainerLoop:
         return Append(stream=self.streams.prompts, value=encode_event(again),
                       key=prompt.prompt_id.encode())
 
-    async def maybe_checkpoint(self) -> None:
+    async def maybe_checkpoint(self, *, force: bool = False) -> None:
+        """Every `checkpoint_every` versions and at the last; `force` also elsewhere (a
+        counterfactual whose recorded stream ended early keeps its final weights)."""
         every = self.ctx.config.trainer.checkpoint_every
         final = self.version == self.ctx.config.run.max_versions
-        if not (final or (every and self.version % every == 0)):
+        if not (force or final or (every and self.version % every == 0)):
             return
         path = self.ctx.run_dir / "checkpoints" / f"v{self.version:06d}"
         await asyncio.to_thread(self.learner.save, path)

@@ -1,0 +1,129 @@
+"""`streamrl replay RUN`: reproduce a run bit-exactly from its log, or re-train it offline under
+another staleness policy or loss (a counterfactual run that names its parent).
+
+    streamrl replay RUN                                  # every version, digest by digest
+    streamrl replay RUN --until 10 --log kafka://127.0.0.1:9092
+    streamrl replay RUN --staleness MaxLag,max_lag=0 --as RUN-sync
+    streamrl replay RUN --staleness my_policy.toml --loss consumers.trainer.losses:ppo_tis
+    streamrl replay RUN --staleness MaxLag,max_lag=4 --trajectories RUN-rereward
+
+Exit codes: 0 reproduced (or counterfactual finished), 1 a version diverged, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamrl import aio
+from streamrl.log import open_log
+from streamrl.replay.runs import ReplayError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="the recorded run to replay")
+    p.add_argument("--until", type=int, default=None,
+                   help="replay versions 1..UNTIL only (default: every announced version)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads; bit-exactness needs the trainer's count (default 1, "
+                        "as `streamrl run` trains)")
+    cf = p.add_argument_group("counterfactual re-training (a new run in the same log)")
+    cf.add_argument("--staleness", default=None, metavar="SPEC",
+                    help="the staleness policy to re-train under: POLICY[,OPTION=VALUE...] "
+                         "(POLICY a class of streamrl.staleness or a module:Class path, e.g. "
+                         "'MaxLag,max_lag=0'), or a TOML file with a [staleness] section")
+    cf.add_argument("--loss", default=None, metavar="PATH",
+                    help="another loss, by import path (e.g. consumers.trainer.losses:ppo_tis)")
+    cf.add_argument("--as", dest="as_run", default=None, metavar="NEW_RUN",
+                    help="id of the new run (default: RUN-cf-<time>)")
+    cf.add_argument("--trajectories", default=None, metavar="RUN2",
+                    help="read RUN2's trajectories stream instead of RUN's (e.g. a re-rewarded "
+                         "copy made by `streamrl rereward`)")
+    cf.add_argument("--runs-dir", default=None,
+                    help="where the new run's files go (default: next to RUN's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    counterfactual = args.staleness is not None or args.loss is not None
+    args.runs_dir = Path(args.runs_dir).absolute() if args.runs_dir else None
+    if not counterfactual and (args.as_run or args.trajectories):
+        print("error: --as and --trajectories need --staleness or --loss (a counterfactual "
+              "run)", file=sys.stderr)
+        return 2
+    try:
+        return aio.run(_counterfactual(args) if counterfactual else _exact(args))
+    except ReplayError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _progress(what: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.description}"))
+
+
+async def _exact(args: argparse.Namespace) -> int:
+    from streamrl.replay.exact import replay_exact
+
+    console = Console()
+    async with open_log(args.log) as log:
+        progress = _progress("replaying versions")
+        task = progress.add_task("", total=args.until)
+        with progress:
+            def advance(version: int, total: int) -> None:
+                progress.update(task, completed=version, total=total,
+                                description=f"v{version} matches")
+
+            report = await replay_exact(log, args.run, until=args.until, on_version=advance)
+    if report.ok:
+        console.print(f"[green]run {args.run}: {report.headline}[/green] "
+                      f"({report.seconds:.1f} s, {report.threads} torch thread(s))")
+        return 0
+    div = report.divergence
+    assert div is not None
+    console.print(f"[red]run {args.run}: {report.headline}[/red]")
+    what = f"batch {div.batch_id}" if div.batch_id else "the initial checkpoint"
+    console.print(f"version {div.version} ({what}): replay digest {div.digest[:16]}…, announced "
+                  f"{div.expected[:16]}…\nrecorded tensors: {div.source}")
+    if div.diffs:
+        table = Table(title=f"tensors that differ at version {div.version}",
+                      title_justify="left")
+        for col in ("tensor", "max |Δ|", "differing", "of"):
+            table.add_column(col, justify="left" if col == "tensor" else "right")
+        for d in div.diffs:
+            table.add_row(d.name + (f" ({d.note})" if d.note else ""), f"{d.max_abs:.3g}",
+                          str(d.num_differing), str(d.numel))
+        console.print(table)
+    return 1
+
+
+async def _counterfactual(args: argparse.Namespace) -> int:
+    from streamrl.replay.counterfactual import Override, counterfactual
+    from streamrl.replay.spec import parse_staleness
+
+    console = Console()
+    override = Override(staleness=parse_staleness(args.staleness) if args.staleness else None,
+                        loss=args.loss)
+    new_run = args.as_run or f"{args.run}-cf-{time.strftime('%Y%m%d-%H%M%S')}"
+    async with open_log(args.log, writer_id=f"{new_run}-trainer") as log:
+        progress = _progress(f"re-training {new_run}")
+        task = progress.add_task("", total=None)
+        with progress:
+            def advance(version: int, total: int) -> None:
+                progress.update(task, completed=version, total=total)
+
+            report = await counterfactual(log, args.run, override, new_run=new_run,
+                                          trajectories=args.trajectories, runs_dir=args.runs_dir,
+                                          on_version=advance)
+    console.print(report.table())
+    console.print(f"compare: streamrl compare {args.run} {new_run} --log {args.log}")
+    return 0

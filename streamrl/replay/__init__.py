@@ -1,0 +1,7 @@
+"""Replaying recorded runs: bit-exact reproduction (`exact.py`), counterfactual re-training
+under another staleness policy or loss (`counterfactual.py`), and side-by-side comparison of runs
+(`compare.py`). See docs/replay.md."""
+
+from streamrl.replay.runs import ReplayError
+
+__all__ = ["ReplayError"]
