@@ -124,7 +124,27 @@ def sweep_attention(batch: int, context: int, bandwidth: float) -> list[dict]:
                      "bandwidth_frac": nbytes / (ms / 1e3) / bandwidth})
     best = min(rows, key=lambda r: r["ms"])
     attention.CONFIG.update({k: best[k] for k in ("BLOCK_N", "num_warps", "num_stages")})
+    for splits in (2, 4):  # the engine uses 1 at this batch; splits add a merge launch
+        ms = triton.testing.do_bench(
+            lambda s=splits: attention.decode_attention(q, k, v, slots, lengths, splits=s),
+            return_mode="median")
+        rows.append({**attention.CONFIG, "splits": splits, "ms": ms,
+                     "bandwidth_frac": nbytes / (ms / 1e3) / bandwidth})
     return rows
+
+
+def time_samplers(batch: int) -> dict:
+    """ms per call of the one-kernel sampler and the sorting torch sampler at [batch, V]."""
+    import triton.testing
+
+    from producers.engine.cuda.sampling import sample_untruncated
+    from producers.engine.sampling import sample
+
+    logits = torch.randn(batch, SHAPE["vocab_size"], device="cuda", dtype=torch.bfloat16)
+    args = (torch.ones(batch, device="cuda"), torch.zeros(batch, dtype=torch.long, device="cuda"),
+            torch.ones(batch, device="cuda"), torch.rand(batch, device="cuda"))
+    return {name: triton.testing.do_bench(lambda f=f: f(logits, *args), return_mode="median")
+            for name, f in (("one_kernel_ms", sample_untruncated), ("torch_sort_ms", sample))}
 
 
 def requests(prompts: torch.Tensor, new: int, temperature: float, tag: str) -> list:
@@ -206,6 +226,7 @@ def run(out_dir: Path, batch: int, prompt: int, new: int, profile_steps: bool) -
     bandwidth = copy_bandwidth()
     roof = roofline(ours, batch, prompt, new, bandwidth)
     sweep = sweep_attention(batch, prompt + new // 2, bandwidth)
+    samplers = time_samplers(batch)
     prompts = torch.randint(0, SHAPE["vocab_size"], (batch, prompt),
                             generator=torch.Generator().manual_seed(1))
     config = dict(max_batch_size=batch, max_seq_len=prompt + new, device="cuda",
@@ -229,6 +250,7 @@ def run(out_dir: Path, batch: int, prompt: int, new: int, profile_steps: bool) -
         "info": info, "batch": batch, "prompt_tokens": prompt, "new_tokens": new,
         "copy_bandwidth_gb_s": bandwidth / 1e9, "roofline": roof | {"step_ms": None},
         "attention_sweep": sweep, "attention_config": dict(attention.CONFIG),
+        "samplers": samplers,
         "engine": {"tok_s": tokens / total_s, "total_s": total_s, "prefill_ms": steps[0] * 1e3,
                    "decode_step_ms_median": decode_ms, "step_ms": [s * 1e3 for s in steps],
                    "roofline_frac": tokens / total_s / roof["tok_s"],
@@ -361,6 +383,7 @@ def main() -> None:
           f"ratio {r['ratio_to_generate']:.1f}x | eager step "
           f"{r['eager_engine']['decode_step_ms_median']:.2f} ms | correctness {r['correctness']}")
     print("attention sweep:", *(f"{s}" for s in r["attention_sweep"]), sep="\n  ")
+    print("samplers:", r["samplers"])
 
 
 if __name__ == "__main__":

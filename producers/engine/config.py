@@ -8,6 +8,7 @@ import msgspec
 import torch
 
 DType = Literal["float32", "bfloat16", "float16"]
+Decode = Literal["auto", "eager", "fused"]
 
 
 class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -23,6 +24,15 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     dtype: DType = "float32"
     """Model and KV-cache dtype. Sampling and logprobs are computed in float32 whatever this is;
     use float32 on CPU when engine and trainer logprobs must agree to ~1e-6."""
+    decode: Decode = "auto"
+    """How decode steps run. "fused": Triton kernels (attention over each sequence's actual
+    length, fused norms/rotary/KV writes, fused projections; dense models without attention
+    bias; see `producers/engine/cuda/`). "eager": the model's own forward (any model, any device).
+    "auto": fused on CUDA where the model allows it, eager otherwise. Fused on CPU runs only
+    under TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
+    cuda_graphs: bool = True
+    """With fused decode on CUDA, capture each decode step as a CUDA graph (one per batch-size
+    bucket, on first use) and replay it. False launches the same kernels one by one."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size <= 0:

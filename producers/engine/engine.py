@@ -20,6 +20,11 @@ Sequences in flight keep their KV cache, computed by the older weights, and cont
 new ones; each response token is stamped with the version whose forward pass sampled it
 (`response_versions`). This is the usual in-flight update semantics of async RL engines.
 
+On CUDA (`EngineConfig.decode`), decode steps of dense models run as fused Triton kernels
+replayed from CUDA graphs (`producers/engine/cuda/`), and requests without top-k/top-p are
+sampled by one kernel instead of the sorting torch sampler; the step API and the sampling
+contract (per-request uniforms, logprob convention) are the same on every path.
+
 Not thread-safe: call every method from one thread (an asyncio producer runs `step` in an
 executor and applies weights between calls).
 """
@@ -42,8 +47,8 @@ from producers.engine.request import (
     Timing,
     checked_prompt,
 )
-from producers.engine.sampling import seed_from_request_id
-from producers.engine.slots import SlotBuffers
+from producers.engine.sampling import sample, seed_from_request_id
+from producers.engine.slots import Sampler, SlotBuffers
 from producers.engine.weights import copy_hf_weights
 from streamrl.models import CausalLM, KVCache
 
@@ -87,6 +92,7 @@ class TorchEngine:
             num_experts=mc.num_experts,
             device=config.torch_device,
         )
+        self._fused = _fused_decoder(self.model, self.cache, self.buffers, config)
         self._version = version
         self._slots: list[_Entry | None] = [None] * config.max_batch_size
         self._waiting: deque[_Entry] = deque()
@@ -129,11 +135,13 @@ class TorchEngine:
         for entry in self._waiting:
             if entry.request.request_id == request_id:
                 self._waiting.remove(entry)
-                self._aborted.append(self._result(entry, None, "abort"))
+                # Aborted while queued: it never got a slot, its response is empty.
+                empty = self.buffers.empty_response()
+                self._aborted.append(self._result(entry, empty, "abort"))
                 return True
         for slot, entry in enumerate(self._slots):
             if entry is not None and entry.request.request_id == request_id:
-                self._aborted.append(self._finish(slot, "abort"))
+                self._aborted += self._finish([(slot, "abort")])
                 return True
         return False
 
@@ -168,6 +176,9 @@ class TorchEngine:
         busy = [s for s, entry in enumerate(self._slots) if entry is not None]
         if not busy:
             return []
+        if self._fused is not None:
+            rows, status = self._fused.step(busy[-1] + 1, self._version, self._truncated())
+            return self._collect(rows, status)
         b = self.buffers
         rows = torch.arange(busy[-1] + 1, device=b.tokens.device)  # [n]
         positions = torch.where(b.active[rows], b.length[rows] - 1, 0)  # [n] last token
@@ -178,14 +189,16 @@ class TorchEngine:
         return self._collect(rows, status)
 
     def _admit(self) -> list[int]:
-        slots = []
+        slots, entries = [], []
         for slot, entry in enumerate(self._slots):
             if entry is None and self._waiting:
                 entry = self._slots[slot] = self._waiting.popleft()
                 entry.started_at = time.time()
-                prompt = torch.from_numpy(entry.prompt).to(self.buffers.tokens.device).long()
-                self.buffers.admit(slot, prompt, entry.request.params, entry.seed)
                 slots.append(slot)
+                entries.append(entry)
+        if slots:
+            self.buffers.admit(slots, [e.prompt for e in entries],
+                               [e.request.params for e in entries], [e.seed for e in entries])
         return slots
 
     def _prefill(self, slots: list[int]) -> list[GenerationResult]:
@@ -205,34 +218,49 @@ class TorchEngine:
         idx = torch.arange(len(slots), device=rows.device)
         logits = self.model.logits(out.hidden[idx, last])  # [n, V]
         routed = None if out.routed_experts is None else out.routed_experts[idx, last]
-        status = b.sample_next(rows, last, logits, routed, self._version)
+        status = b.sample_next(rows, last, logits, routed, self._version, self._sampler())
         now = time.time()
         for slot in slots:
             self._slots[slot].first_token_at = now  # type: ignore[union-attr]
         return self._collect(rows, status)
 
+    def _truncated(self) -> bool:
+        """Whether some running request samples with top-k or top-p."""
+        return any(
+            e is not None and (e.request.params.top_k > 0 or e.request.params.top_p < 1)
+            for e in self._slots
+        )
+
+    def _sampler(self) -> Sampler:
+        if self._fused is None or self._truncated():
+            return sample
+        from producers.engine.cuda.sampling import sample_untruncated
+
+        return sample_untruncated
+
     def _collect(self, rows: Tensor, status: Tensor) -> list[GenerationResult]:
         # status: [n] from SlotBuffers.sample_next; the one host sync of a step.
         reasons: tuple[FinishReason, ...] = ("length", "stop")
-        return [
-            self._finish(int(rows[i]), reasons[s - 1]) for i, s in enumerate(status.tolist()) if s
-        ]
+        slots = rows.tolist()
+        return self._finish([(slots[i], reasons[s - 1]) for i, s in enumerate(status.tolist())
+                             if s])
 
-    def _finish(self, slot: int, reason: FinishReason) -> GenerationResult:
-        entry = self._slots[slot]
-        assert entry is not None, f"slot {slot} holds no sequence"
-        result = self._result(entry, slot, reason)
-        self._slots[slot] = None
-        self.buffers.release(slot)
-        return result
+    def _finish(self, done: list[tuple[int, FinishReason]]) -> list[GenerationResult]:
+        """Results of the sequences in these slots, which become free."""
+        if not done:
+            return []
+        slots = [slot for slot, _ in done]
+        entries = [self._slots[slot] for slot in slots]
+        assert all(entries), f"slots {slots} hold no sequence"
+        fields = self.buffers.responses(slots, [len(e.prompt) for e in entries])  # type: ignore[union-attr]
+        results = [self._result(entry, f, reason)  # type: ignore[arg-type]
+                   for entry, f, (_, reason) in zip(entries, fields, done, strict=True)]
+        for slot in slots:
+            self._slots[slot] = None
+        self.buffers.release(slots)
+        return results
 
-    def _result(self, entry: _Entry, slot: int | None, reason: FinishReason) -> GenerationResult:
-        # A request aborted while queued never got a slot: its response is empty.
-        fields = (
-            self.buffers.response(slot, len(entry.prompt))
-            if slot is not None
-            else (self.buffers.empty_response())
-        )
+    def _result(self, entry: _Entry, fields: dict, reason: FinishReason) -> GenerationResult:
         now = time.time()
         started = entry.started_at or now
         timing = Timing(
@@ -249,6 +277,27 @@ class TorchEngine:
             timing=timing,
             **fields,
         )
+
+
+def _fused_decoder(model: CausalLM, cache: KVCache, buffers: SlotBuffers, config: EngineConfig):
+    """The fused decoder the config asks for, or None for the eager model forward."""
+    on_cuda = config.torch_device.type == "cuda"
+    if config.decode == "eager" or (config.decode == "auto" and not on_cuda):
+        return None  # no Triton import on the CPU path
+    from producers.engine import cuda
+    from producers.engine.cuda.decoder import FusedDecoder, unsupported_reason
+
+    reason = unsupported_reason(model)
+    if config.decode == "auto" and reason is not None:
+        return None
+    if reason is not None:
+        raise ValueError(f"decode='fused' does not support this model: {reason}")
+    if not on_cuda and not cuda.INTERPRET:
+        raise ValueError(
+            f"decode='fused' needs a CUDA device (got {config.device!r}); on CPU it runs only "
+            "under Triton's interpreter (TRITON_INTERPRET=1), which is for tests"
+        )
+    return FusedDecoder(model, cache, buffers, graphs=config.cuda_graphs)
 
 
 def _check_version(version: int) -> None:

@@ -10,12 +10,17 @@ Stale rows of freed slots are never cleared: `admit` overwrites whatever a seque
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from producers.engine.sampling import SamplingParams, request_uniforms, sample
 from schemas.trajectory import NARROW_EXPERT_LIMIT
+
+# (logits, temperature, top_k, top_p, uniforms) -> (tokens, logprobs); see `sampling.sample`.
+Sampler = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 class SlotBuffers:
@@ -54,33 +59,59 @@ class SlotBuffers:
                 S, L, num_moe_layers, top_k, dtype=torch.uint8 if narrow else torch.int32
             )
 
-    def admit(self, slot: int, prompt: Tensor, params: SamplingParams, seed: int) -> None:
-        """Start a sequence in `slot`; its first token comes from a prefill of `prompt`."""
-        # prompt: [P] int64, on the buffers' device
-        P, L = len(prompt), self.tokens.shape[1]
-        limit = min(P + params.max_new_tokens, L)
-        self.tokens[slot, :P] = prompt
-        self.length[slot] = P
-        self.limit[slot] = limit
-        self.temperature[slot] = params.temperature
-        self.top_p[slot] = params.top_p
-        self.top_k[slot] = params.top_k
-        self.stop[slot] = False
-        self.stop[slot, list(params.stop_token_ids)] = True
-        # The token at position p is response token p - P, chosen by the request's u_{p-P}.
-        self.uniforms[slot, P:limit] = request_uniforms(seed, limit - P).to(self.uniforms.device)
-        self.active[slot] = True
+    def admit(
+        self, slots: list[int], prompts: list[np.ndarray], params: list[SamplingParams],
+        seeds: list[int],
+    ) -> None:
+        """Start one sequence per slot; their first tokens come from a prefill of the prompts.
+        Everything is assembled on the host and lands in a few batched writes (admitting 128
+        requests one by one cost ~100 ms of small device ops on a GPU)."""
+        # prompts: n x [P_i] integer arrays
+        n, L = len(slots), self.tokens.shape[1]
+        lengths = [len(p) for p in prompts]
+        limits = [min(P + q.max_new_tokens, L) for P, q in zip(lengths, params, strict=True)]
+        tokens = np.zeros((n, max(lengths)), np.int64)
+        uniforms = torch.zeros(n, L)
+        stop_rows: list[int] = []
+        stop_ids: list[int] = []
+        for i, (prompt, P, limit, q) in enumerate(zip(prompts, lengths, limits, params,
+                                                     strict=True)):
+            tokens[i, :P] = prompt
+            # The token at position p is response token p - P, chosen by the request's u_{p-P}.
+            uniforms[i, P:limit] = request_uniforms(seeds[i], limit - P)
+            stop_rows += [slots[i]] * len(q.stop_token_ids)
+            stop_ids += list(q.stop_token_ids)
+        device = self.tokens.device
+        rows = torch.tensor(slots, device=device)
+        self.tokens[rows, : tokens.shape[1]] = torch.from_numpy(tokens).to(device)
+        self.length[rows] = torch.tensor(lengths, device=device)
+        self.limit[rows] = torch.tensor(limits, device=device)
+        self.temperature[rows] = torch.tensor([q.temperature for q in params], device=device)
+        self.top_p[rows] = torch.tensor([q.top_p for q in params], device=device)
+        self.top_k[rows] = torch.tensor([q.top_k for q in params], device=device)
+        self.stop[rows] = False
+        if stop_rows:
+            self.stop[stop_rows, stop_ids] = True
+        self.uniforms[rows] = uniforms.to(device)
+        self.active[rows] = True
 
     def sample_next(
-        self, rows: Tensor, positions: Tensor, logits: Tensor, routed: Tensor | None, version: int
+        self,
+        rows: Tensor,
+        positions: Tensor,
+        logits: Tensor,
+        routed: Tensor | None,
+        version: int | Tensor,
+        sampler: Sampler = sample,
     ) -> Tensor:
         """Sample the token after `positions` for each row and record it; returns each row's
-        status: 0 running (or inactive), 1 finished by "length", 2 finished by "stop"."""
+        status: 0 running (or inactive), 1 finished by "length", 2 finished by "stop".
+        `version` may be a device scalar, so that a captured CUDA graph reads it on replay."""
         # rows, positions: [n]; logits: [n, V] computed at `positions`
         # routed: [n, num_moe_layers, top_k] of that same forward pass, or None -> status: [n]
         new = positions + 1  # [n] position of the sampled token
         u = self.uniforms[rows, new]
-        tok, logp = sample(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], u)
+        tok, logp = sampler(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], u)
         self.tokens[rows, new] = tok
         self.logprobs[rows, new] = logp
         self.versions[rows, new] = version
@@ -91,21 +122,27 @@ class SlotBuffers:
         ended = stopped | (new + 1 >= self.limit[rows])
         return (ended & self.active[rows]).long() * (1 + stopped.long())
 
-    def response(self, slot: int, prompt_len: int) -> dict[str, np.ndarray | None]:
-        """Copy out the response so far of the sequence in `slot` (GenerationResult fields)."""
-        end = int(self.length[slot])
-        routed = None
-        if self.routed is not None:
-            routed = self.routed[slot, prompt_len:end].cpu().numpy().astype(self.routed_np)
-        return {
-            "response_tokens": self.tokens[slot, prompt_len:end].cpu().numpy().astype(np.int32),
-            "logprobs": self.logprobs[slot, prompt_len:end].cpu().numpy().copy(),  # not a view
-            "response_versions": self.versions[slot, prompt_len:end]
-            .cpu()
-            .numpy()
-            .astype(np.uint32),
-            "routed_experts": routed,
-        }
+    def responses(
+        self, slots: list[int], prompt_lens: list[int]
+    ) -> list[dict[str, np.ndarray | None]]:
+        """Copy out the responses so far of the sequences in `slots` (GenerationResult fields),
+        with one device-to-host copy per buffer for all of them."""
+        rows = torch.tensor(slots, device=self.tokens.device)
+        ends = self.length[rows].tolist()
+        tokens = self.tokens[rows].cpu().numpy()
+        logprobs = self.logprobs[rows].cpu().numpy()
+        versions = self.versions[rows].cpu().numpy()
+        routed = None if self.routed is None else self.routed[rows].cpu().numpy()
+        out = []
+        for i, (P, end) in enumerate(zip(prompt_lens, ends, strict=True)):
+            out.append({
+                "response_tokens": tokens[i, P:end].astype(np.int32),
+                "logprobs": logprobs[i, P:end].copy(),  # not a view of the batch copy
+                "response_versions": versions[i, P:end].astype(np.uint32),
+                "routed_experts": None if routed is None
+                else routed[i, P:end].astype(self.routed_np),
+            })
+        return out
 
     def empty_response(self) -> dict[str, np.ndarray | None]:
         """`response` of a request that never got a slot."""
@@ -119,5 +156,5 @@ class SlotBuffers:
             "routed_experts": routed,
         }
 
-    def release(self, slot: int) -> None:
-        self.active[slot] = False
+    def release(self, slots: list[int]) -> None:
+        self.active[torch.tensor(slots, device=self.active.device)] = False

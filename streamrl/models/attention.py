@@ -2,7 +2,9 @@
 
 Who may attend to whom is decided by the caller as one boolean mask per forward (see
 `segment_causal_mask` and `CacheStep.attention_mask`), so the same module serves packed
-training batches and slot-addressed cached decode.
+training batches and slot-addressed cached decode. A fresh prefill (`CacheStep.fresh`: every
+row starts at position 0) writes the cache but attends causally over its own k/v, as training
+does. The engine's CUDA decode uses Triton kernels instead (`producers/engine/cuda/`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, T, H*, D]
+        if cache is not None and cache.fresh:
+            # New sequences from position 0: the cache holds nothing they may see but their own
+            # k/v, so attend over those causally (no cache read, no mask; flash-eligible).
+            cache.store(self.layer_idx, k, v)
+            cache, mask = None, None
         if cache is None:
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
         else:

@@ -19,8 +19,13 @@ cache indices 0..p of its slot. Consequences:
 - Writes never collide as long as positions within a row are distinct, so the scatter is
   deterministic.
 
-For CUDA graphs later: shapes are static; the only host sync is `kv_len` (attend over indices
-[0, kv_len) instead of the whole slot), which a graph-captured caller can pin to `max_seq_len`.
+Fresh prefill: when every row's positions are exactly 0..T-1 (new sequences, right-padded),
+what a query may attend to is exactly the batch's own new k/v under a plain causal mask, so
+attention skips the cache read and the explicit mask (`CacheStep.fresh`), and SDPA may pick a
+flash kernel. The cache is still written for the decode steps that follow.
+
+The engine's CUDA decode does not go through this class's read path: its Triton kernels write
+and read the same `k`/`v` tensors directly (`producers/engine/cuda/`).
 """
 
 from __future__ import annotations
@@ -94,36 +99,55 @@ class KVCache:
                     f"got [{lo}, {hi}]"
                 )
             kv_len = hi + 1
-        return CacheStep(self, slots.long(), positions.long(), kv_len)
+            T = positions.shape[1]
+            fresh = T > 1 and lo == 0 and bool(
+                (positions == torch.arange(T, device=positions.device)).all()
+            )
+        else:
+            fresh = False
+        return CacheStep(self, slots.long(), positions.long(), kv_len, fresh=fresh)
 
 
 class CacheStep:
     """One forward pass's view of the cache: what attention layers call to store and read k/v."""
 
-    def __init__(self, cache: KVCache, slots: Tensor, positions: Tensor, kv_len: int) -> None:
+    def __init__(
+        self, cache: KVCache, slots: Tensor, positions: Tensor, kv_len: int, *, fresh: bool = False
+    ) -> None:
         self.cache = cache
         self.slots = slots  # [B]
         self.positions = positions  # [B, T]
         self.kv_len = kv_len
+        self.fresh = fresh
+        """Every row's positions are 0..T-1: attend causally over the new k/v (`store`)."""
         # Contiguous leading slots can be read as a view instead of a gather.
         B = slots.shape[0]
         self.identity = bool(torch.equal(slots, torch.arange(B, device=slots.device)))
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store the new k/v and return every cached k/v the batch's queries may attend to."""
-        # k, v: [B, T, Hkv, D] -> returns k, v: [B, Hkv, kv_len, D]
+    def store(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Write the new tokens' k/v at their (slot, position)."""
+        # k, v: [B, T, Hkv, D]
         k_all, v_all = self.cache.k[layer], self.cache.v[layer]  # [N, Hkv, S, D]
         # Advanced indices around a slice put [B, T] first: the target is [B, T, Hkv, D].
         rows = self.slots[:, None]
         k_all[rows, :, self.positions] = k.to(k_all.dtype)
         v_all[rows, :, self.positions] = v.to(v_all.dtype)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new k/v and return every cached k/v the batch's queries may attend to."""
+        # k, v: [B, T, Hkv, D] -> returns k, v: [B, Hkv, kv_len, D]
+        self.store(layer, k, v)
+        k_all, v_all = self.cache.k[layer], self.cache.v[layer]  # [N, Hkv, S, D]
         if self.identity:
             B = self.slots.shape[0]
             return k_all[:B, :, : self.kv_len], v_all[:B, :, : self.kv_len]
         return k_all[self.slots, :, : self.kv_len], v_all[self.slots, :, : self.kv_len]
 
-    def attention_mask(self) -> Tensor:
-        """True where a query may attend: cache index j <= the query's position."""
-        # -> [B, 1, T, kv_len] bool
+    def attention_mask(self) -> Tensor | None:
+        """True where a query may attend: cache index j <= the query's position. None for a
+        fresh prefill, which attends causally over its own k/v."""
+        # -> [B, 1, T, kv_len] bool, or None
+        if self.fresh:
+            return None
         j = torch.arange(self.kv_len, device=self.positions.device)
         return (j[None, None, :] <= self.positions[:, :, None])[:, None]

@@ -1,0 +1,139 @@
+"""`FusedDecoder`: the engine's decode step for dense Qwen3 models, as few launches as possible,
+replayed from CUDA graphs.
+
+Per layer the step is nine launches: add+RMSNorm, the fused qkv GEMM, q/k norm + rotary + KV
+write, decode attention over actual lengths, the o GEMM, add+RMSNorm, the fused gate-up GEMM,
+silu*mul, the down GEMM (the residual add rides in the next norm). Then the final norm, the LM
+head and sampling plus the slot bookkeeping of `SlotBuffers.sample_next`.
+
+Fused weights: q/k/v and gate/up are concatenated into one matrix each, and the model's own
+parameters become views into them. `load_weights` copies into those parameters in place, so the
+fused matrices, and every captured graph that reads them, see each new version with no re-fuse.
+
+Graphs: the step reads everything from device tensors (the slot buffers' tokens, lengths and
+active flags, the KV cache, a device scalar holding the weight version), so a graph needs no
+input copies. One graph per (batch bucket, sampler) is captured on first use: buckets are
+powers of two up to `max_batch_size` (plus `max_batch_size` itself); a step of n running rows
+replays the smallest bucket >= n, whose extra rows are free slots (inactive, their writes land
+on scratch positions that `admit` overwrites). The first step of a new bucket runs eagerly
+(compiling the kernels), then captures.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from producers.engine.cuda.attention import decode_attention, num_splits
+from producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
+from producers.engine.cuda.sampling import sample_untruncated
+from producers.engine.sampling import sample
+from producers.engine.slots import SlotBuffers
+from streamrl.models import CausalLM, KVCache
+
+
+def unsupported_reason(model: CausalLM) -> str | None:
+    """Why the fused decoder cannot run `model`, or None if it can."""
+    if model.config.is_moe:
+        return "MoE layers (routing is data-dependent; use decode='eager')"
+    if model.config.attention_bias:
+        return "attention biases (not fused; use decode='eager')"
+    return None
+
+
+def fuse_linears(*linears: torch.nn.Linear) -> Tensor:
+    """Concatenate the weights of `linears` along the output dim and make each weight a view
+    into the result, so in-place updates of the parameters update the fused matrix."""
+    fused = torch.cat([lin.weight.data for lin in linears])  # [sum out, in]
+    offset = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = fused[offset : offset + rows]
+        offset += rows
+    return fused
+
+
+class _Layer:
+    __slots__ = ("down", "gate_up", "k_norm", "ln_attn", "ln_mlp", "o", "q_norm", "qkv")
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.gate_up = fuse_linears(mlp.gate_proj, mlp.up_proj)
+        self.o, self.down = attn.o_proj.weight, mlp.down_proj.weight
+        self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
+        self.ln_attn = layer.input_layernorm.weight
+        self.ln_mlp = layer.post_attention_layernorm.weight
+
+
+class FusedDecoder:
+    """Decode steps of `model` over `cache` and `buffers` (see the module docstring)."""
+
+    def __init__(self, model: CausalLM, cache: KVCache, buffers: SlotBuffers, *,
+                 graphs: bool) -> None:
+        if (reason := unsupported_reason(model)) is not None:
+            raise ValueError(f"the fused decoder does not support {reason}")
+        c = model.config
+        self.model, self.cache, self.buffers = model, cache, buffers
+        self.layers = [_Layer(layer) for layer in model.model.layers]
+        self.eps, self.num_heads = c.rms_norm_eps, c.num_attention_heads
+        device = buffers.tokens.device
+        # Exactly the eager RotaryEmbedding's inverse frequencies (same ops, same rounding).
+        exponent = torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=device) / c.head_dim
+        self.inv_freq = 1.0 / (c.rope_theta**exponent)  # [D/2]
+        self.version = torch.zeros((), dtype=torch.int64, device=device)
+        num_slots = cache.num_slots
+        self.rows = torch.arange(num_slots, device=device)
+        self.buckets = sorted({min(1 << i, num_slots) for i in range(num_slots.bit_length() + 1)})
+        self.graphs = graphs and device.type == "cuda"
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if self.graphs else 1
+        self._splits = {n: num_splits(n, c.num_key_value_heads, cache.max_seq_len, sms)
+                        for n in self.buckets}
+        self._captured: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+
+    def bucket(self, num_rows: int) -> int:
+        return next(b for b in self.buckets if b >= num_rows)
+
+    def step(self, num_rows: int, version: int, truncated: bool) -> tuple[Tensor, Tensor]:
+        """Decode rows 0..num_rows-1 (padded to a bucket); returns (rows, status) as
+        `SlotBuffers.sample_next`. `truncated`: some running request uses top-k/top-p."""
+        n = self.bucket(num_rows)
+        self.version.fill_(version)
+        if not self.graphs:
+            return self.rows[:n], self.forward(n, truncated)
+        key = (n, truncated)
+        if key not in self._captured:
+            status = self.forward(n, truncated)  # this step, eagerly; compiles the kernels
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                captured = self.forward(n, truncated)  # recorded, not run
+            self._captured[key] = (graph, captured)
+            return self.rows[:n], status
+        graph, status = self._captured[key]
+        graph.replay()
+        return self.rows[:n], status
+
+    def forward(self, n: int, truncated: bool) -> Tensor:
+        """One decode step of rows 0..n-1, launched kernel by kernel; returns their status."""
+        b, cache = self.buffers, self.cache
+        rows = self.rows[:n]
+        positions = torch.where(b.active[:n], b.length[:n] - 1, 0)  # [n] each row's last token
+        lengths = positions + 1  # [n] cached tokens each query attends to (itself included)
+        tokens = b.tokens[:n].gather(1, positions[:, None])[:, 0]  # [n]
+        x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [n, H] residual stream
+        splits = self._splits[n]
+        delta = None
+        for i, layer in enumerate(self.layers):
+            h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
+            q = qk_norm_rope_cache(F.linear(h, layer.qkv), layer.q_norm, layer.k_norm,
+                                   self.inv_freq, self.eps, cache.k[i], cache.v[i], rows,
+                                   positions, self.num_heads)  # [n, Hq, D]
+            attn = decode_attention(q, cache.k[i], cache.v[i], rows, lengths, splits=splits)
+            h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o), layer.ln_mlp, self.eps)
+            delta = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+        h = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps)
+        logits = F.linear(h, self.model.lm_head.weight)  # [n, V]
+        sampler = sample if truncated else sample_untruncated
+        return b.sample_next(rows, positions, logits, None, self.version, sampler=sampler)

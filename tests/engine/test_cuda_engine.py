@@ -1,0 +1,111 @@
+"""The engine with fused decode (`EngineConfig.decode="fused"`) keeps the engine's contract:
+the same samples as the eager model path, the same samples alone or continuously batched, weight
+updates seen by the fused weights, and on CUDA graph replay equal to launching kernel by kernel.
+
+Without a GPU the fused kernels run under Triton's CPU interpreter (slow: tiny shapes only)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Must precede the kernels' import (Triton decides at build) and stay set (Triton reads it
+# later too); without a GPU nothing else in the process uses Triton.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from producers.engine import EngineConfig, GenerationRequest, TorchEngine
+from streamrl.models import load_checkpoint
+from tests.engine.engine_util import assert_same_output, request, run_to_end
+from tests.models.tiny import Tiny
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+NUM = 6 if CUDA else 4  # requests per test: the CPU interpreter costs ~0.3 s per decode step
+
+
+def engine(tiny: Tiny, dtype: str = "float32", **config) -> TorchEngine:
+    config = {"max_batch_size": 4, "max_seq_len": 48, "decode": "fused", **config}
+    return TorchEngine(load_checkpoint(tiny.path), EngineConfig(device=DEVICE, dtype=dtype,
+                                                                **config))
+
+
+def requests(num: int, prefix: str = "f", **params) -> list[GenerationRequest]:
+    # Prompt lengths 3..; greedy and tempered rows mixed unless params say otherwise.
+    temps = [0.0, 1.0, 0.7]
+    return [request(f"{prefix}{i}", length=3 + 3 * i,
+                    **{"max_new_tokens": 5 + 2 * (i % 3), "temperature": temps[i % 3], **params})
+            for i in range(num)]
+
+
+def test_fused_decode_samples_what_the_eager_model_samples(dense: Tiny) -> None:
+    # fp32: same samples (tokens exactly, logprobs to fp32 noise), greedy and tempered.
+    # The top-k request makes those steps use the sorting torch sampler.
+    reqs = [*requests(NUM - 1), *requests(1, "k", temperature=0.9, top_k=20)]
+    eager = engine(dense, decode="eager").generate(reqs)
+    fused = engine(dense).generate(reqs)
+    for a, b in zip(eager, fused, strict=True):
+        assert_same_output(a, b)
+
+
+def test_continuous_batching_gives_each_sequence_what_it_gets_alone(dense: Tiny) -> None:
+    reqs = requests(NUM, temperature=0.0)  # greedy
+    solo = engine(dense, max_batch_size=1)
+    alone = {r.request_id: solo.generate([r])[0] for r in reqs}
+    eng = engine(dense, max_batch_size=NUM // 2)  # half of them wait, or join mid-flight
+    for r in reqs[: NUM // 2]:
+        eng.add_request(r)
+    results = [*eng.step(), *eng.step()]
+    for r in reqs[NUM // 2 :]:
+        eng.add_request(r)
+    results += run_to_end(eng)
+    assert len(results) == len(reqs)
+    for result in results:
+        assert_same_output(alone[result.request_id], result)
+
+
+def test_weight_updates_reach_the_fused_weights(dense: Tiny, dense_next: Tiny) -> None:
+    # The fused qkv / gate-up matrices are the parameters' storage: load_weights updates them.
+    reqs = requests(NUM // 2)
+    eng = engine(dense)
+    eng.generate(requests(1, "old", max_new_tokens=3))  # run (on CUDA: capture) with old weights
+    eng.load_weights(load_checkpoint(dense_next.path).state_dict(), version=1)
+    fresh = engine(dense_next).generate(reqs)
+    for a, b in zip(fresh, eng.generate(reqs), strict=True):
+        assert b.response_versions.tolist() == [1] * b.num_response_tokens
+        assert a.response_tokens.tolist() == b.response_tokens.tolist()
+
+
+def test_fused_decode_refuses_what_it_cannot_run(moe: Tiny, dense: Tiny) -> None:
+    with pytest.raises(ValueError, match="MoE"):
+        engine(moe)
+    assert engine(moe, decode="auto")._fused is None  # auto falls back to the eager model
+    if not CUDA:
+        assert engine(dense, decode="auto")._fused is None  # auto is eager on CPU
+
+
+@needs_cuda
+def test_graph_replay_equals_kernel_by_kernel_launches(dense: Tiny) -> None:
+    # bf16, the production dtype: the captured graphs run the very same kernels, so bitwise.
+    reqs = requests(7)  # 7 requests on 4 slots: buckets 4, 2 and 1 all get captured
+    graphs = engine(dense, dtype="bfloat16")
+    launched = engine(dense, dtype="bfloat16", cuda_graphs=False)
+    replayed = graphs.generate(reqs)
+    assert {n for n, _ in graphs._fused._captured} >= {1, 2, 4}
+    for a, b in zip(launched.generate(reqs), replayed, strict=True):
+        assert a.response_tokens.tolist() == b.response_tokens.tolist()
+        assert a.logprobs.tolist() == b.logprobs.tolist()
+
+
+@needs_cuda
+def test_bf16_fused_decode_scores_like_the_eager_model(dense: Tiny) -> None:
+    # bf16 kernels vs the eager bf16 model: the same greedy tokens, logprobs within bf16 noise.
+    reqs = requests(4, temperature=0.0)
+    eager = engine(dense, dtype="bfloat16", decode="eager").generate(reqs)
+    fused = engine(dense, dtype="bfloat16").generate(reqs)
+    for a, b in zip(eager, fused, strict=True):
+        assert a.response_tokens.tolist() == b.response_tokens.tolist()
+        assert abs(a.logprobs - b.logprobs).max() < 0.05
