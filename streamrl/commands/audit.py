@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         check_run_id(args.run)
-        report = aio.run(_audit(args.log, args.run))
+        with console.status(f"auditing run {args.run}: reading its streams and checking…"):
+            report = aio.run(_audit(args.log, args.run))
     except (AuditInputError, ValueError) as error:
         console.print(f"[red]streamrl audit: {error}[/red]", highlight=False)
         return 2

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         check_run_id(args.run)
-        records = aio.run(_load(args.log, args.run))
+        with console.status(f"reading run {args.run}…"):
+            records = aio.run(_load(args.log, args.run))
     except (AuditInputError, ValueError) as error:
         console.print(f"[red]streamrl staleness: {error}[/red]", highlight=False)
         return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -19,11 +20,11 @@ from schemas import (
     WeightVersionLoaded,
 )
 from streamrl import aio
-from streamrl.audit import AuditReport, SampleRow, load_run
+from streamrl.audit import AuditReport, RunRecords, SampleRow, audit_records, load_run
 from streamrl.audit.report import CODES
 from streamrl.log import open_log
 from streamrl.models.checkpoint import read_safetensors
-from streamrl.streams import RunStreams
+from streamrl.streams import RunStreams, StreamKind
 from streamrl.weights.file import FileTransport
 from tests.audit.planting import (
     RealRun,
@@ -249,6 +250,21 @@ def test_a_loss_weight_the_policy_did_not_give(real_run: RealRun, log_copy: Path
                    if isinstance(e, BatchFormed) and e.batch_id == target.batch_id else e)
     assert_names(audit(log_copy, real_run.run_id), "sample_weight_mismatch",
                  f"sample {target.sample_ids[0]}")
+
+
+def test_a_record_lost_from_the_middle_of_a_stream(real_run: RealRun) -> None:
+    """The file log cannot be made to skip an offset through its API, so this drops one record
+    from what the audit read, as a log that lost it would present it."""
+    async def read() -> RunRecords:
+        async with open_log(str(real_run.log_dir)) as log:
+            return await load_run(log, real_run.run_id)
+    run = aio.run(read())
+    events = run.records[StreamKind.EVENTS]
+    lost = events[5]
+    records = run.records | {StreamKind.EVENTS: events[:5] + events[6:]}
+    report = audit_records(msgspec.structs.replace(run, records=records))
+    assert_names(report, "offset_gap", f"{lost.stream}:0:{lost.offset + 1}")
+    assert [v.code for v in report.violations] == ["offset_gap"]
 
 
 def test_cli_exit_codes_and_json(real_run: RealRun, log_copy: Path, tmp_path: Path) -> None:
