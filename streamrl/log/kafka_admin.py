@@ -40,6 +40,7 @@ _TRANSIENT = (
     kerr.CoordinatorLoadInProgressError,
     kerr.CoordinatorNotAvailableError,
     kerr.NotCoordinatorError,
+    kerr.KafkaTimeoutError,  # no answer at all: the broker is down or restarting
 )
 
 
@@ -144,8 +145,9 @@ class KafkaAdmin:
 
     async def _group_call(self, group: str, request: Any) -> Any:
         """Send a group request to the group's coordinator, finding the coordinator anew and
-        retrying while it moves or loads, for at most `request_timeout_s`."""
-        deadline = time.monotonic() + self._config.request_timeout_s
+        retrying while it moves or loads or the broker restarts, for at most `unavailable_s`."""
+        deadline = time.monotonic() + max(self._config.request_timeout_s,
+                                          self._config.unavailable_s)
         while True:
             try:
                 node = self._coordinators.get(group)

@@ -72,6 +72,10 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     """How long `transact` waits for the transaction commit to be confirmed before it reports
     the outcome as unknown (TransactionOutcomeUnknownError, retriable)."""
 
+    unavailable_s: float = 120.0
+    """How long reads, end offsets and group-offset calls keep retrying while the brokers do not
+    answer (a broker restarting takes tens of seconds) before raising a retriable LogError."""
+
     unknown_outcome_s: float = 300.0
     """How long `transact` keeps trying to learn whether an unconfirmed commit happened (while
     the broker is unreachable) before it gives up with TransactionOutcomeUnknownError."""

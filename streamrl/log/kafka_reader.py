@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streamrl.log.base import LogClosedError, LogError, Record
 from streamrl.log.kafka_config import KafkaLogConfig
+
+T = TypeVar("T")
+RETRY_S = 0.5
+logger = logging.getLogger(__name__)
 
 # How long a read with timeout_s=0 may wait for records the broker says are committed but this
 # consumer has not fetched yet (one fetch round trip; seconds only for records of many MiB).
@@ -42,14 +49,36 @@ def read_error(exc: Exception, tp: TopicPartition) -> LogError:
         return LogError(f"not authorized to read {tp.topic}[{tp.partition}]: Kafka ACLs deny "
                         "this principal Read on the stream; see docs/kafka-security.md")
     err = LogError(f"reading {tp.topic}[{tp.partition}] failed: {type(exc).__name__}: {exc}")
-    err.retriable = bool(getattr(exc, "retriable", False))
+    # A timeout means the broker did not answer (down, restarting): asking again can succeed.
+    err.retriable = isinstance(exc, kerr.KafkaTimeoutError) or bool(getattr(exc, "retriable",
+                                                                            False))
     return err
+
+
+async def retrying(config: KafkaLogConfig, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, again after retriable failures (broker down or restarting, leader moving) for up
+    to `config.unavailable_s`; then the last error. A reader outlives a broker restart this way
+    instead of every caller (trainer, producers, supervisor, monitor) handling it."""
+    deadline: float | None = None
+    while True:
+        try:
+            return await call()
+        except LogError as exc:
+            if not exc.retriable or isinstance(exc, LogClosedError):
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + config.unavailable_s
+            if now >= deadline:
+                raise
+            logger.warning("%s: %s; retrying", what, exc)
+            await asyncio.sleep(RETRY_S)
 
 
 class PartitionReader:
     """A consumer assigned to one partition. Not for concurrent use (`ReaderPool` serialises)."""
 
     def __init__(self, config: KafkaLogConfig, stream: str, partition: int) -> None:
+        self.config = config
         self.tp = TopicPartition(stream, partition)
         self._consumer = AIOKafkaConsumer(**config.consumer_settings())
         # The offset a caller continuing from the last read would pass; the consumer is already
@@ -70,12 +99,19 @@ class PartitionReader:
 
     async def end_offset(self) -> int:
         """The last stable offset: read_committed makes ListOffsets answer with it."""
+        return await retrying(self.config, f"end offset of {self.tp.topic}", self._end_offset)
+
+    async def _end_offset(self) -> int:
         try:
             return (await self._consumer.end_offsets([self.tp]))[self.tp]
         except kerr.KafkaError as exc:
             raise read_error(exc, self.tp) from exc
 
     async def read(self, offset: int, max_records: int, timeout_s: float) -> list[Record]:
+        return await retrying(self.config, f"reading {self.tp.topic}[{self.tp.partition}]",
+                              lambda: self._read(offset, max_records, timeout_s))
+
+    async def _read(self, offset: int, max_records: int, timeout_s: float) -> list[Record]:
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         if offset != self._resume_at:
