@@ -70,8 +70,7 @@ def check_staleness(run: RunRecords) -> CheckResult:
         weights = list(batch.sample_weights) or [1.0] * len(batch.sample_ids)
         lags = []
         for position, sid, weight in zip(batch.positions, batch.sample_ids, weights, strict=True):
-            row = next((r for r in run.rows_at.get(as_position(position), [])
-                        if r.sample_id == sid), None)
+            row = run.row_of(position, sid)
             if row is None:
                 continue  # reported by the positions check
             result.num_checked += 1

@@ -103,6 +103,11 @@ class RunRecords(msgspec.Struct, kw_only=True):
     def announced(self) -> list[tuple[Position, WeightVersionAnnounced]]:
         return self.of(StreamKind.WEIGHTS, WeightVersionAnnounced)
 
+    def row_of(self, position: LogPosition, sample_id: str) -> SampleRow | None:
+        """The row of `sample_id` in the record at `position` (a BatchFormed entry), if there."""
+        return next((r for r in self.rows_at.get(as_position(position), [])
+                     if r.sample_id == sample_id), None)
+
     def rows_by_sample(self) -> dict[str, list[SampleRow]]:
         out: dict[str, list[SampleRow]] = defaultdict(list)
         for row in self.rows:

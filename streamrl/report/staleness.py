@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from schemas import Rejected
-from streamrl.audit.lineage import RunRecords, SampleRow, as_position
+from streamrl.audit.lineage import RunRecords, SampleRow
 from streamrl.staleness.base import THROTTLED
 from streamrl.streams import StreamKind
 
@@ -82,9 +82,7 @@ def trained_rows(run: RunRecords) -> list[tuple[int, SampleRow]]:
     out = []
     for _, batch in run.batches:
         for position, sid in zip(batch.positions, batch.sample_ids, strict=True):
-            row = next((r for r in run.rows_at.get(as_position(position), [])
-                        if r.sample_id == sid), None)
-            if row is not None:
+            if (row := run.row_of(position, sid)) is not None:
                 out.append((batch.policy_version, row))
     return out
 
