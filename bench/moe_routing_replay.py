@@ -231,7 +231,7 @@ def write_report(payload: dict) -> None:
         init = row["init"]
         ax.set_title(f"router×{init['router']:g} experts×{init['experts']:g} "
                      f"head×{init['head']:g}", fontsize=9)
-        ax.set_xlabel("log10 |trainer - engine logprob|")
+        ax.set_xlabel("log10 |trainer - engine logprob| (|Δ| > 10 off the right edge)")
         ax.legend(fontsize=8)
     np.atleast_1d(axes)[0].set_ylabel("response tokens")
     fig.suptitle(f"MoE routing replay, bf16, {payload['info']['card']}", fontsize=10)
