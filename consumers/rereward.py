@@ -18,9 +18,9 @@ parent's prompts stream and the response decoded the same way. This is the one p
 imports a producer-side type: it plays the producer's scoring step again.
 
 Exactly once, resumable: each page of re-scored records is appended in one transaction with the
-parent position it covers (consumer group `rereward`), so running the same command again after a
-crash, or after the parent recorded more, continues where the new stream ends. A record that
-does not decode goes to the new run's dead-letter stream, in the same transaction.
+parent position it covers (consumer group `<NEW_RUN>.rereward`), so running the same command
+again after a crash, or after the parent recorded more, continues where the new stream ends. A
+record that does not decode goes to the new run's dead-letter stream, in the same transaction.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ from streamrl.run.context import RunContext, load_run_context
 from streamrl.run.hooks import Tokenizer
 from streamrl.streams import RunStreams, check_run_id
 
-GROUP = "rereward"  # the consumer group whose position in the parent's stream is committed
+
+def progress_group(new_run: str) -> str:
+    """The consumer group whose position in the parent's stream is committed with each page."""
+    return f"{new_run}.rereward"
+
+
 PAGE = 64  # records per transaction
 
 
@@ -89,7 +94,7 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     parent = await load_run_context(log, parent_id, timeout_s=5.0)
     ctx = await _start(log, parent, reward, new_run, runs_dir)
     source = parent.streams.trajectories
-    start = await log.committed(GROUP, source, 0) or 0
+    start = await log.committed(progress_group(new_run), source, 0) or 0
     end = await log.end_offset(source, 0)
     scorer = Scorer(fn, parent.config.tokenizer(), await _prompts(log, parent))
     result = RerewardResult(run_id=new_run, resumed_at=start)
@@ -97,7 +102,8 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):
         appends = [_rescored(record, ctx, scorer, result) for record in records]
         offset = records[-1].offset + 1
-        await log.transact(GROUP, {StreamPartition(source, 0): offset}, appends)
+        await log.transact(progress_group(new_run), {StreamPartition(source, 0): offset},
+                           appends)
         result.num_records += len(records)
         if on_progress is not None:
             on_progress(offset, end)
