@@ -3,12 +3,12 @@
 Same contract as `sample` (same uniforms, same inverse CDF in vocabulary order, same logprob
 convention), so a request's tokens still depend only on its seed and its own logits. The torch
 sampler sorts every row to find the top-k/top-p set; with neither set, the kept set is the
-whole vocabulary and no sort is needed: two passes over each row's logits do it. Pass 1: max,
-argmax (greedy rows) and the softmax normalizer, online. Pass 2: the running sum of
-exp(logit - max) in vocabulary order, counting entries whose cumulative mass lies at or below
-u * total, which is `searchsorted(cdf, u * total, right=True)`. Reading [n, V] model-dtype
-logits twice replaces the torch sampler's dozen fp32 passes and its sort (at V = 152k and 128
-rows: about 80 MB read instead of over 1 GB moved).
+whole vocabulary and no sort is needed. Pass 1, many programs per row: each vocabulary chunk's
+max, argmax (for greedy rows) and softmax mass. Pass 2, one program per row: the chunks' masses
+give the normalizer and, by their running sum, the one chunk in which u * total falls; only that
+chunk is walked, counting entries whose cumulative mass lies at or below u * total, which is
+`searchsorted(cdf, u * total, right=True)` over the whole row. About one read of the [n, V]
+model-dtype logits replaces the torch sampler's dozen fp32 passes and its sort.
 
 The engine picks this kernel only when no running request uses top-k/top-p; the result matches
 `sample` up to fp32 summation order (a token flips only when u lies within rounding of an edge).
@@ -23,45 +23,71 @@ from torch import Tensor
 
 
 @triton.jit
-def _sample_kernel(
-    Logits, stride_l, Temp, U, TokOut, LogpOut, V: tl.constexpr, BLOCK: tl.constexpr
+def _chunk_stats_kernel(
+    Logits, stride_l, Temp, CMax, CSum, CArg, V: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
+    # Pass 1, one program per (row, chunk): the chunk's max, sum of exp(x - max), first argmax.
     r = tl.program_id(0).to(tl.int64)
-    row = Logits + r * stride_l
+    chunk = tl.program_id(1)
+    num_chunks = tl.num_programs(1)
+    t = tl.load(Temp + r)
+    temp = tl.where(t <= 0, 1.0, t)
+    c = tl.arange(0, BLOCK)
+    m = float("-inf")
+    total = 0.0
+    best_idx = 0
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
+        mask = start + c < V
+        x = tl.load(Logits + r * stride_l + start + c, mask=mask, other=float("-inf"))
+        x = x.to(tl.float32) / temp
+        bmax = tl.max(x, 0)
+        if bmax > m:  # strict: the first index wins ties across blocks, as torch.argmax
+            best_idx = start + tl.argmax(x, 0, tie_break_left=True)
+        m_new = tl.maximum(m, bmax)
+        # An all-padding block leaves m at -inf: keep the sum at 0 instead of NaN.
+        scale = tl.where(m_new == float("-inf"), 0.0, tl.exp(m - m_new))
+        total = total * scale + tl.sum(tl.where(mask, tl.exp(x - m_new), 0.0), 0)
+        m = m_new
+    out = r * num_chunks + chunk
+    tl.store(CMax + out, m)
+    tl.store(CSum + out, total)
+    tl.store(CArg + out, best_idx)
+
+
+@triton.jit
+def _pick_kernel(
+    Logits, stride_l, Temp, U, CMax, CSum, CArg, TokOut, LogpOut, V: tl.constexpr,
+    CHUNK: tl.constexpr, NUM_CHUNKS: tl.constexpr, CHUNKS_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Pass 2, one program per row: combine the chunks, then walk only the chunk holding u.
+    r = tl.program_id(0).to(tl.int64)
     t = tl.load(Temp + r)
     greedy = t <= 0
     temp = tl.where(greedy, 1.0, t)
-    u = tl.load(U + r)
+    j = tl.arange(0, CHUNKS_PAD)
+    jmask = j < NUM_CHUNKS
+    cmax = tl.load(CMax + r * NUM_CHUNKS + j, mask=jmask, other=float("-inf"))
+    m = tl.max(cmax, 0)
+    w = tl.where(jmask, tl.load(CSum + r * NUM_CHUNKS + j, mask=jmask, other=0.0)
+                 * tl.exp(cmax - m), 0.0)  # [C] each chunk's mass in units of exp(x - m)
+    total = tl.sum(w, 0)
+    target = tl.load(U + r) * total
+    cum = tl.cumsum(w, 0)
+    chunk = tl.minimum(tl.sum((jmask & (cum <= target)).to(tl.int32), 0), NUM_CHUNKS - 1)
+    running = tl.sum(tl.where(j < chunk, w, 0.0), 0)  # mass before the chosen chunk
     c = tl.arange(0, BLOCK)
-
-    m = float("-inf")
-    total = 0.0
-    best = float("-inf")
-    best_idx = 0
-    for start in range(0, V, BLOCK):
+    count = chunk * CHUNK
+    for start in range(chunk * CHUNK, chunk * CHUNK + CHUNK, BLOCK):
         mask = start + c < V
-        x = tl.load(row + start + c, mask=mask, other=float("-inf")).to(tl.float32) / temp
-        bmax = tl.max(x, 0)
-        barg = tl.argmax(x, 0, tie_break_left=True)
-        if bmax > best:  # strict: the first index wins ties across blocks, as torch.argmax
-            best = bmax
-            best_idx = start + barg
-        m_new = tl.maximum(m, bmax)
-        total = total * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
-        m = m_new
-
-    target = u * total
-    running = 0.0
-    count = 0
-    for start in range(0, V, BLOCK):
-        mask = start + c < V
-        x = tl.load(row + start + c, mask=mask, other=float("-inf")).to(tl.float32) / temp
-        cdf = tl.cumsum(tl.exp(x - m), 0) + running
+        x = tl.load(Logits + r * stride_l + start + c, mask=mask, other=float("-inf"))
+        cdf = tl.cumsum(tl.exp(x.to(tl.float32) / temp - m), 0) + running
         count += tl.sum(((cdf <= target) & mask).to(tl.int32), 0)
         running = tl.max(tl.where(mask, cdf, 0.0), 0)
-
+    best_chunk = tl.argmax(cmax, 0, tie_break_left=True)
+    best_idx = tl.load(CArg + r * NUM_CHUNKS + best_chunk)
     tok = tl.where(greedy, best_idx, tl.minimum(count, V - 1))
-    logit = tl.load(row + tok).to(tl.float32) / temp
+    logit = tl.load(Logits + r * stride_l + tok).to(tl.float32) / temp
     tl.store(TokOut + r, tok.to(tl.int64))
     tl.store(LogpOut + r, logit - m - tl.log(total))
 
@@ -75,9 +101,20 @@ def sample_untruncated(
     # -> tokens: [n] int64, logprobs: [n] fp32
     del top_k, top_p
     n, V = logits.shape
-    tokens = torch.empty(n, dtype=torch.int64, device=logits.device)
-    logprobs = torch.empty(n, dtype=torch.float32, device=logits.device)
-    _sample_kernel[(n,)](logits, logits.stride(0), temperature.float().contiguous(),
-                         uniforms.float().contiguous(), tokens, logprobs, V=V,
-                         BLOCK=min(4096, triton.next_power_of_2(V)), num_warps=8)
+    block = min(1024, triton.next_power_of_2(V))
+    chunk = triton.cdiv(V, 32 * block) * block  # about 32 chunks per row: 4k programs at 128
+    num_chunks = triton.cdiv(V, chunk)
+    device = logits.device
+    cmax = torch.empty(n, num_chunks, dtype=torch.float32, device=device)
+    csum = torch.empty_like(cmax)
+    carg = torch.empty(n, num_chunks, dtype=torch.int32, device=device)
+    tokens = torch.empty(n, dtype=torch.int64, device=device)
+    logprobs = torch.empty(n, dtype=torch.float32, device=device)
+    temperature = temperature.float().contiguous()
+    _chunk_stats_kernel[(n, num_chunks)](logits, logits.stride(0), temperature, cmax, csum, carg,
+                                         V=V, CHUNK=chunk, BLOCK=block, num_warps=4)
+    _pick_kernel[(n,)](logits, logits.stride(0), temperature, uniforms.float().contiguous(),
+                       cmax, csum, carg, tokens, logprobs, V=V, CHUNK=chunk,
+                       NUM_CHUNKS=num_chunks, CHUNKS_PAD=triton.next_power_of_2(num_chunks),
+                       BLOCK=block, num_warps=4)
     return tokens, logprobs
