@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from schemas import BatchFormed, Staleness, encode_event
 from streamrl.log import Append, StreamPartition, open_log
 from streamrl.log.kafka import KafkaLog
@@ -77,6 +79,7 @@ async def test_a_commit_the_broker_applied_late_is_found_not_repeated(broker: Br
     await run_ambiguous_commit(broker, resume_later, f"amb-{uuid.uuid4().hex[:8]}")
 
 
+@pytest.mark.slow
 async def test_a_commit_the_broker_never_applied_is_run_again_once(broker: Broker) -> None:
     """The paused broker is killed (-9) with the commit unread, then restarted: the commit never
     happened, the new producer's initialisation aborts the transaction, and it runs again."""

@@ -74,6 +74,8 @@ async def test_a_wrong_password_is_named_as_such(sasl_broker: Broker) -> None:
         await log.start()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_a_run_works_with_each_process_under_its_own_principal(sasl_broker: Broker,
                                                                tmp_path: Path) -> None:
     """The driver as operator, the producer and the trainer as themselves: run_acls grants
