@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="the recorded run to replay")
     p.add_argument("--until", type=int, default=None,
                    help="replay versions 1..UNTIL only (default: every announced version)")
+    p.add_argument("--record", action="store_true",
+                   help="also write the replayed versions as a new run (--as NEW_RUN, default "
+                        "RUN-replay-<time>) with RunParent relation 'replay'; without it replay "
+                        "writes nothing")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; bit-exactness needs the trainer's count (default 1, "
                         "as `streamrl run` trains)")
@@ -41,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cf.add_argument("--loss", default=None, metavar="PATH",
                     help="another loss, by import path (e.g. consumers.trainer.losses:ppo_tis)")
     cf.add_argument("--as", dest="as_run", default=None, metavar="NEW_RUN",
-                    help="id of the new run (default: RUN-cf-<time>)")
+                    help="id of the new run (default: RUN-cf-<time>, or RUN-replay-<time> with "
+                         "--record)")
     cf.add_argument("--trajectories", default=None, metavar="RUN2",
                     help="read RUN2's trajectories stream instead of RUN's (e.g. a re-rewarded "
                          "copy made by `streamrl rereward`)")
@@ -55,9 +60,17 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     counterfactual = args.staleness is not None or args.loss is not None
     args.runs_dir = Path(args.runs_dir).absolute() if args.runs_dir else None
-    if not counterfactual and (args.as_run or args.trajectories):
-        print("error: --as and --trajectories need --staleness or --loss (a counterfactual "
-              "run)", file=sys.stderr)
+    if not counterfactual and args.trajectories:
+        print("error: --trajectories needs --staleness or --loss (a counterfactual run)",
+              file=sys.stderr)
+        return 2
+    if not counterfactual and args.as_run and not args.record:
+        print("error: --as needs --record, --staleness or --loss (it names a new run)",
+              file=sys.stderr)
+        return 2
+    if counterfactual and args.record:
+        print("error: --record is for bit-exact replays; a counterfactual is always recorded",
+              file=sys.stderr)
         return 2
     try:
         return aio.run(_counterfactual(args) if counterfactual else _exact(args))
@@ -75,7 +88,10 @@ async def _exact(args: argparse.Namespace) -> int:
     from streamrl.replay.exact import replay_exact
 
     console = Console()
-    async with open_log(args.log) as log:
+    record_as = None
+    if args.record:
+        record_as = args.as_run or f"{args.run}-replay-{time.strftime('%Y%m%d-%H%M%S')}"
+    async with open_log(args.log, writer_id=f"{record_as or args.run}-replay") as log:
         progress = _progress("replaying versions")
         task = progress.add_task("", total=args.until)
         with progress:
@@ -83,7 +99,10 @@ async def _exact(args: argparse.Namespace) -> int:
                 progress.update(task, completed=version, total=total,
                                 description=f"v{version} matches")
 
-            report = await replay_exact(log, args.run, until=args.until, on_version=advance)
+            report = await replay_exact(log, args.run, until=args.until, on_version=advance,
+                                        record_as=record_as)
+    if record_as is not None:
+        console.print(f"recorded as run {record_as} (parent {args.run}, relation replay)")
     if report.ok:
         console.print(f"[green]run {args.run}: {report.headline}[/green] "
                       f"({report.seconds:.1f} s, {report.threads} torch thread(s))")

@@ -109,9 +109,11 @@ def plot_rewards(runs: list[RunSummary], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for run in runs:
+    styles = ("-", "--", "-.", ":")
+    for i, run in enumerate(runs):  # line styles and widths differ: identical runs stay visible
         versions = [v for v, _ in run.rewards]
-        line, = ax.plot(versions, [r for _, r in run.rewards], marker=".", linewidth=1.2,
+        line, = ax.plot(versions, [r for _, r in run.rewards], marker=".",
+                        linestyle=styles[i % len(styles)], linewidth=max(2.8 - 0.6 * i, 1.0),
                         label=f"{run.run_id} ({run.parent})" if run.parent else run.run_id)
         if "eval after" in run.evals and versions:
             ax.scatter([versions[-1]], [run.evals["eval after"]], marker="*", s=120,

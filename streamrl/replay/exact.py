@@ -29,7 +29,7 @@ from consumers.trainer.learner import Learner
 from consumers.trainer.resume import History, read_history, replay_batches
 from streamrl.log import Log
 from streamrl.replay.diff import TensorDiff, announced_tensors, tensor_diffs
-from streamrl.replay.runs import ReplayError, existing_run
+from streamrl.replay.runs import Recorder, ReplayError, existing_run, start_derived
 from streamrl.weights import weights_digest
 
 
@@ -51,6 +51,7 @@ class ReplayReport(msgspec.Struct, kw_only=True):
     divergence: Divergence | None
     seconds: float
     threads: int
+    recorded_as: str | None = None  # the derived run `--record` wrote
 
     @property
     def ok(self) -> bool:
@@ -76,10 +77,12 @@ def check_complete(history: History, until: int) -> None:
 
 
 async def replay_exact(log: Log, run_id: str, *, until: int | None = None,
-                       on_version: Callable[[int, int], None] | None = None) -> ReplayReport:
+                       on_version: Callable[[int, int], None] | None = None,
+                       record_as: str | None = None) -> ReplayReport:
     """Replay versions 1..until (default: the newest announced) of `run_id` from its initial
     checkpoint; stops at the first version whose digest differs. `on_version(version, until)`
-    is called after each reproduced version."""
+    is called after each reproduced version. With `record_as`, the replayed versions are also
+    written as a new run (`RunParent(relation="replay")`); the recorded run is never written."""
     t0 = time.monotonic()
     ctx = await existing_run(log, run_id)
     history = await read_history(log, ctx)
@@ -94,7 +97,24 @@ async def replay_exact(log: Log, run_id: str, *, until: int | None = None,
     torch.manual_seed(ctx.config.run.seed)  # as the trainer does; a step reads no RNG anyway
     learner = Learner.from_checkpoint(ctx.init_checkpoint, learner_config(ctx.config))
     report = ReplayReport(run_id=run_id, num_versions=until, num_reproduced=0, divergence=None,
-                          seconds=0.0, threads=torch.get_num_threads())
+                          seconds=0.0, threads=torch.get_num_threads(), recorded_as=record_as)
+    recorder, transport = None, None
+    if record_as is not None:
+        derived, transport = await start_derived(log, ctx, run_id=record_as, config=ctx.config,
+                                                 relation="replay")
+        recorder = Recorder(log, derived, transport)
+    try:
+        await _replay(log, learner, history, until, report, recorder, on_version)
+    finally:
+        if transport is not None:
+            transport.close()
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+async def _replay(log: Log, learner: Learner, history: History, until: int,
+                  report: ReplayReport, recorder: Recorder | None,
+                  on_version: Callable[[int, int], None] | None) -> None:
     digest = weights_digest(learner.hf_state_dict())
     if 0 in history.announced and digest != history.announced[0].digest:
         report.divergence = _divergence(learner, history, 0, "", digest)
@@ -105,10 +125,10 @@ async def replay_exact(log: Log, run_id: str, *, until: int | None = None,
                                                 step.batch.batch_id, step.digest)
                 break
             report.num_reproduced += 1
+            if recorder is not None:
+                await recorder.record(step.batch, learner, step.metrics)
             if on_version is not None:
                 on_version(step.version, until)
-    report.seconds = time.monotonic() - t0
-    return report
 
 
 def _divergence(learner: Learner, history: History, version: int, batch_id: str,

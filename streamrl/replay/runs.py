@@ -9,10 +9,15 @@ it like any other run. Its version 0 is the parent's initial checkpoint.
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from pathlib import Path
 
-from schemas import RunParent, encode_event
-from streamrl.log import Log
+import msgspec
+
+from consumers.trainer.learner import Learner
+from schemas import BatchFormed, CheckpointSaved, RunParent, TrainStep, encode_event
+from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.run.config import RunConfig
 from streamrl.run.context import RunContext, load_run_context
@@ -68,3 +73,36 @@ async def start_derived(log: Log, parent: RunContext, *, run_id: str, config: Ru
     await log.append(streams.weights, encode_event(published.announce(run_id=run_id,
                                                                        parent=None)))
     return ctx, transport
+
+
+class Recorder:
+    """Writes a replayed version into a derived run the way the trainer writes one: the batch
+    (same positions, new run id), the step's metrics, the announcement, checkpoints on the
+    recipe's schedule. For `streamrl replay --record`."""
+
+    def __init__(self, log: Log, ctx: RunContext, transport: WeightTransport) -> None:
+        self.log, self.ctx, self.transport = log, ctx, transport
+
+    async def record(self, batch: BatchFormed, learner: Learner, metrics: dict[str, float],
+                     ) -> None:
+        version = batch.policy_version + 1
+        published = await asyncio.to_thread(self.transport.publish, version,
+                                            learner.hf_state_dict())
+        streams = self.ctx.streams
+        copy = msgspec.structs.replace(batch, run_id=self.ctx.run_id, event_id=uuid.uuid4().hex,
+                                       time_ms=time.time_ns() // 1_000_000)
+        step = TrainStep(run_id=self.ctx.run_id, step=version, version=version,
+                         metrics=metrics | {"num_samples": float(len(batch.sample_ids))})
+        announce = published.announce(run_id=self.ctx.run_id, parent=version - 1,
+                                      batch_ids=(batch.batch_id,))
+        await self.log.append_many([
+            Append(stream=streams.events, value=encode_event(copy)),
+            Append(stream=streams.events, value=encode_event(step)),
+            Append(stream=streams.weights, value=encode_event(announce))])
+        every = self.ctx.config.trainer.checkpoint_every
+        if (every and version % every == 0) or version == self.ctx.config.run.max_versions:
+            path = self.ctx.run_dir / "checkpoints" / f"v{version:06d}"
+            await asyncio.to_thread(learner.save, path)
+            await self.log.append(streams.events, encode_event(CheckpointSaved(
+                run_id=self.ctx.run_id, version=version, path=str(path),
+                digest=published.digest)))

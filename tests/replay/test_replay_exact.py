@@ -7,7 +7,14 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas import BatchFormed, CheckpointSaved, RunStarted, decode_event, encode_event
+from schemas import (
+    BatchFormed,
+    CheckpointSaved,
+    RunParent,
+    RunStarted,
+    decode_event,
+    encode_event,
+)
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.replay import ReplayError
@@ -155,3 +162,35 @@ def test_replay_refuses_unusable_input_clearly(file_run: MadeRun) -> None:
                 await replay_exact(log, file_run.run_id, until=99)
 
     aio.run(past_the_end())
+
+
+def test_record_writes_the_replay_as_a_new_run_naming_its_parent(file_run: MadeRun) -> None:
+    new_run = f"{file_run.run_id}-rec"
+    before = snapshot(file_run)
+    out = streamrl("replay", file_run.run_id, "--log", file_run.log_url, "--record",
+                   "--as", new_run)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    assert f"recorded as run {new_run}" in out.stdout
+    assert snapshot(file_run) == before
+
+    async def check() -> None:
+        async with open_log(file_run.log_url) as log:
+            def read(run_id: str, kind: str) -> object:
+                return log.read_all(getattr(RunStreams(run_id), kind))
+
+            events = [decode_event(r.value, "events") for r in await read(new_run, "events")]
+            parent_events = [decode_event(r.value, "events")
+                             for r in await read(file_run.run_id, "events")]
+            digests = [decode_event(r.value, "weights").digest
+                       for r in await read(new_run, "weights")]
+            parent_digests = [decode_event(r.value, "weights").digest
+                              for r in await read(file_run.run_id, "weights")]
+        started = events[0]
+        assert isinstance(started, RunStarted) and started.parent == RunParent(
+            run_id=file_run.run_id, version=0, relation="replay")
+        assert digests == parent_digests
+        batches = [e.positions for e in events if isinstance(e, BatchFormed)]
+        assert batches == [e.positions for e in parent_events if isinstance(e, BatchFormed)]
+        assert [e.version for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
+
+    aio.run(check())
