@@ -31,8 +31,9 @@ def check_version_chain(run: RunRecords) -> CheckResult:
     for _, batch in run.batches:
         batches[batch.policy_version].append(batch)
     steps = {e.version for _, e in run.of(StreamKind.EVENTS, TrainStep)}
-    newest = max(by_version, default=-1)
-    missing = [v for v in range(newest + 1) if v not in by_version]
+    base = run.base_version  # 0, or a fork's first version (announced with no parent)
+    newest = max(by_version, default=base - 1)
+    missing = [v for v in range(base, newest + 1) if v not in by_version]
     if missing:
         result.fail("version_gap", f"versions {first(map(str, missing))} were never announced "
                     f"(the newest is {newest})", f"version {missing[0]}")
@@ -42,7 +43,14 @@ def check_version_chain(run: RunRecords) -> CheckResult:
                         f"{len(items)} times, at {first(where_position(*p) for p, _ in items)}",
                         f"version {version}")
         position, event = items[0]
-        if version == 0:
+        if version < base:
+            result.fail("version_gap", f"version {version} is announced, but this fork starts "
+                        f"at version {base}", where_position(*position))
+        if version <= base:
+            if event.parent is not None:
+                result.fail("parent_mismatch", f"version {version} is the run's first and "
+                            f"should name no parent, but names {event.parent}",
+                            where_position(*position))
             continue
         if event.parent != version - 1:
             result.fail("parent_mismatch", f"version {version} names parent {event.parent}, "
@@ -124,7 +132,9 @@ def _compare(result: CheckResult, version: int, expected: str, actual: str, wher
 
 
 def check_reported_versions(run: RunRecords) -> CheckResult:
-    announced = {e.version for _, e in run.announced}
+    """A fork's carried trajectories were sampled by its parent's versions up to the fork
+    version; those count as announced when the parent's weights stream announced them."""
+    announced = {e.version for _, e in run.announced} | run.inherited_versions
     result = CheckResult(name="reported_versions",
                          title="every version a producer reports was announced", num_checked=0)
     for position, event in run.of(StreamKind.EVENTS, WeightVersionLoaded):

@@ -7,6 +7,7 @@ decoding are kept aside (with why) rather than skipped, because an audit must ac
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import TypeVar
 
@@ -77,9 +78,15 @@ class RunRecords(msgspec.Struct, kw_only=True):
     started: RunStarted
     records: dict[StreamKind, list[Record]]  # every committed record, partition by partition
     events: dict[StreamKind, list[tuple[Position, Event]]]  # decoded, for the event streams
-    rows: list[SampleRow]  # every trajectory row, in log order
-    rows_at: dict[Position, list[SampleRow]]  # the rows of each trajectory record
+    rows: list[SampleRow]  # every row of this run's trajectories stream, in log order
+    # The rows of each trajectory record: this run's, plus the records of other runs that its
+    # batches trained on (a replay or counterfactual re-training reads its parent's stream).
+    rows_at: dict[Position, list[SampleRow]]
     undecodable: list[Undecodable]
+    # A fork's versions start at the parent's fork version; versions up to it are the parent's
+    # (announced in the parent's weights stream) and may appear in carried trajectories.
+    base_version: int = 0
+    inherited_versions: frozenset[int] = frozenset()
 
     @property
     def streams(self) -> RunStreams:
@@ -139,10 +146,39 @@ async def load_run(log: Log, run_id: str) -> RunRecords:
         raise AuditInputError(f"run {run_id!r}: no RunStarted event in {streams.events} "
                               f"({log.url}), so its config and policy are unknown")
     rows_at = _decode_trajectories(records[StreamKind.TRAJECTORIES], undecodable)
+    rows = [r for rows in rows_at.values() for r in rows]
+    rows_at |= await _foreign_rows(log, events[StreamKind.EVENTS], streams.trajectories)
+    base, inherited = await _inherited_versions(log, started)
     return RunRecords(run_id=run_id, log_url=log.url, ctx=context_from_event(started),
-                      started=started, records=records, events=events,
-                      rows=[r for rows in rows_at.values() for r in rows], rows_at=rows_at,
-                      undecodable=undecodable)
+                      started=started, records=records, events=events, rows=rows,
+                      rows_at=rows_at, undecodable=undecodable, base_version=base,
+                      inherited_versions=inherited)
+
+
+async def _foreign_rows(log: Log, events: list[tuple[Position, Event]],
+                        own: str) -> dict[Position, list[SampleRow]]:
+    """Rows of other runs' trajectory records that this run's batches trained on."""
+    foreign = {p.stream for _, e in events if isinstance(e, BatchFormed)
+               for p in e.positions} - {own}
+    out: dict[Position, list[SampleRow]] = {}
+    for stream in sorted(foreign):
+        with contextlib.suppress(StreamNotFoundError):  # the positions check reports them
+            out |= _decode_trajectories(await log.read_all(stream), [])
+    return out
+
+
+async def _inherited_versions(log: Log, started: RunStarted) -> tuple[int, frozenset[int]]:
+    """A fork's first version, and the parent's announced versions up to it."""
+    parent = started.parent
+    if parent is None or parent.relation != "fork":
+        return 0, frozenset()
+    try:
+        records = await log.read_all(RunStreams(parent.run_id).weights)
+    except StreamNotFoundError:
+        return parent.version, frozenset()
+    return parent.version, frozenset(
+        e.version for _, e in _decode_events(records, StreamKind.WEIGHTS, [])
+        if isinstance(e, WeightVersionAnnounced) and e.version <= parent.version)
 
 
 def _decode_events(records: list[Record], kind: StreamKind,

@@ -65,6 +65,24 @@ def test_audit_passes_on_the_real_run(real_run: RealRun) -> None:
     assert report.check("digests").num_checked == 3
 
 
+def test_audit_passes_on_a_counterfactual_run_that_trained_on_its_parents_stream(
+        real_run: RealRun, log_copy: Path) -> None:
+    """A derived run's batches point into the parent's trajectories stream; the audit follows
+    them there (and still fails a planted double training in the derived run)."""
+    out = streamrl("replay", real_run.run_id, "--log", str(log_copy), "--staleness",
+                   "MaxLag,max_lag=0", "--as", "derived")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    report = audit(log_copy, "derived")
+    assert report.ok, [(v.code, v.where, v.message) for v in report.violations]
+    assert report.check("positions").num_checked == 3 * 8
+    [first, *_] = batches(log_copy, "derived")
+    assert first.positions[0].stream == RunStreams(real_run.run_id).trajectories
+    append_events(log_copy, RunStreams("derived").events,
+                  [replace(first, batch_id="batch-again", event_id="planted")])
+    assert_names(audit(log_copy, "derived"), "sample_trained_twice",
+                 f"sample {first.sample_ids[0]}")
+
+
 def test_a_sample_trained_twice(real_run: RealRun, log_copy: Path) -> None:
     first = batches(log_copy, real_run.run_id)[0]
     again = replace(first, batch_id="batch-again", event_id="planted-again")
