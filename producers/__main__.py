@@ -5,7 +5,9 @@
 SIGTERM stops it after the current decoding step; prompts it had not finished are generated again
 by whoever owns their partition next, and the trainer drops any duplicate it already trained.
 Producer `index` owns the prompts partitions p with p % num_producers == index
-(`streamrl.launch.owned_partitions`); `streamrl scale` changes the membership.
+(`streamrl.launch.owned_partitions`); `streamrl scale` changes the membership, stopping producers
+with SIGUSR1: they requeue their unfinished prompts and commit past them (producers/handover.py),
+so the next owner neither loses nor regenerates a group.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 
 import torch
 
@@ -25,9 +28,11 @@ from streamrl.run.context import load_run_context
 
 
 async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
-                  stopping: asyncio.Event | None = None) -> None:
-    """Run producer `index` of `num_producers` until SIGTERM/SIGINT, or until `stopping` is set
-    when given (a Ray actor's `stop()`; signals are then left to the host process)."""
+                  stopping: asyncio.Event | None = None,
+                  on_start: Callable[[Producer], None] | None = None) -> None:
+    """Run producer `index` of `num_producers` until SIGTERM/SIGINT/SIGUSR1, or until `stopping`
+    is set when given (a Ray actor's `stop()`; signals are then left to the host process).
+    `on_start(producer)` is called once it exists (the Ray actor keeps it to hand over)."""
     async with open_log(log_url, writer_id=f"{run_id}-producer-{index}") as log:
         ctx = await load_run_context(log, run_id)
         factory = ctx.config.hooks()["engine_factory"]  # e.g. an SGLang server's adapter
@@ -36,13 +41,22 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
                   TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
                               version=0))
         producer = Producer(log, ctx, engine, index, num_producers)
+        if on_start is not None:
+            on_start(producer)
         if stopping is not None:
             producer.stopping = stopping
         else:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, producer.stopping.set)
+            loop.add_signal_handler(signal.SIGUSR1, _hand_over, producer)
         await producer.run()
+
+
+def _hand_over(producer: Producer) -> None:
+    """SIGUSR1: stop and hand the partitions over (producers/handover.py); `streamrl scale`."""
+    producer.hand_over = True
+    producer.stopping.set()
 
 
 def main() -> None:

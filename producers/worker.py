@@ -27,6 +27,7 @@ import numpy as np
 
 from producers.engine import SamplingParams, TorchEngine
 from producers.engine.sampling import seed_from_request_id
+from producers.handover import hand_over
 from producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
 from producers.rollout import EngineClient, RolloutInput, RolloutSample
 from producers.weight_sync import WeightSync
@@ -75,6 +76,8 @@ class Producer:
         self.num_started = ctx.fork.carried_share(index, num_producers) if ctx.fork else 0
         self.throttled = False
         self.stopping = asyncio.Event()
+        self.hand_over = False  # set with `stopping` when the membership changes (handover.py)
+        self.tasks: set[asyncio.Task] = set()  # every rollout task, publishing ones included
 
     async def run(self) -> None:
         await self._join()
@@ -88,12 +91,19 @@ class Producer:
                     await self.weights.poll(timeout_s=0.2)  # idle: wait for work
                 self._raise_failed_rollouts()
         finally:
+            unfinished = [(g.record, g.prompt) for g in self.groups.values()]
             for group in self.groups.values():
                 if group.task is not None:
                     group.task.cancel()
+            # rollouts already publishing finish their transaction: never cut one in the middle
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            reason = "stopped"
+            if self.hand_over and self.stopping.is_set():
+                await hand_over(self.log, self.ctx, unfinished, self.queue, self.offsets)
+                reason = "handed_over"
             await self.log.append(self.ctx.streams.events, encode_event(ProducerLeft(
                 run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
-                pid=os.getpid(), reason="stopped")))
+                pid=os.getpid(), reason=reason)))
             self.weights.close()
 
     async def _join(self) -> None:
@@ -149,6 +159,8 @@ class Producer:
             params=lambda k: self._params(group_id, k), generate=self.client.generate,
             tokenizer=self.tokenizer)
         group.task = asyncio.create_task(self._rollout(group_id, group, inp))
+        self.tasks.add(group.task)
+        group.task.add_done_callback(self.tasks.discard)
         self.num_started += inp.num_samples
 
     def _params(self, group_id: str, k: int) -> SamplingParams:

@@ -78,7 +78,8 @@ def wait_for(runs_dir: Path, run_id: str, num_producers: int, timeout_s: float) 
     while time.monotonic() < deadline:
         state = processes(runs_dir, run_id) or {}
         producers = [m for m in state.get("members", []) if m["role"] == "producer"]
-        if state.get("num_producers") == num_producers and len(producers) == num_producers:
+        if (state.get("num_producers") == num_producers and len(producers) == num_producers
+                and all(m["status"] == "running" for m in producers)):  # joined, working
             print(f"run {run_id}: {num_producers} producers running")
             return 0
         if state.get("status") not in (None, "running"):

@@ -104,7 +104,8 @@ def _up_local(args: argparse.Namespace, run_id: str, runs_dir: Path, console: Co
 
 
 def _wait_running(runs_dir: Path, run_id: str, proc: subprocess.Popen) -> bool:
-    """True once the supervisor reports the trainer and every producer running."""
+    """True once the supervisor reports the trainer and every producer running (producers once
+    they have joined the run)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -112,7 +113,7 @@ def _wait_running(runs_dir: Path, run_id: str, proc: subprocess.Popen) -> bool:
         state = processes(runs_dir, run_id) or {}
         members = state.get("members", [])
         if members and len(members) == state.get("num_producers", 0) + 1 and all(
-                is_ours(m.get("pid")) for m in members):
+                is_ours(m.get("pid")) and m["status"] == "running" for m in members):
             return True
         time.sleep(0.5)
     return False

@@ -30,10 +30,11 @@ async def spawn(module: str, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
 
 
-async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP_TIMEOUT_S,
+                       sig: signal.Signals = signal.SIGTERM) -> None:
+    """`sig`, then SIGKILL if it has not exited after `timeout_s`."""
     if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             await asyncio.wait_for(proc.wait(), timeout_s)
         except TimeoutError:
@@ -61,8 +62,8 @@ class LocalLauncher:
 
     async def stop_producer(self, index: int) -> None:
         _, proc = self.producers.pop(index)
-        await stop_process(proc)
-        if proc.returncode not in (0, -signal.SIGTERM):
+        await stop_process(proc, sig=signal.SIGUSR1)  # hand over: requeue unfinished prompts
+        if proc.returncode not in (0, -signal.SIGUSR1):  # killed by it before it had started
             raise LaunchError(f"producer {index} exited with code {proc.returncode} while stopping")
 
     async def trainer_exit_code(self) -> int | None:

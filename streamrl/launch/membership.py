@@ -8,7 +8,9 @@ one partition.
 
 from __future__ import annotations
 
-from schemas import ScaleRequested, decode_event
+import re
+
+from schemas import ProducerJoined, ScaleRequested, decode_event
 from streamrl.log import Log
 
 
@@ -23,12 +25,14 @@ def owned_partitions(index: int, num_producers: int, num_partitions: int) -> lis
     return [p for p in range(num_partitions) if p % num_producers == index]
 
 
-class ScaleFollower:
-    """Follows a run's events stream for `ScaleRequested`; `poll` returns the newest request
-    seen since the last call (older ones it supersedes are skipped)."""
+class EventFollower:
+    """Follows a run's events stream for what the supervisor acts on: `poll` returns the newest
+    `ScaleRequested` since the last call (older ones it supersedes are skipped), and keeps
+    `joined`, the pids of producers that have written `ProducerJoined` (they are working)."""
 
     def __init__(self, log: Log, events_stream: str, *, offset: int = 0) -> None:
         self.log, self.stream, self.offset = log, events_stream, offset
+        self.joined: set[int] = set()
 
     async def poll(self, timeout_s: float = 0.0) -> ScaleRequested | None:
         newest = None
@@ -39,9 +43,14 @@ class ScaleFollower:
                 return newest
             self.offset = records[-1].offset + 1
             for record in records:
-                if b"scale_requested" not in record.value:  # cheap skip; decode only candidates
+                if not _CANDIDATE.search(record.value):  # cheap skip; decode only candidates
                     continue
-                event = decode_event(record.value, "events")
-                if isinstance(event, ScaleRequested):
-                    newest = event
+                match decode_event(record.value, "events"):
+                    case ScaleRequested() as event:
+                        newest = event
+                    case ProducerJoined(pid=pid):
+                        self.joined.add(pid)
             timeout_s = 0.0
+
+
+_CANDIDATE = re.compile(rb"scale_requested|producer_joined")

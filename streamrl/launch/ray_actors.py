@@ -43,6 +43,7 @@ class RunActor:
         self.role, self.log_url, self.run_id = role, log_url, run_id
         self.index, self.num_producers = index, num_producers
         self.stopping: asyncio.Event | None = None
+        self.producer: Any = None
 
     async def run(self) -> int:
         if self.role == "trainer":
@@ -54,10 +55,16 @@ class RunActor:
 
             self.stopping = asyncio.Event()
             await produce(self.log_url, self.run_id, self.index, self.num_producers,
-                          stopping=self.stopping)
+                          stopping=self.stopping, on_start=self._started)
         return 0
 
-    async def stop(self) -> None:
+    def _started(self, producer: Any) -> None:
+        self.producer = producer
+
+    async def stop(self, hand_over: bool = False) -> None:
+        """Stop; with `hand_over` the producer requeues its unfinished prompts first."""
+        if self.producer is not None:
+            self.producer.hand_over = hand_over
         if self.stopping is not None:
             self.stopping.set()
 
@@ -147,7 +154,7 @@ class RayLauncher:
 
     async def stop_producer(self, index: int) -> None:
         actor = self.producers.pop(index)
-        await _stop(actor)
+        await _stop(actor, hand_over=True)
         self.stopped.append(actor)
 
     async def trainer_exit_code(self) -> int | None:
@@ -172,7 +179,8 @@ class RayLauncher:
             return
         await self.members()
         self.closed = True
-        await asyncio.gather(*(self.stop_producer(i) for i in list(self.producers)))
+        await asyncio.gather(*(_stop(a, hand_over=False) for a in self.producers.values()))
+        self.producers.clear()
         if self.trainer is not None:
             ray.kill(self.trainer.handle, no_restart=True)
         for group in [self.main_group, *self.extra_groups.values()]:
@@ -183,10 +191,10 @@ class RayLauncher:
             self.started_ray = False
 
 
-async def _stop(actor: _Actor) -> None:
+async def _stop(actor: _Actor, *, hand_over: bool) -> None:
     """Ask the actor to stop (it commits and writes ProducerLeft), wait, then release it."""
     try:
-        await asyncio.wait_for(actor.handle.stop.remote(), STOP_TIMEOUT_S)
+        await asyncio.wait_for(actor.handle.stop.remote(hand_over), STOP_TIMEOUT_S)
         await asyncio.wait_for(asyncio.shield(actor.ref), STOP_TIMEOUT_S)
     except (TimeoutError, ray.exceptions.RayError):
         pass  # it dies below either way; its committed positions are what counts

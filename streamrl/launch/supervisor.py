@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from streamrl.launch.base import Launcher
-from streamrl.launch.membership import ScaleFollower
+from streamrl.launch.membership import EventFollower
 from streamrl.log import Log
 from streamrl.run.context import RunContext
 
@@ -34,7 +34,7 @@ STATE_EVERY_S = 2.0
 class Supervisor:
     def __init__(self, log: Log, ctx: RunContext, launcher: Launcher, log_url: str) -> None:
         self.log, self.ctx, self.launcher, self.log_url = log, ctx, launcher, log_url
-        self.scale_requests = ScaleFollower(log, ctx.streams.events)
+        self.events = EventFollower(log, ctx.streams.events)
         self.num_producers = 0
         self.state_path = ctx.run_dir / STATE_FILE
         self.last_state = 0.0
@@ -59,7 +59,7 @@ class Supervisor:
     async def step(self) -> int | None:
         """One round: act on scale requests, refresh the state file; the trainer's exit code once
         it has finished. Raises `LaunchError` when a process failed for good."""
-        request = await self.scale_requests.poll()
+        request = await self.events.poll()
         if request is not None:
             await self.scale(request.num_producers)
         await self.write_state()
@@ -70,6 +70,9 @@ class Supervisor:
             return
         self.last_state = time.monotonic()
         members = await self.launcher.members()
+        for m in members:  # a producer counts as running once it has joined (ProducerJoined)
+            if m.role == "producer" and m.status == "running" and m.pid not in self.events.joined:
+                m.status = "starting"
         write_json(self.state_path, {
             "run_id": self.ctx.run_id, "mode": self.launcher.kind, "log": self.log_url,
             "supervisor_pid": os.getpid(), "status": status, "num_producers": self.num_producers,
