@@ -4,7 +4,7 @@ no producer ever reporting a version that was not announced."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from schemas import BatchFormed, CheckpointSaved, TrainStep, WeightVersionLoaded
@@ -30,7 +30,7 @@ def check_version_chain(run: RunRecords) -> CheckResult:
     batches: dict[int, list[BatchFormed]] = defaultdict(list)
     for _, batch in run.batches:
         batches[batch.policy_version].append(batch)
-    steps = {e.version for _, e in run.of(StreamKind.EVENTS, TrainStep)}
+    steps = Counter(e.version for _, e in run.of(StreamKind.EVENTS, TrainStep))
     base = run.base_version  # 0, or a fork's first version (announced with no parent)
     newest = max(by_version, default=base - 1)
     missing = [v for v in range(base, newest + 1) if v not in by_version]
@@ -70,6 +70,9 @@ def check_version_chain(run: RunRecords) -> CheckResult:
         if version not in steps:
             result.fail("train_step_missing", f"no TrainStep recorded version {version}",
                         f"version {version}")
+        elif steps[version] > 1:
+            result.fail("train_step_duplicate", f"{steps[version]} TrainSteps recorded version "
+                        f"{version}", f"version {version}")
     return result
 
 

@@ -19,7 +19,7 @@ CODES: dict[str, tuple[str, ...]] = {
     "staleness": ("stale_sample_trained", "sample_weight_mismatch", "staleness_misrecorded"),
     "version_chain": ("version_gap", "version_announced_twice", "parent_mismatch",
                       "batch_missing", "batch_duplicate", "train_step_missing",
-                      "announce_batch_mismatch"),
+                      "train_step_duplicate", "announce_batch_mismatch"),
     "digests": ("digest_mismatch", "stored_weights_unreadable"),
     "reported_versions": ("unannounced_version",),
     "streams": ("offset_gap", "duplicate_event_id", "duplicate_sample", "duplicate_group",
