@@ -262,7 +262,7 @@ def run(out_dir: Path, batch: int, prompt: int, new: int, profile_steps: bool) -
     }
     result["ratio_to_generate"] = result["engine"]["tok_s"] / result["hf_generate"]["tok_s"]
     (out_dir / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, roof["step_ms"], out_dir / f"{NAME}.png")
+    plot(result, out_dir / f"{NAME}.png")
     return result
 
 
@@ -284,7 +284,7 @@ def profile(hf, config: dict, prompts: torch.Tensor, path: Path) -> None:
     print(table)
 
 
-def plot(result: dict, roof_step_ms: list[float], path: Path) -> None:
+def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,11 +304,14 @@ def plot(result: dict, roof_step_ms: list[float], path: Path) -> None:
     bars.set_title(f"{result['info']['card']}: batch {result['batch']}, "
                    f"{result['prompt_tokens']}+{result['new_tokens']} tokens")
     measured = result["engine"]["step_ms"][1:]
+    r, bw = result["roofline"], result["copy_bandwidth_gb_s"] * 1e9
+    roof_ms = [(r["weight_bytes"] + result["batch"] * r["kv_bytes_per_token"]
+                * (result["prompt_tokens"] + j)) / bw * 1e3 for j in range(len(measured) + 1)]
     steps.plot(range(1, len(measured) + 1), measured, label="fused engine step (host clock)")
-    steps.plot(range(len(roof_step_ms)), roof_step_ms, label="roofline step")
-    steps.axhline(result["eager_engine"]["decode_step_ms_median"], color="tab:red", ls="--",
-                  label="eager engine step (short context)")
-    steps.set_xlabel("response token")
+    steps.plot(range(len(roof_ms)), roof_ms, label="roofline step")
+    steps.set_title(f"eager engine step, for scale: "
+                    f"{result['eager_engine']['decode_step_ms_median']:.0f} ms")
+    steps.set_xlabel("response token (the last step also copies out all 128 results)")
     steps.set_ylabel("ms per decode step")
     steps.set_ylim(bottom=0)
     steps.legend()
@@ -319,6 +322,7 @@ def plot(result: dict, roof_step_ms: list[float], path: Path) -> None:
 def record(json_path: Path) -> None:
     """Write this benchmark's section of BENCHMARKS.md from a result JSON."""
     r = json.loads(json_path.read_text())
+    plot(r, ROOT / "bench" / "results" / f"{NAME}.png")
     e, i, c = r["engine"], r["info"], r["correctness"]
     met = lambda ok: "met" if ok else "**missed**"  # noqa: E731
     lines = [
