@@ -5,10 +5,11 @@ same run at version K run to N, measured on the same machine in the same invocat
     .venv/bin/python -m bench.fork_savings --recipe recipes/arithmetic/recipe.toml --fork-at 100
 
 Both runs are real `streamrl run` processes on the embedded file log. Reported: wall time of each
-command (setup, warm start, RL, evals), its RL part (`summary.json` wall_s), the held-out eval
-before and after, and the time the parent needed to reach version K. The ratio is the fork's
-RL wall time over the full run's. Results go to BENCHMARKS.md, bench/results/fork_savings.json
-and .png (batch reward per version of both runs).
+command split into phases from the runs' event timestamps (setup, process start, training,
+final eval), the held-out eval before and after, and the parent's training time to version K.
+The headline ratio is the fork's training time over the full run's. Run it twice in one
+--workdir to have the warm start cached for both. Results go to BENCHMARKS.md,
+bench/results/fork_savings.json and .png (batch reward per version of both runs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine_info
-from schemas import RunStarted, TrainStep, decode_event
+from schemas import RunStarted, TrainStep, WeightVersionLoaded, decode_event
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
@@ -34,27 +35,34 @@ RESULTS = ROOT / "bench" / "results"
 NAME = "fork_savings"
 
 
-def run_command(*args: str) -> tuple[float, str]:
-    """Run `streamrl ARGS`; (wall seconds, stdout). Raises with the output on failure."""
+def run_command(*args: str) -> tuple[float, float, str]:
+    """Run `streamrl ARGS`; (start and end wall clock in s, stdout). Raises on failure."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
-    t0 = time.monotonic()
+    start = time.time()
     out = subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
                          text=True, env=env, cwd=ROOT)
-    wall = time.monotonic() - t0
     if out.returncode != 0:
         raise RuntimeError(f"streamrl {' '.join(args)} failed:\n{out.stdout[-3000:]}"
                            f"\n{out.stderr[-3000:]}")
-    return wall, out.stdout
+    return start, time.time(), out.stdout
 
 
-async def reach_time(log_url: str, run_id: str, version: int) -> float:
-    """Seconds from the run's RunStarted to the TrainStep of `version`."""
+async def phases(log_url: str, run_id: str, start: float, end: float,
+                 reach: int | None = None) -> dict[str, float]:
+    """Where a command's time went, from the run's event timestamps: setup (warm start, or the
+    fork's rebuild and position) until RunStarted, process start until the first weights load,
+    training until the last TrainStep, then the rest (final checkpoint, eval, plots)."""
     async with open_log(log_url) as log:
         events = [decode_event(r.value, "events")
                   for r in await log.read_all(RunStreams(run_id).events)]
-    started = next(e.time_ms for e in events if isinstance(e, RunStarted))
-    step = next(e.time_ms for e in events if isinstance(e, TrainStep) and e.version == version)
-    return (step - started) / 1000
+    started = next(e.time_ms for e in events if isinstance(e, RunStarted)) / 1000
+    loaded = min(e.time_ms for e in events if isinstance(e, WeightVersionLoaded)) / 1000
+    steps = {e.version: e.time_ms / 1000 for e in events if isinstance(e, TrainStep)}
+    out = {"command_s": end - start, "setup_s": started - start, "spawn_s": loaded - started,
+           "train_s": max(steps.values()) - loaded, "after_s": end - max(steps.values())}
+    if reach is not None:
+        out["train_to_fork_version_s"] = steps[reach] - loaded
+    return out
 
 
 def main() -> None:
@@ -68,25 +76,27 @@ def main() -> None:
     stamp = time.strftime("%H%M%S")
     parent, fork = f"fs-full-{stamp}", f"fs-fork-{stamp}"
     print(f"full run {parent} ({args.recipe}) in {work} ...", flush=True)
-    full_wall, _ = run_command("run", args.recipe, "--log", log, "--runs-dir", runs,
-                               "--run", parent)
+    full_start, full_end, _ = run_command("run", args.recipe, "--log", log, "--runs-dir", runs,
+                                          "--run", parent)
     print(f"fork {fork} at {parent}@{args.fork_at} ...", flush=True)
-    fork_wall, fork_out = run_command("run", args.recipe, "--log", log, "--runs-dir", runs,
-                                      "--run", fork, "--fork", f"{parent}@{args.fork_at}")
+    fork_start, fork_end, fork_out = run_command(
+        "run", args.recipe, "--log", log, "--runs-dir", runs, "--run", fork,
+        "--fork", f"{parent}@{args.fork_at}")
     full = json.loads((work / "runs" / parent / "summary.json").read_text())
     forked = json.loads((work / "runs" / fork / "summary.json").read_text())
     carried = re.search(r"(\d+) samples carried over", fork_out)
     result = {
         "info": machine_info(), "recipe": args.recipe, "fork_at": args.fork_at,
-        "full": {"command_s": full_wall, "rl_s": full["wall_s"], "evals": full["evals"],
+        "full": {"rl_s": full["wall_s"], "evals": full["evals"],
                  "batch_reward": full["batch_reward"],
-                 "reach_fork_version_s": aio.run(reach_time(log, parent, args.fork_at))},
-        "fork": {"command_s": fork_wall, "rl_s": forked["wall_s"], "evals": forked["evals"],
+                 **aio.run(phases(log, parent, full_start, full_end, args.fork_at))},
+        "fork": {"rl_s": forked["wall_s"], "evals": forked["evals"],
                  "batch_reward": forked["batch_reward"],
-                 "carried_samples": int(carried[1]) if carried else None},
+                 "carried_samples": int(carried[1]) if carried else None,
+                 **aio.run(phases(log, fork, fork_start, fork_end))},
     }
-    result["ratio_rl"] = forked["wall_s"] / full["wall_s"]
-    result["ratio_command"] = fork_wall / full_wall
+    result["ratio_train"] = result["fork"]["train_s"] / result["full"]["train_s"]
+    result["ratio_command"] = result["fork"]["command_s"] / result["full"]["command_s"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
     png = plot(result, RESULTS / f"{NAME}.png")
@@ -103,9 +113,9 @@ def plot(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     full, fork, k = result["full"], result["fork"], result["fork_at"]
     ax.plot(range(1, len(full["batch_reward"]) + 1), full["batch_reward"], marker=".",
-            label=f"full run ({full['rl_s']:.0f} s of RL)")
+            label=f"full run ({full['train_s']:.0f} s training)")
     ax.plot(range(k + 1, k + 1 + len(fork["batch_reward"])), fork["batch_reward"], marker=".",
-            label=f"fork at {k} ({fork['rl_s']:.0f} s of RL)")
+            label=f"fork at {k} ({fork['train_s']:.0f} s training)")
     ax.axvline(k, color="gray", linestyle=":")
     ax.set_xlabel("weight version")
     ax.set_ylabel("mean batch reward")
@@ -127,11 +137,18 @@ def write_section(result: dict, png: Path) -> None:
         "", f"`{result['recipe']}` run in full, then forked at version {k} and run to the same "
         "end (`bench/fork_savings.py`; shared CPU cores, so expect noise).", "",
         "| | full run (baseline) | fork at " + str(k) + " | fork / full |", "|---|---|---|---|",
-        f"| RL wall time | {full['rl_s']:.0f} s | {fork['rl_s']:.0f} s | "
-        f"{result['ratio_rl']:.2f}× |",
-        f"| whole command (setup, warm start, evals) | {full['command_s']:.0f} s | "
-        f"{fork['command_s']:.0f} s | {result['ratio_command']:.2f}× |",
-        f"| parent's time to reach version {k} | {full['reach_fork_version_s']:.0f} s | | |",
+        f"| training (first weights load to last version) | {full['train_s']:.1f} s | "
+        f"{fork['train_s']:.1f} s | {result['ratio_train']:.2f}× |",
+        f"| whole command | {full['command_s']:.0f} s | {fork['command_s']:.0f} s | "
+        f"{result['ratio_command']:.2f}× |",
+        f"| setup before RunStarted (warm start / fork rebuild + position) | "
+        f"{full['setup_s']:.1f} s | {fork['setup_s']:.1f} s | |",
+        f"| process start (RunStarted to first weights load) | {full['spawn_s']:.1f} s | "
+        f"{fork['spawn_s']:.1f} s | |",
+        f"| after the last version (checkpoint, eval, plots) | {full['after_s']:.1f} s | "
+        f"{fork['after_s']:.1f} s | |",
+        f"| parent's training time to version {k} | {full['train_to_fork_version_s']:.1f} s "
+        "| (saved) | |",
         f"| eval before | {fe.get('eval before', float('nan')):.3f} (v0) | "
         f"{ke.get('eval before', float('nan')):.3f} (v{k}) | |",
         f"| eval after | {fe.get('eval after', float('nan')):.3f} | "
