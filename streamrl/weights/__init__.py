@@ -34,6 +34,8 @@ TRANSPORTS: dict[str, str] = {
     "shm": "streamrl.weights.shm:ShmTransport",
     "file": "streamrl.weights.file:FileTransport",
     "cuda_ipc": "streamrl.weights.cuda_ipc:CudaIpcTransport",
+    # rank 0 broadcasts to engine ranks over a process group (NCCL/gloo); docs/multi-gpu.md
+    "broadcast": "streamrl.weights.broadcast:BroadcastTransport",
 }
 
 
