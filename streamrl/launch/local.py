@@ -18,6 +18,7 @@ import socket
 import sys
 
 from streamrl.launch.base import LaunchError, Member
+from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF
 
 STOP_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5  # per role and index, over the run: a crash loop still ends the run
@@ -26,7 +27,7 @@ RESTART_DELAY_S = 2.0  # lets a broker or a lock holder that took the child down
 
 async def spawn(module: str, *args: str) -> asyncio.subprocess.Process:
     """`python -m module args` with one torch thread: processes share the machine's cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **NVLINK_MULTICAST_OFF, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
 
 

@@ -25,6 +25,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from streamrl.launch.base import LaunchError, Member, Role
+from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF
 from streamrl.run.config import PlacementSection
 
 MiB = 1 << 20
@@ -87,7 +88,7 @@ class RayLauncher:
         self.log_url, self.run_id, self.placement = log_url, run_id, placement
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **NVLINK_MULTICAST_OFF}
             if "PYTHONPATH" in os.environ:
                 env["PYTHONPATH"] = os.environ["PYTHONPATH"]
             local = address in (None, "", "local")
