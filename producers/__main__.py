@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
+import socket
 from collections.abc import Callable
 
 import torch
@@ -59,18 +61,41 @@ def _hand_over(producer: Producer) -> None:
     producer.stopping.set()
 
 
-def main() -> None:
+def replica_index(name: str) -> int:
+    """A compose replica's index from its DNS name (`streamrl-producer-3.streamrl_default` -> 2):
+    compose numbers a service's containers from 1."""
+    match = re.search(r"[-_](\d+)$", name.split(".")[0])
+    if match is None:
+        raise ValueError(f"--index auto: container name {name!r} does not end in a replica "
+                         "number (is this a docker compose replica?)")
+    return int(match.group(1)) - 1
+
+
+def _own_index() -> int:
+    """--index auto: the container's own name, by reverse DNS on the compose network."""
+    name = socket.gethostbyaddr(socket.gethostbyname(socket.gethostname()))[0]
+    return replica_index(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--log", required=True)
     p.add_argument("--run", required=True)
-    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--index", default="0",
+                   help="producer index, or `auto`: a docker compose replica's number minus 1")
     p.add_argument("--num-producers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p
+
+
+def main() -> None:
+    p = build_parser()
     args = p.parse_args()
-    if not 0 <= args.index < args.num_producers:
-        p.error(f"--index must be in [0, {args.num_producers})")
+    index = _own_index() if args.index == "auto" else int(args.index)
+    if not 0 <= index < args.num_producers:
+        p.error(f"--index must be in [0, {args.num_producers}), got {index}")
     torch.set_num_threads(args.threads)
-    aio.run(produce(args.log, args.run, args.index, args.num_producers))
+    aio.run(produce(args.log, args.run, index, args.num_producers))
 
 
 if __name__ == "__main__":

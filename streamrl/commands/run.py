@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the trainer and producers as Ray actors (placement from the "
                         "recipe's [placement]); ADDRESS of a cluster, or none for a local Ray")
+    p.add_argument("--external-producers", action="store_true",
+                   help="start only the trainer: producers are started elsewhere (docker "
+                        "compose replicas, compose/docker-compose.yml)")
     p.add_argument("--fork", default=None, metavar="RUN@VERSION",
                    help="start from run RUN's weight version VERSION and its place in the log "
                         "(nothing of RUN's past is generated again); docs/fork-and-rereward.md")
@@ -120,6 +123,10 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
 
 def _launcher(args: argparse.Namespace, ctx: RunContext) -> Launcher | None:
     """Ray actors with `--ray`; None means local processes (the default)."""
+    if args.external_producers:
+        from streamrl.launch.compose import ExternalProducers
+
+        return ExternalProducers(args.log, ctx.run_id)
     if args.ray is None:
         return None
     from streamrl.launch.ray_actors import RayLauncher  # imports ray: only when asked for

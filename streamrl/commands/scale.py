@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     up = up_info(runs_dir, run_id) or {}
     state = processes(runs_dir, run_id) or {}
-    log_url = state.get("log") or (up.get("log") if up.get("mode") == "local" else None)
-    log_url = log_url or args.log  # a run not started here: --log says where it is
+    log_url = up.get("log") or state.get("log") or args.log  # not started here: --log says
     try:
         aio.run(request(log_url, run_id, args.producers))
     except (LookupError, ValueError) as error:
@@ -54,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
         except compose.NoDockerEngine as error:
             print(f"error: the run runs under docker compose, but {error}", file=sys.stderr)
             return 2
-        return compose.compose("up", "-d", "--no-recreate", "--scale",
-                               f"producer={args.producers}")
+        # the producers' --num-producers changes: compose replaces every replica (each hands
+        # its partitions over on SIGUSR1, the service's stop signal); the trainer keeps going
+        return compose.compose("up", "-d", "--no-deps", "--scale", f"producer={args.producers}",
+                               "producer", env=compose.compose_env(
+                                   run_id, up["recipe"], args.producers))
     print(f"run {run_id}: asked for {args.producers} producers (log {log_url})")
     if args.no_wait:
         return 0

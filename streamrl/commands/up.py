@@ -66,13 +66,14 @@ def _up_compose(args: argparse.Namespace, run_id: str, runs_dir: Path, console: 
                       f"instead:\n  streamrl up --local --recipe {args.recipe}"
                       + (f" --producers {args.producers}" if args.producers else ""))
         return 2
-    env = {"STREAMRL_RUN": run_id, "STREAMRL_RECIPE": args.recipe,
-           "STREAMRL_MAX_VERSIONS": str(args.max_versions or "")}
-    code = compose.compose("up", "-d", "--build", "--scale",
-                           f"producer={args.producers or 1}", env=env)
+    if args.max_versions is not None:
+        console.print("[yellow]--max-versions is ignored under compose[/yellow]")
+    num_producers = args.producers or 1
+    code = compose.compose("up", "-d", "--build", "--scale", f"producer={num_producers}",
+                           env=compose.compose_env(run_id, args.recipe, num_producers))
     if code == 0:
-        _remember(runs_dir, run_id, {"mode": "compose", "run_id": run_id, "log": "kafka",
-                                     "recipe": args.recipe})
+        _remember(runs_dir, run_id, {"mode": "compose", "run_id": run_id,
+                                     "log": compose.HOST_LOG, "recipe": args.recipe})
         console.print(f"run {run_id} is up (compose); `streamrl ps`, `streamrl down`")
     return code
 

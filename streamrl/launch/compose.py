@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from streamrl.launch.local import LocalLauncher
+
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose" / "docker-compose.yml"
 PROJECT = "streamrl"
 
@@ -35,3 +37,25 @@ def compose(*args: str, env: dict[str, str] | None = None) -> int:
     """`docker compose -p streamrl -f compose/docker-compose.yml ARGS`, output to the terminal."""
     cmd = ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
     return subprocess.run(cmd, env={**os.environ, **(env or {})}).returncode
+
+
+HOST_LOG = "kafka://127.0.0.1:19092"  # the compose broker's listener for the host
+
+
+def compose_env(run_id: str, recipe: str, num_producers: int) -> dict[str, str]:
+    """What compose/docker-compose.yml interpolates."""
+    return {"STREAMRL_RUN": run_id, "STREAMRL_RECIPE": recipe,
+            "STREAMRL_PRODUCERS": str(num_producers)}
+
+
+class ExternalProducers(LocalLauncher):
+    """The trainer container's launcher (`streamrl run --external-producers`): the trainer is a
+    local process, producers are compose replicas that compose starts, scales and stops."""
+
+    kind = "compose"
+
+    async def start_producer(self, index: int, num_producers: int) -> None:
+        pass
+
+    async def stop_producer(self, index: int) -> None:
+        pass
