@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from streamrl import aio
-from streamrl.audit import AuditInputError, AuditReport, audit_run
-from streamrl.audit.render import print_report
-from streamrl.log import open_log
-from streamrl.streams import check_run_id
+from streamrl.log import Log, open_log
+from streamrl.streams import RunStreams, check_run_id
+
+if TYPE_CHECKING:
+    from streamrl.audit import AuditReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,13 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    try:
+    try:  # a bad or unknown run id is answered before torch is imported
         check_run_id(args.run)
         with console.status(f"auditing run {args.run}: reading its streams and checking…"):
             report = aio.run(_audit(args.log, args.run))
-    except (AuditInputError, ValueError) as error:
+    except (LookupError, ValueError) as error:  # AuditInputError is a ValueError
         console.print(f"[red]streamrl audit: {error}[/red]", highlight=False)
         return 2
+    from streamrl.audit.render import print_report
     print_report(report, console)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -45,4 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def _audit(url: str, run_id: str) -> AuditReport:
     async with open_log(url) as log:
+        await _exists(log, run_id)
+        from streamrl.audit import audit_run
         return await audit_run(log, run_id)
+
+
+async def _exists(log: Log, run_id: str) -> None:
+    """An unknown run is answered before torch is imported (the audit's config needs it)."""
+    if RunStreams(run_id).events not in await log.list_streams(run_id):
+        raise LookupError(f"run {run_id!r} has no events stream in {log.url} (unknown run id, "
+                          f"or the wrong --log?)")

@@ -12,16 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 from rich.console import Console
 
 from streamrl import aio
-from streamrl.audit import AuditInputError, RunRecords, load_run
-from streamrl.log import open_log
-from streamrl.report import staleness_summary
-from streamrl.report.plots import plot_staleness, print_summary
-from streamrl.streams import check_run_id
+from streamrl.log import Log, open_log
+from streamrl.streams import RunStreams, check_run_id
+
+if TYPE_CHECKING:
+    from streamrl.audit import RunRecords
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,13 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     console = Console()
-    try:
+    try:  # a bad or unknown run id is answered before torch is imported
         check_run_id(args.run)
         with console.status(f"reading run {args.run}…"):
             records = aio.run(_load(args.log, args.run))
-    except (AuditInputError, ValueError) as error:
+    except (LookupError, ValueError) as error:  # AuditInputError is a ValueError
         console.print(f"[red]streamrl staleness: {error}[/red]", highlight=False)
         return 2
+    from streamrl.report import staleness_summary
+    from streamrl.report.plots import plot_staleness, print_summary
     summary = staleness_summary(records, bucket_s=args.bucket_s)
     out = args.out if args.out is not None else records.ctx.run_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -54,4 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def _load(url: str, run_id: str) -> RunRecords:
     async with open_log(url) as log:
+        await _exists(log, run_id)
+        from streamrl.audit import load_run
         return await load_run(log, run_id)
+
+
+async def _exists(log: Log, run_id: str) -> None:
+    """An unknown run is answered before torch is imported (the audit's config needs it)."""
+    if RunStreams(run_id).events not in await log.list_streams(run_id):
+        raise LookupError(f"run {run_id!r} has no events stream in {log.url} (unknown run id, "
+                          f"or the wrong --log?)")
