@@ -1,6 +1,7 @@
 """`streamrl run --ray` on a local Ray (2 CPUs): the trainer and producers as Ray actors in a
 placement group; a producer actor killed with SIGKILL mid-run is restarted by Ray, resumes from its
-committed prompt positions, and the run finishes with nothing trained twice."""
+committed prompt positions, and the run finishes with nothing trained twice; `streamrl scale`
+adds a producer actor meanwhile."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.launch.helpers import (
     cli_env,
     gated_recipe,
     membership,
+    streamrl,
     wait_state,
 )
 
@@ -55,6 +57,9 @@ def test_a_killed_producer_actor_is_restarted_and_the_run_completes(
             m["role"] == "producer" and m["restarts"] == 1 and m["status"] == "running"
             for m in s["members"]))
         assert restarted["status"] == "running"
+        # scaling works under Ray too: a second producer actor in a placement group of its own
+        out = streamrl("scale", "onray", "--producers", "2", "--runs-dir", str(runs))
+        assert out.returncode == 0, out.stdout + out.stderr
         gate.open()
         out, _ = run.communicate(timeout=600)
     finally:
@@ -70,8 +75,10 @@ def test_a_killed_producer_actor_is_restarted_and_the_run_completes(
             # a killed producer may publish a group again; the trainer must drop the duplicate
             assert await check_trained_at_most_once(
                 log, ctx, allow=frozenset({"duplicate_group"})) == 6
-            joined = [pid for what, who, pid in await membership(log, ctx)
-                      if what == "joined" and who == "producer-0"]
-            assert len(joined) == 2 and joined[0] == producer["pid"] != joined[1]
+            members = await membership(log, ctx)
+            joined = [pid for what, who, pid in members if what == "joined" and who == "producer-0"]
+            # started, restarted by Ray after the kill, started again with the new membership
+            assert len(joined) == 3 and joined[0] == producer["pid"] != joined[1]
+            assert ("joined", "producer-1") in [m[:2] for m in members]
 
     aio.run(check())
