@@ -210,14 +210,19 @@ class TorchEngine:
         rows = torch.tensor(slots, device=b.tokens.device)  # [n]
         lengths = b.length[rows]  # [n]
         T = int(lengths.max())
-        positions = torch.arange(T, device=rows.device).expand(len(slots), T)  # [n, T]
-        out = self.model(
-            b.tokens[rows, :T], positions, kv_cache=self.cache, slots=rows, return_hidden=True
-        )
         last = lengths - 1  # [n] position of each prompt's last token
         idx = torch.arange(len(slots), device=rows.device)
-        logits = self.model.logits(out.hidden[idx, last])  # [n, V]
-        routed = None if out.routed_experts is None else out.routed_experts[idx, last]
+        routed = None
+        if self._fused is not None:
+            hidden = self._fused.prefill(rows, b.tokens[rows, :T])  # [n, T, H]
+        else:
+            positions = torch.arange(T, device=rows.device).expand(len(slots), T)  # [n, T]
+            out = self.model(
+                b.tokens[rows, :T], positions, kv_cache=self.cache, slots=rows, return_hidden=True
+            )
+            hidden = out.hidden
+            routed = None if out.routed_experts is None else out.routed_experts[idx, last]
+        logits = self.model.logits(hidden[idx, last])  # [n, V]
         status = b.sample_next(rows, last, logits, routed, self._version, self._sampler())
         now = time.time()
         for slot in slots:

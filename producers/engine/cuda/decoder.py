@@ -6,6 +6,9 @@ write, decode attention over actual lengths, the o GEMM, add+RMSNorm, the fused 
 silu*mul, the down GEMM (the residual add rides in the next norm). Then the final norm, the LM
 head and sampling plus the slot bookkeeping of `SlotBuffers.sample_next`.
 
+Prefill of new prompts runs the same kernels over all their tokens, with causal SDPA for
+attention (`prefill`); it is not captured (its shape changes with every batch of prompts).
+
 Fused weights: q/k/v and gate/up are concatenated into one matrix each, and the model's own
 parameters become views into them. `load_weights` copies into those parameters in place, so the
 fused matrices, and every captured graph that reads them, see each new version with no re-fuse.
@@ -83,6 +86,7 @@ class FusedDecoder:
         exponent = torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=device) / c.head_dim
         self.inv_freq = 1.0 / (c.rope_theta**exponent)  # [D/2]
         self.version = torch.zeros((), dtype=torch.int64, device=device)
+        self._version = 0  # what `self.version` holds
         num_slots = cache.num_slots
         self.rows = torch.arange(num_slots, device=device)
         self.buckets = sorted({min(1 << i, num_slots) for i in range(num_slots.bit_length() + 1)})
@@ -100,7 +104,9 @@ class FusedDecoder:
         """Decode rows 0..num_rows-1 (padded to a bucket); returns (rows, status) as
         `SlotBuffers.sample_next`. `truncated`: some running request uses top-k/top-p."""
         n = self.bucket(num_rows)
-        self.version.fill_(version)
+        if version != self._version:  # a launch per step otherwise
+            self.version.fill_(version)
+            self._version = version
         if not self.graphs:
             return self.rows[:n], self.forward(n, truncated)
         key = (n, truncated)
@@ -114,6 +120,32 @@ class FusedDecoder:
         graph, status = self._captured[key]
         graph.replay()
         return self.rows[:n], status
+
+    def prefill(self, slots: Tensor, tokens: Tensor) -> Tensor:
+        """New prompts, right-padded, at positions 0..T-1 of `slots`: the same fused kernels
+        over all B*T tokens (the eager model's norms and rotary cost ~3x more at this size),
+        causal SDPA over the freshly written cache. Returns final-norm hidden [B, T, H]; pad
+        positions hold garbage and write k/v that those rows' decode steps overwrite."""
+        # slots: [B]; tokens: [B, T]
+        B, T = tokens.shape
+        cache, Hq = self.cache, self.num_heads
+        rows = slots.repeat_interleave(T)  # [B*T] each token's slot
+        positions = torch.arange(T, device=tokens.device).repeat(B)  # [B*T]
+        x = F.embedding(tokens.reshape(-1), self.model.model.embed_tokens.weight)  # [B*T, H]
+        delta = None
+        for i, layer in enumerate(self.layers):
+            h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
+            q = qk_norm_rope_cache(F.linear(h, layer.qkv), layer.q_norm, layer.k_norm,
+                                   self.inv_freq, self.eps, cache.k[i], cache.v[i], rows,
+                                   positions, Hq)  # [B*T, Hq, D]
+            k, v = cache.k[i][slots, :, :T], cache.v[i][slots, :, :T]  # [B, Hkv, T, D]
+            attn = F.scaled_dot_product_attention(
+                q.view(B, T, Hq, -1).transpose(1, 2), k, v, is_causal=True,
+                enable_gqa=Hq != k.shape[1])  # [B, Hq, T, D]
+            attn = attn.transpose(1, 2).reshape(B * T, -1)
+            h = add_rmsnorm(x, F.linear(attn, layer.o), layer.ln_mlp, self.eps)
+            delta = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+        return add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps).view(B, T, -1)
 
     def forward(self, n: int, truncated: bool) -> Tensor:
         """One decode step of rows 0..n-1, launched kernel by kernel; returns their status."""
