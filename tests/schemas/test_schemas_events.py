@@ -20,6 +20,7 @@ from schemas import (
     Prompt,
     Rejected,
     RunStarted,
+    ScaleRequested,
     Staleness,
     StreamKind,
     TrainStep,
@@ -56,6 +57,7 @@ EVENTS: list[tuple[StreamKind, Event]] = [
     ("events", ProducerJoined(run_id=RUN, producer_id="p0", host="h1", pid=4242)),
     ("events", ProducerLeft(run_id=RUN, producer_id="p0", host="h1", pid=4242, reason="crash")),
     ("events", Rejected(run_id=RUN, subject="s9", reason_code="too_stale", detail="lag 5 > 4")),
+    ("events", ScaleRequested(run_id=RUN, num_producers=4, requested_by="streamrl scale")),
     ("dlq", DeadLetter(run_id=RUN, reason_code="nonfinite_float", detail="row 0 ...",
                        component="trainer", source=LogPosition("trajectories", 2, 99),
                        original=b"\x00\xff raw")),
@@ -163,7 +165,7 @@ WIRE_TAGS = {
     RunStarted: "run_started", WeightVersionLoaded: "weight_version_loaded",
     BatchFormed: "batch_formed", TrainStep: "train_step", CheckpointSaved: "checkpoint_saved",
     ProducerJoined: "producer_joined", ProducerLeft: "producer_left", Rejected: "rejected",
-    DeadLetter: "dead_letter",
+    DeadLetter: "dead_letter", ScaleRequested: "scale_requested",
 }
 
 
