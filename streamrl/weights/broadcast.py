@@ -3,7 +3,9 @@ ranks over a dedicated process group (NCCL across GPUs, gloo on CPU).
 
     locator: broadcast://<group_name>/v<version:08d>
 
-Per version, rank 0 sends, and every engine rank's receive thread takes, in this order:
+Once, when the group forms, rank 0 sends the first version the group will get (int64[1]): the
+versions before it were published before every rank had joined, and loading them fails at once
+instead of waiting. Per version, rank 0 sends, and every engine rank's receive thread takes:
 
     header   int64[2] = [version, manifest bytes]      (version -1: the sender closed)
     manifest msgpack `Manifest` (names, dtypes, shapes, offsets, bucket size; buckets.py)
@@ -138,7 +140,9 @@ class BroadcastTransport(WeightTransport):
         self._cond = threading.Condition()
         self._received: dict[int, Received] = {}
         self._refused: dict[int, BaseException] = {}  # version -> why no rank received it
-        self._first_received: int | None = None
+        self._floor: int | None = None  # the first version sent to the formed group
+        self._newest = -1  # the newest version published (sender)
+        self._send_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._staging: list[torch.Tensor] = []
 
@@ -185,8 +189,12 @@ class BroadcastTransport(WeightTransport):
 
     def _join(self) -> None:
         try:
-            self.pg = open_group(self.group)
-            self._ready.set()
+            pg = open_group(self.group)
+            with self._send_lock:  # tell the receivers which versions they will never get
+                self._floor = self._newest + 1
+                pg.broadcast(torch.tensor([self._floor], device=self.device), 0).wait()
+                self.pg = pg
+                self._ready.set()
         except BaseException as e:  # surfaced by publish/load
             self.error = e
 
@@ -200,13 +208,14 @@ class BroadcastTransport(WeightTransport):
             raise WeightTransportError(f"the weight group failed: {self.error}",
                                        locator=self._locator(version), version=version)
         # Hash on another thread while the buckets are on the wire; the digest goes last.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool, self._send_lock:
             digest_future = pool.submit(weights_digest, tensors)
             if self._ready.is_set():
                 self._send(version, manifest, tensors, digest_future)
             else:
                 self.num_undelivered += 1
             digest = digest_future.result()
+            self._newest = version
         return Published(version=version, locator=self._locator(version), digest=digest,
                          num_bytes=sum(e.num_bytes for e in manifest.entries),
                          transport=self.name)
@@ -243,6 +252,11 @@ class BroadcastTransport(WeightTransport):
     def _receive_loop(self) -> None:
         try:
             self.pg = open_group(self.group)
+            floor = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self.pg.broadcast(floor, 0).wait()
+            with self._cond:  # versions before it were published before the group formed
+                self._floor = int(floor.item())
+                self._cond.notify_all()
             self._ready.set()
             with _side_stream(self.device):
                 while self._receive_one(self.pg):
@@ -290,8 +304,6 @@ class BroadcastTransport(WeightTransport):
         with self._cond:
             self._received[version] = Received(
                 tensors, sent_digest.cpu().numpy().tobytes().decode(), stream)
-            if self._first_received is None:
-                self._first_received = version
             for old in sorted(self._received)[: -self.keep_last]:
                 del self._received[old]
             self._cond.notify_all()
@@ -333,7 +345,8 @@ class BroadcastTransport(WeightTransport):
         with self._cond:
             arrived = self._cond.wait_for(
                 lambda: version in self._received or version in self._refused
-                or self.error is not None or any(v > version for v in self._received),
+                or self.error is not None or any(v > version for v in self._received)
+                or (self._floor is not None and version < self._floor),
                 timeout=self.group.timeout_s)
             if version in self._received:
                 return version, self._received[version]
@@ -342,7 +355,7 @@ class BroadcastTransport(WeightTransport):
             if self.error is not None:
                 raise WeightTransportError(f"the weight group failed: {self.error}",
                                            locator=locator, version=version) from self.error
-            late = self._first_received is not None and version < self._first_received
+            late = self._floor is not None and version < self._floor
             hint = ("; it was published before this rank joined the weight group" if late
                     else "" if arrived else f"; not received within {self.group.timeout_s} s")
             raise WeightVersionUnavailable(locator=locator, version=version, released=arrived,
