@@ -20,7 +20,7 @@ from schemas import RunParent, RunStarted, decode_event, decode_trajectories
 from streamrl import aio
 from streamrl.log import Log, open_log
 from streamrl.run.config import RunConfig, load_config
-from streamrl.run.context import RunContext, load_run_context
+from streamrl.run.context import ForkPoint, RunContext, load_run_context
 from streamrl.run.fork import ForkError, ForkSpec, fork_learner, parse_fork_spec, plan_fork
 from streamrl.weights import weights_digest
 from tests.fork.conftest import PARENT_VERSIONS, ParentRun, streamrl
@@ -181,3 +181,12 @@ def test_the_cli_refuses_a_bad_fork_before_writing(parent_run: ParentRun,
 
 def test_fork_spec_parses() -> None:
     assert parse_fork_spec(" run_a-1@20 ") == ForkSpec(run_id="run_a-1", version=20)
+
+
+def test_a_forks_producers_count_carried_samples_as_started() -> None:
+    """Admission control (AReaL's budget) counts a fork's samples from its first version, the
+    carried ones first: 10 carried over 3 producers are slots 0..9, ranks 0, 1, 2 own 4, 3, 3."""
+    point = ForkPoint(version=20, trajectories_offset=7, num_carried_samples=10)
+    assert [point.carried_share(rank, 3) for rank in range(3)] == [4, 3, 3]
+    assert point.carried_share(0, 1) == 10
+    assert ForkPoint(version=5, trajectories_offset=0).carried_share(1, 2) == 0
