@@ -261,6 +261,8 @@ class KafkaLog(Log):
                                    self.config.writer_id)
                     positions = found
                     break
+                if time.monotonic() >= deadline:
+                    raise
                 logger.warning("unconfirmed commit of %s had not committed; running it again",
                                self.config.writer_id)
         if offsets:
