@@ -4,6 +4,8 @@ advantages train nothing: a replay of that would match trivially)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from producers.hooks import RewardInput, RewardOutput
 from streamrl import aio
+from streamrl.cli import main
 from streamrl.log import open_log
 from streamrl.run.hooks import ModelInitRequest
 from streamrl.streams import RunStreams
@@ -44,6 +47,15 @@ class MadeRun(msgspec.Struct, frozen=True):
     log_url: str
     run_id: str
     runs_dir: Path
+
+
+def streamrl_here(*args: str) -> tuple[int, str, str]:
+    """The CLI in this process (no interpreter start, no torch import): (exit code, stdout,
+    stderr). For the cases that fail fast; real runs and replays use `streamrl` (a process)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 def streamrl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from schemas import (
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
-from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl
+from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl, streamrl_here
 
 PARENT_POLICY = "MaxLag,max_lag=1,on_stale=requeue"  # tests/run/tiny.toml's
 
@@ -80,6 +80,19 @@ def test_the_parents_own_policy_retrains_the_parent_bit_for_bit(file_run: MadeRu
     # the parent requeued stale groups; with no producers to regenerate them, they are dropped
     assert parent.rejected and {r.reason_code for r in cf.rejected} == {"requeue_dropped"}
     assert len(cf.rejected) == len(parent.rejected)
+
+
+def test_on_kafka_the_parents_own_policy_retrains_the_parent_bit_for_bit(
+        kafka_run: MadeRun) -> None:
+    """The counterfactual commits its position on the parent's topic in Kafka transactions,
+    under its own group: the parent's trainer position does not move."""
+    before = snapshot(kafka_run)
+    new_run = f"{kafka_run.run_id}-same"
+    counterfactual(kafka_run, new_run, "--staleness", PARENT_POLICY)
+    assert snapshot(kafka_run) == before
+    parent, cf = read_run(kafka_run, kafka_run.run_id), read_run(kafka_run, new_run)
+    assert cf.digests == parent.digests and len(cf.digests) == MAX_VERSIONS + 1
+    assert [b.sample_ids for b in cf.batches] == [b.sample_ids for b in parent.batches]
 
 
 def test_a_stricter_policy_is_a_new_run_naming_its_parent(file_run: MadeRun,
@@ -174,15 +187,16 @@ def test_compare_prints_a_table_and_writes_a_png(file_run: MadeRun, same: str,
     (("--staleness", "max_lag=0"), "start with the policy"),
     (("--staleness", "missing.toml"), "no such file"),
     (("--loss", "consumers.trainer.losses:nope"), "does not load"),
-    (("--trajectories", "x"), "need --staleness or --loss"),
+    (("--trajectories", "x"), "needs --staleness or --loss"),
+    (("--as", "x"), "--as needs --record"),
 ])
 def test_bad_counterfactual_input_is_refused_clearly(file_run: MadeRun, args: tuple[str, ...],
                                                      message: str) -> None:
-    out = streamrl("replay", file_run.run_id, "--log", file_run.log_url, *args)
-    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    code, _, err = streamrl_here("replay", file_run.run_id, "--log", file_run.log_url, *args)
+    assert code == 2 and message in err, err
 
 
 def test_an_existing_run_id_is_not_overwritten(file_run: MadeRun, same: str) -> None:
-    out = streamrl("replay", file_run.run_id, "--log", file_run.log_url, "--staleness",
-                   PARENT_POLICY, "--as", same)
-    assert out.returncode == 2 and "already exists" in out.stderr
+    code, _, err = streamrl_here("replay", file_run.run_id, "--log", file_run.log_url,
+                                 "--staleness", PARENT_POLICY, "--as", same)
+    assert code == 2 and "already exists" in err

@@ -20,7 +20,7 @@ from streamrl.log import open_log
 from streamrl.replay import ReplayError
 from streamrl.replay.exact import replay_exact
 from streamrl.streams import RunStreams
-from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl
+from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl, streamrl_here
 
 
 def _replay_is_exact_and_read_only(made: MadeRun) -> None:
@@ -61,19 +61,27 @@ def test_replay_until_stops_early_and_the_weights_really_changed(file_run: MadeR
 
 
 async def _plant(made: MadeRun, tampered: str, version: int) -> None:
-    """Copy the run's events and weights into run `tampered` (same log), with the loss weights
-    of the batch that trained `version` halved: the same samples, a different step."""
+    """Copy the run's events and weights into run `tampered` (same log), with the batch that
+    trained `version` pointing at the positions (and samples) of the batch before it. (Scaling
+    one batch's loss weights is not a reliable plant: gradient clipping and Adam undo a uniform
+    scale.)"""
     src, dst = RunStreams(made.run_id), RunStreams(tampered)
     async with open_log(made.log_url) as log:
         for kind in ("events", "weights"):
             await log.ensure_stream(getattr(dst, kind), 1)
-            out = []
+            out, previous = [], None
             for record in await log.read_all(getattr(src, kind)):
                 event = msgspec.structs.replace(decode_event(record.value, kind),
                                                 run_id=tampered)
-                if isinstance(event, BatchFormed) and event.policy_version + 1 == version:
-                    event = msgspec.structs.replace(
-                        event, sample_weights=(0.5,) * len(event.sample_ids))
+                if isinstance(event, BatchFormed):
+                    if event.policy_version + 1 == version:
+                        assert previous is not None
+                        event = msgspec.structs.replace(
+                            event, positions=previous.positions,
+                            sample_ids=previous.sample_ids,
+                            sample_weights=previous.sample_weights)
+                    else:
+                        previous = event
                 out.append(encode_event(event))
             for value in out:
                 await log.append(getattr(dst, kind), value)
@@ -153,8 +161,8 @@ def test_a_changed_initial_checkpoint_diverges_at_version_0(file_run: MadeRun,
 
 
 def test_replay_refuses_unusable_input_clearly(file_run: MadeRun) -> None:
-    out = streamrl("replay", "no-such-run", "--log", file_run.log_url)
-    assert out.returncode == 2 and "run 'no-such-run' does not exist" in out.stderr
+    code, _, err = streamrl_here("replay", "no-such-run", "--log", file_run.log_url)
+    assert code == 2 and "run 'no-such-run' does not exist" in err
 
     async def past_the_end() -> None:
         async with open_log(file_run.log_url) as log:
