@@ -73,7 +73,8 @@ def print_summary(summary: StalenessSummary, console: Console) -> None:
     row("trained tokens", summary.per_token)
     console.print(table)
     console.print(f"{summary.num_trained} of {summary.num_generated} generated samples trained "
-                  f"in {len(summary.batches)} batches", highlight=False)
+                  f"in {len(summary.batches)} batches; {summary.num_unused} neither trained nor "
+                  f"rejected (unjudged when the run ended)", highlight=False)
     rejected = ", ".join(f"{n} {r}" for r, n in summary.rejected_by_reason.items()) or "none"
     console.print(f"rejected: {rejected}", highlight=False)
     if summary.throttled_by_producer:

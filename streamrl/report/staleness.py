@@ -68,6 +68,8 @@ class StalenessSummary(msgspec.Struct, kw_only=True):
     policy_options: dict[str, object]
     num_generated: int  # trajectory rows in the log
     num_trained: int
+    # Generated but neither trained nor rejected: still unjudged in the log when the run ended.
+    num_unused: int
     per_sample: Distribution
     per_token: Distribution
     rejected_by_reason: dict[str, int]  # Rejected events by reason code (throttles included)
@@ -99,12 +101,20 @@ def staleness_summary(run: RunRecords, *, bucket_s: float | None = None) -> Stal
     return StalenessSummary(
         run_id=run.run_id, policy=staleness.policy, policy_options=dict(staleness.options),
         num_generated=len(run.rows), num_trained=len(trained),
+        num_unused=_unused(run, {row.sample_id for _, row in trained}, rejected),
         per_sample=Distribution.of(sample_lags), per_token=Distribution.of(token_lags),
         rejected_by_reason=dict(Counter(e.reason_code for e in rejected).most_common()),
         throttled_by_producer=dict(Counter(e.subject for e in rejected
                                            if e.reason_code == THROTTLED).most_common()),
         dead_letters_by_reason=dict(dead.most_common()),
         throughput=throughput(run, bucket_s), batches=batch_lags(run, trained))
+
+
+def _unused(run: RunRecords, trained: set[str], rejected: list[Rejected]) -> int:
+    """Rejected subjects are sample ids (trainer), group ids (filters) or producer ids."""
+    subjects = {e.subject for e in rejected}
+    return sum(1 for r in run.rows if r.sample_id not in trained
+               and r.sample_id not in subjects and r.group_id not in subjects)
 
 
 def run_start_us(run: RunRecords) -> int:

@@ -55,6 +55,12 @@ def test_staleness_summary_agrees_with_the_trajectories(real_run: RealRun) -> No
 
     assert summary["num_trained"] == len(sample_lags) == 24
     assert summary["num_generated"] == table.num_rows
+    subjects = {r.subject for r in rejected}
+    trained = {sid for b in batches for sid in b.sample_ids}
+    assert summary["num_unused"] == sum(
+        1 for sid, gid in zip(table["sample_id"].to_pylist(), table["group_id"].to_pylist(),
+                              strict=True)
+        if sid not in trained and sid not in subjects and gid not in subjects)
     for key, lags in (("per_sample", sample_lags), ("per_token", token_lags)):
         dist = summary[key]
         assert dist["count"] == len(lags)
