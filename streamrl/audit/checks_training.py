@@ -64,8 +64,10 @@ def check_staleness(run: RunRecords) -> CheckResult:
     clock (`now_ms`, which only time windows read) is taken as the record's arrival time: the
     trainer judged it at or after that moment, so a sample too old even then was surely stale."""
     policy = build_policy(run.ctx.config.staleness)
-    result = CheckResult(name="staleness", title=f"no trained sample broke the staleness policy "
-                         f"({run.ctx.config.staleness.policy})", num_checked=0)
+    result = CheckResult(name="staleness", title="no trained sample broke the staleness policy",
+                         num_checked=0)
+    result.notes.append(f"policy {run.ctx.config.staleness.policy} "
+                        f"{dict(run.ctx.config.staleness.options)}")
     for _, batch in run.batches:
         weights = list(batch.sample_weights) or [1.0] * len(batch.sample_ids)
         lags = []

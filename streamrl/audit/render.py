@@ -13,15 +13,18 @@ MAX_SHOWN = 50  # violations printed per check; the JSON report has them all
 
 def print_report(report: AuditReport, console: Console) -> None:
     table = Table(title=f"audit of run {report.run_id} ({report.log_url})", title_justify="left")
-    for col in ("", "check", "checked", "violations"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("notes")
+    table.add_column("", no_wrap=True)
+    table.add_column("check")
+    for col in ("checked", "violations"):
+        table.add_column(col, no_wrap=True, justify="right")
     for check in report.checks:
         mark = "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]"
         table.add_row(mark, check.title, str(check.num_checked),
-                      str(len(check.violations)) if check.violations else "-",
-                      "; ".join(check.notes))
+                      str(len(check.violations)) if check.violations else "-")
     console.print(table)
+    for check in report.checks:
+        for note in check.notes:
+            console.print(f"[dim]{check.name}: {note}[/dim]", highlight=False)
     for check in report.checks:
         for v in check.violations[:MAX_SHOWN]:
             console.print(f"[red]{v.code}[/red] at [bold]{v.where}[/bold]: {v.message}",
