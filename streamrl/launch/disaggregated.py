@@ -12,6 +12,14 @@ Ranks of the weight group: the trainer is rank 0, producer `i` is rank `1 + i`; 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from streamrl.launch.base import LaunchError
+
+if TYPE_CHECKING:
+    from streamrl.run.config import RunConfig
+
 NVLINK_MULTICAST_OFF: dict[str, str] = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -57,3 +65,27 @@ def split_gpus(num_gpus: int, *, trainer_gpus: int, producer_gpus: int, num_prod
 def visible_devices(gpus: list[int]) -> dict[str, str]:
     """CUDA_VISIBLE_DEVICES for a process that owns `gpus` (it sees them as cuda:0..)."""
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
+
+
+RoleEnv = Callable[[str, int, int], dict[str, str]]
+"""(role, producer index, number of producers) -> extra environment of that process."""
+
+
+def role_env(config: RunConfig) -> RoleEnv | None:
+    """The per-process environment of a run whose weights go over the broadcast transport (its
+    weight-group rank, world size and address), or None for other transports. The group is sized
+    for `rollout.num_producers` at start and cannot grow or shrink: scaling is refused."""
+    weights = config.weights
+    if weights.transport != "broadcast":
+        return None
+    fixed = config.rollout.num_producers
+
+    def env(role: str, index: int, num_producers: int) -> dict[str, str]:
+        if role == "producer" and num_producers != fixed:
+            raise LaunchError(f"the broadcast weight transport's group is sized for {fixed} "
+                              f"producers; it cannot be scaled to {num_producers} (use "
+                              "weights.transport = 'file' or 'shm' to scale)")
+        return weight_group_env(role=role, index=index, num_producers=fixed,
+                                address=weights.group_address, backend=weights.group_backend)
+
+    return env

@@ -18,16 +18,18 @@ import socket
 import sys
 
 from streamrl.launch.base import LaunchError, Member
-from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF
+from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF, RoleEnv
 
 STOP_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5  # per role and index, over the run: a crash loop still ends the run
 RESTART_DELAY_S = 2.0  # lets a broker or a lock holder that took the child down come back
 
 
-async def spawn(module: str, *args: str) -> asyncio.subprocess.Process:
+async def spawn(module: str, *args: str,
+                extra_env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     """`python -m module args` with one torch thread: processes share the machine's cores."""
-    env = {**os.environ, **NVLINK_MULTICAST_OFF, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **NVLINK_MULTICAST_OFF, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           **(extra_env or {})}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
 
 
@@ -46,19 +48,24 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP
 class LocalLauncher:
     kind = "local"
 
-    def __init__(self, log_url: str, run_id: str) -> None:
+    def __init__(self, log_url: str, run_id: str, *, role_env: RoleEnv | None = None) -> None:
         self.common = ("--log", log_url, "--run", run_id)
+        self.role_env = role_env  # extra environment per process (disaggregated.py)
         self.trainer: asyncio.subprocess.Process | None = None
         self.producers: dict[int, tuple[int, asyncio.subprocess.Process]] = {}  # index -> (n, p)
         self.restarts: dict[str, int] = {}
 
     async def start_trainer(self) -> None:
-        self.trainer = await spawn("consumers.trainer", *self.common)
+        self.trainer = await spawn("consumers.trainer", *self.common,
+                                   extra_env=self.role_env("trainer", 0, 0) if self.role_env
+                                   else None)
 
     async def start_producer(self, index: int, num_producers: int) -> None:
         assert index not in self.producers, f"producer {index} is already running"
         proc = await spawn("producers", *self.common, "--index", str(index),
-                           "--num-producers", str(num_producers))
+                           "--num-producers", str(num_producers),
+                           extra_env=self.role_env("producer", index, num_producers)
+                           if self.role_env else None)
         self.producers[index] = (num_producers, proc)
 
     async def stop_producer(self, index: int) -> None:

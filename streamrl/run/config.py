@@ -112,6 +112,11 @@ class WeightsSection(Section, kw_only=True):
     """How tensors move from trainer to producers: "file" (safetensors) or "shm"."""
     keep_versions: int = 4
     """Published versions kept available; older ones are released."""
+    group_address: str = "127.0.0.1:29531"
+    """"broadcast" only: host:port of the weight group's TCP store, served by the trainer
+    (rank 0); every producer must reach it (docs/multi-gpu.md)."""
+    group_backend: Literal["gloo", "nccl"] = "gloo"
+    """"broadcast" only: "nccl" across GPUs, "gloo" on CPU."""
 
 
 class EvalSection(Section, kw_only=True):

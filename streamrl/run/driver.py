@@ -26,7 +26,7 @@ from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
 from streamrl.run.hooks import ModelInitRequest, PromptRequest
 from streamrl.run.monitor import Monitor
 from streamrl.streams import RunStreams
-from streamrl.weights import WeightTransport
+from streamrl.weights import TransportConfig, WeightTransport
 
 
 class RunExists(RuntimeError):
@@ -99,7 +99,10 @@ async def _publish_prompts(log: Log, ctx: RunContext) -> None:
 
 
 async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport:
-    transport = ctx.transport_config(keep_last=1, namespace=f"{ctx.run_id}-init").open()
+    config = ctx.transport_config(keep_last=1, namespace=f"{ctx.run_id}-init")
+    if config.kind == "broadcast":  # the driver is no rank of the weight group: v0 goes as files
+        config = TransportConfig(kind="file", keep_last=1, directory=str(ctx.run_dir / "weights"))
+    transport = config.open()
     tensors = read_safetensors(ctx.init_checkpoint)
     published = await asyncio.to_thread(transport.publish, ctx.first_version, tensors)
     await log.append(ctx.streams.weights,
@@ -116,10 +119,12 @@ async def supervise(ctx: RunContext, log_url: str, log: Log,
     """Run the trainer and producers (local processes unless another `launcher` is given) until
     the trainer finishes, acting on scale requests; show progress meanwhile. A process that fails
     ends the run with an error naming it; SIGTERM stops every process and raises `RunStopped`."""
+    from streamrl.launch.disaggregated import role_env
     from streamrl.launch.local import LocalLauncher
     from streamrl.launch.supervisor import Supervisor
 
-    supervisor = Supervisor(log, ctx, launcher or LocalLauncher(log_url, ctx.run_id), log_url)
+    launcher = launcher or LocalLauncher(log_url, ctx.run_id, role_env=role_env(ctx.config))
+    supervisor = Supervisor(log, ctx, launcher, log_url)
     monitor = Monitor(log, ctx.streams.events, ctx.config.run.max_versions, ctx.run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
