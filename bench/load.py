@@ -38,7 +38,7 @@ from bench.common import RESULTS, ROOT, machine_info, producer_performance, repl
 from bench.log_throughput import encode, make_samples
 from schemas import decode_trajectories
 from streamrl import aio
-from streamrl.log import Append, open_log
+from streamrl.log import Append, StreamPartition, open_log
 
 GROUP = "bench-load"
 TICK_S = 0.010  # the lag probe's period
@@ -105,7 +105,7 @@ def _consumer(url: str, stream: str, args: dict, out: mp.Queue) -> None:
                     offset, count, nbytes = record.offset + 1, count + 1, nbytes + len(record.value)
                     await asyncio.sleep(0)  # a consumer yields between records
                 if time.monotonic() - last_commit >= 1.0:
-                    await log.commit(GROUP, {(stream, 0): offset})
+                    await log.commit(GROUP, {StreamPartition(stream, 0): offset})
                     last_commit = time.monotonic()
                     timeline.append((last_commit - t0, nbytes))
         stop.set()
@@ -133,8 +133,8 @@ def run_backend(name: str, url: str, args: argparse.Namespace, progress: Progres
               for i in range(args.producers)]
     for p in procs:
         p.start()
-    samples = aio.run(sample(url, stream, procs, args.duration, progress, name))
-    results = [out.get(timeout=120) for _ in procs]
+    results: list[dict] = []
+    samples = aio.run(sample(url, stream, procs, out, results, args.duration, progress, name))
     for p in procs:
         p.join()
     if url.startswith("kafka://"):  # gigabytes on a broker others use: give the disk back
@@ -153,15 +153,20 @@ async def delete_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-async def sample(url: str, stream: str, procs: list, duration: float, progress: Progress,
-                 name: str) -> list[dict]:
-    """Each second: records/bytes the consumer is behind, and every process's RSS."""
+async def sample(url: str, stream: str, procs: list, out: mp.Queue, results: list[dict],
+                 duration: float, progress: Progress, name: str) -> list[dict]:
+    """Each second: records/bytes the consumer is behind, and every process's RSS; meanwhile
+    collect each process's result (a child cannot exit before its queued result is read)."""
     task = progress.add_task(f"{name}: {duration:.0f} s of load", total=duration)
     rows, t0 = [], time.monotonic()
     size = None
     async with open_log(url) as log:
-        while any(p.is_alive() for p in procs):
+        while len(results) < len(procs):
             await asyncio.sleep(1.0)
+            while not out.empty():
+                results.append(out.get())
+            if time.monotonic() - t0 > duration + 180:
+                raise RuntimeError(f"{len(procs) - len(results)} processes never reported")
             t = time.monotonic() - t0
             end = await log.end_offset(stream, 0)
             done = await log.committed(GROUP, stream, 0) or 0
