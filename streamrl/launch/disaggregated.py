@@ -71,21 +71,36 @@ RoleEnv = Callable[[str, int, int], dict[str, str]]
 """(role, producer index, number of producers) -> extra environment of that process."""
 
 
-def role_env(config: RunConfig) -> RoleEnv | None:
+def role_env(config: RunConfig, *, num_gpus: int | None = None) -> RoleEnv | None:
     """The per-process environment of a run whose weights go over the broadcast transport (its
     weight-group rank, world size and address), or None for other transports. The group is sized
-    for `rollout.num_producers` at start and cannot grow or shrink: scaling is refused."""
-    weights = config.weights
+    for `rollout.num_producers` at start and cannot grow or shrink: scaling is refused.
+
+    With `[placement] mode = "disaggregated"` and whole GPUs per role (trainer_gpus,
+    producer_gpus >= 1), each process also gets its own GPUs (`split_gpus` over this host's
+    `num_gpus`, counted with torch when not given) as CUDA_VISIBLE_DEVICES."""
+    weights, placement = config.weights, config.placement
     if weights.transport != "broadcast":
         return None
     fixed = config.rollout.num_producers
+    gpus: tuple[list[int], list[list[int]]] | None = None
+    if placement.mode == "disaggregated" and placement.trainer_gpus > 0:
+        if num_gpus is None:
+            import torch
+
+            num_gpus = torch.cuda.device_count()
+        gpus = split_gpus(num_gpus, trainer_gpus=int(placement.trainer_gpus),
+                          producer_gpus=int(placement.producer_gpus), num_producers=fixed)
 
     def env(role: str, index: int, num_producers: int) -> dict[str, str]:
         if role == "producer" and num_producers != fixed:
             raise LaunchError(f"the broadcast weight transport's group is sized for {fixed} "
                               f"producers; it cannot be scaled to {num_producers} (use "
                               "weights.transport = 'file' or 'shm' to scale)")
-        return weight_group_env(role=role, index=index, num_producers=fixed,
-                                address=weights.group_address, backend=weights.group_backend)
+        env = weight_group_env(role=role, index=index, num_producers=fixed,
+                               address=weights.group_address, backend=weights.group_backend)
+        if gpus is not None:
+            env |= visible_devices(gpus[0] if role == "trainer" else gpus[1][index])
+        return env
 
     return env

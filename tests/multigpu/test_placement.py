@@ -52,3 +52,24 @@ def test_ranks_of_the_weight_group_follow_the_roles() -> None:
         (2, 3, "nccl", "10.0.0.1:29531")]
     with pytest.raises(ValueError, match="producer index 2"):
         weight_group_env(role="producer", index=2, num_producers=2, address="h:1", backend="gloo")
+
+
+def test_the_disaggregated_recipe_gives_each_process_its_gpus_and_rank() -> None:
+    from streamrl.launch.base import LaunchError
+    from streamrl.launch.disaggregated import role_env
+    from streamrl.run.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "recipes/arithmetic/recipe_gpu_disaggregated.toml")
+    env = role_env(config, num_gpus=2)
+    assert env is not None
+    trainer, producer = env("trainer", 0, 0), env("producer", 0, 1)
+    assert trainer["CUDA_VISIBLE_DEVICES"] == "0" and producer["CUDA_VISIBLE_DEVICES"] == "1"
+    assert [GroupConfig.from_env(e).rank for e in (trainer, producer)] == [0, 1]
+    assert GroupConfig.from_env(producer).backend == "nccl"
+    with pytest.raises(LaunchError, match="cannot be scaled to 2"):
+        env("producer", 1, 2)
+    with pytest.raises(ValueError, match="needs 2 GPUs"):
+        role_env(config, num_gpus=1)
+    colocated = load_config(root / "recipes/arithmetic/recipe_gpu.toml")
+    assert role_env(colocated, num_gpus=2) is None  # cuda_ipc: nothing to add
