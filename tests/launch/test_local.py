@@ -113,7 +113,8 @@ def test_up_ps_down_leaves_no_process(tmp_path: Path) -> None:
     assert (Path(runs) / "current").read_text().strip() == "updown"
     ps = streamrl("ps", "--runs-dir", runs)  # the newest `up` by default
     assert ps.returncode == 0, ps.stderr
-    assert "trainer" in ps.stdout and ps.stdout.count("producer") == 2, ps.stdout
+    rows = [line.split("│")[1].strip() for line in ps.stdout.splitlines() if "│" in line]
+    assert rows == ["supervisor", "trainer", "producer", "producer"], ps.stdout
     state = json.loads((Path(runs) / "updown" / "processes.json").read_text())
     pids = [state["supervisor_pid"], *(m["pid"] for m in state["members"])]
     assert len(pids) == 4 and all(is_ours(p) for p in pids)
