@@ -6,6 +6,7 @@ another staleness policy or loss (a counterfactual run that names its parent).
     streamrl replay RUN --staleness MaxLag,max_lag=0 --as RUN-sync
     streamrl replay RUN --staleness my_policy.toml --loss consumers.trainer.losses:ppo_tis
     streamrl replay RUN --staleness MaxLag,max_lag=4 --trajectories RUN-rereward
+    streamrl replay RUN --trajectories RUN-rereward      # RUN's own policy, the new rewards
 
 Exit codes: 0 reproduced (or counterfactual finished), 1 a version diverged, 2 unusable input.
 """
@@ -49,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "--record)")
     cf.add_argument("--trajectories", default=None, metavar="RUN2",
                     help="read RUN2's trajectories stream instead of RUN's (e.g. a re-rewarded "
-                         "copy made by `streamrl rereward`)")
+                         "copy made by `streamrl rereward`); alone, RUN's own policy and loss")
     cf.add_argument("--runs-dir", default=None,
                     help="where the new run's files go (default: next to RUN's)")
 
@@ -58,15 +59,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    counterfactual = args.staleness is not None or args.loss is not None
+    # Another policy, loss or trajectory stream (e.g. re-rewarded): a counterfactual run.
+    counterfactual = any(x is not None for x in (args.staleness, args.loss, args.trajectories))
     args.runs_dir = Path(args.runs_dir).absolute() if args.runs_dir else None
-    if not counterfactual and args.trajectories:
-        print("error: --trajectories needs --staleness or --loss (a counterfactual run)",
-              file=sys.stderr)
-        return 2
     if not counterfactual and args.as_run and not args.record:
-        print("error: --as needs --record, --staleness or --loss (it names a new run)",
-              file=sys.stderr)
+        print("error: --as needs --record, --staleness, --loss or --trajectories (it names a "
+              "new run)", file=sys.stderr)
         return 2
     if counterfactual and args.record:
         print("error: --record is for bit-exact replays; a counterfactual is always recorded",

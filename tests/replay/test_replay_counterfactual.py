@@ -147,8 +147,7 @@ def test_trajectories_of_a_rereward_copy_are_trained_instead(file_run: MadeRun,
                                                               same: str) -> None:
     rerewarded, new_run = f"{file_run.run_id}-rr", f"{file_run.run_id}-rr-cf"
     aio.run(_rereward_copy(file_run, rerewarded))
-    counterfactual(file_run, new_run, "--staleness", PARENT_POLICY,
-                   "--trajectories", rerewarded)
+    counterfactual(file_run, new_run, "--trajectories", rerewarded)  # the parent's policy
     cf, base = read_run(file_run, new_run), read_run(file_run, same)
     assert cf.started.parent == RunParent(run_id=file_run.run_id, version=0,
                                           relation="counterfactual")
@@ -187,7 +186,7 @@ def test_compare_prints_a_table_and_writes_a_png(file_run: MadeRun, same: str,
     (("--staleness", "max_lag=0"), "start with the policy"),
     (("--staleness", "missing.toml"), "no such file"),
     (("--loss", "consumers.trainer.losses:nope"), "does not load"),
-    (("--trajectories", "x"), "needs --staleness or --loss"),
+    (("--trajectories", "no-such-run"), "run 'no-such-run' does not exist"),
     (("--as", "x"), "--as needs --record"),
 ])
 def test_bad_counterfactual_input_is_refused_clearly(file_run: MadeRun, args: tuple[str, ...],
