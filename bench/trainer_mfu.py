@@ -41,13 +41,24 @@ SHAPES = {
 COMMON = dict(model_type="qwen3", vocab_size=151_936, num_hidden_layers=28,
               num_attention_heads=16, num_key_value_heads=8, head_dim=128,
               tie_word_embeddings=True, rope_theta=1_000_000.0, max_position_embeddings=4096)
-# (name, compute options, minibatches per step) per shape
+# (name, compute options, minibatches per step) per shape. "static": compile with
+# dynamic=False; "micro16": one optimizer step over the 64 samples, gradients accumulated over
+# 16-row micro-batches (a real GRPO step's layout: one update per version).
+C = {"compile": True}
+S = {**C, "compile_dynamic": False}
+M16 = {**S, "micro_batch_rows": 16}
 VARIANTS = {
-    "0.6B": [("eager bf16", {}, 4), ("compile", {"compile": True}, 4),
-             ("compile", {"compile": True}, 2),
-             ("compile + AC", {"compile": True, "activation_checkpointing": True}, 1),
+    "0.6B": [("eager bf16", {}, 4), ("compile", C, 4), ("compile", C, 2),
+             ("compile static", S, 4),
+             ("static micro16", M16, 1),
+             ("static micro32", {**S, "micro_batch_rows": 32}, 1),
+             ("micro16 chunk16k", {**M16, "logprob_chunk_tokens": 16384}, 1),
+             ("micro16 cudnn-attn", {**M16, "attention_backend": "cudnn"}, 1),
+             ("micro16 whole-model", {**M16, "compile_scope": "model"}, 1),
+             ("micro16 max-autotune", {**M16, "compile_mode": "max-autotune-no-cudagraphs"}, 1),
+             ("compile + AC", {**C, "activation_checkpointing": True}, 1),
              ("FSDP2(1 GPU) + compile + AC",
-              {"compile": True, "activation_checkpointing": True, "fsdp": True}, 1)],
+              {**C, "activation_checkpointing": True, "fsdp": True}, 1)],
     "1.7B": [("eager bf16", {}, 8), ("compile", {"compile": True}, 4),
              ("compile + AC", {"compile": True, "activation_checkpointing": True}, 2)],
 }
@@ -101,6 +112,7 @@ def matmul_tflops(device: torch.device) -> float:
 def measure(shape: str, name: str, options: dict, minibatches: int, quick: bool,
             device: torch.device, num_steps: int) -> dict:
     torch.manual_seed(0)
+    torch._dynamo.reset()  # each variant compiles afresh (no dynamic shapes carried over)
     cfg = model_config(shape, quick)
     num_seqs, prompt, response = (8, 8, 24) if quick else (64, 256, 768)
     compute = ComputeConfig(device=str(device), precision="bf16" if device.type == "cuda"
@@ -120,7 +132,8 @@ def measure(shape: str, name: str, options: dict, minibatches: int, quick: bool,
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times[2:]))
     flops = step_flops(cfg, num_seqs, prompt + response)
-    return {"shape": shape, "variant": name, "minibatches": minibatches, "step_s": step_s,
+    return {"shape": shape, "variant": name, "minibatches": minibatches, "options": options,
+            "first_step_s": times[0], "step_s": step_s, "steps_s": times[2:],
             "tokens_per_s": num_seqs * (prompt + response) / step_s,
             "tflops": flops / step_s / 1e12,
             "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
@@ -175,7 +188,7 @@ def record(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = json.loads(path.read_text())
+    data = _carry_over(json.loads(path.read_text()))
     info, matmul, peak = data["info"], data["matmul_tflops"], data["peak_tflops"]
     ok = [c for c in data["cases"] if "tflops" in c]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -203,12 +216,28 @@ def record(path: Path) -> None:
             lines.append(f"| {c['shape']} | {c['variant']} | | {c['error'][:80]} | | | | | | |")
             continue
         m = 100 * c["tflops"] / peak
-        lines.append(f"| {c['shape']} | {c['variant']} | {c['minibatches']} | "
+        variant = c["variant"] + (f" (earlier run, {c['carried_from']})"
+                                  if "carried_from" in c else "")
+        lines.append(f"| {c['shape']} | {variant} | {c['minibatches']} | "
                      f"{c['step_s'] * 1e3:,.0f} ms | {c['tokens_per_s']:,.0f} | "
-                     f"{c['tflops']:.0f} | {m:.1f}% | {100 * c['tflops'] / matmul:.1f}% | "
+                     f"{c['tflops']:.0f} | {m:.1f}% | "
+                     f"{100 * c['tflops'] / c.get('matmul_tflops', matmul):.1f}% | "
                      f"{c['peak_mem_gib']:.1f} GiB | {'met' if m >= 40 else '**missed**'} |")
     lines += ["", f"![trainer_mfu]({png.relative_to(ROOT)})", "<!-- trainer_mfu:end -->"]
     _write_section("trainer_mfu", "\n".join(lines))
+
+
+def _carry_over(data: dict) -> dict:
+    """Keep the recorded cases of shapes this run did not measure (marked with their run's
+    date and matmul baseline), so a run of one shape does not erase the other's figures."""
+    previous = RESULTS / "trainer_mfu.json"
+    if not previous.exists():
+        return data
+    old = json.loads(previous.read_text())
+    shapes = {c["shape"] for c in data["cases"]}
+    kept = [{"carried_from": old["info"]["date"], "matmul_tflops": old["matmul_tflops"]} | c
+            for c in old["cases"] if c["shape"] not in shapes and "tflops" in c]
+    return data | {"cases": data["cases"] + kept}
 
 
 def _write_section(name: str, section: str) -> None:

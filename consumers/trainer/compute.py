@@ -30,6 +30,24 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """Recompute each decoder layer in backward instead of keeping its activations."""
     compile: bool = False
     """torch.compile each decoder layer and the vocabulary-sized logprob kernels (CUDA)."""
+    compile_mode: str | None = None
+    """torch.compile mode: None (default), "max-autotune-no-cudagraphs" (autotunes the
+    generated kernels and matmul choices; compiles for minutes), "reduce-overhead"."""
+    compile_scope: Literal["layer", "model"] = "layer"
+    """"layer": compile each decoder layer (one small graph, reused 28 times); "model": the
+    whole decoder stack as one graph (fuses across layer boundaries; longer compile)."""
+    compile_dynamic: bool | None = None
+    """torch.compile's `dynamic`: None lets it mark dims dynamic after a shape change (the
+    proximal forward and the minibatches differ in rows); False compiles one static graph per
+    shape."""
+    micro_batch_rows: int | None = None
+    """Split each minibatch into micro-batches of at most this many rows and accumulate their
+    gradients before the one optimizer step: more tokens per optimizer step at the activation
+    memory of a micro-batch. Exact for aggregation = "token_mean" (each micro-batch's loss is
+    scaled by its share of the minibatch's trained tokens); other aggregations are refused."""
+    attention_backend: Literal["auto", "cudnn"] = "auto"
+    """SDPA kernel choice: "auto" is PyTorch's order (flash first on an H100); "cudnn" tries
+    cuDNN's fused attention first (Hopper-tuned), then flash, then the rest."""
     logprob_chunk_tokens: int = 4096
     """Tokens per chunk of the LM head + log-softmax on CUDA (at vocab 151936 in bf16, 4096
     tokens are 1.2 GB of logits, the largest transient of a step)."""
@@ -42,6 +60,11 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         if device.type == "cpu" and (self.precision != "fp32" or self.compile or self.fsdp):
             raise ValueError("precision='bf16', compile and fsdp need a CUDA device; "
                              f"got device={self.device!r} (set device = \"cuda\")")
+        if self.attention_backend != "auto" and device.type == "cpu":
+            raise ValueError(f"attention_backend={self.attention_backend!r} needs a CUDA device")
+        if self.micro_batch_rows is not None and self.micro_batch_rows <= 0:
+            raise ValueError(f"micro_batch_rows must be positive or None, "
+                             f"got {self.micro_batch_rows}")
         if self.logprob_chunk_tokens <= 0:
             raise ValueError(f"logprob_chunk_tokens must be positive, "
                              f"got {self.logprob_chunk_tokens}")
@@ -62,8 +85,12 @@ def place(model: CausalLM, config: ComputeConfig) -> CausalLM:
     if config.fsdp:
         _shard(model, config)
     if config.compile:
-        for layer in model.model.layers:
-            layer.compile()
+        options = {"mode": config.compile_mode, "dynamic": config.compile_dynamic}
+        if config.compile_scope == "model":
+            model.model.compile(**options)
+        else:
+            for layer in model.model.layers:
+                layer.compile(**options)
     return model
 
 
@@ -83,9 +110,18 @@ def _shard(model: CausalLM, config: ComputeConfig) -> None:
 
 @contextlib.contextmanager
 def autocast(config: ComputeConfig) -> Iterator[None]:
-    """bf16 autocast on one GPU; FSDP already computes in its param dtype."""
+    """bf16 autocast on one GPU (FSDP already computes in its param dtype), and the SDPA
+    kernel order of `attention_backend` (read when the forward is traced or run)."""
     enabled = config.precision == "bf16" and not config.fsdp
-    with torch.autocast(config.torch_device.type, dtype=torch.bfloat16, enabled=enabled):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(config.torch_device.type, dtype=torch.bfloat16,
+                                           enabled=enabled))
+        if config.attention_backend == "cudnn":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                     SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+            stack.enter_context(sdpa_kernel(order, set_priority=True))
         yield
 
 

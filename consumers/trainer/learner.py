@@ -44,6 +44,11 @@ class Learner:
     def __init__(self, model: CausalLM, config: LearnerConfig) -> None:
         self.config = config
         self.compute = config.compute
+        aggregation = config.algorithm.loss_config.aggregation
+        if config.compute.micro_batch_rows is not None and aggregation != "token_mean":
+            raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""
+                             f" (got {aggregation!r}): only a token mean splits exactly over "
+                             "micro-batches; unset micro_batch_rows or change the aggregation")
         self.model = place(model, config.compute)
         self.advantage_fn = resolve_advantage(config.algorithm.advantage)
         self.loss_fn = resolve_loss(config.algorithm.loss)
@@ -98,20 +103,14 @@ class Learner:
             proximal = self.logprobs(batch)
         metrics: dict[str, float] = {}
         for rows_mb in _split(batch.tokens.shape[0], self.config.minibatches):
-            mb = _rows(batch, rows_mb)
-            out = self.loss_fn(LossInput(
-                logprobs=self.logprobs(mb), old_logprobs=mb.old_logprobs,
-                proximal_logprobs=proximal[rows_mb], advantages=advantages[rows_mb],
-                loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
-                config=self.config.algorithm.loss_config, segments=mb.segments))
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version)
             if self.config.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                       self.config.grad_clip)
                 metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + float(norm)
             self.optimizer.step()
-            for k, v in out.metrics.items():
+            for k, v in step_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v
         n = self.config.minibatches
         metrics = {k: v / n for k, v in metrics.items()}
@@ -122,6 +121,43 @@ class Learner:
         metrics["step_ms"] = (time.perf_counter() - started) * 1e3
         return metrics
 
+
+    def _accumulate(self, batch: TrainBatch, rows_mb: slice, proximal: Tensor,
+                    advantages: Tensor, version: int) -> dict[str, float]:
+        """Gradients of one minibatch's loss, accumulated over its micro-batches (one when
+        `micro_batch_rows` is unset). With several, each micro-batch backpropagates its token
+        sum (token-mean loss x its trained tokens) and the summed gradients are divided by the
+        minibatch's trained tokens once at the end: exactly the minibatch's token-mean loss,
+        whatever tokens the loss masks. Metrics are token-weighted means (maxima: the max)."""
+        size = self.compute.micro_batch_rows or (rows_mb.stop - rows_mb.start)
+        micros = [slice(s, min(s + size, rows_mb.stop))
+                  for s in range(rows_mb.start, rows_mb.stop, size)]
+        parts: list[dict[str, float]] = []
+        for rows in micros:
+            mb = _rows(batch, rows)
+            out = self.loss_fn(LossInput(
+                logprobs=self.logprobs(mb), old_logprobs=mb.old_logprobs,
+                proximal_logprobs=proximal[rows], advantages=advantages[rows],
+                loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
+                config=self.config.algorithm.loss_config, segments=mb.segments))
+            (out.loss if len(micros) == 1 else out.loss * out.metrics["num_tokens"]).backward()
+            parts.append(out.metrics)
+        if len(parts) == 1:
+            return parts[0]
+        total = sum(m["num_tokens"] for m in parts)
+        grads = [q.grad for q in self.model.parameters() if q.grad is not None]
+        torch._foreach_div_(grads, max(total, 1.0))
+        metrics: dict[str, float] = {}
+        for k in parts[0]:
+            values = [m[k] for m in parts]
+            if k.endswith("_max"):
+                metrics[k] = max(values)
+            elif k == "num_tokens":
+                metrics[k] = total
+            else:
+                metrics[k] = sum(v * m["num_tokens"] for v, m in zip(values, parts, strict=True)
+                                 ) / max(total, 1.0)
+        return metrics
 
 def _split(num_rows: int, parts: int) -> list[slice]:
     size = -(-num_rows // parts)

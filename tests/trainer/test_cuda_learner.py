@@ -10,6 +10,7 @@ import torch
 
 from consumers.trainer.compute import ComputeConfig
 from consumers.trainer.learner import Learner, LearnerConfig
+from consumers.trainer.losses import LossConfig
 from consumers.trainer.registry import AlgorithmConfig
 from streamrl.models import token_logprobs
 from streamrl.models.logprobs import fused_token_logprobs
@@ -73,7 +74,10 @@ def _rows():
 
 @cuda
 @pytest.mark.parametrize("options", [{}, {"activation_checkpointing": True},
-                                     {"compile": True, "activation_checkpointing": True}])
+                                     {"compile": True, "activation_checkpointing": True},
+                                     {"compile": True, "compile_scope": "model",
+                                      "compile_dynamic": False, "micro_batch_rows": 1,
+                                      "attention_backend": "cudnn"}])
 def test_bf16_cuda_learner_tracks_the_fp32_cpu_learner(options) -> None:
     """Three versions on CUDA in bf16 (fp32 master weights) end close to the CPU fp32 run:
     same metrics to bf16 tolerance and weights within a small relative distance."""
@@ -90,3 +94,30 @@ def test_bf16_cuda_learner_tracks_the_fp32_cpu_learner(options) -> None:
         q = state[name].float().cpu()
         assert (q - p).norm() / p.norm() < 2e-2, name
     assert state["model.embed_tokens.weight"].is_cuda
+
+
+def test_micro_batches_accumulate_to_the_same_step_as_one_pass() -> None:
+    """Two minibatches of 2 rows each, split into micro-batches of 1 row (unequal trained
+    tokens): the weights and token-weighted metrics equal those of the unsplit step (CPU fp32),
+    while a wrong split (plain mean of micro-batch losses) would differ."""
+    model = tiny_model(seed=0)
+    rows = [sample([1, 2, 3], [4 + i, 5 + i, 6 + i, 7][: 2 + i % 3], reward=float(i == 0),
+                   group_id="g", sample_id=str(i), logprobs=[-1.0] * (2 + i % 3))
+            for i in range(4)]
+    whole = _learner(ComputeConfig(), model)
+    micro = _learner(ComputeConfig(micro_batch_rows=1), model)
+    for version in range(2):
+        m_whole = whole.step(rows, [1.0] * 4, version)
+        m_micro = micro.step(rows, [1.0] * 4, version)
+        for k in ("loss", "num_tokens", "ratio_mean", "tis_weight_max", "grad_norm"):
+            assert abs(m_whole[k] - m_micro[k]) < 1e-5 * max(1.0, abs(m_whole[k])), k
+    micro_state = micro.hf_state_dict()
+    for name, p in whole.hf_state_dict().items():
+        # Adam turns rounding-level gradient differences of near-zero entries into at most
+        # ~1e-5 of weight; a wrong split moves weights by the step size (1e-3)
+        assert float((micro_state[name] - p).abs().max()) < 5e-5, name
+    with pytest.raises(ValueError, match="token_mean"):
+        Learner(copy.deepcopy(model), LearnerConfig(
+            lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=1, temperature=1.0,
+            algorithm=AlgorithmConfig(loss_config=LossConfig(aggregation="seq_mean")),
+            compute=ComputeConfig(micro_batch_rows=1)))
