@@ -87,8 +87,9 @@ class Replayed(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def checkpoint_for(ctx: RunContext, history: History, until: int) -> tuple[int, Path]:
-    """The newest checkpoint at or before `until` that still exists (else version 0's)."""
-    start, path = 0, ctx.init_checkpoint
+    """The newest checkpoint at or before `until` that still exists (else the run's initial
+    one: version 0's, or a fork's starting state at its first version)."""
+    start, path = ctx.first_version, ctx.init_checkpoint
     for ckpt in history.checkpoints:
         if start < ckpt.version <= until and Path(ckpt.path).exists():
             start, path = ckpt.version, Path(ckpt.path)

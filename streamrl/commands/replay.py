@@ -3,6 +3,7 @@ another staleness policy or loss (a counterfactual run that names its parent).
 
     streamrl replay RUN                                  # every version, digest by digest
     streamrl replay RUN --until 10 --log kafka://127.0.0.1:9092
+    streamrl replay FORK --chain                         # a fork: its parent's versions too
     streamrl replay RUN --staleness MaxLag,max_lag=0 --as RUN-sync
     streamrl replay RUN --staleness my_policy.toml --loss consumers.trainer.losses:ppo_tis
     streamrl replay RUN --staleness MaxLag,max_lag=4 --trajectories RUN-rereward
@@ -17,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,6 +27,9 @@ from rich.table import Table
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.replay.runs import ReplayError
+
+if TYPE_CHECKING:
+    from streamrl.replay.exact import ReplayReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the replayed versions as a new run (--as NEW_RUN, default "
                         "RUN-replay-<time>) with RunParent relation 'replay'; without it replay "
                         "writes nothing")
+    p.add_argument("--chain", action="store_true",
+                   help="for a fork: first replay its parent up to the fork version (and that "
+                        "parent's parent, for a fork of a fork), then continue the fork from "
+                        "the replayed learner instead of its saved starting state")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads; bit-exactness needs the trainer's count (default 1, "
                         "as `streamrl run` trains)")
@@ -98,16 +107,44 @@ async def _exact(args: argparse.Namespace) -> int:
                                 description=f"v{version} matches")
 
             report = await replay_exact(log, args.run, until=args.until, on_version=advance,
-                                        record_as=record_as)
+                                        record_as=record_as, chain=args.chain)
     if record_as is not None:
         console.print(f"recorded as run {record_as} (parent {args.run}, relation replay)")
+    for part in report.chained:
+        _print_headline(console, part)
+    if report.chained and not report.chained[-1].ok:
+        console.print(f"[red]run {args.run} not replayed: its starting state comes from the "
+                      "parent's version that diverged[/red]")
+        _print_divergence(console, report.chained[-1])
+        return 1
+    _print_headline(console, report)
     if report.ok:
-        console.print(f"[green]run {args.run}: {report.headline}[/green] "
-                      f"({report.seconds:.1f} s, {report.threads} torch thread(s))")
         return 0
+    _print_divergence(console, report)
+    return 1
+
+
+def _print_headline(console: Console, report: ReplayReport) -> None:
+    """The headline; for a fork, also which versions were replayed and whose the others are."""
+    first, parent = report.first_version, report.forked_from
+    span = f" (versions {first + 1}..{first + report.num_versions})" if parent else ""
+    style = "green" if report.ok else "red"
+    console.print(f"[{style}]run {report.run_id}: {report.headline}{span}[/{style}] "
+                  f"({report.seconds:.1f} s, {report.threads} torch thread(s))")
+    if parent is not None:
+        start = ("the learner replayed above" if report.chained
+                 else "its recorded starting state")
+        more = ("" if report.chained else f": `streamrl replay {parent.run_id} --until "
+                                          f"{first}`, or this replay with --chain")
+        console.print(f"run {report.run_id} is a fork of {parent.run_id}@{parent.version}: "
+                      f"version {first} is {start} (digest checked); versions <= {first} "
+                      f"belong to {parent.run_id}{more}", highlight=False)
+
+
+def _print_divergence(console: Console, report: ReplayReport) -> None:
     div = report.divergence
-    assert div is not None
-    console.print(f"[red]run {args.run}: {report.headline}[/red]")
+    if div is None:
+        return
     what = f"batch {div.batch_id}" if div.batch_id else "the initial checkpoint"
     console.print(f"version {div.version} ({what}): replay digest {div.digest[:16]}…, announced "
                   f"{div.expected[:16]}…\nrecorded tensors: {div.source}")
@@ -120,7 +157,6 @@ async def _exact(args: argparse.Namespace) -> int:
             table.add_row(d.name + (f" ({d.note})" if d.note else ""), f"{d.max_abs:.3g}",
                           str(d.num_differing), str(d.numel))
         console.print(table)
-    return 1
 
 
 async def _counterfactual(args: argparse.Namespace) -> int:

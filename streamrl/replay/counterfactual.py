@@ -131,6 +131,11 @@ async def counterfactual(log: Log, parent_id: str, override: Override, *, new_ru
     override as run `new_run`; `on_version(version, max_versions)` reports progress."""
     t0 = time.monotonic()
     parent = await existing_run(log, parent_id)
+    if parent.fork is not None:  # start_derived would number the fork's starting state 0
+        origin = f"{parent.parent.run_id}@" if parent.parent is not None else "version "
+        raise ReplayError(f"run {parent_id!r} is a fork (of {origin}{parent.fork.version}); "
+                          "counterfactual re-training of a fork is not supported yet: "
+                          "re-train its parent, or fork again with the other policy")
     source = (parent if trajectories is None else await existing_run(log, trajectories))
     config = derived_config(parent.config, override)
     history = await read_history(log, parent)

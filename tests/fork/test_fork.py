@@ -15,7 +15,7 @@ import pytest
 
 from consumers.trainer.__main__ import learner_config
 from consumers.trainer.learner import Learner
-from consumers.trainer.resume import batch_rows, read_history
+from consumers.trainer.resume import batch_rows, checkpoint_for, read_history, rebuild
 from schemas import RunParent, RunStarted, decode_event, decode_trajectories
 from streamrl import aio
 from streamrl.log import Log, open_log
@@ -24,6 +24,7 @@ from streamrl.run.context import ForkPoint, RunContext, load_run_context
 from streamrl.run.fork import ForkError, ForkSpec, fork_learner, parse_fork_spec, plan_fork
 from streamrl.weights import weights_digest
 from tests.fork.conftest import PARENT_VERSIONS, ParentRun, streamrl
+from tests.replay.replay_util import streamrl_here
 
 FORK_AT = 2
 
@@ -190,3 +191,81 @@ def test_a_forks_producers_count_carried_samples_as_started() -> None:
     assert [point.carried_share(rank, 3) for rank in range(3)] == [4, 3, 3]
     assert point.carried_share(0, 1) == 10
     assert ForkPoint(version=5, trajectories_offset=0).carried_share(1, 2) == 0
+
+
+def test_replay_of_a_fork_reproduces_its_versions(parent_run: ParentRun, forked: Forked,
+                                                  tmp_path: Path) -> None:
+    """The fork's versions FORK_AT+1.. come out bit for bit from its recorded starting state;
+    with --chain, from the parent's replay instead (the saved state moved away to prove it)."""
+    log = str(parent_run.log)
+    out = streamrl("replay", forked.run_id, "--log", log)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    n = PARENT_VERSIONS - FORK_AT
+    assert (f"run fork: reproduced {n}/{n} versions bit-exactly (versions {FORK_AT + 1}.."
+            f"{PARENT_VERSIONS})") in out.stdout
+    assert f"versions <= {FORK_AT} belong to parent" in out.stdout
+    assert f"streamrl replay parent --until {FORK_AT}" in out.stdout
+
+    async def digests() -> list[str]:
+        async with open_log(log) as opened:
+            fork = await load_run_context(opened, forked.run_id)
+            return [a.digest for a in (await read_history(opened, fork)).announced.values()]
+    assert len(set(aio.run(digests()))) == n + 1  # the fork's weights really changed
+
+    saved = parent_run.runs_dir / forked.run_id / f"fork-v{FORK_AT:06d}"
+    saved.rename(tmp_path / "moved")
+    try:
+        out = streamrl("replay", forked.run_id, "--log", log)
+        assert out.returncode == 2 and "no longer exists" in out.stderr
+        assert "--chain" in out.stderr
+        out = streamrl("replay", forked.run_id, "--log", log, "--chain")
+    finally:
+        (tmp_path / "moved").rename(saved)
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    assert f"run parent: reproduced {FORK_AT}/{FORK_AT} versions bit-exactly" in out.stdout
+    assert f"run fork: reproduced {n}/{n} versions bit-exactly" in out.stdout
+    assert "learner replayed above" in out.stdout
+
+
+async def test_a_forked_trainer_rebuilds_after_a_restart(parent_run: ParentRun,
+                                                         forked: Forked) -> None:
+    """What a restarted fork trainer does (consumers/trainer/__main__.py): rebuild from its
+    starting state (no checkpoint of its own yet) or its newest checkpoint plus its recorded
+    batches; each version is digest-checked (ResumeError otherwise)."""
+    async with open_log(str(parent_run.log)) as log:
+        fork = await load_run_context(log, forked.run_id)
+        history = await read_history(log, fork)
+        assert checkpoint_for(fork, history, FORK_AT + 1) == (FORK_AT, fork.init_checkpoint)
+        for until in (FORK_AT, FORK_AT + 1, PARENT_VERSIONS):
+            learner = await rebuild(log, fork, learner_config(fork.config), history, until=until)
+            assert weights_digest(learner.hf_state_dict()) == history.announced[until].digest
+
+
+def test_staleness_of_a_fork_counts_its_carried_samples(parent_run: ParentRun, forked: Forked,
+                                                        tmp_path: Path) -> None:
+    out = streamrl("staleness", forked.run_id, "--log", str(parent_run.log), "--out",
+                   str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-3000:]
+    summary = json.loads((tmp_path / "staleness.json").read_text())
+
+    async def rows() -> tuple[list[pa.RecordBatch], ForkPoint]:
+        async with open_log(str(parent_run.log)) as log:
+            fork = await load_run_context(log, forked.run_id)
+            assert fork.fork is not None
+            return await _rows(log, fork), fork.fork
+    batches, point = aio.run(rows())
+    assert summary["num_generated"] == sum(b.num_rows for b in batches)
+    assert summary["num_carried"] == point.num_carried_samples > 0
+    assert summary["trajectory_streams"] == ["fork.trajectories"]
+    made = sum(summary["throughput"]["total"].values())
+    assert made == summary["num_generated"] - point.num_carried_samples
+    assert all(b["time_s"] >= 0 for b in summary["batches"])
+    assert "carried over from the parent" in out.stdout
+
+
+def test_a_counterfactual_of_a_fork_is_refused_clearly(parent_run: ParentRun,
+                                                       forked: Forked) -> None:
+    """Not supported yet (its versions would restart at 0 from the fork's starting state)."""
+    code, _, err = streamrl_here("replay", forked.run_id, "--log", str(parent_run.log),
+                                 "--staleness", "MaxLag,max_lag=0", "--as", "fork-cf")
+    assert code == 2 and f"is a fork (of parent@{FORK_AT})" in err, err
