@@ -75,6 +75,13 @@ def print_summary(summary: StalenessSummary, console: Console) -> None:
     console.print(f"{summary.num_trained} of {summary.num_generated} generated samples trained "
                   f"in {len(summary.batches)} batches; {summary.num_unused} neither trained nor "
                   f"rejected (unjudged when the run ended)", highlight=False)
+    own = f"{summary.run_id}.trajectories"
+    if summary.trajectory_streams and summary.trajectory_streams != [own]:
+        console.print("generated samples read from " + ", ".join(summary.trajectory_streams)
+                      + " (a re-training of recorded samples)", highlight=False)
+    if summary.num_carried:
+        console.print(f"{summary.num_carried} of them carried over from the parent at the fork "
+                      "(not in throughput)", highlight=False)
     rejected = ", ".join(f"{n} {r}" for r, n in summary.rejected_by_reason.items()) or "none"
     console.print(f"rejected: {rejected}", highlight=False)
     if summary.throttled_by_producer:

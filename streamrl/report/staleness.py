@@ -9,6 +9,15 @@ Definitions (the same the trainer and the audit use):
 - throughput counts trajectory rows per producer by when generation finished (`finished_at`),
   in buckets of `bucket_s` seconds from the earliest `started_at` of the run;
 - version lag over time is each batch's mean and max sample lag at the batch's event time.
+
+Which samples were generated: the rows of every trajectory stream the run's trainer read. A run's
+own stream; for a derived run (a counterfactual or a `replay --record`, which re-train recorded
+samples) the stream its batches point into: the parent's, or another run's given with
+`--trajectories` (resolved by `streamrl.audit.lineage.load_run`). A fork's own stream starts with
+the parent's samples it carried over (`num_carried`): they count as generated (the fork judged
+them) but not in throughput (its producers did not make them); its times count from its
+RunStarted or its first own sample, whichever is earlier. A derived run's batches happen
+when it was replayed, not when the samples were made, so their times count from its RunStarted.
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ class StalenessSummary(msgspec.Struct, kw_only=True):
     run_id: str
     policy: str
     policy_options: dict[str, object]
-    num_generated: int  # trajectory rows in the log
+    num_generated: int  # rows of the trajectory streams the run read (see the module docstring)
     num_trained: int
     # Generated but neither trained nor rejected: still unjudged in the log when the run ended.
     num_unused: int
@@ -77,6 +86,8 @@ class StalenessSummary(msgspec.Struct, kw_only=True):
     dead_letters_by_reason: dict[str, int]
     throughput: Throughput
     batches: list[BatchLag]
+    trajectory_streams: list[str] = []  # where the generated rows are
+    num_carried: int = 0  # a fork's samples carried over from its parent (in num_generated)
 
 
 def trained_rows(run: RunRecords) -> list[tuple[int, SampleRow]]:
@@ -89,7 +100,29 @@ def trained_rows(run: RunRecords) -> list[tuple[int, SampleRow]]:
     return out
 
 
+def generated_rows(run: RunRecords) -> list[SampleRow]:
+    """The rows of the run's own trajectories stream, then those of the other runs' streams its
+    batches trained from (load_run read those whole), in log order."""
+    own = run.streams.trajectories
+    return run.rows + [r for position, rows in run.rows_at.items() if position.stream != own
+                       for r in rows]
+
+
+def carried_groups(run: RunRecords) -> set[str]:
+    """A fork's group ids of the samples it carried over from its parent."""
+    return set(run.ctx.fork.carried) if run.ctx.fork is not None else set()
+
+
+def is_derived(run: RunRecords) -> bool:
+    """A re-training of recorded samples (counterfactual, replay --record), not a live run."""
+    parent = run.started.parent
+    return parent is not None and parent.relation != "fork"
+
+
 def staleness_summary(run: RunRecords, *, bucket_s: float | None = None) -> StalenessSummary:
+    generated = generated_rows(run)
+    carried = carried_groups(run)
+    made_here = [r for r in generated if r.group_id not in carried]
     trained = trained_rows(run)
     sample_lags = [version - row.min_version for version, row in trained]
     token_lags = [version - v for version, row in trained
@@ -100,45 +133,55 @@ def staleness_summary(run: RunRecords, *, bucket_s: float | None = None) -> Stal
     staleness = run.ctx.config.staleness
     return StalenessSummary(
         run_id=run.run_id, policy=staleness.policy, policy_options=dict(staleness.options),
-        num_generated=len(run.rows), num_trained=len(trained),
-        num_unused=_unused(run, {row.sample_id for _, row in trained}, rejected),
+        num_generated=len(generated), num_trained=len(trained),
+        num_unused=_unused(generated, {row.sample_id for _, row in trained}, rejected),
         per_sample=Distribution.of(sample_lags), per_token=Distribution.of(token_lags),
         rejected_by_reason=dict(Counter(e.reason_code for e in rejected).most_common()),
         throttled_by_producer=dict(Counter(e.subject for e in rejected
                                            if e.reason_code == THROTTLED).most_common()),
         dead_letters_by_reason=dict(dead.most_common()),
-        throughput=throughput(run, bucket_s), batches=batch_lags(run, trained))
+        throughput=throughput(run, made_here, bucket_s),
+        batches=batch_lags(run, made_here, trained),
+        trajectory_streams=list(dict.fromkeys(r.position.stream for r in generated)),
+        num_carried=len(generated) - len(made_here))
 
 
-def _unused(run: RunRecords, trained: set[str], rejected: list[Rejected]) -> int:
+def _unused(rows: list[SampleRow], trained: set[str], rejected: list[Rejected]) -> int:
     """Rejected subjects are sample ids (trainer), group ids (filters) or producer ids."""
     subjects = {e.subject for e in rejected}
-    return sum(1 for r in run.rows if r.sample_id not in trained
+    return sum(1 for r in rows if r.sample_id not in trained
                and r.sample_id not in subjects and r.group_id not in subjects)
 
 
-def run_start_us(run: RunRecords) -> int:
-    return min((r.started_at_us for r in run.rows), default=run.started.time_ms * 1000)
+def run_start_us(run: RunRecords, rows: list[SampleRow]) -> int:
+    """When the first of `rows` started; for a fork, no later than its RunStarted (it trains
+    its carried samples before its own producers start)."""
+    started_us = run.started.time_ms * 1000
+    first = min((r.started_at_us for r in rows), default=started_us)
+    return min(first, started_us) if run.ctx.fork is not None else first
 
 
-def throughput(run: RunRecords, bucket_s: float | None) -> Throughput:
-    t0 = run_start_us(run)
-    end = max((r.finished_at_us for r in run.rows), default=t0)
+def throughput(run: RunRecords, rows: list[SampleRow], bucket_s: float | None) -> Throughput:
+    """Rows finished per producer over time; `rows` are the samples made for this run (a
+    derived run's: its parent's producers, the arrival the replay re-enacted)."""
+    t0 = run_start_us(run, rows)
+    end = max((r.finished_at_us for r in rows), default=t0)
     span_s = max((end - t0) / 1e6, 1e-3)
     if bucket_s is None:  # about 30 buckets, a round number of seconds when the run is long
         bucket_s = span_s / 30 if span_s < 30 else float(math.ceil(span_s / 30))
     num = int(span_s // bucket_s) + 1
-    rows: dict[str, list[int]] = defaultdict(lambda: [0] * num)
-    for r in run.rows:
-        rows[r.producer_id][int((r.finished_at_us - t0) / 1e6 // bucket_s)] += 1
+    counts: dict[str, list[int]] = defaultdict(lambda: [0] * num)
+    for r in rows:
+        counts[r.producer_id][int((r.finished_at_us - t0) / 1e6 // bucket_s)] += 1
     return Throughput(bucket_s=bucket_s, bucket_starts_s=[i * bucket_s for i in range(num)],
-                      rows=dict(sorted(rows.items())),
-                      total={p: sum(c) for p, c in sorted(rows.items())})
+                      rows=dict(sorted(counts.items())),
+                      total={p: sum(c) for p, c in sorted(counts.items())})
 
 
-def batch_lags(run: RunRecords, trained: list[tuple[int, SampleRow]]) -> list[BatchLag]:
+def batch_lags(run: RunRecords, rows: list[SampleRow],
+               trained: list[tuple[int, SampleRow]]) -> list[BatchLag]:
     lags_of = {row.sample_id: version - row.min_version for version, row in trained}
-    t0 = run_start_us(run) / 1e6
+    t0 = (run.started.time_ms * 1000 if is_derived(run) else run_start_us(run, rows)) / 1e6
     out = []
     for _, batch in run.batches:
         lags = [lags_of[s] for s in batch.sample_ids if s in lags_of]

@@ -5,6 +5,9 @@ comparison prints a table and writes a PNG."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import msgspec
 import pyarrow as pa
 import pytest
@@ -199,3 +202,38 @@ def test_an_existing_run_id_is_not_overwritten(file_run: MadeRun, same: str) -> 
     code, _, err = streamrl_here("replay", file_run.run_id, "--log", file_run.log_url,
                                  "--staleness", PARENT_POLICY, "--as", same)
     assert code == 2 and "already exists" in err
+
+
+def parent_rows(made: MadeRun) -> pa.Table:
+    async def read() -> pa.Table:
+        async with open_log(made.log_url) as log:
+            return pa.Table.from_batches([decode_trajectories(r.value) for r in await log.read_all(
+                RunStreams(made.run_id).trajectories)])
+    return aio.run(read())
+
+
+def test_staleness_of_a_counterfactual_counts_the_parents_samples(
+        file_run: MadeRun, strict: tuple[str, str], tmp_path) -> None:
+    """A counterfactual has no trajectories of its own: its report counts the parent's stream
+    (what it chose from), the parent's producers' throughput, and its own verdicts."""
+    new_run = strict[0]
+    code, out, err = streamrl_here("staleness", new_run, "--log", file_run.log_url, "--out",
+                                   str(tmp_path))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "staleness.json").read_text())
+    rows, cf = parent_rows(file_run), read_run(file_run, new_run)
+    trained = {s for b in cf.batches for s in b.sample_ids}
+    subjects = {r.subject for r in cf.rejected}
+    assert summary["num_generated"] == rows.num_rows > 0
+    assert summary["num_trained"] == len(trained) > 0
+    assert summary["num_unused"] == sum(
+        1 for s, g in zip(rows["sample_id"].to_pylist(), rows["group_id"].to_pylist(),
+                          strict=True) if s not in trained | subjects and g not in subjects)
+    assert summary["trajectory_streams"] == [f"{file_run.run_id}.trajectories"]
+    assert summary["throughput"]["total"] == dict(Counter(rows["producer_id"].to_pylist()))
+    assert summary["policy_options"] == {"max_lag": 0} and summary["per_sample"]["max"] == 0
+    assert summary["rejected_by_reason"].get("stale_lag", 0) > 0
+    # batch times count from the counterfactual's own start, not the parent's first sample
+    assert summary["batches"] and all(0 <= b["time_s"] < 600 for b in summary["batches"])
+    assert f"of {rows.num_rows} generated samples" in out
+    assert f"read from {file_run.run_id}.trajectories" in out

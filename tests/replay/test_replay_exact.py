@@ -4,6 +4,9 @@ divergence reported at the first diverging version with the tensors that differ.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -172,7 +175,8 @@ def test_replay_refuses_unusable_input_clearly(file_run: MadeRun) -> None:
     aio.run(past_the_end())
 
 
-def test_record_writes_the_replay_as_a_new_run_naming_its_parent(file_run: MadeRun) -> None:
+def test_record_writes_the_replay_as_a_new_run_naming_its_parent(file_run: MadeRun,
+                                                                 tmp_path: Path) -> None:
     new_run = f"{file_run.run_id}-rec"
     before = snapshot(file_run)
     out = streamrl("replay", file_run.run_id, "--log", file_run.log_url, "--record",
@@ -202,3 +206,18 @@ def test_record_writes_the_replay_as_a_new_run_naming_its_parent(file_run: MadeR
         assert [e.version for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
 
     aio.run(check())
+    # its staleness report is the parent's: the same samples, lags and throughput
+    reports = []
+    for run_id in (file_run.run_id, new_run):
+        code, _, err = streamrl_here("staleness", run_id, "--log", file_run.log_url, "--out",
+                                     str(tmp_path / run_id))
+        assert code == 0, err
+        reports.append(json.loads((tmp_path / run_id / "staleness.json").read_text()))
+    parent, replayed = reports
+    for key in ("num_generated", "num_trained", "per_sample", "per_token",
+                "trajectory_streams"):
+        assert replayed[key] == parent[key], key
+    # a recorded replay writes batches, not the parent's verdicts: the rest stays unjudged
+    assert replayed["num_unused"] == parent["num_generated"] - parent["num_trained"]
+    assert replayed["throughput"]["total"] == parent["throughput"]["total"]
+    assert parent["num_generated"] > parent["num_trained"] > 0
