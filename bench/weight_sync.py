@@ -202,7 +202,8 @@ def record(path: Path) -> None:
              f"{len(vs)} versions, medians", "",
              "| what | ms | × floor (bf16 bytes, "
              f"{floor:.2f} ms) | goal |", "|---|---|---|---|",
-             f"| engine load: open + copy_hf_weights (per-tensor copy_) | {med['load_ms']:.2f} | "
+             f"| engine load: open IPC handle + copy_hf_weights (one multi-tensor copy) "
+             f"| {med['load_ms']:.2f} | "
              f"{med['load_ms'] / floor:.2f}× | ≤ 2× {verdict(med['load_ms'])} |",
              f"| engine load: one _foreach_copy_ | {med['foreach_ms']:.2f} | "
              f"{med['foreach_ms'] / floor:.2f}× | ≤ 2× {verdict(med['foreach_ms'])} |",
