@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import msgspec
 
 from schemas import Prompt, encode_event
+from schemas.ids import reissued_event_id
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, RunContext
 
@@ -32,7 +33,8 @@ async def hand_over(log: Log, ctx: RunContext, unfinished: Iterable[tuple[Record
     appends = [
         Append(stream=prompts, partition=record.partition, key=prompt.prompt_id.encode(),
                value=encode_event(msgspec.structs.replace(
-                   prompt, event_id=f"{prompt.event_id}-h{record.partition}-{record.offset}")))
+                   prompt, event_id=reissued_event_id(prompt.event_id, "h", record.partition,
+                                                      record.offset))))
         for record, prompt in unfinished]
     queued = list(queued)
     positions = {

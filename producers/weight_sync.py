@@ -14,7 +14,11 @@ from streamrl.weights import WeightTransport, WeightVersionUnavailable, open_tra
 
 
 class WeightSync:
-    def __init__(self, log: Log, run_id: str, producer_id: str) -> None:
+    def __init__(self, log: Log, run_id: str, producer_id: str,
+                 transport: str | None = None) -> None:
+        """`transport`: the run's configured kind, started now rather than on the first
+        announcement (a process-group transport must join its group before the trainer can
+        publish anything through it)."""
         self.log = log
         self.run_id = run_id
         self.producer_id = producer_id
@@ -22,6 +26,8 @@ class WeightSync:
         self.offset = 0
         self.latest: WeightVersionAnnounced | None = None  # newest announcement seen
         self._transports: dict[str, WeightTransport] = {}
+        if transport is not None:
+            self._transport(transport).start()
 
     @property
     def trainer_version(self) -> int:

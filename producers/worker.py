@@ -64,7 +64,8 @@ class Producer:
         self.producer_id = f"producer-{index}"
         self.hooks = ctx.config.hooks()
         self.tokenizer = self.hooks["tokenizer"]
-        self.weights = WeightSync(log, ctx.run_id, self.producer_id)
+        self.weights = WeightSync(log, ctx.run_id, self.producer_id,
+                                  transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
         self.rollout = self.hooks["rollout"]
         self.groups: dict[str, Group] = {}

@@ -23,3 +23,21 @@ def parse_group_id(group_id: str) -> tuple[int, int]:
     if head != "prompt" or not partition.isdigit() or not offset.isdigit():
         raise ValueError(f"{group_id!r} is not a group id of the form prompt-<partition>-<offset>")
     return int(partition), int(offset)
+
+
+def reissued_event_id(event_id: str, how: str, partition: int, offset: int) -> str:
+    """The event id of a prompt published again (`how`: "r" requeued by the trainer, "h" handed
+    over by a leaving producer) from the record at (partition, offset): the original id plus that
+    position. Unique (a record is reissued once), deterministic, and bounded in length however
+    often a prompt comes back."""
+    return f"{original_event_id(event_id)}-{how}{partition}-{offset}"
+
+
+def original_event_id(event_id: str) -> str:
+    """The id the driver first published a prompt under (before any reissue suffix)."""
+    head, sep, tail = event_id.rpartition("-")
+    if sep and tail.isdigit():
+        base, sep2, mid = head.rpartition("-")
+        if sep2 and mid[:1] in ("r", "h") and mid[1:].isdigit():
+            return base
+    return event_id

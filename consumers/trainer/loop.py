@@ -36,7 +36,7 @@ from schemas import (
     decode_trajectories,
     encode_event,
 )
-from schemas.ids import parse_group_id
+from schemas.ids import parse_group_id, reissued_event_id
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import TRAINER_GROUP, RunContext
@@ -159,7 +159,8 @@ class TrainerLoop:
         partition, offset = parse_group_id(group_id)
         [record] = await self.log.read(self.streams.prompts, partition, offset, max_records=1)
         prompt = decode_event(record.value, "prompts")
-        again = msgspec.structs.replace(prompt, event_id=f"{prompt.event_id}-r{self.version}")
+        again = msgspec.structs.replace(
+            prompt, event_id=reissued_event_id(prompt.event_id, "r", partition, offset))
         return Append(stream=self.streams.prompts, value=encode_event(again),
                       key=prompt.prompt_id.encode())
 

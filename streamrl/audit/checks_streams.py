@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from schemas import BatchFormed, DeadLetter, Prompt
+from schemas.ids import original_event_id
 from streamrl.audit.lineage import RunRecords, as_position
 from streamrl.audit.report import CheckResult, DeadLetterSummary, first, where_position
 from streamrl.log import Position
@@ -105,7 +106,8 @@ def _repeated_prompts(run: RunRecords, result: CheckResult) -> None:
     repeated = 0
     for event_ids in copies.values():
         ids = set(event_ids)
-        roots = [e for e in event_ids if e.rpartition("-r")[0] not in ids]
+        roots = [e for e in event_ids
+                 if original_event_id(e) == e or original_event_id(e) not in ids]
         repeated += len(roots) > 1
     if repeated:
         result.notes.append(f"{repeated} prompt ids were published more than once "

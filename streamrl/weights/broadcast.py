@@ -23,9 +23,11 @@ one sent in-band, and with `verify_digest=True` rehashes the received bytes too 
 them: off by default on GPU paths that care about latency).
 
 The group forms once every rank has joined (a TCP store at `address`, served by rank 0). The
-sender forms it on a background thread and does not wait for it: versions published before it
-formed are announced but reach nobody, so a receiver that joins late gets the next version
-(loading an earlier one raises WeightVersionUnavailable(released=True), and WeightSync moves on).
+sender forms it on a background thread; `publish` waits for it (a version nobody receives would
+leave producers on old weights, and a trainer that needs fresher samples would wait forever).
+With `wait_for_group=False` versions published before it formed are announced but reach nobody,
+and a receiver that joins late gets the next version (loading an earlier one raises
+WeightVersionUnavailable(released=True), and WeightSync moves on).
 A rank that dies breaks the group: re-forming it is not implemented (see docs/multi-gpu.md).
 """
 
@@ -126,11 +128,16 @@ class BroadcastTransport(WeightTransport):
 
     def __init__(self, group: GroupConfig | None = None, *, keep_last: int = 2,
                  bucket_bytes: int = DEFAULT_BUCKET_BYTES, device: str | None = None,
-                 verify_digest: bool = False,
+                 verify_digest: bool = False, wait_for_group: bool = True,
                  expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None) -> None:
+        """`wait_for_group`: `publish` waits (up to the group's timeout) until every rank has
+        joined. Without it, versions published before then reach nobody; a trainer whose
+        staleness policy waits for samples of those versions would then wait forever, so only
+        callers that keep publishing regardless (benchmarks, tests) turn it off."""
         super().__init__(keep_last=keep_last)
         self.group = group if group is not None else GroupConfig.from_env()
         self.bucket_bytes, self.verify_digest, self.expected = bucket_bytes, verify_digest, expected
+        self.wait_for_group = wait_for_group
         default = "cuda" if self.group.backend == "nccl" else "cpu"
         self.device = torch.device(device or default)
         self.pg: dist.ProcessGroup | None = None
@@ -203,6 +210,11 @@ class BroadcastTransport(WeightTransport):
         if not self.is_sender:
             raise ValueError(f"rank {self.group.rank} cannot publish: only rank 0 sends weights")
         self.start()
+        if self.wait_for_group and not self._ready.wait(self.group.timeout_s) and \
+                self.error is None:
+            raise WeightTransportError(
+                f"not every engine rank joined the weight group within {self.group.timeout_s} s",
+                locator=self._locator(version), version=version)
         manifest = Manifest.of(tensors, bucket_bytes=self.bucket_bytes)
         if self.error is not None:
             raise WeightTransportError(f"the weight group failed: {self.error}",

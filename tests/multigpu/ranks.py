@@ -42,7 +42,7 @@ def sender(address: str, world_size: int, versions: list[int], late_versions: li
     joined, `late_versions`; announce each to every receiver."""
     try:
         group = GroupConfig(address=address, world_size=world_size, rank=0, timeout_s=60)
-        with BroadcastTransport(group, bucket_bytes=BUCKET_BYTES) as t:
+        with BroadcastTransport(group, bucket_bytes=BUCKET_BYTES, wait_for_group=False) as t:
             for phase, vs in (("early", versions), ("late", late_versions)):
                 if phase == "late" and not t.wait_ready(60):
                     raise TimeoutError("the group did not form")
