@@ -5,6 +5,7 @@ for the weights stream of the log (announcements: locator + digest)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import traceback
 
 import torch
@@ -61,6 +62,7 @@ def sender(address: str, world_size: int, versions: list[int], late_versions: li
                     results.put(("sender", -1, "early-done", t.num_undelivered))
     except Exception:
         results.put(("sender", -1, "error", traceback.format_exc()))
+    _exit(results)
 
 
 def receiver(address: str, world_size: int, rank: int, num_loads: int, announce: mp.Queue,
@@ -84,6 +86,17 @@ def receiver(address: str, world_size: int, rank: int, num_loads: int, announce:
                 results.put((rank, version, "loaded", (same, tied)))
     except Exception:
         results.put((rank, -1, "error", traceback.format_exc()))
+    _exit(results)
+
+
+def _exit(results: mp.Queue) -> None:
+    """Leave without interpreter teardown once every result is flushed. Known issue: a gloo
+    rank whose peers (the store's host among them) have already exited was seen once, under
+    load, to abort in torch's destructors at interpreter exit ("terminate called without an
+    active exception") after the transport had closed and every result was delivered."""
+    results.close()
+    results.join_thread()
+    os._exit(0)
 
 
 __all__ = ["BUCKET_BYTES", "ManifestMismatch", "bit_identical", "receiver", "sender", "weights"]
