@@ -62,7 +62,7 @@ def sender(address: str, world_size: int, versions: list[int], late_versions: li
                     results.put(("sender", -1, "early-done", t.num_undelivered))
     except Exception:
         results.put(("sender", -1, "error", traceback.format_exc()))
-    _exit(results)
+    _exit(results, *announce)
 
 
 def receiver(address: str, world_size: int, rank: int, num_loads: int, announce: mp.Queue,
@@ -89,13 +89,14 @@ def receiver(address: str, world_size: int, rank: int, num_loads: int, announce:
     _exit(results)
 
 
-def _exit(results: mp.Queue) -> None:
+def _exit(*queues: mp.Queue) -> None:
     """Leave without interpreter teardown once every result is flushed. Known issue: a gloo
     rank whose peers (the store's host among them) have already exited was seen once, under
     load, to abort in torch's destructors at interpreter exit ("terminate called without an
     active exception") after the transport had closed and every result was delivered."""
-    results.close()
-    results.join_thread()
+    for q in queues:  # what this process put must reach the others before it leaves
+        q.close()
+        q.join_thread()
     os._exit(0)
 
 
