@@ -18,23 +18,19 @@ import time
 from pathlib import Path
 
 from streamrl.launch import compose
-from streamrl.launch.state import NoSuchRun, resolve_run, run_pids, signal_ours, up_info
+from streamrl.launch.state import add_run_arguments, chosen_run, run_pids, signal_ours, up_info
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
-    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
+    add_run_arguments(p)
     p.add_argument("--timeout", type=float, default=90.0, help="seconds before SIGKILL")
     p.add_argument("--volumes", action="store_true", help="compose: also remove the volumes")
 
 
 def run(args: argparse.Namespace) -> int:
-    runs_dir = Path(args.runs_dir)
-    try:
-        run_id = resolve_run(runs_dir, args.run)
-    except NoSuchRun as error:
-        print(f"error: {error}", file=sys.stderr)
+    if (chosen := chosen_run(args)) is None:
         return 2
+    runs_dir, run_id = chosen
     up = up_info(runs_dir, run_id)
     if up is None:
         print(f"error: run {run_id} was not started with `streamrl up` in {runs_dir}",

@@ -12,27 +12,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from streamrl.launch import compose
-from streamrl.launch.state import NoSuchRun, is_ours, processes, resolve_run, up_info
+from streamrl.launch.state import add_run_arguments, chosen_run, is_ours, processes, up_info
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
-    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
+    add_run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    runs_dir = Path(args.runs_dir)
-    try:
-        run_id = resolve_run(runs_dir, args.run)
-    except NoSuchRun as error:
-        print(f"error: {error}", file=sys.stderr)
+    if (chosen := chosen_run(args)) is None:
         return 2
+    runs_dir, run_id = chosen
     up = up_info(runs_dir, run_id) or {}
     if up.get("mode") == "compose":
         try:

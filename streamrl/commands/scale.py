@@ -19,26 +19,22 @@ from pathlib import Path
 from schemas import ScaleRequested, encode_event
 from streamrl import aio
 from streamrl.launch import compose
-from streamrl.launch.state import NoSuchRun, processes, resolve_run, up_info
+from streamrl.launch.state import add_run_arguments, chosen_run, processes, up_info
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
+    add_run_arguments(p)
     p.add_argument("--producers", type=int, required=True, help="the number of producers wanted")
-    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
     p.add_argument("--no-wait", action="store_true", help="return once the request is logged")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default 180)")
 
 
 def run(args: argparse.Namespace) -> int:
-    runs_dir = Path(args.runs_dir)
-    try:
-        run_id = resolve_run(runs_dir, args.run)
-    except NoSuchRun as error:
-        print(f"error: {error}", file=sys.stderr)
+    if (chosen := chosen_run(args)) is None:
         return 2
+    runs_dir, run_id = chosen
     up = up_info(runs_dir, run_id) or {}
     state = processes(runs_dir, run_id) or {}
     log_url = up.get("log") or state.get("log") or args.log  # not started here: --log says

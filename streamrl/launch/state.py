@@ -10,9 +10,11 @@ unrelated program is never touched.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,22 @@ def resolve_run(runs_dir: Path, run_id: str | None) -> str:
     if not current.exists():
         raise NoSuchRun(f"no run given and no {current}: start one with `streamrl up`, or name it")
     return current.read_text().strip()
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run and runs-dir arguments that `ps`, `scale` and `down` share."""
+    p.add_argument("run", nargs="?", default=None, help="run id (default: the newest `up`)")
+    p.add_argument("--runs-dir", default="runs", help="where run files are (default: runs)")
+
+
+def chosen_run(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """(runs dir, run id) the command's arguments name; None after printing why there is none."""
+    runs_dir = Path(args.runs_dir)
+    try:
+        return runs_dir, resolve_run(runs_dir, args.run)
+    except NoSuchRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
