@@ -70,9 +70,76 @@ def test_weights_that_do_not_fit_the_config_are_named() -> None:
     mg = hf_to_megatron(hf, CONFIG)
     with pytest.raises(ValueError, match="unexpected"):
         megatron_to_hf(dict(mg, extra=torch.ones(1)), CONFIG)
-    moe = ModelConfig(model_type="qwen3_moe", vocab_size=97, hidden_size=48,
-                      intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
-                      num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-                      moe_intermediate_size=16)
-    with pytest.raises(ValueError, match="dense Qwen3 only"):
-        hf_to_megatron(hf, moe)
+    with pytest.raises(ValueError, match=r"unexpected \[.model.layers.0.mlp.down_proj"):
+        hf_to_megatron(hf, MOE)  # dense weights for a MoE config
+
+
+# Qwen3-MoE with a dense layer in the middle (mlp_only_layers), and the Qwen2-MoE variant with
+# a gated shared expert and unnormalized top-k.
+MOE = ModelConfig(model_type="qwen3_moe", vocab_size=97, hidden_size=48, intermediate_size=80,
+                  num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                  num_experts=5, num_experts_per_tok=2, moe_intermediate_size=16,
+                  norm_topk_prob=True, mlp_only_layers=(1,))
+SHARED = msgspec.structs.replace(MOE, norm_topk_prob=False, mlp_only_layers=(),
+                                 shared_expert_intermediate_size=24)
+
+
+@pytest.mark.parametrize("config", [MOE, SHARED], ids=["qwen3_moe", "shared_expert"])
+def test_moe_round_trip_is_exact_both_ways(config: ModelConfig) -> None:
+    hf = hf_state(config)  # per-expert HF names, as hub checkpoints store them
+    assert sorted(hf) == sorted(hf_names(config))
+    mg = hf_to_megatron(hf, config)
+    assert {n: tuple(t.shape) for n, t in mg.items()} == megatron_shapes(config)
+    back = megatron_to_hf(mg, config)
+    assert sorted(back) == sorted(hf)
+    for name, t in hf.items():
+        assert torch.equal(back[name], t), name
+    again = hf_to_megatron(back, config)
+    assert all(torch.equal(again[n], mg[n]) for n in mg)
+    dense = [i for i in range(config.num_hidden_layers) if i not in config.moe_layers]
+    for i in dense:
+        assert f"decoder.layers.{i}.mlp.linear_fc1.weight" in mg
+        assert f"decoder.layers.{i}.mlp.router.weight" not in mg
+
+
+def test_moe_experts_compute_what_hf_experts_compute() -> None:
+    """Each megatron expert MLP (linear_fc1 = [gate; up] -> SwiGLU -> linear_fc2) computes the HF
+    expert of the same index, the router is the HF gate, and the shared expert and its gate map
+    onto megatron's shared_experts."""
+    hf = hf_state(SHARED)
+    mg = hf_to_megatron(hf, SHARED)
+    x = torch.randn(7, SHARED.hidden_size)
+    src, dst = "model.layers.2.mlp.", "decoder.layers.2.mlp."
+
+    def swiglu(fc1: torch.Tensor, fc2: torch.Tensor) -> torch.Tensor:
+        gate, up = (x @ fc1.T).chunk(2, dim=-1)
+        return (torch.nn.functional.silu(gate) * up) @ fc2.T
+
+    def hf_mlp(prefix: str) -> torch.Tensor:
+        return (torch.nn.functional.silu(x @ hf[prefix + "gate_proj.weight"].T)
+                * (x @ hf[prefix + "up_proj.weight"].T)) @ hf[prefix + "down_proj.weight"].T
+
+    for e in range(SHARED.num_experts):
+        ours = swiglu(mg[dst + f"experts.local_experts.{e}.linear_fc1.weight"],
+                      mg[dst + f"experts.local_experts.{e}.linear_fc2.weight"])
+        torch.testing.assert_close(ours, hf_mlp(src + f"experts.{e}."))
+    torch.testing.assert_close(swiglu(mg[dst + "shared_experts.linear_fc1.weight"],
+                                      mg[dst + "shared_experts.linear_fc2.weight"]),
+                               hf_mlp(src + "shared_expert."))
+    assert torch.equal(mg[dst + "router.weight"], hf[src + "gate.weight"])
+    assert torch.equal(mg[dst + "shared_experts.gate_weight"],
+                       hf[src + "shared_expert_gate.weight"])
+
+
+def test_moe_weights_that_do_not_fit_are_named() -> None:
+    hf = hf_state(MOE)
+    fewer = ModelConfig(**{**msgspec.structs.asdict(MOE), "num_experts": 4})
+    with pytest.raises(ValueError, match=r"unexpected \['model.layers.0.mlp.experts.4"):
+        hf_to_megatron(hf, fewer)
+    bad = dict(hf, **{"model.layers.2.mlp.gate.weight": torch.ones(4, MOE.hidden_size)})
+    with pytest.raises(ValueError, match=r"decoder\.layers\.2\.mlp\.router\.weight: \(4, 48\)"):
+        hf_to_megatron(bad, MOE)
+    mg = hf_to_megatron(hf, MOE)
+    del mg["decoder.layers.0.mlp.experts.local_experts.3.linear_fc2.weight"]
+    with pytest.raises(ValueError, match=r"local_experts\.3\.linear_fc2"):
+        megatron_to_hf(mg, MOE)

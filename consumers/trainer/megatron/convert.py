@@ -16,9 +16,21 @@ layer spec (`get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm"
     model.norm.weight                          decoder.final_layernorm.weight
     lm_head.weight (untied only)               output_layer.weight (untied only)
 
+Qwen3-MoE layers (`config.moe_layers`; the others keep the dense MLP above), with megatron's
+local MoE spec (SequentialMLP: one MLP per expert) and, for Qwen2-MoE style models, a gated
+shared expert:
+
+    mlp.gate.weight                            mlp.router.weight
+    mlp.experts.{e}.{gate,up}_proj.weight      mlp.experts.local_experts.{e}.linear_fc1.weight
+    mlp.experts.{e}.down_proj.weight           mlp.experts.local_experts.{e}.linear_fc2.weight
+    mlp.shared_expert.{gate,up}_proj.weight    mlp.shared_experts.linear_fc1.weight
+    mlp.shared_expert.down_proj.weight         mlp.shared_experts.linear_fc2.weight
+    mlp.shared_expert_gate.weight              mlp.shared_experts.gate_weight
+
 linear_qkv interleaves per KV group: for each of the G groups, that group's H/G query heads,
 then its key head, then its value head (rows of head_dim each), which is how megatron splits
-the fused projection. linear_fc1 is [gate; up] stacked along rows.
+the fused projection. Every linear_fc1 is [gate; up] stacked along rows. HF names are the
+per-expert ones hub checkpoints use (`streamrl.models.checkpoint.to_hf_names` writes them).
 """
 
 from __future__ import annotations
@@ -36,7 +48,6 @@ _LAYER_RENAMES = {
     "self_attn.k_norm.weight": "self_attention.k_layernorm.weight",
     "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
     "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
-    "mlp.down_proj.weight": "mlp.linear_fc2.weight",
 }
 _GLOBAL_RENAMES = {
     "model.embed_tokens.weight": "embedding.word_embeddings.weight",
@@ -46,9 +57,6 @@ _GLOBAL_RENAMES = {
 
 
 def _check_supported(config: ModelConfig) -> None:
-    if config.is_moe:
-        raise ValueError("the megatron backend converts dense Qwen3 only (model_type 'qwen3'); "
-                         "MoE expert layouts are not mapped yet")
     if config.attention_bias:
         raise ValueError("attention_bias = true is not mapped (no Qwen3 checkpoint uses it)")
 
@@ -77,8 +85,12 @@ def hf_to_megatron(hf: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
         v = hf[src + "self_attn.v_proj.weight"].reshape(G, D, -1)
         out[dst + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(
             G * (per_group + 2) * D, -1)
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat(
-            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0)
+        for hf_mlp, mg_mlp in _mlp_pairs(config, i):
+            out[dst + mg_mlp + "linear_fc1.weight"] = torch.cat(
+                [hf[src + hf_mlp + "gate_proj.weight"], hf[src + hf_mlp + "up_proj.weight"]])
+            out[dst + mg_mlp + "linear_fc2.weight"] = hf[src + hf_mlp + "down_proj.weight"]
+        for a, b in _moe_renames(config, i):
+            out[dst + b] = hf[src + a]
     _check_shapes(out, megatron_shapes(config), "megatron")
     return out
 
@@ -97,7 +109,6 @@ def megatron_to_hf(mg: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
             out[hf_name] = mg[mg_name]
     G, D = config.num_key_value_heads, config.head_dim
     per_group = config.num_attention_heads // G
-    I = config.intermediate_size  # noqa: E741 - the usual name of the MLP width
     for i in range(config.num_hidden_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
         for a, b in _LAYER_RENAMES.items():
@@ -107,25 +118,53 @@ def megatron_to_hf(mg: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
         out[dst + "self_attn.q_proj.weight"] = q.reshape(G * per_group * D, -1)
         out[dst + "self_attn.k_proj.weight"] = k.reshape(G * D, -1)
         out[dst + "self_attn.v_proj.weight"] = v.reshape(G * D, -1)
-        gate, up = mg[src + "mlp.linear_fc1.weight"].split([I, I], dim=0)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate, up
+        for hf_mlp, mg_mlp in _mlp_pairs(config, i):
+            gate, up = mg[src + mg_mlp + "linear_fc1.weight"].chunk(2, dim=0)
+            out[dst + hf_mlp + "gate_proj.weight"], out[dst + hf_mlp + "up_proj.weight"] = gate, up
+            out[dst + hf_mlp + "down_proj.weight"] = mg[src + mg_mlp + "linear_fc2.weight"]
+        for a, b in _moe_renames(config, i):
+            out[dst + a] = mg[src + b]
     return {k: v.contiguous() for k, v in out.items()}
 
 
+def _mlp_pairs(config: ModelConfig, layer: int) -> list[tuple[str, str]]:
+    """(HF prefix, megatron prefix) of every SwiGLU MLP in decoder layer `layer`."""
+    if layer not in config.moe_layers:
+        return [("mlp.", "mlp.")]
+    pairs = [(f"mlp.experts.{e}.", f"mlp.experts.local_experts.{e}.")
+             for e in range(config.num_experts)]
+    if config.shared_expert_intermediate_size:
+        pairs.append(("mlp.shared_expert.", "mlp.shared_experts."))
+    return pairs
+
+
+def _moe_renames(config: ModelConfig, layer: int) -> list[tuple[str, str]]:
+    """(HF, megatron) names of the router and the shared-expert gate of layer `layer`."""
+    if layer not in config.moe_layers:
+        return []
+    names = [("mlp.gate.weight", "mlp.router.weight")]
+    if config.shared_expert_intermediate_size:
+        names.append(("mlp.shared_expert_gate.weight", "mlp.shared_experts.gate_weight"))
+    return names
+
+
 def hf_names(config: ModelConfig) -> list[str]:
-    """Every HF tensor name of the dense model (no lm_head when tied)."""
-    per_layer = ["input_layernorm.weight", "post_attention_layernorm.weight",
+    """Every HF tensor name of the model (no lm_head when tied; experts one by one)."""
+    attention = ["input_layernorm.weight", "post_attention_layernorm.weight",
                  *(f"self_attn.{p}_proj.weight" for p in "qkvo"), "self_attn.q_norm.weight",
-                 "self_attn.k_norm.weight",
-                 *(f"mlp.{p}_proj.weight" for p in ("gate", "up", "down"))]
+                 "self_attn.k_norm.weight"]
     names = ["model.embed_tokens.weight", "model.norm.weight"]
-    names += [f"model.layers.{i}.{n}" for i in range(config.num_hidden_layers) for n in per_layer]
+    for i in range(config.num_hidden_layers):
+        per_layer = [*attention, *(hf + f"{p}_proj.weight" for hf, _ in _mlp_pairs(config, i)
+                                   for p in ("gate", "up", "down")),
+                     *(hf for hf, _ in _moe_renames(config, i))]
+        names += [f"model.layers.{i}.{n}" for n in per_layer]
     return names + ([] if config.tie_word_embeddings else ["lm_head.weight"])
 
 
 def megatron_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every megatron GPTModel parameter for `config` (local spec, TP = 1)."""
-    H, D, I = config.hidden_size, config.head_dim, config.intermediate_size  # noqa: E741
+    """Name -> shape of every megatron GPTModel parameter for `config` (local spec, TP = EP = 1)."""
+    H, D = config.hidden_size, config.head_dim
     Q, G = config.num_attention_heads, config.num_key_value_heads
     shapes: dict[str, tuple[int, ...]] = {
         "embedding.word_embeddings.weight": (config.vocab_size, H),
@@ -140,10 +179,24 @@ def megatron_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
                    p + "self_attention.q_layernorm.weight": (D,),
                    p + "self_attention.k_layernorm.weight": (D,),
                    p + "self_attention.linear_proj.weight": (H, Q * D),
-                   p + "pre_mlp_layernorm.weight": (H,),
-                   p + "mlp.linear_fc1.weight": (2 * I, H),
-                   p + "mlp.linear_fc2.weight": (H, I)}
+                   p + "pre_mlp_layernorm.weight": (H,)}
+        for _, mg_mlp in _mlp_pairs(config, i):
+            I = _width(config, mg_mlp)  # noqa: E741 - the usual name of the MLP width
+            shapes |= {p + mg_mlp + "linear_fc1.weight": (2 * I, H),
+                       p + mg_mlp + "linear_fc2.weight": (H, I)}
+        if i in config.moe_layers:
+            shapes[p + "mlp.router.weight"] = (config.num_experts, H)
+            if config.shared_expert_intermediate_size:
+                shapes[p + "mlp.shared_experts.gate_weight"] = (1, H)
     return shapes
+
+
+def _width(config: ModelConfig, mg_mlp: str) -> int:
+    if mg_mlp.startswith("mlp.experts."):
+        return config.moe_intermediate_size
+    if mg_mlp == "mlp.shared_experts.":
+        return config.shared_expert_intermediate_size
+    return config.intermediate_size
 
 
 def _check_shapes(tensors: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]],

@@ -10,13 +10,23 @@ qk-layernorm, GQA (`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMS
 the config's theta and tied embeddings. Weights move in and out under HF names through
 `convert.py`, so versions are published and digested exactly like the torch backend's.
 Logprobs take megatron's final hidden states through `output_processor` into the same
-`fused_token_logprobs` (no [tokens, vocab] fp32 logits). Limits: dense models, tensor and
-pipeline parallel size 1, unpacked batches (megatron's RoPE counts positions per row).
+`fused_token_logprobs` (no [tokens, vocab] fp32 logits).
+
+Qwen3-MoE: megatron's local MoE layer (TopKRouter + SequentialMLP, allgather dispatcher) on the
+config's MoE layers, the dense MLP elsewhere. Qwen3 routes by softmax then top-k, renormalized
+when `norm_topk_prob`; megatron's `moe_router_pre_softmax=False` takes the top-k of the logits
+and a softmax over those k, which is the same renormalized distribution (softmax is monotone),
+and `moe_router_pre_softmax=True` is softmax then top-k without renormalizing. No aux loss, no
+z-loss, no jitter, no capacity dropping, unfused router (the fused path bypasses replay):
+exactly the torch backend's MoE. Routing replay goes through megatron's own RouterReplay
+(`replay.py`). Limits: tensor, pipeline and expert parallel size 1, unpacked batches
+(megatron's RoPE counts positions per row).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +37,10 @@ from consumers.trainer.batch import TrainBatch
 from consumers.trainer.compute import autocast
 from consumers.trainer.learner import Learner, LearnerConfig
 from consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
+from consumers.trainer.megatron.replay import replaying
 from consumers.trainer.registry import resolve_advantage, resolve_loss
-from streamrl.models import ModelConfig, fused_token_logprobs
+from streamrl.models import CausalLM, ModelConfig, fused_token_logprobs, load_checkpoint
+from streamrl.models.checkpoint import from_hf_names, save_checkpoint, to_hf_names
 
 
 def require_megatron() -> Any:
@@ -66,24 +78,53 @@ def transformer_config(config: ModelConfig, params_dtype: torch.dtype) -> Any:
         layernorm_epsilon=config.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
         add_bias_linear=False, add_qkv_bias=False, qk_layernorm=True, hidden_dropout=0.0,
         attention_dropout=0.0, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
-        attention_softmax_in_fp32=True)
+        attention_softmax_in_fp32=True, **_moe_fields(config))
+
+
+def _moe_fields(config: ModelConfig) -> dict[str, Any]:
+    """TransformerConfig fields that make megatron's MoE layers compute Qwen3-MoE's."""
+    if not config.is_moe:
+        return {}
+    shared = config.shared_expert_intermediate_size
+    return dict(
+        num_moe_experts=config.num_experts, moe_router_topk=config.num_experts_per_tok,
+        moe_ffn_hidden_size=config.moe_intermediate_size,
+        moe_layer_freq=[int(i in config.moe_layers) for i in range(config.num_hidden_layers)],
+        moe_router_score_function="softmax", moe_router_pre_softmax=not config.norm_topk_prob,
+        moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0, moe_z_loss_coeff=None,
+        moe_input_jitter_eps=None, moe_expert_capacity_factor=None, moe_router_fusion=False,
+        moe_grouped_gemm=False, moe_permute_fusion=False, moe_token_dispatcher_type="allgather",
+        moe_enable_routing_replay=True,
+        moe_shared_expert_intermediate_size=shared or None, moe_shared_expert_gate=shared > 0)
 
 
 def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) -> Any:
-    """An (initialized, random) megatron GPTModel for `config` on the current CUDA device."""
+    """An (initialized, random) megatron GPTModel for `config` on the current CUDA device:
+    local-spec layers, MoE ones where `config.moe_layers` says."""
     require_megatron()
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.moe.router_replay import RouterReplay
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-    if config.is_moe:
-        raise ValueError("the megatron backend supports dense Qwen3 only")
-    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
-    return GPTModel(
+    dense = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    moe = get_gpt_layer_local_spec(num_experts=config.num_experts or None, qk_layernorm=True,
+                                   normalization="RMSNorm", moe_grouped_gemm=False)
+    spec = TransformerBlockSubmodules(
+        layer_specs=[moe if i in config.moe_layers else dense
+                     for i in range(config.num_hidden_layers)],
+        layer_norm=WrappedTorchNorm)  # torch RMSNorm for the final norm too
+    gpt = GPTModel(
         config=transformer_config(config, params_dtype), transformer_layer_spec=spec,
         vocab_size=config.vocab_size, max_sequence_length=config.max_position_embeddings,
         share_embeddings_and_output_weights=config.tie_word_embeddings,
         position_embedding_type="rope", rotary_base=int(config.rope_theta),
         rotary_percent=1.0).cuda()
+    # Each router registers its RouterReplay in a class-level list that would keep every model
+    # ever built alive; `replay.py` drives a model's own instances instead.
+    RouterReplay.global_router_replay_instances.clear()
+    return gpt
 
 
 def load_hf(model: Any, hf: Mapping[str, Tensor], config: ModelConfig) -> None:
@@ -104,9 +145,12 @@ def to_hf(model: Any, config: ModelConfig) -> dict[str, Tensor]:
 
 
 def logprobs(model: Any, tokens: Tensor, targets: Tensor, *, temperature: float = 1.0,
-             chunk_size: int = 4096) -> Tensor:
+             chunk_size: int = 4096, forced_routing: Tensor | None = None,
+             routing_mask: Tensor | None = None) -> Tensor:
     """[B, S] log p(target) through megatron's decoder and final norm, then the shared
-    chunked LM-head logprobs."""
+    chunked LM-head logprobs. With `forced_routing` ([B, S, num_moe_layers, top_k]) the MoE
+    layers use those experts where `routing_mask` ([B, S]; everywhere if None) is True and
+    their own choice elsewhere, with gate weights from their own router (see `replay.py`)."""
     # tokens, targets: [B, S]
     B, S = tokens.shape
     positions = torch.arange(S, device=tokens.device).expand(B, S)
@@ -118,7 +162,16 @@ def logprobs(model: Any, tokens: Tensor, targets: Tensor, *, temperature: float 
         return fused_token_logprobs(hidden, weight, targets, temperature=temperature,
                                     chunk_size=chunk_size)
 
-    return model(tokens, positions, None, output_processor=head)
+    if forced_routing is None:
+        return model(tokens, positions, None, output_processor=head)
+    if routing_mask is None:
+        routing_mask = torch.ones(B, S, dtype=torch.bool, device=tokens.device)
+
+    def record() -> None:  # the decoder only: the RECORD pass needs the routers, not the head
+        model(tokens, positions, None, output_processor=lambda **_: None)
+
+    with replaying(model, record, forced_routing, routing_mask):
+        return model(tokens, positions, None, output_processor=head)
 
 
 class MegatronLearner(Learner):
@@ -141,6 +194,18 @@ class MegatronLearner(Learner):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay, fused=True)
 
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: LearnerConfig) -> MegatronLearner:
+        """The learner `save` wrote: HF weights (any HF Qwen3 checkpoint loads) and, when
+        present, the AdamW state."""
+        model = load_checkpoint(path)
+        learner = cls(model.config, to_hf_names(model.state_dict(), model.config), config)
+        optimizer_file = Path(path) / "optimizer.pt"
+        if optimizer_file.exists():
+            learner.optimizer.load_state_dict(torch.load(
+                optimizer_file, weights_only=True, map_location=config.compute.torch_device))
+        return learner
+
     def hf_state_dict(self) -> dict[str, Tensor]:
         return to_hf(self.model, self.model_config)
 
@@ -148,8 +213,18 @@ class MegatronLearner(Learner):
         with autocast(self.compute):
             return logprobs(self.model, batch.tokens, batch.targets,
                             temperature=self.config.temperature,
-                            chunk_size=self.compute.logprob_chunk_tokens)
+                            chunk_size=self.compute.logprob_chunk_tokens,
+                            forced_routing=batch.forced_routing, routing_mask=batch.routing_mask)
 
-    def save(self, path: Any) -> None:
-        raise NotImplementedError("checkpoints of the megatron backend are not written yet; "
-                                  "publish hf_state_dict() instead")
+    def save(self, path: Path) -> None:
+        """The weights as an HF checkpoint (config.json + safetensors, the torch backend's
+        format, so either backend resumes from it) plus the AdamW state (`optimizer.pt`, keyed
+        by megatron's parameter order)."""
+        path = Path(path)
+        with torch.device("meta"):
+            model = CausalLM(self.model_config)
+        state = from_hf_names(self.hf_state_dict(), self.model_config)
+        model.load_state_dict(state, strict=False, assign=True)
+        model.tie_weights()
+        save_checkpoint(model, path)
+        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")

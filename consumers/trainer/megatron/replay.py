@@ -1,22 +1,23 @@
-"""Recorded MoE routing for megatron-core's built-in RouterReplay (`moe_enable_routing_replay`).
+"""Recorded MoE routing through megatron-core's built-in RouterReplay (`moe_enable_routing_replay`).
 
 What megatron-core (0.19, megatron/core/transformer/moe/router_replay.py and moe_utils.py)
 does: with `TransformerConfig(moe_enable_routing_replay=True)` every TopKRouter owns a
-`RouterReplay`, registered in a class-level list in construction order (one per MoE layer).
-`RouterReplay.set_replay_data([idx_layer0, ...])` hands each layer a `[num_tokens, top_k]` index
-tensor; under action REPLAY_FORWARD the router takes those ids and gathers its own scores there
-(`scores.gather(1, ids)`, then the usual softmax), so the gates stay differentiable; REPLAY_BACKWARD
-pops the same ids again for activation recomputation; RECORD stores the router's own choice.
-Tokens are in megatron's order: router logits are `[S, B, E]` viewed as `[S * B, E]`, sequence-
-major. The fused router path (`moe_router_fusion=True`) bypasses replay: keep it off.
+`RouterReplay` (`router.router_replay`). Under action REPLAY_FORWARD the router takes the ids
+given by `set_target_indices` (`[num_tokens, top_k]`) and gathers its own scores there
+(`scores.gather(1, ids)`, then the usual softmax over the k), so the gates stay differentiable;
+RECORD stores the router's own choice; no action routes freely. Tokens are in megatron's order:
+router logits are `[S, B, E]` viewed as `[S * B, E]`, sequence-major. The fused router path
+(`moe_router_fusion=True`) bypasses replay: `model.py` keeps it off.
 
 Two differences from our torch backend, both handled here: megatron has no mask, so positions
 without a record (prompt, last token, padding) get the router's own choice from a RECORD pass
-first; and our batch is `[B, S, num_moe_layers, top_k]`, batch-major.
+first (causal attention makes that choice the one a free pass would make at every position that
+is scored); and our batch is `[B, S, num_moe_layers, top_k]`, batch-major.
 
-Status: `replay_indices` is pure and tested on CPU. `replaying` needs megatron-core and a MoE
-GPTModel, which the megatron backend does not build yet (`build_gpt` is dense-only); it has not
-run. What is left is in docs/routing-replay.md.
+megatron also keeps a class-level list of every RouterReplay ever built
+(`RouterReplay.global_router_replay_instances`, which its static helpers drive); `model.py`
+clears it after building a model and this module drives the model's own instances, so two
+models (a trainer and a reference) never replay each other's routing.
 """
 
 from __future__ import annotations
@@ -50,25 +51,63 @@ def replay_indices(forced_routing: Tensor, routing_mask: Tensor, own: list[Tenso
     return out
 
 
-@contextmanager
-def replaying(forward: Callable[[], Any], forced_routing: Tensor, routing_mask: Tensor
-              ) -> Iterator[None]:
-    """Inside the block, megatron MoE layers replay the batch's routing in forward and in
-    backward recomputation. `forward()` runs the model once without grad to record the
-    router's own choice at unrecorded positions. One micro-batch per block: REPLAY_FORWARD reads
-    the same ids again when activations are recomputed in backward (REPLAY_BACKWARD, which pops
-    one set per forward, is for several micro-batches set up front)."""
-    from megatron.core.transformer.moe.router_replay import RouterReplay, RouterReplayAction
+def router_replays(model: torch.nn.Module) -> list[Any]:
+    """The model's RouterReplay instances, one per MoE layer in layer order."""
+    return [m.router_replay for m in model.modules()
+            if getattr(m, "router_replay", None) is not None]
 
+
+@contextmanager
+def replaying(model: torch.nn.Module, record: Callable[[], Any], forced_routing: Tensor,
+              routing_mask: Tensor) -> Iterator[None]:
+    """Inside the block, `model`'s MoE layers use the batch's recorded routing where
+    `routing_mask` is True. `record()` runs the model once (without grad) to record the
+    router's own choice at unrecorded positions. Forwards inside the block see the same ids
+    (one micro-batch per block); backward needs none (no activation recomputation here)."""
+    from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
+    replays = router_replays(model)
+    if not replays:
+        raise ValueError("forced routing given, but the model has no replaying MoE router "
+                         "(build it with moe_enable_routing_replay=True)")
     try:
-        RouterReplay.set_global_router_replay_action(RouterReplayAction.RECORD)
+        for r in replays:
+            r.set_router_replay_action(RouterReplayAction.RECORD)
         with torch.no_grad():
-            forward()
-        own = [t.clone() for t in RouterReplay.get_recorded_data()]
-        RouterReplay.clear_global_indices()
-        RouterReplay.set_replay_data(replay_indices(forced_routing, routing_mask, own))
-        RouterReplay.set_global_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+            record()
+        own = [r.get_recorded_indices().clone() for r in replays]
+        ids = replay_indices(forced_routing, routing_mask, own)
+        for r, layer_ids in zip(replays, ids, strict=True):
+            r.clear_indices()
+            r.set_target_indices(layer_ids)
+            r.set_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
         yield
     finally:
-        RouterReplay.clear_global_router_replay_action()
-        RouterReplay.clear_global_indices()
+        for r in replays:
+            r.clear_router_replay_action()
+            r.clear_indices()
+
+
+@contextmanager
+def routing_maps(model: torch.nn.Module, batch_size: int) -> Iterator[list[Tensor]]:
+    """Captures, for every forward inside the block, which experts each token was actually
+    sent to: appends one `[B, S, num_moe_layers, num_experts]` bool tensor per forward (from
+    the routers' routing maps, so it shows replayed routing too)."""
+    maps: list[Tensor] = []
+    layers: list[Tensor] = []
+    routers = [m for m in model.modules() if getattr(m, "router_replay", None) is not None]
+
+    def hook(_m: Any, _i: Any, out: tuple[Tensor, Tensor]) -> None:
+        layers.append(out[1].detach())  # [S * B, E] routing map
+        if len(layers) == len(routers):
+            S = layers[0].shape[0] // batch_size
+            maps.append(torch.stack([m.view(S, batch_size, -1).transpose(0, 1)
+                                     for m in layers], dim=2))
+            layers.clear()
+
+    handles = [r.register_forward_hook(hook) for r in routers]
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()
