@@ -67,6 +67,14 @@ class TransportConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     WeightVersionUnavailable and skip to the newest announcement; raise this if they are often
     slower than a training step."""
 
+    slots: int | None = None
+    """cuda_ipc: device buffers in the publisher's ring (default max(2, keep_last)); readers map
+    each once, and a slot is reused only after every reader finished copying out of it."""
+
+    dtype: str | None = None
+    """cuda_ipc: cast floating tensors to this dtype when publishing (the engine's, e.g.
+    "bfloat16"); the announced digest stays that of the trainer's tensors."""
+
     directory: str | None = None
     """file: where versions are written, at the same path on every reader (required to
     publish). shm: the tmpfs to use (default /dev/shm)."""
