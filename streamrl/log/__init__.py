@@ -13,7 +13,9 @@ import importlib
 from typing import Any
 
 from streamrl.log.base import (
+    MAX_METADATA_BYTES,
     Append,
+    Committed,
     Headers,
     Log,
     LogClosedError,
@@ -50,7 +52,9 @@ def open_log(url: str, **options: Any) -> Log:
 
 __all__ = [
     "BACKENDS",
+    "MAX_METADATA_BYTES",
     "Append",
+    "Committed",
     "Headers",
     "Log",
     "LogClosedError",

@@ -17,6 +17,11 @@ gives, and that `tests/log/test_contract.py` checks against each one:
 - `transact` appends a set of records and commits a group's positions as one atomic step: after a
   crash at any point either all of it happened or none of it did. This is what the trainer uses
   for exactly-once batch formation.
+- A committed position may carry a metadata string (`Committed(offset, metadata)`, at most
+  `MAX_METADATA_BYTES` of UTF-8, Kafka's default `offset.metadata.max.bytes`), stored and made
+  visible atomically with its offset; `committed_with_metadata` reads both. Committing a plain
+  int stores "" (Kafka's rule: every commit replaces the metadata). Producers record there the
+  prompts they finished beyond their position (producers/resume.py).
 
 Every method is a coroutine; backends are started with `start()` (or `async with`) and stopped
 with `stop()`, which is idempotent. Cancelling a call may leave an append done or not done (as
@@ -26,6 +31,7 @@ with any network write), but never half done.
 from __future__ import annotations
 
 import abc
+import operator
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
@@ -69,6 +75,44 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
             if k == name:
                 return v
         return None
+
+
+MAX_METADATA_BYTES = 4096  # Kafka's default offset.metadata.max.bytes; every backend enforces it
+
+
+class Committed(NamedTuple):
+    """A consumer group's committed position in one partition."""
+
+    offset: int  # the next offset to read
+    metadata: str = ""  # stored with the offset by whoever committed it; "" when none
+
+
+Offsets = Mapping[StreamPartition, int | Committed]
+
+
+def committed_positions(group: str, offsets: Offsets) -> dict[StreamPartition, Committed]:
+    """`offsets` as `Committed` values (a plain int carries metadata ""), checked the same way on
+    every backend: a bad offset or an oversized metadata string is refused before anything is
+    written, with where it was going."""
+    out: dict[StreamPartition, Committed] = {}
+    for sp, value in offsets.items():
+        sp = StreamPartition(*sp)
+        c = Committed(*value) if isinstance(value, tuple) else Committed(value)
+        try:
+            offset = operator.index(c.offset)
+        except TypeError:
+            offset = -1
+        if offset < 0:
+            raise ValueError(f"group {group!r}, {sp.stream}[{sp.partition}]: offset must be an "
+                             f"int >= 0, got {c.offset!r}")
+        if not isinstance(c.metadata, str):
+            raise TypeError(f"group {group!r}, {sp.stream}[{sp.partition}]: metadata must be a "
+                            f"str, got {type(c.metadata).__name__}")
+        if (size := len(c.metadata.encode())) > MAX_METADATA_BYTES:
+            raise ValueError(f"group {group!r}, {sp.stream}[{sp.partition}]: metadata is {size} "
+                             f"bytes, more than the {MAX_METADATA_BYTES} a log may store")
+        out[sp] = Committed(offset, c.metadata)
+    return out
 
 
 class Append(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,10 +214,11 @@ class Log(abc.ABC):
 
     @abc.abstractmethod
     async def transact(
-        self, group: str, offsets: Mapping[StreamPartition, int], appends: Sequence[Append]
+        self, group: str, offsets: Offsets, appends: Sequence[Append]
     ) -> list[Position]:
         """Atomically append `appends` and set `group`'s committed positions to `offsets`
-        (each the next offset to consume). All of it becomes visible and durable, or none."""
+        (each the next offset to consume, optionally with metadata). All of it becomes visible
+        and durable, or none."""
 
     # -- reading --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -215,10 +260,19 @@ class Log(abc.ABC):
                 yield record
 
     # -- consumer groups ------------------------------------------------------------------------
-    @abc.abstractmethod
     async def committed(self, group: str, stream: str, partition: int) -> int | None:
         """The next offset `group` should read from this partition, or None if never committed."""
+        found = await self.committed_with_metadata(group, stream, partition)
+        return None if found is None else found.offset
 
     @abc.abstractmethod
-    async def commit(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
-        """Durably record `group`'s positions (each the next offset to consume)."""
+    async def committed_with_metadata(
+        self, group: str, stream: str, partition: int
+    ) -> Committed | None:
+        """`group`'s committed position here with the metadata committed with it, or None if
+        it never committed; both come from the same commit."""
+
+    @abc.abstractmethod
+    async def commit(self, group: str, offsets: Offsets) -> None:
+        """Durably record `group`'s positions (each the next offset to consume, optionally with
+        metadata); partitions not named keep theirs."""

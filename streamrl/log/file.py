@@ -52,21 +52,24 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from streamrl.log.base import (
     Append,
+    Committed,
     Log,
     LogClosedError,
     LogWriteError,
+    Offsets,
     Position,
     Record,
     StreamNotFoundError,
     StreamPartition,
     choose_partition,
+    committed_positions,
 )
 from streamrl.log.file_segments import PartitionReader
 from streamrl.log.file_streams import Streams, check_name
@@ -311,10 +314,10 @@ class FileLog(Log):
         return firsts
 
     async def transact(
-        self, group: str, offsets: Mapping[StreamPartition, int], appends: Sequence[Append]
+        self, group: str, offsets: Offsets, appends: Sequence[Append]
     ) -> list[Position]:
         self._check_open()
-        positions = {self._sp(*sp): int(off) for sp, off in offsets.items()}
+        positions = {self._sp(*sp): c for sp, c in committed_positions(group, offsets).items()}
         by_sp, where = self._group(appends)
         starts = await self._on_writer(
             self._guarded, self._txns.transact, group, positions, by_sp, _now_ms()
@@ -358,14 +361,16 @@ class FileLog(Log):
         return await asyncio.to_thread(self._reader(self._sp(stream, partition)).end_offset)
 
     # -- consumer groups -----------------------------------------------------------------------
-    async def committed(self, group: str, stream: str, partition: int) -> int | None:
+    async def committed_with_metadata(
+        self, group: str, stream: str, partition: int
+    ) -> Committed | None:
         self._check_open()
         positions = await self._on_writer(self._txns.committed, group)
         return positions.get(StreamPartition(stream, partition))
 
-    async def commit(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
+    async def commit(self, group: str, offsets: Offsets) -> None:
         self._check_open()
-        positions = {self._sp(*sp): int(off) for sp, off in offsets.items()}
+        positions = {self._sp(*sp): c for sp, c in committed_positions(group, offsets).items()}
         await self._on_writer(self._guarded, self._txns.commit, group, positions)
 
 

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import msgspec
 
-from streamrl.log.base import LogWriteError, StreamPartition
+from streamrl.log.base import Committed, LogWriteError, StreamPartition
 from streamrl.log.file_frames import SegmentCorruptionError
-from streamrl.log.file_groups import GroupStore
+from streamrl.log.file_groups import GroupStore, flatten, unflatten
 from streamrl.log.file_txn_records import (
     SUFFIX,
     TxnItem,
@@ -188,7 +188,7 @@ class TxnStore:
             for part in sorted(record.parts, key=lambda p: (p.stream, p.partition)):
                 with self._writing(StreamPartition(part.stream, part.partition)):
                     pass  # taking the lock under the txn lock applies the pending parts
-            self.groups.merge(record.group, record.positions)
+            self.groups.merge(record.group, unflatten(record.positions, record.metadata))
             self._finish(name)
 
     def _set_aside(self, name: str) -> None:
@@ -210,17 +210,17 @@ class TxnStore:
     def transact(
         self,
         group: str,
-        positions: Mapping[StreamPartition, int],
+        positions: Mapping[StreamPartition, Committed],
         parts: Mapping[StreamPartition, Sequence[Item]],
         timestamp_ms: int,
     ) -> dict[StreamPartition, int]:
         """Run the protocol above; returns each partition's first reserved offset."""
         self.groups.path(group)  # a bad group name fails before anything is written
-        flat = [(sp.stream, sp.partition, off) for sp, off in positions.items()]
+        flat, meta = flatten(positions)
         with self.locked():
             self.roll_forward()
             if not parts:
-                self.groups.merge(group, flat)
+                self.groups.merge(group, positions)
                 return {}
             with contextlib.ExitStack() as stack:
                 writers = {sp: stack.enter_context(self._writing(sp)) for sp in sorted(parts)}
@@ -230,7 +230,8 @@ class TxnStore:
                     txn_id=txn_id,
                     group=group,
                     timestamp_ms=timestamp_ms,
-                    positions=flat,
+                    positions=list(flat),
+                    metadata=list(meta),
                     parts=[
                         TxnPart(
                             sp.stream,
@@ -250,7 +251,7 @@ class TxnStore:
                         writer.apply_txn_part(txn_id, starts[sp], parts[sp], timestamp_ms)
                         if HOOKS.after_txn_part is not None:
                             HOOKS.after_txn_part(sp)
-                    self.groups.merge(group, flat)
+                    self.groups.merge(group, positions)
                     self._finish(name)
                 except (OSError, LogWriteError) as err:
                     raise TransactionInDoubtError(
@@ -260,13 +261,13 @@ class TxnStore:
             return starts
 
     # -- groups --------------------------------------------------------------------------------
-    def commit(self, group: str, positions: Mapping[StreamPartition, int]) -> None:
+    def commit(self, group: str, positions: Mapping[StreamPartition, Committed]) -> None:
         self.groups.path(group)
         with self.locked():
             self.roll_forward()
-            self.groups.merge(group, [(sp.stream, sp.partition, o) for sp, o in positions.items()])
+            self.groups.merge(group, positions)
 
-    def committed(self, group: str) -> dict[StreamPartition, int]:
+    def committed(self, group: str) -> dict[StreamPartition, Committed]:
         """The group's positions, after completing any transaction that a crash left pending."""
         if self.pending():
             with self.locked():

@@ -50,6 +50,9 @@ class TxnRecord(msgspec.Struct, frozen=True, kw_only=True):
     timestamp_ms: int
     positions: list[tuple[str, int, int]]  # (stream, partition, next offset) for `group`
     parts: list[TxnPart]
+    # (stream, partition, metadata) of the positions committed with metadata; absent in records
+    # written before metadata existed, which decode with none
+    metadata: list[tuple[str, int, str]] = msgspec.field(default_factory=list)
 
 
 _decode = msgspec.msgpack.Decoder(TxnRecord).decode

@@ -15,7 +15,8 @@ How the contract in `base.py` maps onto Kafka:
 - Readers use read_committed consumers (`kafka_reader.py`): records of aborted or open
   transactions are never returned, and `end_offset` is the last stable offset.
 - `commit`/`committed` store positions in Kafka's `__consumer_offsets` as a simple consumer
-  group (`kafka_admin.py`).
+  group (`kafka_admin.py`), each with its offset-commit metadata string; `transact` commits
+  both through TxnOffsetCommit (`send_offsets_to_transaction` takes (offset, metadata)).
 - `transact` is a Kafka transaction on the writer's transactional producer (`kafka_txn.py`),
   whose `transactional.id` is `writer_id`; see there for fencing and for the one outcome the
   caller sees only when the outcome stays unknown past `unknown_outcome_s`,
@@ -42,14 +43,17 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streamrl.log.base import (
     Append,
+    Committed,
     Log,
     LogClosedError,
     LogError,
+    Offsets,
     Position,
     Record,
     StreamNotFoundError,
     StreamPartition,
     choose_partition,
+    committed_positions,
 )
 from streamrl.log.kafka_admin import KafkaAdmin, NotAuthenticatedError, probe_connection
 from streamrl.log.kafka_config import KafkaLogConfig
@@ -231,7 +235,7 @@ class KafkaLog(Log):
         ]
 
     async def transact(
-        self, group: str, offsets: Mapping[StreamPartition, int], appends: Sequence[Append]
+        self, group: str, offsets: Offsets, appends: Sequence[Append]
     ) -> list[Position]:
         self._check_open()
         if self._txn is None:
@@ -241,7 +245,9 @@ class KafkaLog(Log):
         targets = await self._targets(appends)
         if not offsets and not targets:
             return []
-        tp_offsets = {TopicPartition(s, p): int(off) for (s, p), off in offsets.items()}
+        committed = committed_positions(group, offsets)
+        tp_offsets = {TopicPartition(s, p): (c.offset, c.metadata)
+                      for (s, p), c in committed.items()}
         starts = await end_offsets(self, targets)
         deadline = time.monotonic() + self.config.unknown_outcome_s
         while True:
@@ -265,8 +271,8 @@ class KafkaLog(Log):
                     raise
                 logger.warning("unconfirmed commit of %s had not committed; running it again",
                                self.config.writer_id)
-        if offsets:
-            await self._await_offsets_visible(group, offsets)
+        if committed:
+            await self._await_offsets_visible(group, committed)
         return positions
 
     async def settle_transactions(self) -> None:
@@ -277,7 +283,7 @@ class KafkaLog(Log):
         await self._txn.settle()
 
     async def _await_offsets_visible(
-        self, group: str, offsets: Mapping[StreamPartition, int]
+        self, group: str, offsets: Mapping[StreamPartition, Committed]
     ) -> None:
         """Read-your-writes for `committed`: the offsets are durable once the commit returns,
         but the group coordinator serves them only after the commit marker reaches it."""
@@ -323,16 +329,19 @@ class KafkaLog(Log):
         return await (await self._readers.get(stream, partition)).end_offset()
 
     # -- consumer groups ------------------------------------------------------------------------
-    async def committed(self, group: str, stream: str, partition: int) -> int | None:
+    async def committed_with_metadata(
+        self, group: str, stream: str, partition: int
+    ) -> Committed | None:
         self._check_open()
         assert self._admin is not None
         sp = StreamPartition(stream, partition)
         return (await self._admin.fetch_offsets(group, [sp]))[sp]
 
-    async def commit(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
+    async def commit(self, group: str, offsets: Offsets) -> None:
         self._check_open()
-        for sp in offsets:
+        committed = committed_positions(group, offsets)
+        for sp in committed:
             await self._check_partition(sp.stream, sp.partition)
-        if offsets:
+        if committed:
             assert self._admin is not None
-            await self._admin.commit_offsets(group, offsets)
+            await self._admin.commit_offsets(group, committed)

@@ -3,7 +3,9 @@
 Group offsets go straight to the group coordinator with OffsetCommit/OffsetFetch as a *simple*
 group (generation -1, no member id). That is what a standalone consumer with manual assignment
 does, and it needs no group membership, no rebalancing and no consumer per group; the offsets
-land in `__consumer_offsets` like any consumer's and survive broker restarts.
+land in `__consumer_offsets` like any consumer's and survive broker restarts. Each offset carries
+its metadata string (OffsetCommit/OffsetFetch have a field for it; the broker refuses more than
+`offset.metadata.max.bytes`, 4096 by default, which `base.committed_positions` checks first).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from aiokafka.conn import create_conn
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
-from streamrl.log.base import LogError, LogWriteError, StreamPartition
+from streamrl.log.base import Committed, LogError, LogWriteError, StreamPartition
 from streamrl.log.kafka_config import KafkaLogConfig
 
 GROUP_COORDINATOR = 0
@@ -112,10 +114,12 @@ class KafkaAdmin:
         return resp.to_object()["topics"]
 
     # -- consumer-group offsets -----------------------------------------------------------------
-    async def commit_offsets(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
+    async def commit_offsets(
+        self, group: str, offsets: Mapping[StreamPartition, Committed]
+    ) -> None:
         by_topic: dict[str, list[tuple[int, int, str]]] = {}
-        for (stream, partition), offset in offsets.items():
-            by_topic.setdefault(stream, []).append((partition, int(offset), ""))
+        for (stream, partition), (offset, metadata) in offsets.items():
+            by_topic.setdefault(stream, []).append((partition, int(offset), metadata))
         request = OffsetCommitRequest(
             group,
             OffsetCommitRequest.DEFAULT_GENERATION_ID,
@@ -129,18 +133,21 @@ class KafkaAdmin:
 
     async def fetch_offsets(
         self, group: str, partitions: list[StreamPartition]
-    ) -> dict[StreamPartition, int | None]:
+    ) -> dict[StreamPartition, Committed | None]:
+        """Each partition's committed offset with its metadata; None where the group never
+        committed."""
         by_topic: dict[str, list[int]] = {}
         for stream, partition in partitions:
             by_topic.setdefault(stream, []).append(partition)
         resp = await self._group_call(group, OffsetFetchRequest(group, list(by_topic.items())))
         if codes := _error_codes(resp):
             raise LogError(f"reading offsets of group {group!r} failed: {_names(codes)}")
-        result: dict[StreamPartition, int | None] = dict.fromkeys(partitions)
+        result: dict[StreamPartition, Committed | None] = dict.fromkeys(partitions)
         for topic, parts in resp.topics:
-            for partition, offset, *_ in parts:
+            for partition, offset, metadata, *_ in parts:
                 # -1 is how the coordinator says "this group never committed here".
-                result[StreamPartition(topic, partition)] = offset if offset >= 0 else None
+                result[StreamPartition(topic, partition)] = (
+                    Committed(offset, metadata or "") if offset >= 0 else None)
         return result
 
     async def _group_call(self, group: str, request: Any) -> Any:

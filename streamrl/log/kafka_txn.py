@@ -119,10 +119,11 @@ class TransactionalWriter:
     async def run(
         self,
         group: str,
-        offsets: dict[TopicPartition, int],
+        offsets: dict[TopicPartition, tuple[int, str]],
         sends: Sequence[tuple[int, Append]],
     ) -> list[RecordMetadata]:
-        """Send `sends` (partition, record) and commit `group`'s `offsets` in one transaction."""
+        """Send `sends` (partition, record) and commit `group`'s `offsets` (offset, metadata) in
+        one transaction (TxnOffsetCommit carries the metadata, as a consumer's commit does)."""
         async with self._lock:
             producer = await self._ensure_producer()
             await producer.begin_transaction()

@@ -6,19 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
 from streamrl.log.base import (
     Append,
+    Committed,
     Log,
     LogClosedError,
+    Offsets,
     Position,
     Record,
     StreamNotFoundError,
     StreamPartition,
     choose_partition,
+    committed_positions,
 )
 
 
@@ -26,7 +29,7 @@ class MemoryStore(msgspec.Struct):
     """The state a `MemoryLog` keeps; share one between instances to simulate a restart."""
 
     partitions: dict[str, list[list[Record]]] = msgspec.field(default_factory=dict)
-    groups: dict[str, dict[StreamPartition, int]] = msgspec.field(default_factory=dict)
+    groups: dict[str, dict[StreamPartition, Committed]] = msgspec.field(default_factory=dict)
 
 
 class MemoryLog(Log):
@@ -102,16 +105,15 @@ class MemoryLog(Log):
         return positions
 
     async def transact(
-        self, group: str, offsets: Mapping[StreamPartition, int], appends: Sequence[Append]
+        self, group: str, offsets: Offsets, appends: Sequence[Append]
     ) -> list[Position]:
         self._check_open()
-        for sp in offsets:
+        positions_of_group = committed_positions(group, offsets)
+        for sp in positions_of_group:
             self._partitions(sp.stream)
         # No await between the two steps: nothing can observe one without the other.
         positions = self._append_now(appends)
-        self._store.groups.setdefault(group, {}).update(
-            {StreamPartition(*sp): off for sp, off in offsets.items()}
-        )
+        self._store.groups.setdefault(group, {}).update(positions_of_group)
         async with self._changed:
             self._changed.notify_all()
         return positions
@@ -138,11 +140,11 @@ class MemoryLog(Log):
     async def end_offset(self, stream: str, partition: int) -> int:
         return len(self._partitions(stream)[partition])
 
-    async def committed(self, group: str, stream: str, partition: int) -> int | None:
+    async def committed_with_metadata(
+        self, group: str, stream: str, partition: int
+    ) -> Committed | None:
         return self._store.groups.get(group, {}).get(StreamPartition(stream, partition))
 
-    async def commit(self, group: str, offsets: Mapping[StreamPartition, int]) -> None:
+    async def commit(self, group: str, offsets: Offsets) -> None:
         self._check_open()
-        self._store.groups.setdefault(group, {}).update(
-            {StreamPartition(*sp): off for sp, off in offsets.items()}
-        )
+        self._store.groups.setdefault(group, {}).update(committed_positions(group, offsets))
