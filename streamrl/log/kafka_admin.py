@@ -24,6 +24,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from streamrl.log.base import Committed, LogError, LogWriteError, StreamPartition
 from streamrl.log.kafka_config import KafkaLogConfig
+from streamrl.log.kafka_options import tls_problem
 
 GROUP_COORDINATOR = 0
 
@@ -204,8 +205,8 @@ async def probe_connection(config: KafkaLogConfig) -> LogError | None:
             f"kafka at {config.bootstrap} refused the {config.sasl_mechanism} login of user "
             f"{config.sasl_username!r}: {exc} (check the user, the password in "
             f"{config.sasl_password_env} and sasl_mechanism)")
-    except Exception:  # unreachable, TLS trouble, ...: the caller's own error says enough
-        return None
+    except Exception:  # TLS trouble is named; unreachable etc.: the caller's error says enough
+        return await tls_problem(config)
     conn.close()
     return None
 
