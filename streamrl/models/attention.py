@@ -78,12 +78,14 @@ def segment_causal_mask(positions: Tensor) -> Tensor | None:
     real token, so causality already hides it.
 
     Returns None when no row is packed: plain causal attention needs no [T, T] mask, and SDPA's
-    `is_causal` path keeps flash kernels available on GPU.
+    `is_causal` path keeps flash kernels available on GPU. Under torch.compile it always returns
+    the mask (equal to plain causal when nothing is packed): the data-dependent check would
+    break the graph.
     """
     # positions: [B, T] -> [B, 1, T, T] bool, or None
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    if not bool(starts[:, 1:].any()):
+    if not torch.compiler.is_compiling() and not bool(starts[:, 1:].any()):
         return None
     segment = starts.long().cumsum(dim=1)  # [B, T]
     T = positions.shape[1]
