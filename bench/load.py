@@ -11,7 +11,9 @@ and commits it with `transact`, as producers do. Producers hold back while the c
 than `--max-lag` records behind (what admission control does in a run: producers never run
 arbitrarily far ahead of the trainer), so memory and lag must stay bounded however long it runs.
 The consumer reads, fully decodes (Arrow validation + semantic checks) and commits its position
-every second. Every process runs a 10 ms timer task and records how late it fires: the event-loop
+every `COMMIT_S` (a trainer commits once per batch; producers' admission waits on that position,
+so committing only once a second would cap throughput at `--max-lag` records a second). Every
+process runs a 10 ms timer task and records how late it fires: the event-loop
 lag (goal: p99 < 50 ms). The main process samples consumer lag (records and bytes behind) and the
 RSS of every process each second. Baseline, in the same run: Kafka's own ProducerPerformance at the
 same record size on the same broker (it only produces; ours also encodes, consumes and decodes).
@@ -42,6 +44,7 @@ from streamrl.log import Append, StreamPartition, open_log
 
 GROUP = "bench-load"
 TICK_S = 0.010  # the lag probe's period
+COMMIT_S = 0.25  # how often the consumer commits its position
 LAG_GOAL_MS = 50.0
 RSS_GROWTH_LIMIT_MB = 50.0  # second quarter of the run to the last quarter
 
@@ -53,13 +56,18 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def probe_lag(lags: list[float], stop: asyncio.Event) -> None:
-    """How late a 10 ms timer fires: the time a blocked event loop makes everyone wait (ms)."""
+async def probe_lag(lags: list[float], stop: asyncio.Event, cpu: list[float] | None = None
+                    ) -> None:
+    """How late a 10 ms timer fires: the time a blocked event loop makes everyone wait (ms).
+    `cpu` gets the CPU time the loop's thread used during each tick: a late tick with as much
+    CPU is a callback that ran long; one with little CPU waited for a core (other processes)."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
-        t = loop.time()
+        t, c = loop.time(), time.thread_time()
         await asyncio.sleep(TICK_S)
         lags.append((loop.time() - t - TICK_S) * 1000)
+        if cpu is not None:
+            cpu.append((time.thread_time() - c) * 1000)
 
 
 def _producer(url: str, stream: str, index: int, args: dict, out: mp.Queue) -> None:
@@ -68,8 +76,9 @@ def _producer(url: str, stream: str, index: int, args: dict, out: mp.Queue) -> N
 
     async def produce() -> None:
         lags: list[float] = []
+        cpu: list[float] = []
         stop = asyncio.Event()
-        probe = asyncio.create_task(probe_lag(lags, stop))
+        probe = asyncio.create_task(probe_lag(lags, stop, cpu))
         sent, deadline = 0, time.monotonic() + args["duration"]
         async with open_log(url, writer_id=f"{stream}-producer-{index}") as log:
             while time.monotonic() < deadline:
@@ -86,7 +95,7 @@ def _producer(url: str, stream: str, index: int, args: dict, out: mp.Queue) -> N
                 sent += 1
         stop.set()
         await probe
-        out.put({"role": "producer", "index": index, "sent": sent, "lags": lags})
+        out.put({"role": "producer", "index": index, "sent": sent, "lags": lags, "cpu": cpu})
 
     aio.run(produce())
 
@@ -94,8 +103,9 @@ def _producer(url: str, stream: str, index: int, args: dict, out: mp.Queue) -> N
 def _consumer(url: str, stream: str, args: dict, out: mp.Queue) -> None:
     async def consume() -> None:
         lags: list[float] = []
+        cpu: list[float] = []
         stop = asyncio.Event()
-        probe = asyncio.create_task(probe_lag(lags, stop))
+        probe = asyncio.create_task(probe_lag(lags, stop, cpu))
         offset, count, nbytes, last_commit = 0, 0, 0, time.monotonic()
         timeline: list[tuple[float, int]] = []  # (t, bytes decoded so far)
         t0 = time.monotonic()
@@ -105,13 +115,13 @@ def _consumer(url: str, stream: str, args: dict, out: mp.Queue) -> None:
                     decode_trajectories(record.value)
                     offset, count, nbytes = record.offset + 1, count + 1, nbytes + len(record.value)
                     await asyncio.sleep(0)  # a consumer yields between records
-                if time.monotonic() - last_commit >= 1.0:
+                if time.monotonic() - last_commit >= COMMIT_S:
                     await log.commit(GROUP, {StreamPartition(stream, 0): offset})
                     last_commit = time.monotonic()
                     timeline.append((last_commit - t0, nbytes))
         stop.set()
         await probe
-        out.put({"role": "consumer", "count": count, "bytes": nbytes, "lags": lags,
+        out.put({"role": "consumer", "count": count, "bytes": nbytes, "lags": lags, "cpu": cpu,
                  "timeline": timeline})
 
     aio.run(consume())
@@ -174,7 +184,7 @@ async def sample(url: str, stream: str, procs: list, out: mp.Queue, results: lis
             if size is None and end:
                 size = len((await log.read(stream, 0, 0, max_records=1))[0].value)
             rss = [rss_mb(p.pid) for p in procs if p.is_alive()]
-            rows.append({"t": t, "behind": end - done,
+            rows.append({"t": t, "behind": end - done, "load": os.getloadavg()[0],
                          "behind_mb": (end - done) * (size or 0) / 1e6,
                          "rss_mb": rss, "size": size or 0})
             progress.update(task, completed=min(t, duration))
@@ -185,6 +195,9 @@ def summarize(name: str, run: dict, duration: float) -> dict:
     consumer = next(r for r in run["results"] if r["role"] == "consumer")
     producers = [r for r in run["results"] if r["role"] == "producer"]
     plags = np.concatenate([r["lags"] for r in producers])
+    # The part of each tick's lag the loop's own thread spent computing (see probe_lag).
+    pbusy = np.concatenate([np.minimum(r["lags"][:len(r["cpu"])], r["cpu"]) for r in producers])
+    cbusy = np.minimum(consumer["lags"][:len(consumer["cpu"])], consumer["cpu"])
     rss = [max(s["rss_mb"], default=0) for s in run["samples"]]
     quarter = max(1, len(rss) // 4)
     return {
@@ -194,10 +207,13 @@ def summarize(name: str, run: dict, duration: float) -> dict:
         "producer_lag_max_ms": float(plags.max()),
         "consumer_lag_p99_ms": float(np.percentile(consumer["lags"], 99)),
         "consumer_lag_max_ms": float(np.max(consumer["lags"])),
+        "producer_busy_p99_ms": float(np.percentile(pbusy, 99)),
+        "consumer_busy_p99_ms": float(np.percentile(cbusy, 99)),
         "max_behind": max(s["behind"] for s in run["samples"]),
         "max_behind_mb": max(s["behind_mb"] for s in run["samples"]),
         "rss_max_mb": max(rss), "rss_growth_mb": float(np.mean(rss[-quarter:])
                                                         - np.mean(rss[quarter:2 * quarter])),
+        "load_avg": float(np.mean([s["load"] for s in run["samples"]])),
         "timeline": consumer["timeline"], "samples": run["samples"],
         "producer_lags": [float(np.percentile(r["lags"], 99)) for r in producers],
     }
@@ -251,11 +267,16 @@ def section(summaries: list[dict], base: float | None, info: dict, png: Path,
              f"{info['card']} · `python -m bench.load --duration {args.duration:.0f} "
              f"--producers {args.producers}`", "",
              f"{args.producers} producer processes + 1 consumer, {args.duration:.0f} s per "
-             f"backend, admission at {args.max_lag} records behind. The machine was shared with "
-             "other engineers' test runs while this ran (load average around 10 on 2 cores).", "",
+             f"backend, admission at {args.max_lag} records behind. Event-loop lag is how late a "
+             "10 ms timer fires; the loop's own compute is the part of it the loop's thread spent "
+             "computing (CPU time during the tick), the rest is waiting for a core. Load average "
+             "during each backend's run: "
+             + ", ".join(f"{s['backend']} {s['load_avg']:.1f}" for s in summaries)
+             + f" ({info['machine'].split(',')[1].strip()}).", "",
              "| backend | record | decoded MB/s | vs ProducerPerformance | loop lag p99 producers "
-             "/ consumer (max) | goal p99 < 50 ms | consumer lag max | RSS max / growth |",
-             "|---|---|---|---|---|---|---|---|"]
+             "/ consumer (max) | goal p99 < 50 ms | loop's own compute p99 | consumer lag max "
+             "| RSS max / growth |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         ratio = (f"{s['mb_per_s'] / base:.2f}× of {base:.1f} MB/s"
                  if base and s["backend"] == "kafka" else "—")
@@ -265,7 +286,8 @@ def section(summaries: list[dict], base: float | None, info: dict, png: Path,
             f"| {s['backend']} | {s['record_mb']:.2f} MB | {s['mb_per_s']:.1f} "
             f"({s['groups']} groups) | {ratio} | {s['producer_lag_p99_ms']:.0f} / "
             f"{s['consumer_lag_p99_ms']:.0f} ms ({s['producer_lag_max_ms']:.0f} / "
-            f"{s['consumer_lag_max_ms']:.0f}) | {ok} | {s['max_behind']} records "
+            f"{s['consumer_lag_max_ms']:.0f}) | {ok} | {s['producer_busy_p99_ms']:.0f} / "
+            f"{s['consumer_busy_p99_ms']:.0f} ms | {s['max_behind']} records "
             f"({s['max_behind_mb']:.0f} MB) | {s['rss_max_mb']:.0f} MB / "
             f"{s['rss_growth_mb']:+.0f} MB |")
     lines += ["", f"![load]({png.relative_to(ROOT)})"]
@@ -284,12 +306,14 @@ def main() -> None:
                    help="encode off the event loop (producers/worker.py encodes on it)")
     p.add_argument("--kafka", default="127.0.0.1:9092")
     p.add_argument("--no-kafka", action="store_true")
+    p.add_argument("--no-file", action="store_true")
     p.add_argument("--no-record", action="store_true", help="do not write BENCHMARKS.md")
     args = p.parse_args()
     summaries = []
     with Progress() as progress, tempfile.TemporaryDirectory() as tmp:
         backends = [] if args.no_kafka else [("kafka", f"kafka://{args.kafka}")]
-        backends.append(("file", os.path.join(tmp, "log")))
+        if not args.no_file:
+            backends.append(("file", os.path.join(tmp, "log")))
         for name, url in backends:
             summaries.append(summarize(name, run_backend(name, url, args, progress),
                                        args.duration))
@@ -299,7 +323,9 @@ def main() -> None:
     info = machine_info()
     for s in summaries:
         print(f"{s['backend']}: {s['mb_per_s']:.1f} MB/s, loop lag p99 producers "
-              f"{s['producer_lag_p99_ms']:.1f} ms / consumer {s['consumer_lag_p99_ms']:.1f} ms, "
+              f"{s['producer_lag_p99_ms']:.1f} ms / consumer {s['consumer_lag_p99_ms']:.1f} ms "
+              f"(the loop's own compute: {s['producer_busy_p99_ms']:.1f} / "
+              f"{s['consumer_busy_p99_ms']:.1f} ms), "
               f"max behind {s['max_behind']} records, RSS max {s['rss_max_mb']:.0f} MB "
               f"(growth {s['rss_growth_mb']:+.0f} MB)")
     if base:
