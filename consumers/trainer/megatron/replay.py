@@ -89,20 +89,19 @@ def replaying(model: torch.nn.Module, record: Callable[[], Any], forced_routing:
 
 
 @contextmanager
-def routing_maps(model: torch.nn.Module, batch_size: int) -> Iterator[list[Tensor]]:
-    """Captures, for every forward inside the block, which experts each token was actually
-    sent to: appends one `[B, S, num_moe_layers, num_experts]` bool tensor per forward (from
-    the routers' routing maps, so it shows replayed routing too)."""
+def routing_maps(model: torch.nn.Module) -> Iterator[list[Tensor]]:
+    """Captures, for every forward inside the block (RECORD passes included), which experts
+    each token was actually sent to: one `[S * B, num_moe_layers, num_experts]` bool tensor per
+    forward, in megatron's sequence-major token order (`batch_major` turns it into ours). Read
+    from the routers' routing maps, so it shows replayed routing too."""
     maps: list[Tensor] = []
     layers: list[Tensor] = []
     routers = [m for m in model.modules() if getattr(m, "router_replay", None) is not None]
 
     def hook(_m: Any, _i: Any, out: tuple[Tensor, Tensor]) -> None:
-        layers.append(out[1].detach())  # [S * B, E] routing map
+        layers.append(out[1].detach())  # [S * B, E] routing map of one MoE layer
         if len(layers) == len(routers):
-            S = layers[0].shape[0] // batch_size
-            maps.append(torch.stack([m.view(S, batch_size, -1).transpose(0, 1)
-                                     for m in layers], dim=2))
+            maps.append(torch.stack(layers, dim=1))
             layers.clear()
 
     handles = [r.register_forward_hook(hook) for r in routers]
@@ -111,3 +110,9 @@ def routing_maps(model: torch.nn.Module, batch_size: int) -> Iterator[list[Tenso
     finally:
         for h in handles:
             h.remove()
+
+
+def batch_major(routing_map: Tensor, batch_size: int) -> Tensor:
+    """`[S * B, L, E]` (megatron's token order) -> `[B, S, L, E]` (ours)."""
+    SB, L, E = routing_map.shape
+    return routing_map.view(SB // batch_size, batch_size, L, E).transpose(0, 1)
