@@ -6,11 +6,12 @@ not published and, in one transaction:
   - appends each of their prompts again to its partition, as a new prompt record (a new position,
     so a new group id), and
   - commits, per partition, the position after everything it started (or before the oldest prompt
-    it read but had not started).
+    it read but had not started), with the finished prompts past it (the requeued ones among
+    them) as the position's metadata (producers/resume.py).
 So the next owner generates every unfinished prompt exactly once and never regenerates a
 published group: nothing lost, nothing duplicated. A producer that is killed instead hands over
-nothing; its committed positions still lose nothing, and the trainer drops the duplicate groups
-the next owner regenerates (their ids are the same).
+nothing: its last commit already names the prompts it finished past its position, so the next
+owner regenerates only the unfinished ones, under their original group ids.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from producers.resume import PartitionProgress
 from schemas import Prompt, encode_event
 from schemas.ids import reissued_event_id
 from streamrl.log import Append, Log, Record, StreamPartition
@@ -26,10 +28,12 @@ from streamrl.run.context import PRODUCER_GROUP, RunContext
 
 
 async def hand_over(log: Log, ctx: RunContext, unfinished: Iterable[tuple[Record, Prompt]],
-                    queued: Iterable[Record], next_offsets: dict[int, int]) -> int:
-    """Requeue `unfinished` prompts and commit the handover positions; returns how many prompts
-    were requeued. Call only once no rollout of this producer can publish any more."""
+                    queued: Iterable[Record], progress: dict[int, PartitionProgress]) -> int:
+    """Requeue `unfinished` prompts (started, not committed) and commit the handover positions of
+    every partition in `progress`; returns how many prompts were requeued. Call only once no
+    rollout of this producer can publish any more."""
     prompts = ctx.streams.prompts
+    unfinished = list(unfinished)
     appends = [
         Append(stream=prompts, partition=record.partition, key=prompt.prompt_id.encode(),
                value=encode_event(msgspec.structs.replace(
@@ -38,8 +42,9 @@ async def hand_over(log: Log, ctx: RunContext, unfinished: Iterable[tuple[Record
         for record, prompt in unfinished]
     queued = list(queued)
     positions = {
-        StreamPartition(prompts, p): min((r.offset for r in queued if r.partition == p),
-                                         default=next_offset)
-        for p, next_offset in next_offsets.items()}
+        StreamPartition(prompts, p): part.handed_over(
+            requeued=[r.offset for r, _ in unfinished if r.partition == p],
+            queued=[r.offset for r in queued if r.partition == p])
+        for p, part in progress.items()}
     await log.transact(PRODUCER_GROUP, positions, appends)
     return len(appends)

@@ -8,10 +8,12 @@
 
 A worker owns the prompts partitions `owned_partitions(index, num_producers, ...)` (p with
 p % num_producers == index; the run's supervisor changes the membership on `streamrl scale`, never
-giving a partition two owners at once) and commits, in one
-transaction with each published group, the position after the oldest prompt it has not finished.
-Group and sample ids come from the prompt's position (`schemas.ids`), so a group regenerated
-after a crash has the same ids and the trainer drops the duplicate.
+giving a partition two owners at once) and commits, in one transaction with each published group,
+the partition's position (its oldest unfinished prompt) and the prompts past it that are finished
+(producers/resume.py). A producer restarted after kill -9, or the next owner after a handover,
+skips those, so every group is published exactly once. Commits are made one at a time, in the
+order their state was computed (`publish_lock`): an older commit landing after a newer one would
+forget finished prompts. Group and sample ids come from the prompt's position (`schemas.ids`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from producers.engine import SamplingParams, TorchEngine
 from producers.engine.sampling import seed_from_request_id
 from producers.handover import hand_over
 from producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
+from producers.resume import PartitionProgress
 from producers.rollout import EngineClient, RolloutInput, RolloutSample
 from producers.weight_sync import WeightSync
 from schemas import (
@@ -54,6 +57,7 @@ class Group(msgspec.Struct, kw_only=True):
     prompt: Prompt
     tokens: np.ndarray
     task: asyncio.Task | None = None
+    publishing: bool = False  # generated; its commit is under way (never cancelled)
 
 
 class Producer:
@@ -68,9 +72,10 @@ class Producer:
                                   transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
         self.rollout = self.hooks["rollout"]
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[str, Group] = {}  # started, until their commit happened
         self.queue: deque[Record] = deque()  # prompt records read but not started
-        self.offsets: dict[int, int] = {}  # next prompt offset to read, per owned partition
+        self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)
+        self.publish_lock = asyncio.Lock()
         # A fork's versions start at its parent's version and the samples it carried over count
         # as started first: admission control counts from there (streamrl/run/fork.py).
         self.base_version = ctx.first_version
@@ -92,15 +97,15 @@ class Producer:
                     await self.weights.poll(timeout_s=0.2)  # idle: wait for work
                 self._raise_failed_rollouts()
         finally:
-            unfinished = [(g.record, g.prompt) for g in self.groups.values()]
             for group in self.groups.values():
-                if group.task is not None:
+                if group.task is not None and not group.publishing:
                     group.task.cancel()
             # rollouts already publishing finish their transaction: never cut one in the middle
             await asyncio.gather(*self.tasks, return_exceptions=True)
+            unfinished = [(g.record, g.prompt) for g in self.groups.values()]  # not committed
             reason = "stopped"
             if self.hand_over and self.stopping.is_set():
-                await hand_over(self.log, self.ctx, unfinished, self.queue, self.offsets)
+                await hand_over(self.log, self.ctx, unfinished, self.queue, self.progress)
                 reason = "handed_over"
             await self.log.append(self.ctx.streams.events, encode_event(ProducerLeft(
                 run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
@@ -111,7 +116,8 @@ class Producer:
         prompts = self.ctx.streams.prompts
         num_partitions = await self.log.num_partitions(prompts)
         for p in owned_partitions(self.index, self.num_producers, num_partitions):
-            self.offsets[p] = await self.log.committed(PRODUCER_GROUP, prompts, p) or 0
+            committed = await self.log.committed_with_metadata(PRODUCER_GROUP, prompts, p)
+            self.progress[p] = PartitionProgress.restore(committed, f"{prompts}[{p}]")
         await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
             run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
             pid=os.getpid())))
@@ -125,7 +131,7 @@ class Producer:
             admission = self.hooks["staleness"].admit(AdmissionState(
                 trainer_version=max(0, self.weights.trainer_version - self.base_version),
                 num_started=self.num_started,
-                num_in_flight=n * len(self.groups),
+                num_in_flight=n * sum(not g.publishing for g in self.groups.values()),
                 batch_size=self.ctx.config.trainer.batch_size,
                 num_producers=self.num_producers, now_ms=int(time.time() * 1000),
                 producer_rank=self.index))
@@ -138,13 +144,17 @@ class Producer:
             self._start(self.queue.popleft())
 
     async def _read_prompts(self) -> bool:
-        per_partition = max(2, 16 // max(len(self.offsets), 1))  # prompts stay near their order
-        for p, offset in self.offsets.items():
-            records = await self.log.read(self.ctx.streams.prompts, p, offset,
-                                          max_records=per_partition)
-            if records:
-                self.offsets[p] = records[-1].offset + 1
-                self.queue.extend(records)
+        per_partition = max(2, 16 // max(len(self.progress), 1))  # prompts stay near their order
+        for p, progress in self.progress.items():
+            # a page of prompts all finished already (after a restart) is skipped at once
+            while (room := min(per_partition, progress.room())) > 0:
+                before = progress.next_read
+                records = await self.log.read(self.ctx.streams.prompts, p, before,
+                                              max_records=room)
+                taken = progress.take(records)
+                self.queue.extend(taken)
+                if taken or progress.next_read == before:
+                    break
         return bool(self.queue)
 
     def _start(self, record: Record) -> None:
@@ -177,8 +187,9 @@ class Producer:
         if len(samples) != inp.num_samples:
             raise ValueError(f"rollout {self.ctx.config.rollout.rollout!r} returned "
                              f"{len(samples)} samples for {inp.num_samples} requested")
-        del self.groups[group_id]
+        group.publishing = True
         await self.publish(group_id, group, samples)
+        del self.groups[group_id]
 
     def _raise_failed_rollouts(self) -> None:
         """A rollout function that raised is a bug: stop the producer with its error."""
@@ -208,7 +219,12 @@ class Producer:
             data = encode_trajectories(samples_to_batch(samples))
             appends.append(Append(stream=self.ctx.streams.trajectories, value=data,
                                   key=group_id.encode()))
-        await self.log.transact(PRODUCER_GROUP, self._done_offsets(group), appends)
+        async with self.publish_lock:
+            progress = self.progress[group.record.partition]
+            position = progress.finishing([group.record.offset])
+            sp = StreamPartition(self.ctx.streams.prompts, group.record.partition)
+            await self.log.transact(PRODUCER_GROUP, {sp: position}, appends)
+            progress.finished([group.record.offset])
 
     def _filter(self, group: Group, results: list[RolloutSample],
                 rewards: list[RewardOutput]) -> FilterOutput | None:
@@ -219,14 +235,6 @@ class Producer:
             prompt_id=group.prompt.prompt_id, rewards=tuple(r.reward for r in rewards),
             finish_reasons=tuple(r.finish_reason for r in results),
             num_response_tokens=tuple(len(r.response_tokens) for r in results)))
-
-    def _done_offsets(self, group: Group) -> dict[StreamPartition, int]:
-        """The committed position of the group's partition: after the oldest unfinished prompt."""
-        p = group.record.partition
-        pending = [g.record.offset for g in self.groups.values() if g.record.partition == p]
-        pending += [r.offset for r in self.queue if r.partition == p]
-        next_offset = min(pending, default=self.offsets[p])
-        return {StreamPartition(self.ctx.streams.prompts, p): next_offset}
 
     def _reward(self, group: Group, result: RolloutSample) -> RewardOutput:
         response = result.response_tokens
