@@ -1,35 +1,39 @@
-"""CUDA IPC transport: trainer and engine processes on the same GPU(s) share one device buffer
-per weight version; nothing crosses PCIe or host memory.
+"""CUDA IPC transport: trainer and engine processes on the same GPU share a ring of device
+buffers; nothing crosses PCIe or host memory, and a reader maps each buffer once.
 
-    locator: cuda_ipc://streamrl-<namespace>-v<version:08d>   (a manifest file in /dev/shm)
+    locator: cuda_ipc://streamrl-<namespace>-v<version:08d>.ipc   (a manifest file in /dev/shm)
 
-`publish` copies the tensors into one fresh contiguous device buffer (a snapshot: the trainer
-keeps updating its parameters in place while engines load), exports it with one CUDA IPC
-handle, and writes a small JSON manifest (handle, names, dtypes, shapes, byte offsets) under
-the locator's name, renamed into place so a reader sees a whole version or nothing. `load` opens
-the handle in the reading process and returns tensors that view the shared buffer (no copy); a
-caller copies them into its own parameters (`copy_hf_weights` does) and drops them.
+The publisher owns a ring of `slots` preallocated device buffers, each exported with one CUDA
+IPC handle when it is allocated. `publish` picks a slot (`cuda_ring.choose_slot`), waits until
+no reader still copies out of it, copies (and, with `dtype`, casts) the tensors into it with one
+`_foreach_copy_`, and writes a manifest naming the version, the slot and the slot's generation.
+A reader opens each slot's handle once and keeps it mapped (`cudaIpcOpenMemHandle` costs
+milliseconds, the copy itself about one), so later versions in that slot cost a manifest read
+and the caller's copy. `load` returns tensors viewing the slot and holds it until `done()`
+(or the reader's next `load`/`close`): the publisher never overwrites a held slot. A manifest
+whose slot moved on to a newer generation is WeightVersionUnavailable, never newer bytes.
 
-Lifetime: the publisher holds each buffer until retention releases it; a reader that still has
-it open keeps it alive (PyTorch's IPC reference counting parks the block until every reader has
-dropped it), so a slow engine never reads freed or reused memory. Nothing here is pickled: the
-manifest is plain JSON read from a locator that came from the log, so a hostile locator can at
-worst fail to open.
-
-The digest is the canonical `weights_digest` of the published tensors (hashing needs one device-
-to-host copy; `bench/weight_sync.py` reports its cost apart from the device path). The manifest
-records the publisher's GPU UUID; a reader on another GPU gets a clear error instead of garbage.
+Digests: `Published.digest` (announced in the log, recomputed by audit and replay) is always
+the canonical `weights_digest` of the tensors the trainer passed. With `dtype` (for example
+the engine's "bfloat16") the slot holds cast tensors, so the manifest also records their own
+digest; `load(expected_digest=...)` checks the announced digest against the manifest's source
+digest and the slot's bytes against the cast digest. Hashing needs a device-to-host copy;
+`bench/weight_sync.py` reports it apart from the device path. Nothing is pickled: manifests are
+JSON read from a locator that came from the log, so a hostile locator can at worst fail to open.
 """
 
 from __future__ import annotations
 
-import base64
+import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -37,160 +41,355 @@ import torch
 
 from streamrl.weights.base import (
     Published,
+    WeightDigestMismatch,
     WeightFormatError,
     WeightTransport,
     WeightTransportError,
     WeightVersionUnavailable,
+    move_to,
 )
-from streamrl.weights.digest import alias_key, dtype_name, weights_digest
+from streamrl.weights.cuda_buffers import (
+    DTYPES,
+    HostStaging,
+    b64,
+    device_of,
+    entries_of,
+    gpu_uuid,
+    layout,
+    open_slot,
+    unpack,
+    whole_buffer,
+)
+from streamrl.weights.cuda_ring import (
+    ReaderTimeout,
+    Ring,
+    SlotOverwritten,
+    choose_slot,
+    reader_token,
+)
+from streamrl.weights.digest import weights_digest
 
 if TYPE_CHECKING:
     from streamrl.weights import TransportConfig
 
 SHM_DIR = "/dev/shm"
-ALIGN = 256  # byte alignment of each tensor in the shared buffer (vectorized copies)
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _NAME = re.compile(r"^streamrl-[A-Za-z0-9_-]+-v(?P<version>\d{8,})\.ipc$")
-_DTYPES = {dtype_name(d): d for d in (torch.float32, torch.bfloat16, torch.float16,
-                                      torch.float64, torch.int64, torch.int32, torch.uint8,
-                                      torch.int8, torch.bool)}
-# locator -> device buffer, for versions this process published and still holds (retention
-# drops them); process-local because IPC handles are process-local too.
-_EXPORTED: dict[str, torch.Tensor] = {}
+# (ring, slot) -> device buffer this process exported: CUDA refuses to open a handle in the
+# process that made it, so a reader in the publisher's process views the buffer directly.
+_EXPORTED: dict[tuple[str, int], torch.Tensor] = {}
 
 
 class CudaIpcTransport(WeightTransport):
     name = "cuda_ipc"
 
     def __init__(self, namespace: str | None = None, *, keep_last: int = 2,
-                 directory: str | Path = SHM_DIR) -> None:
-        """`namespace` (normally the run id) names the manifests; required to publish."""
+                 directory: str | Path = SHM_DIR, slots: int | None = None,
+                 dtype: str | None = None, ack_timeout_s: float = 60.0,
+                 map_once: bool = True) -> None:
+        """`namespace` (normally the run id) names the manifests; required to publish.
+        `slots`: device buffers in the ring (default max(2, keep_last)); `dtype`: cast floating
+        tensors to it when publishing (the engine's dtype, e.g. "bfloat16"); `ack_timeout_s`:
+        how long a publish waits for a reader to finish with a slot; `map_once=False` reopens
+        the IPC handle on every load (the old path, kept for bench/weight_sync.py)."""
         super().__init__(keep_last=keep_last)
         if namespace is not None and not _NAMESPACE.match(namespace):
             raise ValueError(f"namespace {namespace!r}: use 1-100 letters, digits, '_' or '-'")
-        self.namespace = namespace
-        self._pinned: torch.Tensor | None = None  # host staging for digests, reused
+        self.slots = max(2, keep_last) if slots is None else slots
+        if self.slots < keep_last:
+            raise ValueError(f"cuda_ipc keeps at most one version per ring slot: slots "
+                             f"({self.slots}) must be >= keep_last ({keep_last})")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(sorted(DTYPES))}")
+        self.namespace, self.dtype, self.map_once = namespace, dtype, map_once
+        self.ack_timeout_s = ack_timeout_s
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ValueError(f"{self.directory} does not exist: the cuda_ipc transport keeps "
                              "its manifests on a local tmpfs such as /dev/shm")
+        self._ring: Ring | None = None  # created on the first publish
+        self._buffers: dict[int, tuple[torch.Tensor, list]] = {}  # slot -> (buffer, handle)
+        self._written: list[int] = []  # slots, least recently written first
+        self._in_slot: dict[int, str] = {}  # slot -> locator of the version it holds
+        self._host = HostStaging()  # pinned buffers for digests, reused
+        self._token = reader_token()
+        self._holding: _Held | None = None  # what `done` releases
+        self._verifying: concurrent.futures.Future[str] | None = None
+        self._verify_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._mapped: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+        self._views: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
+        # the last publish: waiting for readers, copying into the slot, digests (bench reads it)
+        self.last_timings: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, config: TransportConfig) -> Self:
         return cls(config.namespace, keep_last=config.keep_last,
-                   directory=config.directory or SHM_DIR)
+                   directory=config.directory or SHM_DIR, slots=config.slots, dtype=config.dtype)
 
     # --- publisher ------------------------------------------------------------------------------
     def _publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published:
         if self.namespace is None:
             raise ValueError("this CudaIpcTransport has no namespace to publish under; set "
                              "namespace (normally the run id)")
-        devices = {t.device for t in tensors.values() if t.device.type == "cuda"}
-        if len(devices) > 1:
-            raise ValueError(f"cuda_ipc publishes tensors from one CUDA device, got "
-                             f"{sorted(map(str, devices))}")
-        if not devices and not torch.cuda.is_available():
-            raise ValueError("cuda_ipc needs a CUDA device to hold the weights; use the shm or "
-                             "file transport on a machine without one")
-        # CPU tensors (the run's initial checkpoint) go to the current GPU.
-        device = next(iter(devices)) if devices else torch.device(
-            "cuda", torch.cuda.current_device())
-        entries, views, offset, first = [], [], 0, {}
-        for name in sorted(tensors):
-            t = tensors[name]
-            key = alias_key(t)
-            if key in first:  # tied: the same bytes, published once
-                entries.append([name, *first[key]])
-                continue
-            nbytes = t.numel() * t.element_size()
-            first[key] = (dtype_name(t.dtype), list(t.shape), offset)
-            entries.append([name, *first[key]])
-            views.append((t, offset, nbytes))
-            offset += -(-nbytes // ALIGN) * ALIGN
-        buffer = torch.empty(max(offset, 1), dtype=torch.uint8, device=device)
-        with torch.no_grad():
-            dst = [buffer[o : o + n].view(t.dtype).view(t.shape) for t, o, n in views]
-            torch._foreach_copy_(dst, [t.detach().to(device) for t, _, _ in views])
-        digest = weights_digest(_unpack(self._host_copy(buffer), entries))
-        handle = buffer.untyped_storage()._share_cuda_()
+        device = device_of(tensors)
+        self.done()  # this instance's own reads end with its next publish
+        entries, sources = layout(tensors, DTYPES.get(self.dtype or ""))
         final = self.directory / f"streamrl-{self.namespace}-v{version:08d}.ipc"
         locator = f"cuda_ipc://{final.name}"
         if final.exists():  # a locator never names two different sets of tensors
-            raise WeightTransportError("already exists (left by a crashed run? remove it)",
-                                       locator=locator, version=version)
-        manifest = {"version": version, "gpu": _gpu_uuid(device), "nbytes": buffer.numel(),
-                    "handle": [_b64(x) for x in handle], "tensors": entries}
+            raise WeightTransportError("already exists (left by a crashed run? "
+                                       "remove_stale() first)", locator=locator, version=version)
+        if self._ring is None:
+            self._ring = Ring.create(self.directory, self.namespace, self.slots)
+            self._written = list(range(self.slots))
+        ring = self._ring
+        slot = choose_slot(self._written, {h.slot for h in ring.holds()})
+        if slot in self._in_slot:  # its version goes: a locator never names reused bytes
+            self.release(self._in_slot.pop(slot))
+        t0 = time.perf_counter()
+        generation = ring.begin_write(slot)
+        try:
+            ring.wait_released(slot, generation, timeout_s=self.ack_timeout_s)
+        except ReaderTimeout as e:
+            raise WeightTransportError(str(e), locator=locator, version=version) from None
+        t1 = time.perf_counter()
+        nbytes = max((o + n for _, o, n, _ in sources), default=0)
+        buffer, handle = self._slot_buffer(slot, nbytes, device)
+        with torch.no_grad():
+            dst = [buffer[o : o + n].view(dt).view(t.shape) for t, o, n, dt in sources]
+            torch._foreach_copy_(dst, [t.detach().to(device) for t, _, _, _ in sources])
+        torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        digest, source_digest = self._digests(buffer[:nbytes], entries, tensors)
+        self.last_timings = {"wait_ms": (t1 - t0) * 1e3, "copy_ms": (t2 - t1) * 1e3,
+                             "digest_ms": (time.perf_counter() - t2) * 1e3}
+        head = {"version": version, "ring": ring.path.name, "slot": slot,
+                "generation": generation, "gpu": gpu_uuid(device), "nbytes": buffer.numel(),
+                "handle": [b64(x) for x in handle], "digest": digest,
+                "source_digest": source_digest}
+        body = json.dumps(entries)
+        head["layout"] = hashlib.sha256(body.encode()).hexdigest()[:16]
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-        tmp.write_text(json.dumps(manifest))
+        tmp.write_text(json.dumps(head) + "\n" + body)
         os.chmod(tmp, 0o600)
         os.rename(tmp, final)
-        _EXPORTED[locator] = buffer
-        num_bytes = sum(n for _, _, n in views)
-        return Published(version=version, locator=locator, digest=digest, num_bytes=num_bytes,
-                         transport=self.name)
+        self._written.remove(slot)
+        self._written.append(slot)
+        self._in_slot[slot] = locator
+        num_bytes = sum(t.numel() * t.element_size() for t, _, _, _ in sources)
+        return Published(version=version, locator=locator, digest=source_digest,
+                         num_bytes=num_bytes, transport=self.name)
 
-    def _host_copy(self, buffer: torch.Tensor) -> torch.Tensor:
-        """The whole device buffer in (reused) pinned host memory, in one transfer: hashing
-        then reads host memory at full speed instead of one pageable copy per tensor."""
-        n = buffer.numel()
-        if self._pinned is None or self._pinned.numel() < n:
-            self._pinned = torch.empty(n, dtype=torch.uint8, pin_memory=True)
-        host = self._pinned[:n]
-        host.copy_(buffer, non_blocking=True)
-        torch.cuda.current_stream(buffer.device).synchronize()
-        return host
+    def _slot_buffer(self, slot: int, nbytes: int, device: torch.device
+                     ) -> tuple[torch.Tensor, list]:
+        """The slot's device buffer, allocated and exported once (again only if a version
+        outgrows it or moves to another device)."""
+        held = self._buffers.get(slot)
+        if held is None or held[0].numel() < nbytes or held[0].device != device:
+            buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+            held = (buffer, list(buffer.untyped_storage()._share_cuda_()))
+            self._buffers[slot] = held
+            _EXPORTED[(self._ring.path.name, slot)] = buffer  # type: ignore[union-attr]
+        return held
+
+    def _digests(self, slot_bytes: torch.Tensor, entries: list,
+                 tensors: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+        """(digest of the slot's tensors, digest of the tensors as passed); the same string
+        unless publishing casts. The two hashes run on two threads."""
+        slot_view = unpack(self._host.copy(slot_bytes, "slot"), entries)
+        if self.dtype is None:
+            digest = weights_digest(slot_view)
+            return digest, digest
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slot_digest = pool.submit(weights_digest, slot_view)
+            source = unpack(self._host.copy_tensors(tensors), layout(tensors, None)[0])
+            return slot_digest.result(), weights_digest(source)
 
     def _release(self, locator: str) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             os.unlink(self._path_of(locator))
-        _EXPORTED.pop(locator, None)
+
+    def close(self) -> None:
+        """Release every version, the ring and this reader's mappings. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.done()
+            super().close()
+        finally:
+            if self._ring is not None:
+                for slot in self._buffers:
+                    _EXPORTED.pop((self._ring.path.name, slot), None)
+                self._ring.remove()
+            self._buffers.clear()
+            self._mapped.clear()
+            self._views.clear()
+            if self._verify_pool is not None:
+                self._verify_pool.shutdown(wait=True)
+            self._host.clear()
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the manifests and rings a crashed publisher of this namespace left behind."""
+        if self.namespace is None:
+            raise ValueError("remove_stale needs the namespace of the run to clean up")
+        ns = re.escape(self.namespace)
+        pattern = re.compile(rf"^streamrl-{ns}-(v\d{{8,}}\.ipc(\.tmp-.*)?|ring-[0-9a-f]+)$")
+        mine = self._ring.path.name if self._ring is not None else None
+        removed = []
+        for path in sorted(self.directory.iterdir()):
+            if pattern.match(path.name) and path.name != mine and \
+                    f"cuda_ipc://{path.name}" not in self._in_slot.values():
+                if path.is_dir():
+                    Ring(path).remove()
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     # --- reader ---------------------------------------------------------------------------------
     def load(self, locator: str, *, expected_digest: str | None = None,
              device: str | torch.device | None = None,
              zero_copy: bool = True) -> dict[str, torch.Tensor]:
-        """Tensors viewing the shared device buffer (`device=None`, the default: no copy), or
-        copies on `device`. Same errors as `WeightTransport.load`."""
+        """Tensors viewing the version's ring slot (`device=None`, the default: no copy), held
+        until `done()`; or, with `device`, private copies (the slot is released at once).
+        Loading releases this reader's previous hold. Same errors as `WeightTransport.load`."""
         self._check_open(locator)
+        self.done()
         version, tensors = self._read(locator, zero_copy=True)
-        if expected_digest is not None:
-            from streamrl.weights.base import WeightDigestMismatch
+        try:
+            if expected_digest is not None:
+                self._verify(locator, version, tensors, expected_digest)
+            if device is None:
+                return tensors
+            return move_to(tensors, torch.device(device))
+        except BaseException:
+            self.done()
+            raise
+        finally:
+            if device is not None:
+                self.done()
 
-            actual = weights_digest(_unpack(self._host_copy(tensors_buffer(tensors)),
-                                            _entries(tensors)))
-            if actual != expected_digest:
-                raise WeightDigestMismatch(locator=locator, version=version,
-                                           expected=expected_digest, actual=actual)
-        if device is None:
-            return tensors
-        from streamrl.weights.base import move_to
+    def done(self, locator: str | None = None) -> None:
+        """This reader has finished copying out of the slot it holds: wait for the work queued
+        on the current CUDA stream (the caller's copies; copies on other streams must be waited
+        for first), then let the publisher reuse the slot. Idempotent."""
+        if self._holding is None:
+            return
+        torch.cuda.current_stream(self._holding.buffer.device).synchronize()
+        self._holding.ring.release(self._token)
+        self._holding = None
 
-        return move_to(tensors, torch.device(device))
+    def verify_later(self, locator: str, expected_digest: str) -> concurrent.futures.Future[str]:
+        """Check the digest of the version this reader holds (after `load(locator)`, before
+        `done()`) off the caller's critical path: a device-to-host copy on a side stream, then
+        sha256 on a thread. The slot stays held (under a second hold) until that copy is done,
+        however early the caller calls `done()`. The future returns the digest or raises
+        WeightDigestMismatch; whoever uses the weights must check it before trusting them."""
+        held = self._holding
+        if held is None or held.locator != locator:
+            raise ValueError(f"verify_later({locator!r}) needs load({locator!r}) first, "
+                             "before done()")
+        if held.head["source_digest"] != expected_digest:
+            raise WeightDigestMismatch(locator=locator, version=held.version,
+                                       expected=expected_digest,
+                                       actual=held.head["source_digest"])
+        if self._verifying is not None:  # one staging buffer: one check at a time
+            with contextlib.suppress(Exception):
+                self._verifying.result()
+        token = reader_token()
+        held.ring.hold(token, held.head["slot"], held.head["generation"])
+        whole, entries = whole_buffer(held.views), entries_of(held.views)
+        host = self._host.get("verify", whole.numel())
+        stream = torch.cuda.Stream(whole.device)
+        with torch.cuda.stream(stream):
+            host.copy_(whole, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(stream)
+
+        def check() -> str:
+            try:
+                copied.synchronize()
+            finally:
+                held.ring.release(token)
+            actual = weights_digest(unpack(host, entries))
+            if actual != held.head["digest"]:
+                raise WeightDigestMismatch(locator=locator, version=held.version,
+                                           expected=held.head["digest"], actual=actual)
+            return actual
+
+        if self._verify_pool is None:
+            self._verify_pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._verifying = self._verify_pool.submit(check)
+        return self._verifying
 
     def _read(self, locator: str, *, zero_copy: bool) -> tuple[int, dict[str, torch.Tensor]]:
         path = self._path_of(locator)
         version = int(_NAME.match(path.name)["version"])  # type: ignore[index]
         try:
-            manifest = json.loads(path.read_text())
+            head_raw, _, body = path.read_bytes().partition(b"\n")
+            head = json.loads(head_raw)
+            ring = Ring(self.directory / head["ring"])
+            slot, generation = int(head["slot"]), int(head["generation"])
+            layout_id = head["layout"]
         except FileNotFoundError:
             raise WeightVersionUnavailable(locator=locator, version=version,
                                            released=True) from None
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise WeightFormatError(f"unreadable manifest: {e}", locator=locator,
                                     version=version) from None
+        if head.get("version") != version:
+            raise WeightFormatError(f"manifest says version {head.get('version')}",
+                                    locator=locator, version=version)
         try:
-            # CUDA refuses to open an IPC handle in the process that exported it: a reader in
-            # the publisher's own process (trainer and engine in one process) views it directly.
-            buffer = _EXPORTED.get(locator)
-            buffer = _open(manifest) if buffer is None else buffer
-            tensors = _unpack(buffer, manifest["tensors"])
+            ring.hold(self._token, slot, generation)
+        except SlotOverwritten as e:
+            raise WeightVersionUnavailable(locator=locator, version=version, released=True,
+                                           hint=f" ({e})") from None
+        key = (ring.path.name, slot)
+        try:
+            buffer = self._buffer(key, head)
+            cached = self._views.get(key)
+            if cached is None or cached[0] != layout_id or not self.map_once:
+                cached = (layout_id, unpack(buffer, json.loads(body)))
+                if self.map_once:
+                    self._views[key] = cached
+            self._holding = _Held(ring, buffer, locator, version, head, cached[1])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            ring.release(self._token)
+            self._holding = None
             raise WeightFormatError(f"cannot open the shared buffer: {e}", locator=locator,
                                     version=version) from None
-        if manifest.get("version") != version:
-            raise WeightFormatError(f"manifest says version {manifest.get('version')}",
-                                    locator=locator, version=version)
-        return version, tensors
+        return version, dict(cached[1])
+
+    def _buffer(self, key: tuple[str, int], head: dict) -> torch.Tensor:
+        """The slot's buffer: exported by this process, mapped before (same handle), or opened
+        now (and kept mapped unless map_once is off)."""
+        if key in _EXPORTED:
+            return _EXPORTED[key]
+        handle = json.dumps(head["handle"])
+        mapped = self._mapped.get(key)
+        if mapped is not None and mapped[0] == handle:
+            return mapped[1]
+        self._views.pop(key, None)
+        if len({ring for ring, _ in self._mapped} | {key[0]}) > 1:
+            self._mapped.clear()  # a restarted publisher: its old ring is gone
+            self._views.clear()
+        buffer = open_slot(head)
+        if self.map_once:
+            self._mapped[key] = (handle, buffer)
+        return buffer
+
+    def _verify(self, locator: str, version: int, tensors: dict[str, torch.Tensor],
+                expected: str) -> None:
+        head = json.loads(self._path_of(locator).read_bytes().partition(b"\n")[0])
+        if head["source_digest"] != expected:
+            raise WeightDigestMismatch(locator=locator, version=version, expected=expected,
+                                       actual=head["source_digest"])
+        actual = weights_digest(unpack(self._host.copy(whole_buffer(tensors), "slot"),
+                                       entries_of(tensors)))
+        if actual != head["digest"]:
+            raise WeightDigestMismatch(locator=locator, version=version,
+                                       expected=head["digest"], actual=actual)
 
     def _path_of(self, locator: str) -> Path:
         name = locator.removeprefix("cuda_ipc://")
@@ -200,63 +399,14 @@ class CudaIpcTransport(WeightTransport):
         return self.directory / name
 
 
-def _open(manifest: dict) -> torch.Tensor:
-    gpu = manifest["gpu"]
-    device = _device_with_uuid(gpu)
-    h = manifest["handle"]
-    args = [_unb64(x) for x in h]
-    args[0] = device  # the exporter's device index may differ under CUDA_VISIBLE_DEVICES
-    with torch.cuda.device(device):
-        storage = torch.UntypedStorage._new_shared_cuda(*args)
-    if storage.nbytes() < manifest["nbytes"]:
-        raise ValueError(f"shared buffer has {storage.nbytes()} bytes, manifest says "
-                         f"{manifest['nbytes']}")
-    return torch.empty(0, dtype=torch.uint8, device=f"cuda:{device}").set_(storage)
+@dataclass(frozen=True)
+class _Held:
+    """The version a reader holds between `load` and `done`."""
 
+    ring: Ring
+    buffer: torch.Tensor
+    locator: str
+    version: int
+    head: dict
+    views: dict[str, torch.Tensor]
 
-def tensors_buffer(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The one uint8 device buffer that `load`'s tensors view."""
-    t = next(iter(tensors.values()))
-    storage = t.untyped_storage()
-    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(storage)
-
-
-def _entries(tensors: Mapping[str, torch.Tensor]) -> list:
-    return [[name, dtype_name(t.dtype), list(t.shape), t.storage_offset() * t.element_size()]
-            for name, t in tensors.items()]
-
-
-def _unpack(buffer: torch.Tensor, entries: list) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, dtype, shape, offset in entries:
-        if dtype not in _DTYPES:
-            raise ValueError(f"{name}: unsupported dtype {dtype!r}")
-        numel = 1
-        for s in shape:
-            numel *= int(s)
-        nbytes = numel * _DTYPES[dtype].itemsize
-        if offset < 0 or offset + nbytes > buffer.numel():
-            raise ValueError(f"{name}: bytes [{offset}, {offset + nbytes}) outside the buffer")
-        out[name] = buffer[offset : offset + nbytes].view(_DTYPES[dtype]).view(shape)
-    return out
-
-
-def _gpu_uuid(device: torch.device) -> str:
-    return str(torch.cuda.get_device_properties(device).uuid)
-
-
-def _device_with_uuid(uuid: str) -> int:
-    for i in range(torch.cuda.device_count()):
-        if str(torch.cuda.get_device_properties(i).uuid) == uuid:
-            return i
-    raise ValueError(f"the weights live on GPU {uuid}, which this process cannot see "
-                     "(cuda_ipc needs trainer and engine on the same GPU; check "
-                     "CUDA_VISIBLE_DEVICES)")
-
-
-def _b64(x: object) -> object:
-    return {"b64": base64.b64encode(x).decode()} if isinstance(x, bytes) else x
-
-
-def _unb64(x: object) -> object:
-    return base64.b64decode(x["b64"]) if isinstance(x, dict) else x
