@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from schemas.arrays import ListParts
 from schemas.errors import TrajectoryDecodeError
 from schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from schemas.routing import check_packed
 from schemas.trajectory import FINISH_REASONS, PER_TOKEN_COLUMNS, REQUIRED_COLUMNS, ROUTING_COLUMNS
 
 ID_COLUMNS = ("run_id", "sample_id", "group_id", "prompt_id", "producer_id")
@@ -222,27 +223,37 @@ def _filled(column: pa.Array) -> npt.NDArray[np.int64]:
 
 def _check_routing(columns: Columns, parts: dict[str, ListParts]) -> None:
     narrow, wide = parts["routed_experts"], parts["routed_experts_wide"]
-    if not narrow.num_valid and not wide.num_valid:
+    packed = parts["routed_experts_packed"]
+    if not narrow.num_valid and not wide.num_valid and not packed.num_valid:
         return  # a dense batch: no row is routed, so no routing rule applies
     row = _first_row(narrow.valid & wide.valid)
     if row is not None:
         raise _fail("both routed_experts and routed_experts_wide are set",
                     f"row {row}, column 'routed_experts_wide'", "both_routing_columns")
-    routed = narrow.valid | wide.valid
+    row = _first_row(packed.valid & (narrow.valid | wide.valid))
+    if row is not None:
+        raise _fail("routed_experts_packed and a plain routing column are both set",
+                    f"row {row}, column 'routed_experts_packed'", "both_routing_columns")
+    routed = narrow.valid | wide.valid | packed.valid
     layers = _filled(columns["moe_num_layers"])
     top_k = _filled(columns["moe_top_k"])
     row = _first_row(routed & ((layers == 0) | (top_k == 0)))
     if row is not None:
         raise _fail("routed experts need moe_num_layers and moe_top_k > 0",
                     f"row {row}, column 'moe_num_layers'", "missing_moe_shape")
+    plain = narrow.valid | wide.valid
     expected = parts["response_tokens"].lengths * layers * top_k
     actual = np.where(narrow.valid, narrow.lengths, wide.lengths)
-    row = _first_row(routed & (actual != expected))
+    row = _first_row(plain & (actual != expected))
     if row is not None:
         name = "routed_experts" if narrow.valid[row] else "routed_experts_wide"
         raise _fail(f"{actual[row]} routed experts, expected num_response_tokens x moe_num_layers "
                     f"x moe_top_k = {expected[row]}", f"row {row}, column {name!r}",
                     "routing_shape_mismatch")
+    if packed.num_valid:
+        problem = check_packed(columns, packed, parts["response_tokens"].lengths)
+        if problem is not None:
+            raise _fail(*problem)
 
 
 def check_batch(batch: pa.RecordBatch, *, vocab_size: int | None = None,

@@ -11,18 +11,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from schemas.arrays import as_array, list_array, list_array_from_values, list_offsets, list_views
+from schemas.arrays import ListParts, list_array, list_array_from_values, list_offsets, list_views
 from schemas.compat import check_compatible, conform
+from schemas.routing import routing_arrays, routing_columns
 from schemas.trajectory import (
     FINISH_REASONS,
-    NARROW_EXPERT_LIMIT,
+    ROUTING_COLUMNS,
     TIMESTAMP_TYPE,
     TRAJECTORY_SCHEMA,
 )
@@ -73,30 +74,19 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     # [num_response_tokens]; None means every token was sampled by policy_version.
     response_versions: npt.NDArray[np.uint32] | None = None
     reward_details: dict[str, float] | None = None
-    # [num_response_tokens, moe_num_layers, moe_top_k]. uint8 goes to `routed_experts`, uint16 to
-    # `routed_experts_wide`; other integer dtypes pick by value (< 256 narrow, else wide).
+    # [num_response_tokens, moe_num_layers, moe_top_k] expert ids, any integer dtype. Stored as
+    # sets (`schemas.routing`): decoded rows hold each top-k's ids ascending, uint8 when
+    # moe_num_experts <= 256 else uint16.
     routed_experts: npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | None = None
+    # The model's routed expert count. None: the writer stores the smallest count that holds the
+    # batch's ids, which is what a decoded sample then carries.
+    moe_num_experts: int | None = None
 
 
 def _micros(value: datetime, field: str, sample_id: str) -> int:
     if value.tzinfo is None:
         raise ValueError(f"sample {sample_id!r}: {field} must be timezone-aware (use UTC)")
     return (value - _EPOCH) // _MICROSECOND
-
-
-def _routing(sample: Sample) -> tuple[npt.NDArray[Any] | None, bool]:
-    """(flattened routing or None, whether it goes to the wide column)."""
-    experts = sample.routed_experts
-    if experts is None:
-        return None, False
-    arr = np.asarray(experts)
-    if arr.ndim != 3:
-        raise ValueError(f"sample {sample.sample_id!r}: routed_experts must be 3-D "
-                         f"[num_response_tokens, num_moe_layers, top_k], got shape {arr.shape}")
-    wide = arr.dtype == np.uint16 or (arr.dtype != np.uint8 and arr.size > 0
-                                      and int(arr.max()) >= NARROW_EXPERT_LIMIT)
-    dtype = np.uint16 if wide else np.uint8
-    return as_array(arr, dtype, "routed_experts", sample.sample_id).reshape(-1), wide
 
 
 def _scalar(samples: Sequence[Sample], name: str, converted: dict[str, pa.Array]) -> pa.Array:
@@ -151,12 +141,6 @@ def _default_versions(samples: Sequence[Sample]) -> pa.ListArray | None:
                                   list_offsets(sizes, "response_versions"))
 
 
-def _optional(values: list[Any], type_: pa.DataType) -> pa.Array:
-    # pa.nulls builds the same column as pa.array would, without converting each None.
-    return pa.nulls(len(values), type_) if all(v is None for v in values) else pa.array(
-        values, type_)
-
-
 @lru_cache(maxsize=8)
 def _no_reward_details(num_rows: int) -> pa.MapArray:
     """The all-null `reward_details` column (immutable, so one per batch size is shared)."""
@@ -179,7 +163,6 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
     by `encode_trajectories`, which every publish goes through.
     """
     ids = [s.sample_id for s in samples]
-    routing = [_routing(s) for s in samples]
     default_versions = _default_versions(samples)
     versions = [] if default_versions is not None else [
         s.response_versions if s.response_versions is not None
@@ -187,8 +170,8 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
     unknown = [s.finish_reason for s in samples if s.finish_reason not in FINISH_REASONS]
     if unknown:
         raise ValueError(f"finish_reason {unknown[0]!r} is not one of {FINISH_REASONS}")
-    shapes = [np.shape(s.routed_experts) if s.routed_experts is not None else None
-              for s in samples]
+    routing = routing_columns([s.routed_experts for s in samples],
+                              [s.moe_num_experts for s in samples], ids)
     scalars = _scalars(samples) or {}
     columns: dict[str, pa.Array] = {
         "run_id": _scalar(samples, "run_id", scalars),
@@ -209,13 +192,12 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
         "reward": _scalar(samples, "reward", scalars),
         "reward_details": _reward_details(samples),
         "finish_reason": _finish_reasons(samples, scalars),
-        "moe_num_layers": _optional([None if sh is None else sh[1] for sh in shapes],
-                                    pa.uint16()),
-        "moe_top_k": _optional([None if sh is None else sh[2] for sh in shapes], pa.uint8()),
-        "routed_experts": list_array([None if wide else r for r, wide in routing], np.uint8,
-                                     "routed_experts", ids),
-        "routed_experts_wide": list_array([r if wide else None for r, wide in routing],
-                                          np.uint16, "routed_experts_wide", ids),
+        "moe_num_layers": routing["moe_num_layers"],
+        "moe_top_k": routing["moe_top_k"],
+        "routed_experts": routing["routed_experts"],
+        "routed_experts_wide": routing["routed_experts_wide"],
+        "moe_num_experts": routing["moe_num_experts"],
+        "routed_experts_packed": routing["routed_experts_packed"],
         "seed": _scalar(samples, "seed", scalars),
         "started_at": _timestamps(samples, "started_at", scalars),
         "finished_at": _timestamps(samples, "finished_at", scalars),
@@ -226,24 +208,22 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
 def batch_to_samples(batch: pa.RecordBatch) -> list[Sample]:
     """Turn a v1-compatible batch (e.g. from `decode_trajectories`) back into samples.
 
-    Token arrays are zero-copy read-only views; `routed_experts` is reshaped to 3-D.
+    Token arrays are zero-copy read-only views; `routed_experts` is reshaped to 3-D (a view for
+    plain rows, decoded for packed ones, ids ascending within each top-k).
     """
     check_compatible(batch.schema, require_marker=False)
     batch = conform(batch)
     col = {name: batch.column(name).to_pylist() for name in (
         "run_id", "sample_id", "group_id", "prompt_id", "sample_index", "producer_id",
         "policy_version", "reward", "reward_details", "finish_reason", "moe_num_layers",
-        "moe_top_k", "seed", "started_at", "finished_at")}
+        "moe_num_experts", "seed", "started_at", "finished_at")}
     lists = {name: list_views(batch.column(name)) for name in (
-        "response_versions", "prompt_tokens", "response_tokens", "logprobs", "loss_mask",
-        "routed_experts", "routed_experts_wide")}
+        "response_versions", "prompt_tokens", "response_tokens", "logprobs", "loss_mask")}
+    num_tokens = ListParts(batch.column("response_tokens")).lengths
+    routing = routing_arrays({name: batch.column(name) for name in (
+        "moe_num_layers", "moe_top_k", "moe_num_experts", *ROUTING_COLUMNS)}, num_tokens)
     samples = []
     for i in range(batch.num_rows):
-        flat = lists["routed_experts"][i]
-        flat = lists["routed_experts_wide"][i] if flat is None else flat
-        layers, top_k = col["moe_num_layers"][i], col["moe_top_k"][i]
-        shaped = flat is not None and bool(layers) and bool(top_k)
-        experts = flat.reshape(-1, layers, top_k) if shaped else None
         details = col["reward_details"][i]
         samples.append(Sample(
             run_id=col["run_id"][i], sample_id=col["sample_id"][i], group_id=col["group_id"][i],
@@ -255,5 +235,5 @@ def batch_to_samples(batch: pa.RecordBatch) -> list[Sample]:
             reward_details=None if details is None else dict(details),
             finish_reason=col["finish_reason"][i], seed=col["seed"][i],
             started_at=col["started_at"][i], finished_at=col["finished_at"][i],
-            routed_experts=experts))
+            routed_experts=routing[i], moe_num_experts=col["moe_num_experts"][i]))
     return samples

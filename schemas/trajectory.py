@@ -4,7 +4,8 @@ Required columns (never null) are what a trainer needs to train on a sample and 
 to trace it: ids, versions, tokens, logprobs, loss mask, reward, finish reason, seed, timestamps.
 Optional columns (nullable, may also be absent from an older writer's batch and then read as null):
 `reward_details` (null = no breakdown) and the MoE routing group `moe_num_layers`, `moe_top_k`,
-`routed_experts`, `routed_experts_wide` (null for dense models, or when routing was not recorded).
+`moe_num_experts`, `routed_experts`, `routed_experts_wide`, `routed_experts_packed` (null for dense
+models, or when routing was not recorded; `schemas.routing` says which column a writer picks).
 
 List children are declared nullable (Arrow's default, so hand-built batches match the type) but the
 decoder rejects nulls inside any list: a null token has no meaning.
@@ -59,8 +60,13 @@ TRAJECTORY_FIELDS: tuple[pa.Field, ...] = (
     # [num_response_tokens, moe_num_layers, moe_top_k] flattened C-order; <= 256 experts.
     _optional("routed_experts", pa.list_(pa.uint8())),
     # [num_response_tokens, moe_num_layers, moe_top_k] flattened C-order; > 256 experts.
-    # At most one of routed_experts / routed_experts_wide is non-null in a row.
+    # At most one of the three routing columns is non-null in a row.
     _optional("routed_experts_wide", pa.list_(pa.uint16())),
+    # The expert count; with routed_experts_packed, the one its ranks are taken over.
+    _optional("moe_num_experts", pa.uint16()),
+    # [ceil(num_response_tokens * moe_num_layers * bits / 8)] bytes: each (token, layer) top-k
+    # as a set, its rank bit-packed (schemas/routing_pack.py); decodes to ids ascending per top-k.
+    _optional("routed_experts_packed", pa.list_(pa.uint8())),
     _required("seed", pa.uint64()),
     _required("started_at", TIMESTAMP_TYPE),
     _required("finished_at", TIMESTAMP_TYPE),
@@ -77,4 +83,5 @@ OPTIONAL_COLUMNS: frozenset[str] = frozenset(f.name for f in TRAJECTORY_FIELDS i
 # Columns whose every row is one entry per response token.
 PER_TOKEN_COLUMNS: tuple[str, ...] = (
     "response_tokens", "logprobs", "loss_mask", "response_versions")
-ROUTING_COLUMNS: tuple[str, ...] = ("routed_experts", "routed_experts_wide")
+ROUTING_COLUMNS: tuple[str, ...] = (
+    "routed_experts", "routed_experts_wide", "routed_experts_packed")

@@ -56,9 +56,15 @@ def test_moe_rows_keep_routing_shape_and_narrow_type() -> None:
     assert_same(samples, back)
 
 
-def test_many_experts_use_the_wide_column() -> None:
+def test_many_experts_use_the_wide_column_when_a_top_k_repeats_an_id() -> None:
+    # A row that is not a set in some (token, layer) cannot be packed: it keeps plain uint16 ids.
     samples = make_group(np.random.default_rng(2), group_size=2, moe=MoeShape(4, 2, 384))
+    for i, s in enumerate(samples):
+        routed = s.routed_experts.copy()
+        routed[0, 0, 1] = routed[0, 0, 0]
+        samples[i] = msgspec.structs.replace(s, routed_experts=routed)
     batch = samples_to_batch(samples)
+    assert batch.column("routed_experts_packed").null_count == 2
     assert batch.column("routed_experts").null_count == 2
     assert batch.column("routed_experts_wide").null_count == 0
     assert_same(samples, roundtrip(samples))
