@@ -9,6 +9,7 @@
 #   scripts/kafka.sh wipe        stop and delete the data dir (topics, offsets, transactions)
 #   scripts/kafka.sh acl ARGS    Kafka's AclCommand against this broker as the SASL admin
 #                                (e.g. acl --list); only with STREAMRL_KAFKA_SASL_USERS
+#   scripts/kafka.sh tls-client NAME  a client certificate signed by the TLS mode's CA (mutual TLS)
 #
 # Environment (defaults in brackets):
 #   STREAMRL_KAFKA_VERSION          Kafka release [4.1.1]
@@ -19,10 +20,16 @@
 #   STREAMRL_KAFKA_HEAP             JVM max heap [768m]
 #   STREAMRL_KAFKA_START_TIMEOUT    seconds to wait for the broker to serve metadata [90]
 #   STREAMRL_KAFKA_STOP_TIMEOUT     seconds to wait for a graceful stop [30]
-#   STREAMRL_KAFKA_SASL_USERS       "admin:pw user:pw ..." turns on SASL/SCRAM-SHA-512 on the client
-#                                   port and ACLs (StandardAuthorizer); the first user is the super
-#                                   user. Users are created when the data dir is first formatted.
-#                                   Unset [default]: plaintext, no authorization.
+#   STREAMRL_KAFKA_SASL_USERS       "admin:pw user:pw ..." turns on SASL on the client port
+#                                   (SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN) and ACLs
+#                                   (StandardAuthorizer); the first user is the super user. SCRAM
+#                                   users are created when the data dir is first formatted; PLAIN
+#                                   users on every start. Unset [default]: no SASL, no authorization.
+#   STREAMRL_KAFKA_TLS              1: TLS on the client port (SSL, or SASL_SSL with SASL users),
+#                                   with a throwaway CA and broker certificate in $DATA/tls; clients
+#                                   trust $DATA/tls/ca.pem (?ssl_cafile=). Unset or 0 [default]: none.
+#   STREAMRL_KAFKA_TLS_HOSTS        names in the broker certificate ["localhost 127.0.0.1"]
+#   STREAMRL_KAFKA_TLS_CLIENT_AUTH  none|requested|required: client certificates (mutual TLS) [none]
 #
 # Why jars from Maven Central rather than the release tarball: Maven Central is the one Java
 # source every dev box and CI machine here reaches, and Maven's local repo makes the second
@@ -97,10 +104,11 @@ broker_pid() {
         && echo "$pid"
 }
 
-# With SASL the client port answers nothing before authentication, so readiness there is the
-# broker's own "started" line (logged after it registered with the controller) plus an open port.
+# With SASL or TLS the client port answers nothing before authentication or a handshake, so
+# readiness there is the broker's own "started" line (logged after it registered with the
+# controller) plus an open port.
 answers() {
-    if [[ -n "$SASL_USERS" ]]; then
+    if [[ -n "$SASL_USERS" || -n "$TLS" ]]; then
         local t0=$SECONDS
         while true; do
             grep -q "Kafka Server started" "$LOG_FILE" 2>/dev/null \
@@ -117,27 +125,83 @@ write_config() {
     sed -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CONTROLLER_PORT#g" -e "s#@DATA@#$DATA#g" \
         "$HERE/kafka/server.properties" >"$DATA/server.properties"
     cp "$HERE/kafka/log4j2.properties" "$DATA/log4j2.properties"
+    [[ "$PROTOCOL" == PLAINTEXT ]] && return 0
+    # Later keys win in a Java properties file: this block replaces the plaintext listener.
+    printf '%s\n' "# client port: $PROTOCOL (scripts/kafka.sh)" \
+        "listeners=$PROTOCOL://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT" \
+        "advertised.listeners=$PROTOCOL://127.0.0.1:$PORT" "inter.broker.listener.name=$PROTOCOL" \
+        "listener.security.protocol.map=$PROTOCOL:$PROTOCOL,CONTROLLER:PLAINTEXT" >>"$DATA/server.properties"
+    [[ -n "$TLS" ]] && tls_properties >>"$DATA/server.properties"
     if [[ -n "$SASL_USERS" ]]; then
-        # Later keys win in a Java properties file: this block replaces the plaintext listener.
-        sed -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CONTROLLER_PORT#g" -e "s#@ADMIN@#$(sasl_admin)#g" -e "s#@ADMIN_PASSWORD@#$(sasl_admin_password)#g" \
+        sed -e "s#@LISTENER@#${PROTOCOL,,}#g" -e "s#@ADMIN@#$(sed_escape "$(sasl_admin)")#g" \
+            -e "s#@ADMIN_PASSWORD@#$(sed_escape "$(sasl_admin_password)")#g" \
+            -e "s#@PLAIN_USERS@#$(sed_escape "$(plain_users)")#g" \
             "$HERE/kafka/sasl.properties" >>"$DATA/server.properties"
-        # The AclCommand's client config; kept in the data dir (0600), which holds the data anyway.
-        (umask 077; printf '%s\n' "security.protocol=SASL_PLAINTEXT" "sasl.mechanism=SCRAM-SHA-512" \
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$(sasl_admin)\" password=\"$(sasl_admin_password)\";" \
-            >"$DATA/admin.properties")
     fi
+    # The AclCommand's client config; kept in the data dir (0600), which holds the data anyway.
+    (umask 077; {
+        echo "security.protocol=$PROTOCOL"
+        if [[ -n "$TLS" ]]; then
+            printf '%s\n' "ssl.truststore.type=PEM" "ssl.truststore.location=$DATA/tls/ca.pem"
+            # With mutual TLS the tool shows the broker's own certificate (it is this machine's).
+            [[ "$TLS_CLIENT_AUTH" != none ]] && printf '%s\n' "ssl.keystore.type=PKCS12" \
+                "ssl.keystore.location=$DATA/tls/broker.p12" "ssl.keystore.password=$(tls_password)" \
+                "ssl.key.password=$(tls_password)"
+        fi
+        if [[ -n "$SASL_USERS" ]]; then
+            printf '%s\n' "sasl.mechanism=SCRAM-SHA-512" \
+                "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$(sasl_admin)\" password=\"$(sasl_admin_password)\";"
+        fi
+    } >"$DATA/admin.properties")
 }
+
+# A value safe on the right-hand side of sed's s#...#VALUE#.
+sed_escape() { printf '%s' "$1" | sed -e 's/[\\&#]/\\&/g'; }
 
 SASL_USERS="${STREAMRL_KAFKA_SASL_USERS:-}"
 sasl_admin() { local first="${SASL_USERS%% *}"; echo "${first%%:*}"; }
 sasl_admin_password() { local first="${SASL_USERS%% *}"; echo "${first#*:}"; }
-# --add-scram arguments of the storage format, one per "user:password".
+# --add-scram arguments of the storage format, two per "user:password" (SHA-512 and SHA-256).
 scram_args() {
-    local pair
+    local pair mechanism
     for pair in $SASL_USERS; do
         [[ "$pair" == *:* ]] || die "STREAMRL_KAFKA_SASL_USERS entries are user:password, got '$pair'"
-        printf '%s\n' "--add-scram" "SCRAM-SHA-512=[name=${pair%%:*},password=${pair#*:}]"
+        for mechanism in SCRAM-SHA-512 SCRAM-SHA-256; do
+            printf '%s\n' "--add-scram" "$mechanism=[name=${pair%%:*},password=${pair#*:}]"
+        done
     done
+}
+# The PLAIN login module's user table: user_NAME="password" for every user.
+plain_users() {
+    local pair
+    for pair in $SASL_USERS; do
+        printf 'user_%s="%s" ' "${pair%%:*}" "${pair#*:}"
+    done
+}
+
+TLS="${STREAMRL_KAFKA_TLS:-}"
+case "$TLS" in
+    1 | true | yes) TLS=1 ;;
+    "" | 0 | false | no) TLS="" ;;
+    *) die "STREAMRL_KAFKA_TLS is 1 (TLS on the client port) or 0/unset, got '$TLS'" ;;
+esac
+TLS_HOSTS="${STREAMRL_KAFKA_TLS_HOSTS:-localhost 127.0.0.1}"
+TLS_CLIENT_AUTH="${STREAMRL_KAFKA_TLS_CLIENT_AUTH:-none}"
+[[ "$TLS_CLIENT_AUTH" =~ ^(none|requested|required)$ ]] \
+    || die "STREAMRL_KAFKA_TLS_CLIENT_AUTH is none, requested or required, got '$TLS_CLIENT_AUTH'"
+PROTOCOL=PLAINTEXT
+[[ -n "$SASL_USERS" ]] && PROTOCOL=SASL_PLAINTEXT
+[[ -n "$TLS" ]] && PROTOCOL="${PROTOCOL/PLAINTEXT/SSL}"
+# shellcheck source=kafka/tls.sh
+source "$HERE/kafka/tls.sh"
+
+# What a client puts in its log URL for this broker.
+client_hint() {
+    local query=""
+    [[ "$PROTOCOL" != PLAINTEXT ]] && query="?security_protocol=$PROTOCOL"
+    [[ -n "$TLS" ]] && query+="&ssl_cafile=$TLS_DIR/ca.pem"
+    [[ -n "$SASL_USERS" ]] && query+="&sasl_mechanism=SCRAM-SHA-512&sasl_username=USER (password: STREAMRL_KAFKA_PASSWORD)"
+    echo "kafka://127.0.0.1:$PORT$query"
 }
 
 # -Xms small: the broker rarely needs its whole heap, and CI runs the tests on the same 2 cores.
@@ -160,6 +224,7 @@ cmd_start() {
     check_java
     command -v "$PYTHON" >/dev/null || die "$PYTHON not found; the readiness check needs Python 3 (set PYTHON=...)"
     mkdir -p "$DATA"
+    [[ -n "$TLS" ]] && tls_setup
     write_config
     # One log per run: the previous one is kept beside it for post-mortems.
     [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
@@ -192,6 +257,7 @@ cmd_start() {
         fi
     done
     say "started Kafka $VERSION (pid $(cat "$PID_FILE")) on 127.0.0.1:$PORT in $((SECONDS - t0))s; data in $DATA"
+    [[ "$PROTOCOL" == PLAINTEXT ]] || say "clients: $(client_hint)"
 }
 
 cmd_stop() {
@@ -220,6 +286,7 @@ cmd_status() {
     if pid="$(broker_pid)"; then
         if answers; then
             say "running (pid $pid) on 127.0.0.1:$PORT, Kafka $(cat "$DATA/broker.version" 2>/dev/null || echo '?'), data in $DATA"
+            [[ "$PROTOCOL" == PLAINTEXT ]] || say "clients: $(client_hint)"
         else
             say "running (pid $pid) but not answering on 127.0.0.1:$PORT yet"
         fi
@@ -259,8 +326,9 @@ case "${1:-}" in
     logs) cmd_logs "${2:-50}" ;;
     wipe) cmd_wipe ;;
     acl) shift; cmd_acl "$@" ;;
+    tls-client) cmd_tls_client "${2:-}" ;;
     *)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac

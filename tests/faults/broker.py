@@ -38,17 +38,45 @@ def _free(port: int) -> bool:
 
 class Broker:
     """`start()`, `kill()` (SIGKILL, no clean shutdown), `pause()`/`resume()` (SIGSTOP/SIGCONT),
-    `stop()`. Restarting after a kill reuses the data dir, as an operator's restart would."""
+    `stop()`. Restarting after a kill reuses the data dir, as an operator's restart would.
 
-    def __init__(self, data: Path, *, sasl_users: str = "") -> None:
+    `tls=True` puts TLS on the client port (scripts/kafka.sh's throwaway CA is `ca`); with
+    `sasl_users` too the port speaks SASL_SSL. `tls_hosts` are the names in its certificate and
+    `client_auth` says whether it asks for client certificates (none, requested, required)."""
+
+    def __init__(self, data: Path, *, sasl_users: str = "", tls: bool = False,
+                 tls_hosts: str = "localhost 127.0.0.1", client_auth: str = "none") -> None:
         self.data = data
         self.port = free_port_pair()
         self.env = {**os.environ, "STREAMRL_KAFKA_PORT": str(self.port),
                     "STREAMRL_KAFKA_DATA": str(data), "STREAMRL_KAFKA_HEAP": "512m",
                     "STREAMRL_KAFKA_SASL_USERS": sasl_users, "STREAMRL_KAFKA_STOP_TIMEOUT": "10",
-                    "STREAMRL_KAFKA_START_TIMEOUT": "120"}
+                    "STREAMRL_KAFKA_START_TIMEOUT": "120", "STREAMRL_KAFKA_TLS": "1" if tls else "",
+                    "STREAMRL_KAFKA_TLS_HOSTS": tls_hosts,
+                    "STREAMRL_KAFKA_TLS_CLIENT_AUTH": client_auth}
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.url = f"kafka://{self.bootstrap}"
+
+    @property
+    def ca(self) -> Path:
+        """The CA file TLS clients trust (`?ssl_cafile=`)."""
+        return self.data / "tls" / "ca.pem"
+
+    @property
+    def client_auth(self) -> str:
+        return self.env["STREAMRL_KAFKA_TLS_CLIENT_AUTH"]
+
+    def restart(self, *, client_auth: str) -> None:
+        """Stop and start again with another client-certificate setting (same data, same CA)."""
+        self.stop()
+        self.env["STREAMRL_KAFKA_TLS_CLIENT_AUTH"] = client_auth
+        self.start()
+
+    def client_cert(self, name: str) -> tuple[Path, Path]:
+        """A client certificate (CN=name) and key signed by the broker's CA."""
+        self.script("tls-client", name)
+        clients = self.data / "tls" / "clients"
+        return clients / f"{name}.pem", clients / f"{name}.key"
 
     def script(self, *args: str) -> str:
         out = subprocess.run([str(KAFKA_SH), *args], env=self.env, capture_output=True,
