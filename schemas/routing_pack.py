@@ -29,10 +29,12 @@ from math import comb
 import numpy as np
 import numpy.typing as npt
 
+from schemas import bitpack
+
 _U64_LIMIT = 1 << 64
 MAX_EXPERTS = 4096  # caps the tables a hostile record can make a reader build (~0.1 s)
 _NETWORK_MAX_K = 32  # above this, np.sort beats the comparator network
-_CHUNK = 1 << 15  # entries per decode step: the working set stays in cache
+_CHUNK = 1 << 14  # entries per decode step: the working set stays in cache
 
 
 class Packing:
@@ -191,70 +193,29 @@ def _unrank(ranks: npt.NDArray[np.uint64], p: Packing, out: npt.NDArray[np.int64
             q, lut, steps = p.lookups[size][i]
             bucket = rest.astype(np.float64).view(np.int64) >> (52 - q)
             bucket -= (1023 << q) - 1
-            c = lut[np.clip(bucket, 0, len(lut) - 1)]
+            np.maximum(bucket, 0, out=bucket)  # rest = 0; the top is in range by construction
+            c = lut[bucket]
+            above = table[i][1:]  # above[c] = table[i][c + 1]
             for _ in range(steps):
-                c += table[i][c + 1] <= rest
+                c += above[c] <= rest
             rest -= table[i][c]
             out[:, start + i - 1] = c
         out[:, start] = rest  # C(c, 1) = c
         start += size
 
 
-def _or_into(words: npt.NDArray[np.uint64], idx: npt.NDArray[np.int64],
-             values: npt.NDArray[np.uint64]) -> None:
-    """words[idx] |= values, for non-decreasing idx with repeats (a reduceat, not ufunc.at)."""
-    if not len(idx):
-        return
-    starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
-    words[idx[starts]] |= np.bitwise_or.reduceat(values, starts)
-
-
 def pack_rows(ranks: npt.NDArray[np.uint64], entries_per_row: npt.NDArray[np.int64],
               p: Packing) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
     """Bit-pack [N, num_runs] ranks, rows of `entries_per_row` entries each; returns (all rows'
     bytes concatenated, byte offsets [num_rows + 1]). Each row starts on a byte boundary."""
-    sizes = p.row_bytes(entries_per_row)
-    offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
-    words = np.zeros(-(-int(offsets[-1]) // 8) + 1, np.dtype("<u8"))
-    base = _entry_bits(entries_per_row, offsets[:-1], p.bits_per_entry)
-    at = 0
-    for j, bits in enumerate(p.field_bits):
-        if bits:
-            pos = base + at
-            idx, shift = pos >> 6, (pos & 63).astype(np.uint64)
-            _or_into(words, idx, ranks[:, j] << shift)
-            _or_into(words, idx + 1, (ranks[:, j] >> (np.uint64(63) - shift)) >> np.uint64(1))
-        at += bits
-    return words.view(np.uint8)[: int(offsets[-1])], offsets
+    return bitpack.pack_rows(ranks, p.field_bits, entries_per_row)
 
 
 def unpack_rows(data: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
                 entries_per_row: npt.NDArray[np.int64], p: Packing) -> npt.NDArray[np.uint64]:
     """The inverse of `pack_rows` for rows starting at byte `starts` of `data`: [N, num_runs]
     ranks. Each row must have its `p.row_bytes` bytes (checked by the caller)."""
-    words = np.zeros(-(-len(data) // 8) + 2, np.dtype("<u8"))
-    words.view(np.uint8)[: len(data)] = data
-    base = _entry_bits(entries_per_row, starts, p.bits_per_entry)
-    out = np.zeros((len(base), len(p.field_bits)), np.uint64)
-    at = 0
-    for j, bits in enumerate(p.field_bits):
-        if bits:
-            pos = base + at
-            idx, shift = pos >> 6, (pos & 63).astype(np.uint64)
-            value = (words[idx] >> shift) | ((words[idx + 1] << np.uint64(1))
-                                             << (np.uint64(63) - shift))
-            out[:, j] = value & (np.uint64(_U64_LIMIT - 1) >> np.uint64(64 - bits))
-        at += bits
-    return out
-
-
-def _entry_bits(entries_per_row: npt.NDArray[np.int64], starts: npt.NDArray[np.int64],
-                bits_per_entry: int) -> npt.NDArray[np.int64]:
-    """The bit position of every entry's first bit; row r starts at byte starts[r]."""
-    total = int(entries_per_row.sum())
-    first = np.cumsum(entries_per_row, dtype=np.int64) - entries_per_row
-    local = np.arange(total, dtype=np.int64) - np.repeat(first, entries_per_row)
-    return 8 * np.repeat(starts, entries_per_row) + local * bits_per_entry
+    return bitpack.unpack_rows(data, starts, entries_per_row, p.field_bits)
 
 
 def bad_ranks(ranks: npt.NDArray[np.uint64], p: Packing) -> npt.NDArray[np.bool_]:

@@ -18,6 +18,7 @@ from schemas import (
     Sample,
     TrajectoryDecodeError,
     batch_to_samples,
+    bitpack,
     decode_event,
     decode_trajectories,
     encode_trajectories,
@@ -213,3 +214,19 @@ def test_writer_refuses_ids_that_cannot_be_stored(ids: np.ndarray, num_experts: 
     sample = msgspec.structs.replace(sample, routed_experts=ids, moe_num_experts=num_experts)
     with pytest.raises(ValueError, match=message):
         samples_to_batch([sample])
+
+
+@pytest.mark.parametrize("widths", [(1,), (7,), (54,), (64,), (36, 36), (64, 1, 63), (0, 5)])
+def test_bit_fields_roundtrip_for_rows_of_any_length(widths: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(len(widths) * 100 + sum(widths))
+    entries = np.array([0, 1, 7, 8, 9, 0, 23, 64], np.int64)
+    raw = rng.integers(0, 1 << 64, (int(entries.sum()), len(widths)), dtype=np.uint64)
+    values = raw & np.array([(1 << w) - 1 for w in widths], np.uint64)  # each < 2**width
+    data, offsets = bitpack.pack_rows(values, widths, entries)
+    assert (np.diff(offsets) == (entries * sum(widths) + 7) // 8).all()
+    # Every row starts on its own byte: reading the rows in another order still works.
+    order = np.arange(len(entries))[::-1]
+    firsts = np.cumsum(entries) - entries
+    back = bitpack.unpack_rows(data, offsets[:-1][order], entries[order], widths)
+    want = np.concatenate([values[firsts[r]:firsts[r] + entries[r]] for r in order])
+    np.testing.assert_array_equal(back, want)
