@@ -116,6 +116,7 @@ class CudaIpcTransport(WeightTransport):
         self._holding: _Held | None = None  # what `done` releases
         self._verifying: concurrent.futures.Future[str] | None = None
         self._verify_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._rings: dict[str, Ring] = {}  # by name, as manifests give them
         self._mapped: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
         self._views: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
         # the last publish: waiting for readers, copying into the slot, digests (bench reads it)
@@ -328,7 +329,8 @@ class CudaIpcTransport(WeightTransport):
         try:
             head_raw, _, body = path.read_bytes().partition(b"\n")
             head = json.loads(head_raw)
-            ring = Ring(self.directory / head["ring"])
+            ring = self._rings.get(head["ring"]) or self._rings.setdefault(
+                head["ring"], Ring(self.directory / head["ring"]))
             slot, generation = int(head["slot"]), int(head["generation"])
             layout_id = head["layout"]
         except FileNotFoundError:
@@ -373,6 +375,7 @@ class CudaIpcTransport(WeightTransport):
         self._views.pop(key, None)
         if len({ring for ring, _ in self._mapped} | {key[0]}) > 1:
             self._mapped.clear()  # a restarted publisher: its old ring is gone
+            self._rings = {key[0]: self._rings[key[0]]}
             self._views.clear()
         buffer = open_slot(head)
         if self.map_once:

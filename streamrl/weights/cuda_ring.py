@@ -22,6 +22,7 @@ raises, naming the reader that did not let go.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -68,11 +69,24 @@ def choose_slot(oldest_first: Sequence[int], held: set[int]) -> int:
     return oldest_first[0]
 
 
-def _write(path: Path, text: str) -> None:
-    """Replace `path` atomically: a concurrent reader sees the old text or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    tmp.write_text(text)
+def _write(path: str, text: str) -> None:
+    """Replace `path` atomically: a concurrent reader sees the old text or the new, never half.
+    Plain os calls on str paths: a reader does this on every load (its cost is the load's)."""
+    tmp = f"{path}.tmp"  # each file has one writer
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
+
+
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 64).decode()
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -92,6 +106,7 @@ class Ring:
         if not RING_NAME.match(path.name):
             raise ValueError(f"{path.name!r} is not a ring directory name")
         self.path = path
+        self._root = str(path)
 
     @classmethod
     def create(cls, directory: Path, namespace: str, slots: int) -> Ring:
@@ -104,13 +119,13 @@ class Ring:
             _write(ring._slot_file(slot), "0")
         return ring
 
-    def _slot_file(self, slot: int) -> Path:
-        return self.path / f"slot-{slot}"
+    def _slot_file(self, slot: int) -> str:
+        return f"{self._root}/slot-{slot}"
 
     def generation(self, slot: int) -> int:
         """The generation slot `slot` holds or is being filled with (missing ring: -1)."""
         try:
-            return int(self._slot_file(slot).read_text())
+            return int(_read(self._slot_file(slot)))
         except FileNotFoundError:
             return -1
 
@@ -119,7 +134,7 @@ class Ring:
         """The holds of live readers; holds of dead ones are removed."""
         out = []
         for entry in os.scandir(self.path):
-            m = _HOLD.match(entry.name)
+            m = _HOLD.fullmatch(entry.name)
             if m is None:
                 continue
             path, pid = Path(entry.path), int(m["pid"])
@@ -177,10 +192,11 @@ class Ring:
 
     def release(self, token: str) -> None:
         """Step (5): this reader is done with whatever it held."""
-        self.hold_file(token).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.hold_file(token))
 
-    def hold_file(self, token: str) -> Path:
-        return self.path / f"hold-{os.getpid()}-{token}"
+    def hold_file(self, token: str) -> str:
+        return f"{self._root}/hold-{os.getpid()}-{token}"
 
 
 def reader_token() -> str:
