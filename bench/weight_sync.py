@@ -193,6 +193,11 @@ def run(out: Path, quick: bool, num_versions: int) -> Path:
                 results[mode].append(got)
     parent.send(None)
     proc.join(timeout=60)
+    for mode, vs in results.items():
+        steady = [v for v in vs if not v["first_map"]]
+        ms = float(np.median([v["load_ms"] for v in steady]))
+        print(f"{mode}: engine load {ms:.2f} ms = {ms / floors['floor_bf16_ms']:.2f}x the floor "
+              f"({floors['floor_bf16_ms']:.2f} ms)", flush=True)
     info = machine_info() | {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "weight_sync.json"
