@@ -19,7 +19,7 @@ TLS_VALID_DAYS=825
 
 tls_password() { cat "$TLS_DIR/store.password"; }
 
-keytool_() { keytool -noprompt -storetype PKCS12 -storepass "$(tls_password)" "$@" >>"$TLS_DIR/keytool.log" 2>&1 \
+keytool_() { keytool -J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC -J-Xshare:auto -noprompt -storetype PKCS12 -storepass "$(tls_password)" "$@" >>"$TLS_DIR/keytool.log" 2>&1 \
     || { tail -n 20 "$TLS_DIR/keytool.log" >&2; die "keytool $1 failed (log: $TLS_DIR/keytool.log)"; }; }
 
 # keytool's SubjectAlternativeName value: every name the broker certificate must match. The broker

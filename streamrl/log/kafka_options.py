@@ -143,8 +143,12 @@ def ssl_context(cafile: str | None, certfile: str | None, keyfile: str | None,
         raise ValueError(f"ssl_cafile={cafile!r} holds no usable CA certificate (PEM): "
                          f"{exc}") from None
     if certfile is not None:
+        def no_passphrase() -> str:  # else OpenSSL would prompt on the terminal, or hang
+            raise ValueError(f"ssl_keyfile={keyfile or certfile!r} is encrypted: the log takes "
+                             "an unencrypted private key (keep the file readable by the run "
+                             "only, e.g. mode 0600)")
         try:
-            ctx.load_cert_chain(certfile, keyfile)
+            ctx.load_cert_chain(certfile, keyfile, password=no_passphrase)
         except ssl.SSLError as exc:
             raise ValueError(f"ssl_certfile={certfile!r}, ssl_keyfile={keyfile!r}: not a PEM "
                              f"certificate and its private key: {exc}") from None

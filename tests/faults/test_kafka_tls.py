@@ -105,6 +105,11 @@ async def test_unreadable_tls_files_are_refused_with_their_names(tls_broker: Bro
     assert re.search(r"ssl_cafile=.*junk\.pem.* holds no usable CA", message), message
     message = await start_fails(tls_url(tls_broker, ssl_certfile=junk), ValueError)
     assert re.search(r"ssl_certfile=.*junk\.pem.*not a PEM certificate", message), message
+    # An encrypted key is refused, not a passphrase prompt on the terminal.
+    cert, key = self_signed(tmp_path, "enc", passphrase="secret")
+    message = await start_fails(tls_url(tls_broker, ssl_certfile=cert, ssl_keyfile=key),
+                                ValueError)
+    assert re.search(r"ssl_keyfile=.*enc\.key.* is encrypted", message), message
 
 
 async def test_required_client_certificates(mtls_broker: Broker) -> None:

@@ -58,12 +58,13 @@ async def start_fails(url: str, error: type[Exception], **options: object) -> st
     return str(info.value)
 
 
-def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+def self_signed(directory: Path, name: str, passphrase: str = "") -> tuple[Path, Path]:
     """A self-signed certificate and key (CN=name): a rogue CA, or a client certificate no CA
-    the broker trusts has signed."""
+    the broker trusts has signed; the key encrypted with `passphrase` if one is given."""
     cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    protect = ["-passout", f"pass:{passphrase}"] if passphrase else ["-nodes"]
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                    "ec_paramgen_curve:P-256", *protect, "-days", "2", "-subj", f"/CN={name}",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=30)
