@@ -111,6 +111,8 @@ def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) ->
     dense = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
     moe = get_gpt_layer_local_spec(num_experts=config.num_experts or None, qk_layernorm=True,
                                    normalization="RMSNorm", moe_grouped_gemm=False)
+    if config.is_moe:
+        moe.submodules.mlp.keywords["submodules"].router = _router_class()
     spec = TransformerBlockSubmodules(
         layer_specs=[moe if i in config.moe_layers else dense
                      for i in range(config.num_hidden_layers)],
@@ -125,6 +127,30 @@ def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) ->
     # ever built alive; `replay.py` drives a model's own instances instead.
     RouterReplay.global_router_replay_instances.clear()
     return gpt
+
+
+_ROUTER: type | None = None
+
+
+def _router_class() -> type:
+    """megatron's TopKRouter with the gate computed by a plain `F.linear`.
+
+    megatron's own gate (`RouterGatingLinearFunction`) expects bf16 parameters (its
+    Float16Module) and no autocast: under bf16 autocast over fp32 master weights, as this
+    backend trains, its forward returns bf16 logits and its backward then multiplies a bf16
+    gradient with the fp32 weight and fails. `F.linear` gives the logits the torch backend's
+    `nn.Linear` gate gives (a bf16 matmul under autocast, fp32 without) and autograd's own
+    backward. Everything after the logits (top-k, softmax, replay) is megatron's."""
+    global _ROUTER
+    if _ROUTER is None:
+        from megatron.core.transformer.moe.router import TopKRouter
+
+        class Router(TopKRouter):
+            def gating(self, input: Tensor) -> Tensor:
+                return F.linear(input, self.weight, self.bias)
+
+        _ROUTER = Router
+    return _ROUTER
 
 
 def load_hf(model: Any, hf: Mapping[str, Tensor], config: ModelConfig) -> None:
