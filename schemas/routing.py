@@ -27,7 +27,8 @@ from schemas.routing_pack import (
     bad_ranks,
     pack_rows,
     packing,
-    rank_entries,
+    rank_sorted,
+    sort_entries,
     unpack_rows,
     unrank_sets,
 )
@@ -125,11 +126,14 @@ def _pack(num: int, k: int, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[
     """Packed bytes per row (None for a row with a repeated id), all rows ranked in one pass."""
     p = packing(num, k)
     entries = np.array([a.shape[0] * a.shape[1] for a in arrays], np.int64)
-    ranks, repeats = rank_entries(np.concatenate([a.reshape(-1, k) for a in arrays]), p)
+    ordered, repeats = sort_entries(np.concatenate([a.reshape(-1, k) for a in arrays]))
     seen = np.concatenate(([0], np.cumsum(repeats)))[np.concatenate(([0], np.cumsum(entries)))]
     ok = seen[1:] == seen[:-1]  # no repeated id in the row
+    if not ok.any():
+        return [None] * len(arrays)
     keep = np.repeat(ok, entries)
-    data, offsets = pack_rows(ranks[keep], entries[ok], p)
+    data, offsets = pack_rows(rank_sorted(ordered if keep.all() else ordered[keep], p),
+                              entries[ok], p)
     out: list[npt.NDArray[np.uint8] | None] = [None] * len(arrays)
     for i, row in enumerate(np.flatnonzero(ok)):
         out[row] = data[offsets[i]:offsets[i + 1]]
