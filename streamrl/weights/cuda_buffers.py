@@ -5,10 +5,13 @@ so everything read from one is checked here before it touches memory."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
+from streamrl.weights.cuda_ring import Ring
 from streamrl.weights.digest import alias_key, dtype_name
 
 ALIGN = 256  # byte alignment of each tensor in a slot (vectorized copies)
@@ -141,3 +144,27 @@ class HostStaging:
 
     def clear(self) -> None:
         self._pinned.clear()
+
+
+@dataclass(frozen=True)
+class Held:
+    """The version a reader holds between `load` and `done`."""
+
+    ring: Ring
+    buffer: torch.Tensor
+    locator: str
+    version: int
+    head: dict
+    views: dict[str, torch.Tensor]
+
+
+def read_all(path: str) -> bytes:
+    """A manifest's bytes with plain os calls (every load reads one: its cost is the load's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

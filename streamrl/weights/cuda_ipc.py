@@ -33,7 +33,6 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -50,6 +49,7 @@ from streamrl.weights.base import (
 )
 from streamrl.weights.cuda_buffers import (
     DTYPES,
+    Held,
     HostStaging,
     b64,
     device_of,
@@ -57,6 +57,7 @@ from streamrl.weights.cuda_buffers import (
     gpu_uuid,
     layout,
     open_slot,
+    read_all,
     unpack,
     whole_buffer,
 )
@@ -104,6 +105,7 @@ class CudaIpcTransport(WeightTransport):
         self.namespace, self.dtype, self.map_once = namespace, dtype, map_once
         self.ack_timeout_s = ack_timeout_s
         self.directory = Path(directory)
+        self._dir = str(self.directory)
         if not self.directory.is_dir():
             raise ValueError(f"{self.directory} does not exist: the cuda_ipc transport keeps "
                              "its manifests on a local tmpfs such as /dev/shm")
@@ -113,11 +115,11 @@ class CudaIpcTransport(WeightTransport):
         self._in_slot: dict[int, str] = {}  # slot -> locator of the version it holds
         self._host = HostStaging()  # pinned buffers for digests, reused
         self._token = reader_token()
-        self._holding: _Held | None = None  # what `done` releases
+        self._holding: Held | None = None  # what `done` releases
         self._verifying: concurrent.futures.Future[str] | None = None
         self._verify_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._rings: dict[str, Ring] = {}  # by name, as manifests give them
-        self._mapped: dict[tuple[str, int], tuple[str, torch.Tensor]] = {}
+        self._mapped: dict[tuple[str, int], tuple[list, torch.Tensor]] = {}
         self._views: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
         # the last publish: waiting for readers, copying into the slot, digests (bench reads it)
         self.last_timings: dict[str, float] = {}
@@ -324,10 +326,10 @@ class CudaIpcTransport(WeightTransport):
         return self._verifying
 
     def _read(self, locator: str, *, zero_copy: bool) -> tuple[int, dict[str, torch.Tensor]]:
-        path = self._path_of(locator)
-        version = int(_NAME.match(path.name)["version"])  # type: ignore[index]
+        name = self._name_of(locator)
+        version = int(_NAME.match(name)["version"])  # type: ignore[index]
         try:
-            head_raw, _, body = path.read_bytes().partition(b"\n")
+            head_raw, _, body = read_all(f"{self._dir}/{name}").partition(b"\n")
             head = json.loads(head_raw)
             ring = self._rings.get(head["ring"]) or self._rings.setdefault(
                 head["ring"], Ring(self.directory / head["ring"]))
@@ -355,7 +357,7 @@ class CudaIpcTransport(WeightTransport):
                 cached = (layout_id, unpack(buffer, json.loads(body)))
                 if self.map_once:
                     self._views[key] = cached
-            self._holding = _Held(ring, buffer, locator, version, head, cached[1])
+            self._holding = Held(ring, buffer, locator, version, head, cached[1])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             ring.release(self._token)
             self._holding = None
@@ -368,7 +370,7 @@ class CudaIpcTransport(WeightTransport):
         now (and kept mapped unless map_once is off)."""
         if key in _EXPORTED:
             return _EXPORTED[key]
-        handle = json.dumps(head["handle"])
+        handle = head["handle"]
         mapped = self._mapped.get(key)
         if mapped is not None and mapped[0] == handle:
             return mapped[1]
@@ -395,21 +397,12 @@ class CudaIpcTransport(WeightTransport):
                                        expected=head["digest"], actual=actual)
 
     def _path_of(self, locator: str) -> Path:
+        return self.directory / self._name_of(locator)
+
+    def _name_of(self, locator: str) -> str:
         name = locator.removeprefix("cuda_ipc://")
         if not locator.startswith("cuda_ipc://") or not _NAME.match(name):
             raise ValueError(f"{locator!r} is not a cuda_ipc locator "
                              "(cuda_ipc://streamrl-<namespace>-v<version>.ipc)")
-        return self.directory / name
-
-
-@dataclass(frozen=True)
-class _Held:
-    """The version a reader holds between `load` and `done`."""
-
-    ring: Ring
-    buffer: torch.Tensor
-    locator: str
-    version: int
-    head: dict
-    views: dict[str, torch.Tensor]
+        return name
 

@@ -10,14 +10,23 @@ from producers.engine.weights import copy_hf_weights
 from streamrl.models import CausalLM, ModelConfig
 from streamrl.models.checkpoint import to_hf_names
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CONFIG = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48,
                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                      head_dim=8, tie_word_embeddings=True)
 
 
-def test_the_same_sources_again_copy_their_new_values_and_bad_input_is_still_refused() -> None:
+CASES = [("cpu", torch.float32, torch.float32),
+         pytest.param("cuda", torch.bfloat16, torch.bfloat16, marks=CUDA),  # int64 views
+         pytest.param("cuda", torch.bfloat16, torch.float32, marks=CUDA)]  # a cast
+
+
+@pytest.mark.parametrize(("device", "engine_dtype", "slot_dtype"), CASES)
+def test_the_same_sources_again_copy_their_new_values_and_bad_input_is_still_refused(
+        device: str, engine_dtype: torch.dtype, slot_dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    engine, trainer = CausalLM(CONFIG), CausalLM(CONFIG)
+    engine = CausalLM(CONFIG).to(device, engine_dtype)
+    trainer = CausalLM(CONFIG).to(device, slot_dtype)
     slot = to_hf_names(trainer.state_dict(), CONFIG)  # one "ring slot": reused objects
     for step in range(3):
         with torch.no_grad():
@@ -25,10 +34,10 @@ def test_the_same_sources_again_copy_their_new_values_and_bad_input_is_still_ref
                 t.add_(0.5)  # the next version lands in the same tensors
         copy_hf_weights(engine, dict(slot))
         for name, p in engine.named_parameters():
-            assert torch.equal(p, slot[name]), (step, name)
+            assert torch.equal(p, slot[name].to(engine_dtype)), (step, name)
     before = {n: p.clone() for n, p in engine.named_parameters()}
     bad = dict(slot)
-    bad["model.norm.weight"] = torch.ones(7)
+    bad["model.norm.weight"] = torch.ones(7, device=device)
     with pytest.raises(ValueError, match=r"model\.norm\.weight"):
         copy_hf_weights(engine, bad)
     del bad["model.norm.weight"]
