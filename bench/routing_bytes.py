@@ -35,8 +35,10 @@ import pyarrow as pa
 
 from schemas import encode_trajectories, samples_to_batch
 from schemas.arrays import ListParts
-from schemas.routing import check_packed, routing_arrays, routing_columns
+from schemas.limits import DEFAULT_LIMITS
+from schemas.routing import routing_columns
 from schemas.routing_pack import packing
+from schemas.routing_read import check_packed, routing_arrays
 from schemas.testing import make_group, replace_column
 from schemas.trajectory import NARROW_EXPERT_LIMIT, ROUTING_COLUMNS
 
@@ -125,7 +127,8 @@ def throughput(group: list, packed: pa.RecordBatch, repeats: int = 5) -> dict:
         routing_columns([s.routed_experts for s in group], [s.moe_num_experts for s in group], ids)
 
     def decode() -> None:
-        assert check_packed(columns, ListParts(columns["routed_experts_packed"]), tokens) is None
+        parts = ListParts(columns["routed_experts_packed"])
+        assert check_packed(columns, parts, tokens, DEFAULT_LIMITS) is None
         routing_arrays(columns, tokens)
 
     out = {}

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from schemas.arrays import ListParts
 from schemas.errors import TrajectoryDecodeError
 from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.routing import check_packed
+from schemas.routing_read import check_packed
 from schemas.trajectory import FINISH_REASONS, PER_TOKEN_COLUMNS, REQUIRED_COLUMNS, ROUTING_COLUMNS
 
 ID_COLUMNS = ("run_id", "sample_id", "group_id", "prompt_id", "producer_id")
@@ -221,7 +221,7 @@ def _filled(column: pa.Array) -> npt.NDArray[np.int64]:
     return column.to_numpy().astype(np.int64)
 
 
-def _check_routing(columns: Columns, parts: dict[str, ListParts]) -> None:
+def _check_routing(columns: Columns, parts: dict[str, ListParts], limits: DecodeLimits) -> None:
     narrow, wide = parts["routed_experts"], parts["routed_experts_wide"]
     packed = parts["routed_experts_packed"]
     if not narrow.num_valid and not wide.num_valid and not packed.num_valid:
@@ -251,7 +251,7 @@ def _check_routing(columns: Columns, parts: dict[str, ListParts]) -> None:
                     f"x moe_top_k = {expected[row]}", f"row {row}, column {name!r}",
                     "routing_shape_mismatch")
     if packed.num_valid:
-        problem = check_packed(columns, packed, parts["response_tokens"].lengths)
+        problem = check_packed(columns, packed, parts["response_tokens"].lengths, limits)
         if problem is not None:
             raise _fail(*problem)
 
@@ -275,4 +275,4 @@ def check_columns(columns: Columns, *, vocab_size: int | None = None,
     _check_values(columns, parts, vocab_size)
     _check_reward_details(columns["reward_details"])
     _check_finish_reason(columns["finish_reason"])
-    _check_routing(columns, parts)
+    _check_routing(columns, parts, limits)

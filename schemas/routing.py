@@ -1,4 +1,5 @@
-"""The MoE routing columns of a trajectory batch: build them from per-sample arrays, read them back.
+"""The MoE routing columns of a trajectory batch, built from per-sample arrays (read back by
+`schemas.routing_read`).
 
 Writers store a routed row in `routed_experts_packed` (`schemas.routing_pack`: each (token, layer)
 top-k set as its combinatorial rank, bit-packed) with `moe_num_experts`, the expert count the
@@ -21,17 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from schemas.arrays import ListParts, as_array, list_array, list_views
-from schemas.routing_pack import (
-    MAX_EXPERTS,
-    bad_ranks,
-    pack_rows,
-    packing,
-    rank_sorted,
-    sort_entries,
-    unpack_rows,
-    unrank_sets,
-)
+from schemas.arrays import as_array, list_array
+from schemas.routing_pack import MAX_EXPERTS, pack_rows, packing, rank_sorted, sort_entries
 from schemas.trajectory import NARROW_EXPERT_LIMIT
 
 Routing = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
@@ -138,80 +130,3 @@ def _pack(num: int, k: int, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[
     for i, row in enumerate(np.flatnonzero(ok)):
         out[row] = data[offsets[i]:offsets[i + 1]]
     return out
-
-
-def routing_arrays(columns: dict[str, pa.Array], num_tokens: npt.NDArray[np.int64]
-                   ) -> list[Routing | None]:
-    """Per row, routing as [T, L, k] (None when not recorded) from a checked batch's columns:
-    plain rows as zero-copy views, packed rows decoded (ids ascending within each top-k)."""
-    layers = columns["moe_num_layers"].fill_null(0).to_numpy().astype(np.int64)
-    top_k = columns["moe_top_k"].fill_null(0).to_numpy().astype(np.int64)
-    flat = list_views(columns["routed_experts"])
-    for row, view in enumerate(list_views(columns["routed_experts_wide"])):
-        if view is not None:
-            flat[row] = view
-    out: list[Routing | None] = [
-        None if f is None or not layers[i] or not top_k[i] else f.reshape(-1, layers[i], top_k[i])
-        for i, f in enumerate(flat)]
-    parts = ListParts(columns["routed_experts_packed"])
-    if not parts.num_valid:
-        return out
-    experts = columns["moe_num_experts"].fill_null(0).to_numpy().astype(np.int64)
-    data = parts.values.to_numpy(zero_copy_only=False)
-    rows = np.flatnonzero(parts.valid)
-    for num, k in {(int(experts[r]), int(top_k[r])) for r in rows}:
-        group = rows[(experts[rows] == num) & (top_k[rows] == k)]
-        entries = num_tokens[group] * layers[group]
-        p = packing(num, k)
-        ids = unrank_sets(unpack_rows(data, parts.offsets[group], entries, p), p)
-        ids = ids.astype(np.uint8 if num <= NARROW_EXPERT_LIMIT else np.uint16)
-        bounds = np.concatenate(([0], np.cumsum(entries)))
-        for i, row in enumerate(group):
-            out[row] = ids[bounds[i]:bounds[i + 1]].reshape(-1, layers[row], k)
-    return out
-
-
-def check_packed(columns: dict[str, pa.Array], parts: ListParts,
-                 num_tokens: npt.NDArray[np.int64]) -> tuple[str, str, str] | None:
-    """(what, where, reason_code) for the first bad `routed_experts_packed` row, else None:
-    missing or impossible (E, k), a byte count other than the shape needs, a rank no set has."""
-    rows = np.flatnonzero(parts.valid)
-    experts = columns["moe_num_experts"].fill_null(0).to_numpy().astype(np.int64)[rows]
-    top_k = columns["moe_top_k"].fill_null(0).to_numpy().astype(np.int64)[rows]
-    layers = columns["moe_num_layers"].fill_null(0).to_numpy().astype(np.int64)[rows]
-    name = "'routed_experts_packed'"
-    bad = np.flatnonzero(experts == 0)
-    if bad.size:
-        return ("routed_experts_packed needs moe_num_experts", f"row {rows[bad[0]]}, column "
-                "'moe_num_experts'", "missing_moe_shape")
-    bad = np.flatnonzero((top_k > experts) | (experts > MAX_EXPERTS))
-    if bad.size:
-        i = bad[0]
-        return (f"moe_top_k {top_k[i]} and moe_num_experts {experts[i]} must satisfy 1 <= "
-                f"moe_top_k <= moe_num_experts <= {MAX_EXPERTS} to decode packed routing",
-                f"row {rows[i]}, column 'moe_num_experts'", "bad_moe_shape")
-    data = parts.values.to_numpy(zero_copy_only=False)
-    for num, k in sorted({(int(e), int(t)) for e, t in zip(experts, top_k, strict=True)}):
-        sel = (experts == num) & (top_k == k)
-        group, p = rows[sel], packing(num, k)
-        entries = num_tokens[group] * layers[sel]
-        expected = p.row_bytes(entries)
-        wrong = np.flatnonzero(parts.lengths[group] != expected)
-        if wrong.size:
-            i = wrong[0]
-            return (f"{parts.lengths[group[i]]} packed bytes, expected {expected[i]} for "
-                    f"{entries[i]} (token, layer) entries of {p.bits_per_entry} bits",
-                    f"row {group[i]}, column {name}", "routing_shape_mismatch")
-        out_of_range = np.flatnonzero(bad_ranks(unpack_rows(
-            data, parts.offsets[group], entries, p), p))
-        if out_of_range.size:
-            entry = int(out_of_range[0])
-            bounds = np.cumsum(entries)
-            i = int(np.searchsorted(bounds, entry, side="right"))
-            local = entry - (int(bounds[i - 1]) if i else 0)
-            row_layers = int(layers[sel][i])
-            return (f"packed routing rank is not a set of {k} out of {num} experts",
-                    f"row {group[i]}, column {name}, token {local // row_layers}, layer "
-                    f"{local % row_layers}", "routing_out_of_range")
-    return None
-

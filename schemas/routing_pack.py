@@ -22,7 +22,7 @@ per id on decode); no Python loop runs per entry.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import pairwise
 from math import comb
 
@@ -50,10 +50,18 @@ class Packing:
         self.counts = tuple(comb(num_experts, s) for s in self.group_sizes)  # ranks < count
         self.field_bits = tuple((c - 1).bit_length() for c in self.counts)
         self.bits_per_entry = sum(self.field_bits)
-        self.tables = {s: _table(num_experts, s) for s in set(self.group_sizes)}
-        # lookups[size][i]: how the decoder finds the i-th smallest id of a run of `size`.
-        self.lookups = {s: {i: _lookup(self.tables[s][i], comb(num_experts, s))
-                            for i in range(2, s + 1)} for s in set(self.group_sizes)}
+
+    @cached_property
+    def tables(self) -> dict[int, npt.NDArray[np.uint64]]:
+        """Per run size, the binomial table; built on first use (checking a record's bytes and
+        ranks needs only the counts above, so a reader never builds one for data it refuses)."""
+        return {s: _table(self.num_experts, s) for s in set(self.group_sizes)}
+
+    @cached_property
+    def lookups(self) -> dict[int, dict[int, tuple[int, npt.NDArray[np.int64], int]]]:
+        """lookups[size][i]: how the decoder finds the i-th smallest id of a run of `size`."""
+        return {s: {i: _lookup(self.tables[s][i], comb(self.num_experts, s))
+                    for i in range(2, s + 1)} for s in set(self.group_sizes)}
 
     def row_bytes(self, num_entries: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Bytes of a row holding `num_entries` (token, layer) entries."""

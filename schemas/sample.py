@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from schemas.arrays import ListParts, list_array, list_array_from_values, list_offsets, list_views
 from schemas.compat import check_compatible, conform
-from schemas.routing import routing_arrays, routing_columns
+from schemas.routing import routing_columns
+from schemas.routing_read import routing_arrays
 from schemas.trajectory import (
     FINISH_REASONS,
     ROUTING_COLUMNS,

@@ -15,6 +15,7 @@ import pytest
 
 from schemas import (
     DeadLetter,
+    DecodeLimits,
     Sample,
     TrajectoryDecodeError,
     batch_to_samples,
@@ -230,3 +231,51 @@ def test_bit_fields_roundtrip_for_rows_of_any_length(widths: tuple[int, ...]) ->
     back = bitpack.unpack_rows(data, offsets[:-1][order], entries[order], widths)
     want = np.concatenate([values[firsts[r]:firsts[r] + entries[r]] for r in order])
     np.testing.assert_array_equal(back, want)
+
+
+def one_row(tokens: int, layers: int, num_experts: int, top_k: int) -> list[Sample]:
+    return routed(np.random.default_rng(11), num_experts, top_k, group=1, tokens=tokens,
+                  layers=layers)
+
+
+def test_a_row_longer_than_a_decode_piece_roundtrips_and_a_bad_rank_is_found_past_it() -> None:
+    samples = one_row(40_000, 30, 4, 2)  # 1.2 M entries: unpacked in two pieces of <= 2**20
+    [back] = roundtrip(samples)
+    np.testing.assert_array_equal(back.routed_experts, np.sort(samples[0].routed_experts, -1))
+    entry = (1 << 20) + 5  # in the second piece; 3 bits each, ranks 6 and 7 are no 2-set of 4
+
+    def corrupt(data: np.ndarray) -> np.ndarray:
+        bits = np.unpackbits(data, bitorder="little")
+        bits[entry * 3:(entry + 1) * 3] = 1
+        return np.packbits(bits, bitorder="little")
+
+    batch = with_row_bytes(samples_to_batch(samples), 0, corrupt)
+    with pytest.raises(TrajectoryDecodeError) as err:
+        decode_trajectories(encode_trajectories(batch, validate=False))
+    assert err.value.reason_code == "routing_out_of_range"
+    assert err.value.where == (f"row 0, column 'routed_experts_packed', token {entry // 30}, "
+                               f"layer {entry % 30}")
+
+
+def test_a_batch_may_not_ask_for_tables_of_many_expert_counts() -> None:
+    rng = np.random.default_rng(12)
+    samples = [msgspec.structs.replace(s, moe_num_experts=16 + i) for i, s in enumerate(
+        make_group(rng, 17, num_response_tokens=2))]
+    samples = [msgspec.structs.replace(s, routed_experts=np.array(
+        [[[0, 1]], [[2, 3]]], np.uint8)) for s in samples]
+    data = encode_trajectories(samples_to_batch(samples), validate=False)
+    with pytest.raises(TrajectoryDecodeError) as err:
+        decode_trajectories(data)
+    assert err.value.reason_code == "too_many_moe_shapes"
+    decode_trajectories(encode_trajectories(samples_to_batch(samples[:16])))  # 16 are fine
+
+
+def test_packed_ids_are_capped_by_the_message_limit() -> None:
+    """1-bit entries (2 experts, top-1) expand 8x when decoded: the reader caps the ids."""
+    data = encode_trajectories(samples_to_batch(one_row(10_000, 100, 2, 1)), validate=False)
+    limits = DecodeLimits(max_message_bytes=500_000)
+    assert len(data) < limits.max_message_bytes
+    with pytest.raises(TrajectoryDecodeError) as err:
+        decode_trajectories(data, limits=limits)
+    assert (err.value.reason_code, err.value.where) == (
+        "too_large", "row 0, column 'routed_experts_packed'")
