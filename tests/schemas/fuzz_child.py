@@ -19,6 +19,7 @@ import struct
 import sys
 from collections.abc import Callable
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 
@@ -51,6 +52,9 @@ def base_messages() -> list[bytes]:
     dense = samples_to_batch(make_group(rng, 3, **small))  # type: ignore[arg-type]
     moe = samples_to_batch(make_group(rng, 2, moe=MoeShape(3, 2, 64), **small))  # type: ignore[arg-type]
     wide = samples_to_batch(make_group(rng, 1, moe=MoeShape(2, 2, 999), **small))  # type: ignore[arg-type]
+    packed = samples_to_batch([msgspec.structs.replace(  # top-k sets: routed_experts_packed
+        s, moe_num_experts=e, routed_experts=np.argsort(rng.random((10, 3, e)), -1)[..., :k])
+        for e, k in ((64, 4), (999, 6)) for s in make_group(rng, 1, **small)])  # type: ignore[arg-type]
     extra = dense.append_column("entropy", pa.array([[0.5]] * 3, pa.list_(pa.float32())))
     ext_field = pa.field("trace", pa.binary(4), metadata={"ARROW:extension:name": "x.evil"})
     evil = dense.append_column(ext_field, pa.array([b"abcd"] * 3, pa.binary(4)))
@@ -59,6 +63,7 @@ def base_messages() -> list[bytes]:
         {"ARROW:extension:name": "arrow.bool8"}), dense.column(index))
     return [
         encode_trajectories(dense), encode_trajectories(moe), encode_trajectories(wide),
+        encode_trajectories(packed),
         encode_trajectories(dense.slice(0, 0)), encode_trajectories(extra),
         encode_trajectories(dense.drop_columns(["reward_details", "routed_experts"])),
         _ipc(evil), _ipc(evil_v1),
