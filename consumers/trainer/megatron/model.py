@@ -7,7 +7,7 @@ same GRPO step as the torch backend.
 
 The model uses the local (pure megatron-core, no Transformer Engine) layer spec with
 qk-layernorm, GQA (`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMSNorm, RoPE at
-the config's theta and tied embeddings. Weights move in and out under HF names through
+the config's theta, tied or untied embeddings. Weights move in and out under HF names through
 `convert.py`, so versions are published and digested exactly like the torch backend's.
 Logprobs take megatron's final hidden states through `output_processor` into the same
 `fused_token_logprobs` (no [tokens, vocab] fp32 logits).
@@ -19,7 +19,8 @@ and a softmax over those k, which is the same renormalized distribution (softmax
 and `moe_router_pre_softmax=True` is softmax then top-k without renormalizing. No aux loss, no
 z-loss, no jitter, no capacity dropping, unfused router (the fused path bypasses replay):
 exactly the torch backend's MoE. Routing replay goes through megatron's own RouterReplay
-(`replay.py`). Limits: tensor, pipeline and expert parallel size 1, unpacked batches
+(`replay.py`). Checkpoints are HF checkpoints plus megatron-ordered AdamW state (`save`,
+`from_checkpoint`). Limits: tensor, pipeline and expert parallel size 1, unpacked batches
 (megatron's RoPE counts positions per row).
 """
 
