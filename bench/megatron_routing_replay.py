@@ -2,7 +2,7 @@
 mismatch of the megatron trainer with and without replay, and of the torch trainer in the same
 run (the baseline).
 
-    python -m bench.megatron_routing_replay --out DIR     # CUDA + megatron-core; ~2 min on an H100
+    python -m bench.megatron_routing_replay --out DIR     # CUDA + megatron-core; ~80 s on an H100
     python -m bench.megatron_routing_replay --report DIR/megatron_routing_replay.json
                                         # writes bench/results/ + the BENCHMARKS.md section
 
