@@ -119,8 +119,11 @@ def _pack(num: int, k: int, arrays: list[npt.NDArray[Any]]) -> list[npt.NDArray[
     p = packing(num, k)
     entries = np.array([a.shape[0] * a.shape[1] for a in arrays], np.int64)
     ordered, repeats = sort_entries(np.concatenate([a.reshape(-1, k) for a in arrays]))
-    seen = np.concatenate(([0], np.cumsum(repeats)))[np.concatenate(([0], np.cumsum(entries)))]
-    ok = seen[1:] == seen[:-1]  # no repeated id in the row
+    if np.count_nonzero(repeats):
+        seen = np.concatenate(([0], np.cumsum(repeats)))[np.concatenate(([0], np.cumsum(entries)))]
+        ok = seen[1:] == seen[:-1]  # no repeated id in the row
+    else:
+        ok = np.ones(len(arrays), np.bool_)
     if not ok.any():
         return [None] * len(arrays)
     keep = np.repeat(ok, entries)
