@@ -15,8 +15,7 @@ from torch import Tensor
 from streamrl.models import CausalLM
 from streamrl.models.checkpoint import checked_state
 
-# model -> {(names, ids of the source tensors): (weak refs to the sources, copy destinations,
-# copy sources or None for the sources themselves)}
+# model -> {(names, ids of the source tensors): (weak refs to the sources, the parameters)}
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -35,7 +34,7 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> None:
         alive = [r() for r in plan[0]]
         if all(t is not None for t in alive):
             with torch.no_grad():
-                torch._foreach_copy_(plan[1], alive if plan[2] is None else plan[2])
+                torch._foreach_copy_(plan[1], alive)
             return
     params = dict(model.named_parameters())  # a tied LM head appears once, as the embedding
     state = checked_state(dict(tensors), model.config,
@@ -45,11 +44,7 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> None:
             all(t.device == p.device for t, p in zip(src, dst, strict=True)):
         if len(plans) >= 4:
             plans.pop(next(iter(plans)))
-        on_gpu = all(t.is_cuda for t in src)  # views of device memory held anyway (a slot)
-        plans[key] = ([weakref.ref(t) for t in src], *_wide(dst, src)) if on_gpu else (
-            [weakref.ref(t) for t in src], dst, None)
-        copy_hf_weights(model, tensors)
-        return
+        plans[key] = ([weakref.ref(t) for t in src], dst)
     with torch.no_grad():
         if all(t.device == p.device for t, p in zip(src, dst, strict=True)):
             # One fused multi-tensor copy (casting to the engine's dtype): on a GPU this is
@@ -59,17 +54,3 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> None:
             for p, t in zip(dst, src, strict=True):
                 p.copy_(t)
 
-
-def _wide(dst: list[Tensor], src: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """Same-dtype contiguous pairs as int64 views: the multi-tensor copy then moves 8 bytes per
-    element instead of 2 (bf16), closer to the device's copy bandwidth. Others stay as they
-    are (a cast copies element by element)."""
-    out_dst, out_src = [], []
-    for d, s in zip(dst, src, strict=True):
-        if d.dtype == s.dtype and d.is_contiguous() and s.is_contiguous() and \
-                (d.numel() * d.element_size()) % 8 == 0 and d.data_ptr() % 8 == 0 and \
-                s.data_ptr() % 8 == 0:
-            d, s = d.detach().view(-1).view(torch.int64), s.view(-1).view(torch.int64)
-        out_dst.append(d)
-        out_src.append(s)
-    return out_dst, out_src

@@ -17,7 +17,7 @@ CONFIG = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermed
 
 
 CASES = [("cpu", torch.float32, torch.float32),
-         pytest.param("cuda", torch.bfloat16, torch.bfloat16, marks=CUDA),  # int64 views
+         pytest.param("cuda", torch.bfloat16, torch.bfloat16, marks=CUDA),
          pytest.param("cuda", torch.bfloat16, torch.float32, marks=CUDA)]  # a cast
 
 
@@ -32,7 +32,11 @@ def test_the_same_sources_again_copy_their_new_values_and_bad_input_is_still_ref
         with torch.no_grad():
             for t in slot.values():
                 t.add_(0.5)  # the next version lands in the same tensors
-        copy_hf_weights(engine, dict(slot))
+        if step == 1:  # the plan was made in inference mode (the engine's); used outside it
+            copy_hf_weights(engine, dict(slot))
+        else:
+            with torch.inference_mode():
+                copy_hf_weights(engine, dict(slot))
         for name, p in engine.named_parameters():
             assert torch.equal(p, slot[name].to(engine_dtype)), (step, name)
     before = {n: p.clone() for n, p in engine.named_parameters()}
