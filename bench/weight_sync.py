@@ -105,6 +105,9 @@ def engine(conn, quick: bool, directory: str) -> None:
             t.done(locator)  # waits for the copy, then lets the publisher reuse the slot
 
         load_ms = _timed_ms(load)
+        # The same load again at once: the engine's CUDA context is the one on the GPU now (as
+        # while it generates), and the slot's pages were just read by it.
+        got["load_again_ms"] = _timed_ms(load)
 
         def verified_load(t=t, locator=locator, digest=digest, got=got) -> None:
             """The same load with the digest checked off the critical path."""
@@ -259,7 +262,9 @@ def record(path: Path) -> None:
              "|---|---|---|---|"]
     lines += [row(f"engine load, {LABELS[m]} (manifest + views + copy_hf_weights + done)",
                   med(m, "load_ms"), goal=True) for m in modes]
-    lines += [row("  of which manifest + hold + views (ring, bf16)", med("ring_bf16", "open_ms")),
+    lines += [row("  the same load repeated at once (engine's context active, slot just read)",
+                  med("ring_bf16", "load_again_ms")),
+              row("  of which manifest + hold + views (ring, bf16)", med("ring_bf16", "open_ms")),
               row("  of which opening the handle + views (old path)",
                   med("reopen_fp32", "open_ms")),
               row("  copy_hf_weights alone (checked plan reused, same-dtype pairs as int64)",
