@@ -279,3 +279,37 @@ def test_packed_ids_are_capped_by_the_message_limit() -> None:
         decode_trajectories(data, limits=limits)
     assert (err.value.reason_code, err.value.where) == (
         "too_large", "row 0, column 'routed_experts_packed'")
+
+
+def test_the_trainer_forward_and_router_gradients_do_not_depend_on_order_within_a_top_k() -> None:
+    """Why storing sets is enough: forcing a top-k in any order gives the same logits and router
+    gradients up to float summation order (the router softmax runs in fp32 by design)."""
+    import torch
+
+    from streamrl.models import CausalLM, ModelConfig
+    from streamrl.models.moe import MoE
+
+    config = ModelConfig(model_type="qwen3_moe", vocab_size=64, hidden_size=32,
+                         intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, num_experts=16,
+                         num_experts_per_tok=4, moe_intermediate_size=16, norm_topk_prob=True)
+    torch.manual_seed(0)
+    model = CausalLM(config).double()
+    tokens = torch.randint(0, 64, (2, 24))
+    positions = torch.arange(24).expand(2, -1)
+    with torch.no_grad():
+        free = model(tokens, positions).routed_experts  # [B, T, L, k], the router's order
+    shuffled = free.gather(-1, torch.argsort(torch.rand(free.shape), -1))
+    results = []
+    for forced in (free, shuffled, free.sort(-1).values):
+        model.zero_grad()
+        out = model(tokens, positions, forced_routing=forced)
+        out.logits.log_softmax(-1).sum().backward()
+        grads = [m.gate.weight.grad.clone() for m in model.modules() if isinstance(m, MoE)]
+        results.append((out.logits.detach(), grads))
+    assert not torch.equal(shuffled, free)
+    for logits, grads in results[1:]:
+        torch.testing.assert_close(logits, results[0][0], rtol=1e-6, atol=1e-6)
+        for got, want in zip(grads, results[0][1], strict=True):
+            assert float(want.abs().sum()) > 0
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
