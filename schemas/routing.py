@@ -26,7 +26,7 @@ from schemas.arrays import as_array, list_array
 from schemas.routing_pack import MAX_EXPERTS, pack_rows, packing, rank_sorted, sort_entries
 from schemas.trajectory import NARROW_EXPERT_LIMIT
 
-Routing = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+_UINT16_MAX = (1 << 16) - 1  # the moe_num_experts column
 
 
 def _plain(arr: npt.NDArray[Any], sample_id: str) -> tuple[npt.NDArray[Any], bool]:
@@ -63,6 +63,9 @@ def _num_experts(arrays: list[npt.NDArray[Any] | None], given: Sequence[int | No
         if arr is None:
             out.append(num)
             continue
+        if num is not None and not arr.shape[2] <= num <= _UINT16_MAX:
+            raise ValueError(f"sample {sample_id!r}: moe_num_experts {num} must be >= top_k "
+                             f"{arr.shape[2]} and <= {_UINT16_MAX}")
         low, high = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         if low < 0 or (num is not None and high >= num):
             raise ValueError(f"sample {sample_id!r}: routed expert ids must lie in [0, "

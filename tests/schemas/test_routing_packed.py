@@ -207,6 +207,8 @@ async def test_an_undecodable_packed_record_is_dead_lettered() -> None:
     (np.array([[[0, 384]]]), 384, r"\[0, moe_num_experts = 384\), got \[0, 384\]"),
     (np.array([[[-1, 3]]]), None, r"got \[-1, 3\]"),
     (np.array([[0, 1]]), 8, "3-D"),
+    (np.array([[[0, 1, 2]]]), 2, "moe_num_experts 2 must be >= top_k 3"),
+    (np.array([[[0, 1]]]), 70_000, "<= 65535"),
     (np.array([[[0.0, 1.0]]]), 8, "integers"),
 ])
 def test_writer_refuses_ids_that_cannot_be_stored(ids: np.ndarray, num_experts: int | None,
