@@ -277,7 +277,7 @@ def record(path: Path) -> None:
               row("  of which manifest + hold + views (ring, bf16)", med("ring_bf16", "open_ms")),
               row("  of which opening the handle + views (old path)",
                   med("reopen_fp32", "open_ms")),
-              row("  copy_hf_weights alone (checked plan reused, same-dtype pairs as int64)",
+              row("  copy_hf_weights alone (its checked plan reused)",
                   med("ring_bf16", "copy_ms")),
               row("one _foreach_copy_ from the bf16 slot, bf16 elements",
                   med("ring_bf16", "foreach_ms")),

@@ -118,6 +118,7 @@ class CudaIpcTransport(WeightTransport):
         self._holding: Held | None = None  # what `done` releases
         self._verifying: concurrent.futures.Future[str] | None = None
         self._verify_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._side: torch.cuda.Stream | None = None  # verify_later's device-to-host copies
         self._rings: dict[str, Ring] = {}  # by name, as manifests give them
         self._mapped: dict[tuple[str, int], tuple[list, torch.Tensor]] = {}
         self._views: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
@@ -303,11 +304,12 @@ class CudaIpcTransport(WeightTransport):
         held.ring.hold(token, held.head["slot"], held.head["generation"])
         whole, entries = whole_buffer(held.views), entries_of(held.views)
         host = self._host.get("verify", whole.numel())
-        stream = torch.cuda.Stream(whole.device)
-        with torch.cuda.stream(stream):
+        if self._side is None or self._side.device != whole.device:
+            self._side = torch.cuda.Stream(whole.device)
+        with torch.cuda.stream(self._side):
             host.copy_(whole, non_blocking=True)
             copied = torch.cuda.Event()
-            copied.record(stream)
+            copied.record(self._side)
 
         def check() -> str:
             try:
