@@ -2,6 +2,7 @@
 then its figures read back from the log.
 
     python -m bench.gpu_run --out /tmp/gpu_run        # runs recipes/arithmetic/recipe_gpu.toml
+    python -m bench.gpu_run --recipe recipes/arithmetic/recipe_gpu_megatron.toml   # MoE, megatron
     python -m bench.gpu_run --record /tmp/gpu_run/gpu_run.json   # BENCHMARKS.md + PNG
 
 From the log alone (nothing is timed outside the run): generation tok/s (response tokens over
@@ -62,13 +63,21 @@ async def analyze(log_url: str, run_id: str) -> dict:
     }
 
 
-def run(out: Path, max_versions: int | None) -> Path:
+def section_name(recipe: str) -> str:
+    """`gpu_run` for the default recipe, `gpu_run_<name>` for recipe_<name>.toml."""
+    return "gpu_run" if recipe == RECIPE else "gpu_run_" + Path(recipe).stem.removeprefix(
+        "recipe_")
+
+
+def run(out: Path, max_versions: int | None, recipe: str = RECIPE) -> Path:
     import torch
+
+    from streamrl.run.config import load_config
 
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"arithmetic-gpu-{time.strftime('%H%M%S')}"
     log_dir, runs_dir = out / "log", out / "runs"
-    cmd = [sys.executable, "-m", "streamrl.cli", "run", RECIPE, "--run", run_id,
+    cmd = [sys.executable, "-m", "streamrl.cli", "run", recipe, "--run", run_id,
            "--log", str(log_dir), "--runs-dir", str(runs_dir)]
     if max_versions:
         cmd += ["--max-versions", str(max_versions)]
@@ -78,9 +87,12 @@ def run(out: Path, max_versions: int | None) -> Path:
     result = asyncio.run(analyze(str(log_dir), run_id))
     summary = json.loads((runs_dir / run_id / "summary.json").read_text())
     info = machine_info() | {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
+    config = load_config(ROOT / recipe)
     result |= {"info": info, "run_id": run_id, "wall_s": wall, "rl_wall_s": summary["wall_s"],
-               "evals": summary["evals"]}
-    path = out / "gpu_run.json"
+               "evals": summary["evals"], "recipe": recipe,
+               "backend": config.trainer.backend, "moe": config.model.moe,
+               "transport": config.weights.transport}
+    path = out / f"{section_name(recipe)}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
 
@@ -92,8 +104,10 @@ def record(path: Path) -> None:
     import matplotlib.pyplot as plt
 
     d = json.loads(path.read_text())
+    recipe = d.get("recipe", RECIPE)
+    name = section_name(recipe)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_run.json").write_text(json.dumps(d, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(d, indent=2) + "\n")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     v, r = zip(*[(a, b) for a, b in d["reward"] if b is not None], strict=True)
     axes[0].plot(v, r)
@@ -105,16 +119,18 @@ def record(path: Path) -> None:
     axes[2].bar(list(lags), list(lags.values()))
     axes[2].set(xlabel="versions behind", ylabel="samples", title="staleness at training")
     fig.tight_layout()
-    png = RESULTS / "gpu_run.png"
+    png = RESULTS / f"{name}.png"
     fig.savefig(png, dpi=110)
     loads = [m for _, m in d["load_ms"]]
     info, ev = d["info"], d["evals"]
     total = sum(lags.values())
     dist = ", ".join(f"{k}: {100 * n / total:.1f}%" for k, n in sorted(lags.items()))
-    lines = ["<!-- gpu_run:start -->", "## gpu_run", "",
-             f"{info['date']} · {info['card']} · torch {info['torch']} · `{RECIPE}` "
-             f"({d['num_versions']} versions, engine bf16 + trainer bf16/fp32-master on one GPU, "
-             "cuda_ipc weights)", "",
+    model = "MoE, routing recorded and replayed" if d.get("moe") else "dense"
+    lines = [f"<!-- {name}:start -->", f"## {name}", "",
+             f"{info['date']} · {info['card']} · torch {info['torch']} · `{recipe}` "
+             f"({d['num_versions']} versions, {model}; engine bf16 + "
+             f"{d.get('backend', 'torch')} trainer bf16/fp32-master on one GPU, "
+             f"{d.get('transport', 'cuda_ipc')} weights)", "",
              "| figure | value |", "|---|---|",
              f"| held-out greedy accuracy before → after | "
              f"{ev.get('eval before', float('nan')):.2f} → "
@@ -130,8 +146,8 @@ def record(path: Path) -> None:
              f"{max(loads) if loads else float('nan')} |",
              f"| staleness at training (share of samples) | {dist} |",
              f"| RL wall time | {d['rl_wall_s']:.0f} s |", "",
-             f"![gpu_run]({png.relative_to(ROOT)})", "<!-- gpu_run:end -->"]
-    _write_section("gpu_run", "\n".join(lines))
+             f"![{name}]({png.relative_to(ROOT)})", f"<!-- {name}:end -->"]
+    _write_section(name, "\n".join(lines))
 
 
 def main() -> None:
@@ -139,11 +155,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/gpu_run"))
     p.add_argument("--record", type=Path)
     p.add_argument("--max-versions", type=int)
+    p.add_argument("--recipe", default=RECIPE, help="a GPU recipe (repo-relative path)")
     args = p.parse_args()
     if args.record:
         record(args.record)
         return
-    print(run(args.out, args.max_versions))
+    print(run(args.out, args.max_versions, args.recipe))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def learner_config(config: RunConfig) -> LearnerConfig:
     t = config.trainer
     return LearnerConfig(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
                          minibatches=t.minibatches, algorithm=t.algorithm,
-                         temperature=config.rollout.temperature or 1.0, compute=t.compute)
+                         temperature=config.rollout.temperature or 1.0, compute=t.compute,
+                         backend=t.backend)
 
 
 async def train(log_url: str, run_id: str) -> None:

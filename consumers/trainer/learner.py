@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pyarrow as pa
@@ -38,6 +38,16 @@ class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
     temperature: float  # the sampler's: logprobs are compared at the same temperature
     algorithm: AlgorithmConfig
     compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
+    backend: Literal["torch", "megatron"] = "torch"
+
+
+def learner_class(config: LearnerConfig) -> type[Learner]:
+    """The learner `config.backend` names; megatron-core is imported only when it is chosen."""
+    if config.backend == "megatron":
+        from consumers.trainer.megatron.model import MegatronLearner
+
+        return MegatronLearner
+    return Learner
 
 
 class Learner:
@@ -63,6 +73,20 @@ class Learner:
             learner.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True,
                                                          map_location=config.compute.device))
         return learner
+
+    def reconfigured(self, config: LearnerConfig) -> Learner:
+        """This learner's weights and optimizer state under `config`'s settings (a fork's or a
+        replay's): `load_state_dict` restores the saved lr and weight decay, so they are set
+        again from `config` afterwards."""
+        ours = self._with_config(config)
+        ours.optimizer.load_state_dict(self.optimizer.state_dict())
+        for group in ours.optimizer.param_groups:
+            group["lr"] = config.lr
+            group["weight_decay"] = config.weight_decay
+        return ours
+
+    def _with_config(self, config: LearnerConfig) -> Learner:
+        return Learner(self.model, config)
 
     def save(self, path: Path) -> None:
         """Model in HF format plus optimizer state: everything a resume needs."""

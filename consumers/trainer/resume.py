@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
-from consumers.trainer.learner import Learner, LearnerConfig
+from consumers.trainer.learner import Learner, LearnerConfig, learner_class
 from schemas import (
     BatchFormed,
     CheckpointSaved,
@@ -120,7 +120,7 @@ async def rebuild(log: Log, ctx: RunContext, config: LearnerConfig, history: His
     at or before it plus the recorded batches after it; raises ResumeError on a digest mismatch."""
     until = history.version if until is None else until
     start, path = checkpoint_for(ctx, history, until)
-    learner = Learner.from_checkpoint(path, config)
+    learner = learner_class(config).from_checkpoint(path, config)
     async for step in replay_batches(log, learner, history, start=start, until=until):
         if not step.matches:
             raise ResumeError(f"replaying {step.batch.batch_id} did not reproduce version "

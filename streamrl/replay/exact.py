@@ -155,12 +155,7 @@ async def _first_learner(log: Log, ctx: RunContext, report: ReplayReport, chain:
         inner.chained = []
         if learner is None or not inner.ok:
             return None
-        ours = Learner(learner.model, learner_config(ctx.config))
-        ours.optimizer.load_state_dict(learner.optimizer.state_dict())
-        for group in ours.optimizer.param_groups:  # as fork_learner: the fork's settings
-            group["lr"] = ours.config.lr
-            group["weight_decay"] = ours.config.weight_decay
-        return ours
+        return learner.reconfigured(learner_config(ctx.config))  # as fork_learner does
     if not ctx.init_checkpoint.exists():
         hint = " (or replay with --chain, from the parent's log)" if parent else ""
         raise ReplayError(f"run {ctx.run_id!r}: its initial checkpoint {ctx.init_checkpoint} "

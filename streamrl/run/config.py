@@ -105,6 +105,10 @@ class TrainerSection(Section, kw_only=True):
     compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
     """Device, precision (bf16 with fp32 master weights), activation checkpointing, compile,
     FSDP2 (consumers/trainer/compute.py); the default is the bit-exact CPU path."""
+    backend: Literal["torch", "megatron"] = "torch"
+    """The learner's model: "torch" (streamrl/models) or "megatron" (a megatron-core GPTModel
+    built from the same HF config, consumers/trainer/megatron/; needs CUDA and megatron-core).
+    Same loss, optimizer and checkpoints in HF format; routing replay through RouterReplay."""
 
 
 class WeightsSection(Section, kw_only=True):
@@ -166,6 +170,16 @@ class RunConfig(Section, kw_only=True):
         if not 1 <= self.rollout.num_producers <= self.rollout.max_producers:
             raise ValueError(f"rollout.num_producers ({self.rollout.num_producers}) must be in "
                              f"[1, rollout.max_producers ({self.rollout.max_producers})]")
+        if self.trainer.backend == "megatron" and not self.trainer.compute.on_gpu:
+            raise ValueError("trainer.backend = \"megatron\" needs a CUDA device: set "
+                             "trainer.compute.device = \"cuda\" (megatron-core's forward runs "
+                             "on CUDA only)")
+        compute = self.trainer.compute
+        if self.trainer.backend == "megatron" and (compute.compile or compute.fsdp
+                                                   or compute.activation_checkpointing):
+            raise ValueError("trainer.backend = \"megatron\" does not take trainer.compute's "
+                             "compile, fsdp or activation_checkpointing (the torch backend's); "
+                             "unset them")
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")

@@ -28,7 +28,6 @@ import msgspec
 import torch
 
 from consumers.trainer.__main__ import learner_config
-from consumers.trainer.learner import Learner
 from consumers.trainer.resume import History, read_history, rebuild
 from schemas import RunParent
 from streamrl.log import Log
@@ -145,11 +144,7 @@ async def fork_learner(log: Log, parent_ctx: RunContext, history: History, versi
     torch.manual_seed(parent_ctx.config.run.seed)
     learner = await rebuild(log, parent_ctx, learner_config(parent_ctx.config), history,
                             until=version)
-    ours = Learner(learner.model, learner_config(config))
-    ours.optimizer.load_state_dict(learner.optimizer.state_dict())
-    for group in ours.optimizer.param_groups:  # load_state_dict restores the parent's values
-        group["lr"] = ours.config.lr
-        group["weight_decay"] = ours.config.weight_decay
+    ours = learner.reconfigured(learner_config(config))
     await asyncio.to_thread(ours.save, out_dir)
     digest = weights_digest(await asyncio.to_thread(read_safetensors, out_dir))
     expected = history.announced[version].digest

@@ -233,6 +233,9 @@ class MegatronLearner(Learner):
                 optimizer_file, weights_only=True, map_location=config.compute.torch_device))
         return learner
 
+    def _with_config(self, config: LearnerConfig) -> MegatronLearner:
+        return MegatronLearner(self.model_config, self.hf_state_dict(), config)
+
     def hf_state_dict(self) -> dict[str, Tensor]:
         return to_hf(self.model, self.model_config)
 
