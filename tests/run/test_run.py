@@ -129,9 +129,11 @@ def test_a_killed_trainer_resumes_without_training_anything_twice(tmp_path: Path
     (("batch_size = 8", "batch_size = 6"), "must be a multiple of data.samples_per_prompt"),
     (("tiny_task:reward", "tiny_task:rewards"), "rollout.reward"),
     (("max_lag = 1", "max_lagg = 1"), "did you mean 'max_lag'"),
-    (("lr = 1e-3", 'lr = 1e-3\nbackend = "megatron"'), "needs a CUDA device: set trainer.compute.device"),
+    (("lr = 1e-3", 'lr = 1e-3\nbackend = "megatron"'),
+     "needs a CUDA device: set trainer.compute.device"),
     (("lr = 1e-3", 'lr = 1e-3\nbackend = "megatron"\n'
-                   'compute = { device = "cuda", compile = true }'), "does not take trainer.compute"),
+                   'compute = { device = "cuda", compile = true }'),
+     "does not take trainer.compute"),
 ])
 def test_a_bad_recipe_never_starts_a_run(tmp_path: Path, edit: tuple[str, str],
                                          message: str) -> None:
