@@ -258,4 +258,5 @@ class Producer:
             reward=float(reward.reward), reward_details=dict(reward.details) or None,
             finish_reason=res.finish_reason, seed=res.seed,
             started_at=res.started_at, finished_at=res.finished_at,
-            response_versions=versions, routed_experts=res.routed_experts)
+            response_versions=versions, routed_experts=res.routed_experts,
+            moe_num_experts=None if res.routed_experts is None else self.engine.num_experts)

@@ -104,6 +104,11 @@ class TorchEngine:
         """The weight version that samples the next tokens."""
         return self._version
 
+    @property
+    def num_experts(self) -> int | None:
+        """Routed experts per MoE layer (recorded with the routing), None for a dense model."""
+        return self.model.config.num_experts or None
+
     def add_request(self, request: GenerationRequest) -> None:
         """Queue a request; it starts in the first step with a free slot (FIFO)."""
         if request.request_id in self._ids:

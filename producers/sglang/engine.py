@@ -95,6 +95,11 @@ class SGLangEngine:
         """The weight version last pushed to the server (SGLang's `weight_version`)."""
         return self._version
 
+    @property
+    def num_experts(self) -> int | None:
+        """Routed experts per MoE layer (recorded with the routing), None for a dense model."""
+        return self.model_config.num_experts or None
+
     def add_request(self, request: GenerationRequest) -> None:
         if request.request_id in self._pending:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
