@@ -245,6 +245,9 @@ def record(path: Path) -> None:
     for mode, vs in modes.items():
         ax.plot([v["version"] for v in vs], [v["load_ms"] for v in vs], marker="o",
                 label=f"engine load: {LABELS[mode]}")
+    vs = modes["ring_bf16"]
+    ax.plot([v["version"] for v in vs], [v["load_again_ms"] for v in vs], marker="x",
+            linestyle="--", label="the bf16 ring load repeated at once")
     ax.axhline(floor, color="black", linestyle=":", label="floor: D2D copy of bf16 bytes")
     ax.axhline(2 * floor, color="black", linestyle="--", label="goal: 2× floor")
     ax.set_yscale("log")
