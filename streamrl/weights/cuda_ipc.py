@@ -388,7 +388,7 @@ class CudaIpcTransport(WeightTransport):
 
     def _verify(self, locator: str, version: int, tensors: dict[str, torch.Tensor],
                 expected: str) -> None:
-        head = json.loads(self._path_of(locator).read_bytes().partition(b"\n")[0])
+        head = self._holding.head  # type: ignore[union-attr] - held since _read
         if head["source_digest"] != expected:
             raise WeightDigestMismatch(locator=locator, version=version, expected=expected,
                                        actual=head["source_digest"])
