@@ -59,6 +59,7 @@ class Learner:
             raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""
                              f" (got {aggregation!r}): only a token mean splits exactly over "
                              "micro-batches; unset micro_batch_rows or change the aggregation")
+        self.model_config = model.config  # the HF-style config, whatever wraps the model
         self.model = place(model, config.compute)
         self.advantage_fn = resolve_advantage(config.algorithm.advantage)
         self.loss_fn = resolve_loss(config.algorithm.loss)

@@ -78,7 +78,7 @@ class TrainerLoop:
         self.former = BatchFormer(policy or hooks["staleness"], ctx.config.trainer.batch_size,
                                   ctx.run_id, trained, next_offset, rejected)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
-        self.vocab_size = learner.model.config.vocab_size
+        self.vocab_size = learner.model_config.vocab_size
         self._buffer: list[Record] = []
 
     async def run(self) -> None:
