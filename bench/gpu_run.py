@@ -64,9 +64,9 @@ async def analyze(log_url: str, run_id: str) -> dict:
 
 
 def section_name(recipe: str) -> str:
-    """`gpu_run` for the default recipe, `gpu_run_<name>` for recipe_<name>.toml."""
-    return "gpu_run" if recipe == RECIPE else "gpu_run_" + Path(recipe).stem.removeprefix(
-        "recipe_")
+    """`gpu_run` for the default recipe, `gpu_run_<name>` for recipe_gpu_<name>.toml."""
+    stem = Path(recipe).stem.removeprefix("recipe_").removeprefix("gpu_")
+    return "gpu_run" if recipe == RECIPE else f"gpu_run_{stem}"
 
 
 def run(out: Path, max_versions: int | None, recipe: str = RECIPE) -> Path:
