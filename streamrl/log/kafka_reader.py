@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 # consumer has not fetched yet (one fetch round trip; seconds only for records of many MiB).
 FILL_WAIT_S = 5.0
 POLL_STEP_S = 0.05
+# How long closing a reader may take: its in-flight fetch ends within fetch_max_wait_ms.
+READER_STOP_S = 2.0
 
 
 def to_record(msg: ConsumerRecord) -> Record:
@@ -95,7 +97,11 @@ class PartitionReader:
         self._consumer.assign([self.tp])
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        # Bounded: over TLS, uvloop's close of a connection whose prefetch answer is still
+        # arriving waits up to 30 s for the broker's close_notify (MagicStack/uvloop#471). By
+        # then the consumer has closed every connection on its side; only that wait is cut.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._consumer.stop(), READER_STOP_S)
 
     async def end_offset(self) -> int:
         """The last stable offset: read_committed makes ListOffsets answer with it."""
