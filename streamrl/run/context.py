@@ -58,8 +58,9 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True):
         named after the run (so a later run can clean up after a crashed one)."""
         kind = self.config.weights.transport
         directory = str(self.run_dir / "weights") if kind == "file" else None
+        w = self.config.weights
         return TransportConfig(kind=kind, keep_last=keep_last, directory=directory,
-                               namespace=namespace)
+                               namespace=namespace, slots=w.slots, dtype=w.dtype)
 
     def run_started(self, recipe: str) -> RunStarted:
         return RunStarted(
