@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from producers.engine.config import EngineConfig
+from producers.engine.packing import pack_weights
 from producers.engine.request import (
     FinishReason,
     GenerationRequest,
@@ -75,6 +76,9 @@ class TorchEngine:
         _check_version(version)
         self.config = config
         self.model = model.to(device=config.torch_device, dtype=config.torch_dtype).eval()
+        # Weights in one buffer laid out like a cuda_ipc slot: a load is one copy, and the fused
+        # decoder views q|k|v and gate|up in place. Before anything captures their addresses.
+        pack_weights(self.model)
         mc = model.config
         self.cache = KVCache.for_model(
             mc,

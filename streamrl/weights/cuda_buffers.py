@@ -32,13 +32,34 @@ def device_of(tensors: Mapping[str, torch.Tensor]) -> torch.device:
     return next(iter(devices)) if devices else torch.device("cuda", torch.cuda.current_device())
 
 
+# Projections an engine fuses into one matrix (q|k|v, gate|up): the slot keeps each group's
+# members adjacent and in this order, so the engine can hold them as one matrix that is also
+# one contiguous range of the slot.
+FUSED_GROUPS = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2),
+                "gate_proj": ("gate_up", 0), "up_proj": ("gate_up", 1)}
+
+
+def slot_order(name: str) -> tuple:
+    """Sort key of the canonical slot layout: by name, except that the members of a fused
+    group sort together, in fuse order (`...self_attn.q_proj.weight`, `k_proj.weight`,
+    `v_proj.weight`, then the same for `.bias`). Publisher and engine both order by it."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] in FUSED_GROUPS:
+        group, index = FUSED_GROUPS[parts[-2]]
+        return (".".join(parts[:-2]), group, parts[-1], index, name)
+    return (".".join(parts[:-2]), ".".join(parts[-2:-1]), parts[-1], 0, name)
+
+
 def layout(tensors: Mapping[str, torch.Tensor], cast: torch.dtype | None
             ) -> tuple[list, list[tuple[torch.Tensor, int, int, torch.dtype]]]:
     """Manifest entries [name, dtype, shape, offset] (tied names share one entry's bytes) and
     (tensor, offset, nbytes, stored dtype) per distinct tensor; floating tensors are stored as
-    `cast` when given."""
+    `cast` when given. Tensors go in `slot_order`, each at an ALIGN boundary: a fused group
+    whose members' sizes are multiples of ALIGN is one gapless range. The engine packs its own
+    parameters by this same function (`producers/engine/packing.py`), so a slot in its dtype
+    and its weights are byte for byte alike and a load is one copy."""
     entries, sources, offset, first = [], [], 0, {}
-    for name in sorted(tensors):
+    for name in sorted(tensors, key=slot_order):
         t = tensors[name]
         key = alias_key(t)
         if key in first:  # tied: the same bytes, published once

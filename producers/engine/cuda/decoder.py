@@ -9,8 +9,9 @@ head and sampling plus the slot bookkeeping of `SlotBuffers.sample_next`.
 Prefill of new prompts runs the same kernels over all their tokens, with causal SDPA for
 attention (`prefill`); it is not captured (its shape changes with every batch of prompts).
 
-Fused weights: q/k/v and gate/up are concatenated into one matrix each, and the model's own
-parameters become views into them. `load_weights` copies into those parameters in place, so the
+Fused weights: q/k/v and gate/up are one matrix each, sharing memory with the model's own
+parameters (a view of the adjacent weights of a packed engine, else a concatenation that the
+parameters then view). `load_weights` copies into those parameters in place, so the
 fused matrices, and every captured graph that reads them, see each new version with no re-fuse.
 
 Graphs: the step reads everything from device tensors (the slot buffers' tokens, lengths and
@@ -23,6 +24,8 @@ on scratch positions that `admit` overwrites). The first step of a new bucket ru
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +49,34 @@ def unsupported_reason(model: CausalLM) -> str | None:
 
 
 def fuse_linears(*linears: torch.nn.Linear) -> Tensor:
-    """Concatenate the weights of `linears` along the output dim and make each weight a view
-    into the result, so in-place updates of the parameters update the fused matrix."""
-    fused = torch.cat([lin.weight.data for lin in linears])  # [sum out, in]
+    """The weights of `linears` as one matrix along the output dim, sharing memory with the
+    parameters, so in-place updates of the parameters update the fused matrix. Weights that are
+    already adjacent in one storage (`producers/engine/packing.py` lays them out so) are viewed
+    as one matrix, nothing moves; otherwise they are concatenated and each parameter becomes a
+    view into the result."""
+    weights = [lin.weight.data for lin in linears]
+    if _adjacent(weights):
+        rows, cols = sum(w.shape[0] for w in weights), weights[0].shape[1]
+        return weights[0].as_strided((rows, cols), (cols, 1))  # [sum out, in]
+    fused = torch.cat(weights)  # [sum out, in]
     offset = 0
     for lin in linears:
         rows = lin.weight.shape[0]
         lin.weight.data = fused[offset : offset + rows]
         offset += rows
     return fused
+
+
+def _adjacent(weights: list[Tensor]) -> bool:
+    """Whether these 2-D weights follow one another, gapless, in one storage."""
+    first = weights[0]
+    for a, b in itertools.pairwise(weights):
+        if not (a.is_contiguous() and b.is_contiguous() and b.dtype == first.dtype
+                and b.device == first.device and b.shape[1:] == first.shape[1:]
+                and b.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                and a.storage_offset() + a.numel() == b.storage_offset()):
+            return False
+    return first.dim() == 2 and first.is_contiguous()
 
 
 class _Layer:
