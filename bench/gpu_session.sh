@@ -13,6 +13,8 @@ for step in "$@"; do
   case $step in
     tests) python3 -m pytest -q -p no:cacheprovider tests/trainer/test_cuda_learner.py \
              tests/weights/test_cuda_ipc.py tests/weights/test_weights_contract.py \
+             tests/engine/test_weight_plan.py tests/engine/test_packing.py \
+             tests/engine/test_cuda_engine.py \
              tests/megatron -rs 2>&1 | tee "$OUT/tests.log" ;;
     sync) python3 -m bench.weight_sync --out "$OUT" 2>&1 | tee "$OUT/sync.log" ;;
     mfu) python3 -m bench.trainer_mfu --out "$OUT" ${MFU_ONLY:+--only "$MFU_ONLY"} 2>&1 | tee "$OUT/mfu.log" ;;
