@@ -197,11 +197,18 @@ source "$HERE/kafka/tls.sh"
 
 # What a client puts in its log URL for this broker.
 client_hint() {
-    local query=""
+    local query="" notes=""
     [[ "$PROTOCOL" != PLAINTEXT ]] && query="?security_protocol=$PROTOCOL"
     [[ -n "$TLS" ]] && query+="&ssl_cafile=$TLS_DIR/ca.pem"
-    [[ -n "$SASL_USERS" ]] && query+="&sasl_mechanism=SCRAM-SHA-512&sasl_username=USER (password: STREAMRL_KAFKA_PASSWORD)"
-    echo "kafka://127.0.0.1:$PORT$query"
+    if [[ -n "$TLS" && "$TLS_CLIENT_AUTH" != none ]]; then
+        query+="&ssl_certfile=...&ssl_keyfile=..."
+        notes+=" (client certificates: scripts/kafka.sh tls-client NAME)"
+    fi
+    if [[ -n "$SASL_USERS" ]]; then
+        query+="&sasl_mechanism=SCRAM-SHA-512&sasl_username=USER"
+        notes+=" (password: STREAMRL_KAFKA_PASSWORD; SCRAM-SHA-256 and PLAIN work too)"
+    fi
+    echo "kafka://127.0.0.1:$PORT$query$notes"
 }
 
 # -Xms small: the broker rarely needs its whole heap, and CI runs the tests on the same 2 cores.

@@ -79,8 +79,10 @@ tls_properties() {
         "ssl.keystore.type=PKCS12" "ssl.keystore.location=$TLS_DIR/broker.p12" \
         "ssl.keystore.password=$pw" "ssl.key.password=$pw" \
         "ssl.truststore.type=PKCS12" "ssl.truststore.location=$TLS_DIR/truststore.p12" \
-        "ssl.truststore.password=$pw" "ssl.client.auth=$TLS_CLIENT_AUTH" \
-        "ssl.endpoint.identification.algorithm=https"
+        "ssl.truststore.password=$pw" "ssl.endpoint.identification.algorithm=https" \
+        "ssl.client.auth=$TLS_CLIENT_AUTH" \
+        "# SASL_SSL listeners ignore the unprefixed setting (KIP-684): name the listener." \
+        "listener.name.${PROTOCOL,,}.ssl.client.auth=$TLS_CLIENT_AUTH"
 }
 
 # `kafka.sh tls-client NAME`: a client key and certificate (CN=NAME) signed by the CA, for

@@ -2,7 +2,7 @@
 STREAMRL_KAFKA_TLS=1 and SASL users) with ACLs. Every mechanism the log offers logs in with the
 password from STREAMRL_KAFKA_PASSWORD and does the log's round trip; the principals are who they
 say (ACLs hold for PLAIN and SCRAM-SHA-256 users as for SCRAM-SHA-512); a wrong password and a
-wrong CA fail fast, each named."""
+wrong CA fail fast, each named; client certificates are checked on a SASL_SSL listener too."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     need_tools()
     users = " ".join(f"{u}:{p}" for u, p in USERS.items())
-    b = Broker(tmp_path_factory.mktemp("kafka-sasl-ssl"), sasl_users=users, tls=True)
+    b = Broker(tmp_path_factory.mktemp("kafka-sasl-ssl"), sasl_users=users, tls=True,
+               client_auth="requested")
     b.start()
     yield b
     b.stop()
@@ -90,3 +91,17 @@ async def test_a_wrong_ca_is_named_before_any_login(broker: Broker, tmp_path: Pa
     message = await start_fails(url_as(broker, "trainer", "SCRAM-SHA-256", rogue_ca),
                                 KafkaTLSError)
     assert f"kafka at 127.0.0.1:{broker.port}" in message and "not signed by a CA" in message
+
+
+async def test_client_certificates_are_checked_on_sasl_ssl_too(
+        broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kafka ignores an unprefixed ssl.client.auth on SASL_SSL listeners (KIP-684); kafka.sh
+    names the listener, so this broker (`requested`) checks a certificate that is sent."""
+    monkeypatch.setenv("STREAMRL_KAFKA_PASSWORD", USERS["admin"])
+    url = url_as(broker, "admin", "SCRAM-SHA-256")
+    stranger, stranger_key = self_signed(tmp_path, "stranger")
+    message = await start_fails(f"{url}&ssl_certfile={stranger}&ssl_keyfile={stranger_key}",
+                                KafkaTLSError)
+    assert "the broker refused this client's certificate" in message
+    cert, key = broker.client_cert("admin")
+    await round_trip(f"{url}&ssl_certfile={cert}&ssl_keyfile={key}")
