@@ -25,14 +25,17 @@ Copied = Literal["one copy", "multi-tensor", "per tensor"]
 class _Plan:
     """A checked copy from the very same source tensors into the model's parameters."""
 
-    sources: list[weakref.ref]
+    sources: list[weakref.ref]  # each drops the plan from the cache when its tensor dies
     params: list[Tensor]
-    span: tuple[int, int] | None  # (first byte, byte count) when one copy does it all
-    addresses: list[int]  # the parameters' addresses the span was checked against
+    one_copy: tuple[Tensor, Tensor] | None  # (to, from) byte ranges when one copy does it all
+    addresses: list[int]  # the parameters' addresses the byte ranges were checked against
 
 
-# model -> {(names, ids of the source tensors): _Plan}
+# model -> {(names, ids of the source tensors): _Plan}; a plan is in it only while all its
+# sources live, so a key found there names exactly the planned tensors (an id is reused only
+# after its object died, and the death removed the plan).
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_address = Tensor.data_ptr
 
 
 def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> Copied:
@@ -52,30 +55,36 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> Copied:
     key = (tuple(tensors), tuple(map(id, tensors.values())))
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)
-    if plan is not None:
-        alive = [r() for r in plan.sources]
-        if all(t is not None for t in alive) and (
-                plan.span is None or [p.data_ptr() for p in plan.params] == plan.addresses):
-            return _copy(plan.params, alive, plan.span)  # type: ignore[arg-type]
+    if plan is not None and plan.one_copy is None:
+        return _copy(plan.params, [r() for r in plan.sources], None)  # type: ignore[misc]
+    if plan is not None and list(map(_address, plan.params)) == plan.addresses:
+        return _copy(plan.params, [], plan.one_copy)
     params = dict(model.named_parameters())  # a tied LM head appears once, as the embedding
     state = checked_state(dict(tensors), model.config,
                           {name: p.shape for name, p in params.items()}, source="weights")
     dst, src = list(params.values()), [state[name] for name in params]
     span = _one_span(model, dst, src)
+    with torch.inference_mode(False):  # plain tensors: written in and out of inference mode
+        one_copy = None if span is None else (_bytes(dst[0], *span), _bytes(src[0], *span))
     if all(t is tensors.get(n) for n, t in zip(params, src, strict=True)) and \
             all(t.device == p.device for t, p in zip(src, dst, strict=True)):
         if len(plans) >= 4:
             plans.pop(next(iter(plans)))
-        plans[key] = _Plan([weakref.ref(t) for t in src], dst, span,
-                           [p.data_ptr() for p in dst] if span is not None else [])
-    return _copy(dst, src, span)
+
+        def forget(_: weakref.ref, plans: dict = plans, key: tuple = key) -> None:
+            plans.pop(key, None)
+
+        plans[key] = _Plan([weakref.ref(t, forget) for t in src], dst, one_copy,
+                           list(map(_address, dst)))
+    return _copy(dst, src, one_copy)
 
 
-def _copy(dst: list[Tensor], src: list[Tensor], span: tuple[int, int] | None) -> Copied:
+def _copy(dst: list[Tensor], src: list[Tensor], one_copy: tuple[Tensor, Tensor] | None
+          ) -> Copied:
+    if one_copy is not None:  # plain uint8 tensors, no autograd to switch off
+        one_copy[0].copy_(one_copy[1])
+        return "one copy"
     with torch.no_grad():
-        if span is not None:
-            _bytes(dst[0], *span).copy_(_bytes(src[0], *span))
-            return "one copy"
         if all(t.device == p.device for t, p in zip(src, dst, strict=True)):
             # One fused multi-tensor copy (casting to the engine's dtype): on a GPU this is
             # 1.3 ms instead of 6-7 ms of per-tensor launches for Qwen3-0.6B (bench/weight_sync).

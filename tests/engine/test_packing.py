@@ -175,3 +175,21 @@ def test_fuse_linears_views_packed_weights_in_place_and_concatenates_otherwise()
     expected = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
     qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
     assert torch.equal(qkv, expected) and attn.q_proj.weight.data_ptr() == qkv.data_ptr()
+
+
+def test_a_plan_lives_only_as_long_as_its_slot_views() -> None:
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    engine = model(ALIGNED, torch.bfloat16)
+    pack_weights(engine)
+    views = slot(model(ALIGNED, torch.float32, seed=1), torch.bfloat16)
+    assert copy_hf_weights(engine, views) == "one copy"
+    storage = StorageWeakRef(next(iter(views.values())).untyped_storage())
+    del views  # the transport let go of the slot: the plan must not keep its memory
+    assert storage.expired()
+    for _ in range(3):  # new views (their ids may be the old ones): checked afresh
+        bad = slot(model(ALIGNED, torch.float32, seed=2), torch.bfloat16)
+        bad["model.norm.weight"] = bad["model.norm.weight"][:-1]
+        with pytest.raises(ValueError, match=r"model\.norm\.weight"):
+            copy_hf_weights(engine, bad)
+        del bad
