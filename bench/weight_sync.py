@@ -267,7 +267,7 @@ def record(path: Path) -> None:
         rows = [v for v in modes[mode] if v["first_map"]] if first else steady[mode]
         return float(np.median([v[key] for v in rows]))
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     for mode, vs in modes.items():
         ax.plot([v["version"] for v in vs], [v["load_ms"] for v in vs], marker="o",
                 label=f"engine load: {LABELS[mode]}")
@@ -279,7 +279,7 @@ def record(path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(f"version (1-{d['slots']}: first use of each slot, maps it)")
     ax.set_ylabel("ms")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
     fig.tight_layout()
     png = RESULTS / "weight_sync.png"
     fig.savefig(png, dpi=110)
