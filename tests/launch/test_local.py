@@ -93,11 +93,21 @@ def test_scale_1_2_1_during_a_run_trains_every_prompt_at_most_once(
 
 def _wait_produced(log_url: str, run_id: str, producer_id: str, gate: Gate,
                    timeout_s: float = 300) -> None:
-    """Allow rollouts a few at a time until `producer_id` has published a group."""
+    """Allow rollouts a few at a time until `producer_id` has published a group. Nothing is
+    allowed before it has joined: the other producer would otherwise take every rollout while
+    the new process starts (tens of seconds on a loaded machine) and finish the run alone."""
+    async def joined() -> bool:
+        async with open_log(log_url) as log:
+            members = await membership(log, await load_run_context(log, run_id))
+            return ("joined", producer_id) in [m[:2] for m in members]
+
     async def count() -> int:
         async with open_log(log_url) as log:
             return (await produced_by(log, await load_run_context(log, run_id)))[producer_id]
     deadline = time.monotonic() + timeout_s
+    while not aio.run(joined()):
+        assert time.monotonic() < deadline, f"{producer_id} never joined"
+        time.sleep(1.0)
     while not aio.run(count()):
         assert time.monotonic() < deadline, f"{producer_id} published nothing"
         if gate.used >= int((gate.folder / "limit").read_text()):
