@@ -29,6 +29,8 @@ from consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resol
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
 
+OPTIMIZER_FILE = "optimizer.pt"  # next to a checkpoint's weights
+
 
 class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
     lr: float
@@ -69,11 +71,15 @@ class Learner:
     @classmethod
     def from_checkpoint(cls, path: Path, config: LearnerConfig) -> Learner:
         learner = cls(load_checkpoint(path), config)
-        optimizer_file = path / "optimizer.pt"
-        if optimizer_file.exists():
-            learner.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True,
-                                                         map_location=config.compute.device))
+        learner.load_optimizer(path)
         return learner
+
+    def load_optimizer(self, path: Path) -> None:
+        """The optimizer state `save` wrote next to the weights, when there is one."""
+        optimizer_file = Path(path) / OPTIMIZER_FILE
+        if optimizer_file.exists():
+            self.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True,
+                                                      map_location=self.compute.device))
 
     def reconfigured(self, config: LearnerConfig) -> Learner:
         """This learner's weights and optimizer state under `config`'s settings (a fork's or a
@@ -92,7 +98,7 @@ class Learner:
     def save(self, path: Path) -> None:
         """Model in HF format plus optimizer state: everything a resume needs."""
         save_checkpoint(self.model, path)
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
 
     def hf_state_dict(self) -> dict[str, Tensor]:
         """The weights under HF names, as producers load them."""

@@ -124,7 +124,7 @@ class WeightsSection(Section, kw_only=True):
     slots: int | None = None
     """"cuda_ipc" only: device buffers in the trainer's ring (default max(2, keep_versions));
     engines map each once and a slot is reused only after every engine copied out of it."""
-    dtype: str | None = None
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
     """"cuda_ipc" only: cast the published tensors to the engine's dtype (e.g. "bfloat16"):
     half the bytes to copy; the announced digest stays that of the trainer's tensors."""
 
@@ -180,18 +180,15 @@ class RunConfig(Section, kw_only=True):
         if (w.slots is not None or w.dtype is not None) and w.transport != "cuda_ipc":
             raise ValueError(f"weights.slots and weights.dtype apply to the cuda_ipc transport "
                              f"only; weights.transport is {w.transport!r}")
-        if w.dtype is not None and w.dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"weights.dtype {w.dtype!r}: use \"bfloat16\", \"float16\" or "
-                             "\"float32\" (the engine's dtype)")
         if w.slots is not None and w.slots < max(2, w.keep_versions):
             raise ValueError(f"weights.slots ({w.slots}) must be at least 2 and at least "
                              f"weights.keep_versions ({w.keep_versions}): a slot holds one "
                              "version, and the trainer writes one while engines read another")
-        if self.trainer.backend == "megatron" and not self.trainer.compute.on_gpu:
+        compute = self.trainer.compute
+        if self.trainer.backend == "megatron" and not compute.on_gpu:
             raise ValueError("trainer.backend = \"megatron\" needs a CUDA device: set "
                              "trainer.compute.device = \"cuda\" (megatron-core's forward runs "
                              "on CUDA only)")
-        compute = self.trainer.compute
         if self.trainer.backend == "megatron" and (compute.compile or compute.fsdp
                                                    or compute.activation_checkpointing):
             raise ValueError("trainer.backend = \"megatron\" does not take trainer.compute's "

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from consumers.trainer.batch import TrainBatch
 from consumers.trainer.compute import autocast
-from consumers.trainer.learner import Learner, LearnerConfig
+from consumers.trainer.learner import OPTIMIZER_FILE, Learner, LearnerConfig
 from consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
 from consumers.trainer.megatron.replay import replaying
 from consumers.trainer.registry import resolve_advantage, resolve_loss
@@ -227,10 +227,7 @@ class MegatronLearner(Learner):
         present, the AdamW state."""
         model = load_checkpoint(path)
         learner = cls(model.config, to_hf_names(model.state_dict(), model.config), config)
-        optimizer_file = Path(path) / "optimizer.pt"
-        if optimizer_file.exists():
-            learner.optimizer.load_state_dict(torch.load(
-                optimizer_file, weights_only=True, map_location=config.compute.torch_device))
+        learner.load_optimizer(path)
         return learner
 
     def _with_config(self, config: LearnerConfig) -> MegatronLearner:
@@ -257,4 +254,4 @@ class MegatronLearner(Learner):
         model.load_state_dict(state, strict=False, assign=True)
         model.tie_weights()
         save_checkpoint(model, path)
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
