@@ -58,8 +58,7 @@ class WeightSync:
             return  # released already: a newer announcement is on its way
         engine.load_weights(tensors, target.version)
         del tensors
-        if (done := getattr(transport, "done", None)) is not None:
-            done(target.locator)  # cuda_ipc: the ring slot may be reused now
+        transport.done(target.locator)  # cuda_ipc: the ring slot may be reused now
         load_ms = int((time.perf_counter() - t0) * 1000)
         await self.log.append(RunStreams(self.run_id).events, encode_event(WeightVersionLoaded(
             run_id=self.run_id, producer_id=self.producer_id, version=target.version,

@@ -41,12 +41,11 @@ def pack_weights(model: CausalLM) -> Tensor | None:
     device = next(iter(params.values())).device
     flat = torch.empty(max((o + n for _, o, n, _ in sources), default=0), dtype=torch.uint8,
                        device=device)
-    by_tensor = {id(p): p for p in params.values()}
     with torch.no_grad():
-        for t, offset, nbytes, dtype in sources:
-            view = flat[offset : offset + nbytes].view(dtype).view(t.shape)
-            view.copy_(t)
-            by_tensor[id(t)].data = view
+        for p, offset, nbytes, dtype in sources:  # `layout` hands back the parameters themselves
+            view = flat[offset : offset + nbytes].view(dtype).view(p.shape)
+            view.copy_(p)
+            p.data = view
     _PACKED[model] = flat
     return flat
 

@@ -127,6 +127,10 @@ class WeightTransport(abc.ABC):
     def start(self) -> None:  # noqa: B027 - optional hook
         """Set up whatever the transport needs before the first publish/load. Idempotent."""
 
+    def done(self, locator: str | None = None) -> None:  # noqa: B027 - optional hook
+        """The reader has finished copying out of what `load` returned (cuda_ipc lets the
+        publisher reuse that ring slot then). Idempotent."""
+
     def close(self) -> None:
         """Release every version still held and free the transport's resources. Idempotent."""
         if self._closed:

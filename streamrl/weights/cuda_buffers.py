@@ -42,7 +42,8 @@ FUSED_GROUPS = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2)
 def slot_order(name: str) -> tuple:
     """Sort key of the canonical slot layout: by name, except that the members of a fused
     group sort together, in fuse order (`...self_attn.q_proj.weight`, `k_proj.weight`,
-    `v_proj.weight`, then the same for `.bias`). Publisher and engine both order by it."""
+    `v_proj.weight`; biases, when present, form their own group, which sorts before the
+weights'). Publisher and engine both order by it."""
     parts = name.split(".")
     if len(parts) >= 2 and parts[-2] in FUSED_GROUPS:
         group, index = FUSED_GROUPS[parts[-2]]
@@ -86,11 +87,6 @@ def open_slot(head: dict) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8, device=f"cuda:{device}").set_(storage)
 
 
-def entries_of(tensors: Mapping[str, torch.Tensor]) -> list:
-    return [[name, dtype_name(t.dtype), list(t.shape), t.storage_offset() * t.element_size()]
-            for name, t in tensors.items()]
-
-
 def unpack(buffer: torch.Tensor, entries: list) -> dict[str, torch.Tensor]:
     out = {}
     for name, dtype, shape, offset in entries:
@@ -125,12 +121,6 @@ def b64(x: object) -> object:
 
 def _unb64(x: object) -> object:
     return base64.b64decode(x["b64"]) if isinstance(x, dict) else x
-
-
-def whole_buffer(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The whole slot buffer that `load`'s tensors view, as uint8."""
-    first = next(iter(tensors.values()))
-    return torch.empty(0, dtype=torch.uint8, device=first.device).set_(first.untyped_storage())
 
 
 class HostStaging:
@@ -176,6 +166,7 @@ class Held:
     locator: str
     version: int
     head: dict
+    entries: list  # the manifest's [name, dtype, shape, offset] rows `views` were made from
     views: dict[str, torch.Tensor]
 
 

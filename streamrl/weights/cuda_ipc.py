@@ -53,13 +53,11 @@ from streamrl.weights.cuda_buffers import (
     HostStaging,
     b64,
     device_of,
-    entries_of,
     gpu_uuid,
     layout,
     open_slot,
     read_all,
     unpack,
-    whole_buffer,
 )
 from streamrl.weights.cuda_ring import (
     ReaderTimeout,
@@ -121,7 +119,8 @@ class CudaIpcTransport(WeightTransport):
         self._side: torch.cuda.Stream | None = None  # verify_later's device-to-host copies
         self._rings: dict[str, Ring] = {}  # by name, as manifests give them
         self._mapped: dict[tuple[str, int], tuple[list, torch.Tensor]] = {}
-        self._views: dict[tuple[str, int], tuple[str, dict[str, torch.Tensor]]] = {}
+        # (ring, slot) -> (layout id, manifest entries, views of the mapped slot)
+        self._views: dict[tuple[str, int], tuple[str, list, dict[str, torch.Tensor]]] = {}
         # the last publish: waiting for readers, copying into the slot, digests (bench reads it)
         self.last_timings: dict[str, float] = {}
 
@@ -262,7 +261,7 @@ class CudaIpcTransport(WeightTransport):
         version, tensors = self._read(locator, zero_copy=True)
         try:
             if expected_digest is not None:
-                self._verify(locator, version, tensors, expected_digest)
+                self._verify(locator, version, expected_digest)
             if device is None:
                 return tensors
             return move_to(tensors, torch.device(device))
@@ -302,7 +301,7 @@ class CudaIpcTransport(WeightTransport):
                 self._verifying.result()
         token = reader_token()
         held.ring.hold(token, held.head["slot"], held.head["generation"])
-        whole, entries = whole_buffer(held.views), entries_of(held.views)
+        whole, entries = held.buffer, held.entries
         host = self._host.get("verify", whole.numel())
         if self._side is None or self._side.device != whole.device:
             self._side = torch.cuda.Stream(whole.device)
@@ -356,16 +355,17 @@ class CudaIpcTransport(WeightTransport):
             buffer = self._buffer(key, head)
             cached = self._views.get(key)
             if cached is None or cached[0] != layout_id or not self.map_once:
-                cached = (layout_id, unpack(buffer, json.loads(body)))
+                entries = json.loads(body)
+                cached = (layout_id, entries, unpack(buffer, entries))
                 if self.map_once:
                     self._views[key] = cached
-            self._holding = Held(ring, buffer, locator, version, head, cached[1])
+            self._holding = Held(ring, buffer, locator, version, head, cached[1], cached[2])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             ring.release(self._token)
             self._holding = None
             raise WeightFormatError(f"cannot open the shared buffer: {e}", locator=locator,
                                     version=version) from None
-        return version, dict(cached[1])
+        return version, dict(cached[2])
 
     def _buffer(self, key: tuple[str, int], head: dict) -> torch.Tensor:
         """The slot's buffer: exported by this process, mapped before (same handle), or opened
@@ -386,14 +386,14 @@ class CudaIpcTransport(WeightTransport):
             self._mapped[key] = (handle, buffer)
         return buffer
 
-    def _verify(self, locator: str, version: int, tensors: dict[str, torch.Tensor],
-                expected: str) -> None:
-        head = self._holding.head  # type: ignore[union-attr] - held since _read
+    def _verify(self, locator: str, version: int, expected: str) -> None:
+        held = self._holding  # held since _read
+        assert held is not None
+        head = held.head
         if head["source_digest"] != expected:
             raise WeightDigestMismatch(locator=locator, version=version, expected=expected,
                                        actual=head["source_digest"])
-        actual = weights_digest(unpack(self._host.copy(whole_buffer(tensors), "slot"),
-                                       entries_of(tensors)))
+        actual = weights_digest(unpack(self._host.copy(held.buffer, "slot"), held.entries))
         if actual != head["digest"]:
             raise WeightDigestMismatch(locator=locator, version=version,
                                        expected=head["digest"], actual=actual)
