@@ -16,6 +16,13 @@ _NO_OFFSETS = np.zeros(1, np.int64)
 _NO_OFFSETS.flags.writeable = False
 
 
+def filled_ints(column: pa.Array) -> npt.NDArray[np.int64]:
+    """An integer column as int64 with nulls read as 0."""
+    if column.null_count:
+        column = column.fill_null(0)
+    return column.to_numpy().astype(np.int64)
+
+
 def validity(column: pa.Array) -> npt.NDArray[np.bool_]:
     """True where `column` is not null. Columns with no nulls or only nulls (the common cases:
     required columns, dense batches' routing columns) cost no compute kernel."""

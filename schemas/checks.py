@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrays import ListParts
+from schemas.arrays import ListParts, filled_ints
 from schemas.errors import TrajectoryDecodeError
 from schemas.limits import DEFAULT_LIMITS, DecodeLimits
 from schemas.routing_read import check_packed
@@ -214,13 +214,6 @@ def _check_finish_reason(column: pa.DictionaryArray) -> None:
                     f"row {row}, column 'finish_reason'", "bad_finish_reason")
 
 
-def _filled(column: pa.Array) -> npt.NDArray[np.int64]:
-    """An integer column as int64 with nulls read as 0."""
-    if column.null_count:
-        column = column.fill_null(0)
-    return column.to_numpy().astype(np.int64)
-
-
 def _check_routing(columns: Columns, parts: dict[str, ListParts], limits: DecodeLimits) -> None:
     narrow, wide = parts["routed_experts"], parts["routed_experts_wide"]
     packed = parts["routed_experts_packed"]
@@ -235,8 +228,8 @@ def _check_routing(columns: Columns, parts: dict[str, ListParts], limits: Decode
         raise _fail("routed_experts_packed and a plain routing column are both set",
                     f"row {row}, column 'routed_experts_packed'", "both_routing_columns")
     routed = narrow.valid | wide.valid | packed.valid
-    layers = _filled(columns["moe_num_layers"])
-    top_k = _filled(columns["moe_top_k"])
+    layers = filled_ints(columns["moe_num_layers"])
+    top_k = filled_ints(columns["moe_top_k"])
     row = _first_row(routed & ((layers == 0) | (top_k == 0)))
     if row is not None:
         raise _fail("routed experts need moe_num_layers and moe_top_k > 0",
@@ -251,7 +244,8 @@ def _check_routing(columns: Columns, parts: dict[str, ListParts], limits: Decode
                     f"x moe_top_k = {expected[row]}", f"row {row}, column {name!r}",
                     "routing_shape_mismatch")
     if packed.num_valid:
-        problem = check_packed(columns, packed, parts["response_tokens"].lengths, limits)
+        problem = check_packed(columns["moe_num_experts"], packed,
+                               parts["response_tokens"].lengths, layers, top_k, limits)
         if problem is not None:
             raise _fail(*problem)
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from schemas.arrays import ListParts, list_views
+from schemas.arrays import ListParts, filled_ints, list_views
 from schemas.limits import DecodeLimits
 from schemas.routing_pack import MAX_EXPERTS, Packing, bad_ranks, packing, unpack_rows, unrank_sets
 from schemas.trajectory import NARROW_EXPERT_LIMIT
@@ -25,10 +25,6 @@ Problem = tuple[str, str, str]  # (what, where, reason_code)
 MAX_ROUTING_SHAPES = 16
 _PIECE = 1 << 20  # entries unpacked at once; a multiple of 8, so pieces start on a byte
 _NAME = "'routed_experts_packed'"
-
-
-def _ints(column: pa.Array) -> npt.NDArray[np.int64]:
-    return column.fill_null(0).to_numpy().astype(np.int64)
 
 
 Pieces = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64],
@@ -59,14 +55,16 @@ def _pieces(starts: npt.NDArray[np.int64], entries: npt.NDArray[np.int64], p: Pa
         yield _block(block)
 
 
-def check_packed(columns: dict[str, pa.Array], parts: ListParts,
-                 num_tokens: npt.NDArray[np.int64], limits: DecodeLimits) -> Problem | None:
+def check_packed(num_experts: pa.Array, parts: ListParts, num_tokens: npt.NDArray[np.int64],
+                 num_layers: npt.NDArray[np.int64], num_top_k: npt.NDArray[np.int64],
+                 limits: DecodeLimits) -> Problem | None:
     """The first bad `routed_experts_packed` row, else None: a missing or impossible (E, k), too
-    many shapes or ids, a byte count other than the shape needs, a rank no set has."""
+    many shapes or ids, a byte count other than the shape needs, a rank no set has.
+    `num_layers` and `num_top_k`: the batch's columns as int64 (nulls 0), already made."""
     rows = np.flatnonzero(parts.valid)
-    experts = _ints(columns["moe_num_experts"])[rows]
-    top_k = _ints(columns["moe_top_k"])[rows]
-    layers = _ints(columns["moe_num_layers"])[rows]
+    experts = filled_ints(num_experts)[rows]
+    top_k = num_top_k[rows]
+    layers = num_layers[rows]
     bad = np.flatnonzero(experts == 0)
     if bad.size:
         return ("routed_experts_packed needs moe_num_experts",
@@ -122,7 +120,7 @@ def routing_arrays(columns: dict[str, pa.Array], num_tokens: npt.NDArray[np.int6
                    ) -> list[Routing | None]:
     """Per row, routing as [T, L, k] (None when not recorded) from a checked batch's columns:
     plain rows as zero-copy views, packed rows decoded (ids ascending within each top-k)."""
-    layers, top_k = _ints(columns["moe_num_layers"]), _ints(columns["moe_top_k"])
+    layers, top_k = filled_ints(columns["moe_num_layers"]), filled_ints(columns["moe_top_k"])
     flat = list_views(columns["routed_experts"])
     for row, view in enumerate(list_views(columns["routed_experts_wide"])):
         if view is not None:
@@ -133,7 +131,7 @@ def routing_arrays(columns: dict[str, pa.Array], num_tokens: npt.NDArray[np.int6
     parts = ListParts(columns["routed_experts_packed"])
     if not parts.num_valid:
         return out
-    experts = _ints(columns["moe_num_experts"])
+    experts = filled_ints(columns["moe_num_experts"])
     data = parts.values.to_numpy(zero_copy_only=False)
     rows = np.flatnonzero(parts.valid)
     for num, k in sorted({(int(experts[r]), int(top_k[r])) for r in rows}):

@@ -216,7 +216,7 @@ def batch_to_samples(batch: pa.RecordBatch) -> list[Sample]:
     batch = conform(batch)
     col = {name: batch.column(name).to_pylist() for name in (
         "run_id", "sample_id", "group_id", "prompt_id", "sample_index", "producer_id",
-        "policy_version", "reward", "reward_details", "finish_reason", "moe_num_layers",
+        "policy_version", "reward", "reward_details", "finish_reason",
         "moe_num_experts", "seed", "started_at", "finished_at")}
     lists = {name: list_views(batch.column(name)) for name in (
         "response_versions", "prompt_tokens", "response_tokens", "logprobs", "loss_mask")}
