@@ -33,9 +33,9 @@ class GroupFile(msgspec.Struct, kw_only=True):
 
 def flatten(positions: Mapping[StreamPartition, Committed]) -> tuple[Flat, FlatMetadata]:
     """Positions as stored: offsets, and the non-empty metadata apart."""
-    flat = [(sp.stream, sp.partition, c.offset) for sp, c in sorted(positions.items())]
-    meta = [(sp.stream, sp.partition, c.metadata) for sp, c in sorted(positions.items())
-            if c.metadata]
+    items = sorted(positions.items())
+    flat = [(sp.stream, sp.partition, c.offset) for sp, c in items]
+    meta = [(sp.stream, sp.partition, c.metadata) for sp, c in items if c.metadata]
     return flat, meta
 
 

@@ -216,12 +216,12 @@ class TxnStore:
     ) -> dict[StreamPartition, int]:
         """Run the protocol above; returns each partition's first reserved offset."""
         self.groups.path(group)  # a bad group name fails before anything is written
-        flat, meta = flatten(positions)
         with self.locked():
             self.roll_forward()
             if not parts:
                 self.groups.merge(group, positions)
                 return {}
+            flat, meta = flatten(positions)
             with contextlib.ExitStack() as stack:
                 writers = {sp: stack.enter_context(self._writing(sp)) for sp in sorted(parts)}
                 starts = {sp: w.next_offset for sp, w in writers.items()}

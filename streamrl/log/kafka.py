@@ -290,9 +290,8 @@ class KafkaLog(Log):
         partition whose committed offset is already past ours was overtaken by a later commit
         of the same group (concurrent transacts): ours is visible in the sense that matters."""
         assert self._admin is not None
-        want = {StreamPartition(*sp): off for sp, off in offsets.items()}
         deadline = time.monotonic() + OFFSETS_VISIBLE_WAIT_S
-        while not _caught_up(await self._admin.fetch_offsets(group, list(want)), want):
+        while not _caught_up(await self._admin.fetch_offsets(group, list(offsets)), offsets):
             if time.monotonic() >= deadline:
                 logger.warning("offsets of group %r committed but not yet readable", group)
                 return
