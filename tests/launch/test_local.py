@@ -7,6 +7,8 @@ nothing may be trained twice and the run must still finish. `down` must leave no
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -63,7 +65,16 @@ def test_scale_1_2_1_during_a_run_trains_every_prompt_at_most_once(
     state = json.loads(state_path.read_text())
     assert [m["index"] for m in state["members"] if m["role"] == "producer"] == [0, 1]
     trainer_pid = next(m["pid"] for m in state["members"] if m["role"] == "trainer")
-    _wait_produced(log_url, "scaled", "producer-1", gate)  # the new member works
+    # The new member works. The old one is frozen meanwhile: its rollouts, already waiting at
+    # the gate, would otherwise take every ticket while the new process starts and could
+    # finish the run alone (seen under CI load).
+    old_pid = next(m["pid"] for m in state["members"]
+                   if m["role"] == "producer" and m["index"] == 0)
+    os.kill(old_pid, signal.SIGSTOP)
+    try:
+        _wait_produced(log_url, "scaled", "producer-1", gate)
+    finally:
+        os.kill(old_pid, signal.SIGCONT)
     assert _versions(log_url, "scaled") < 12
 
     out = streamrl("scale", "scaled", "--producers", "1", "--runs-dir", runs)
