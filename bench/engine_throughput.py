@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
+from streamrl.producers.engine.cuda import attention
+
 from bench.common import ROOT, machine_info
-from producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
-from producers.engine.cuda import attention
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import checked_state
 
@@ -136,9 +137,8 @@ def sweep_attention(batch: int, context: int, bandwidth: float) -> list[dict]:
 def time_samplers(batch: int) -> dict:
     """ms per call of the one-kernel sampler and the sorting torch sampler at [batch, V]."""
     import triton.testing
-
-    from producers.engine.cuda.sampling import sample_untruncated
-    from producers.engine.sampling import sample
+    from streamrl.producers.engine.cuda.sampling import sample_untruncated
+    from streamrl.producers.engine.sampling import sample
 
     logits = torch.randn(batch, SHAPE["vocab_size"], device="cuda", dtype=torch.bfloat16)
     args = (torch.ones(batch, device="cuda"), torch.zeros(batch, dtype=torch.long, device="cuda"),

@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from streamrl.schemas import RunStarted, TrainStep, WeightVersionLoaded, decode_event
+
 from bench.common import machine_info
-from schemas import RunStarted, TrainStep, WeightVersionLoaded, decode_event
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams

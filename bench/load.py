@@ -35,10 +35,10 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from rich.progress import Progress
+from streamrl.schemas import decode_trajectories
 
 from bench.common import RESULTS, ROOT, machine_info, producer_performance, replace_section
 from bench.log_throughput import encode, make_samples
-from schemas import decode_trajectories
 from streamrl import aio
 from streamrl.log import Append, StreamPartition, open_log
 

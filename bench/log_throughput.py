@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from rich.progress import Progress
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
 from bench.common import (
     Case,
@@ -38,7 +39,6 @@ from bench.common import (
     producer_performance,
     record_results,
 )
-from schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 from streamrl import aio
 from streamrl.log import open_log
 

@@ -33,10 +33,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from streamrl.consumers.trainer.batch import build_batch
+from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
+from streamrl.schemas import Sample
 
-from consumers.trainer.batch import build_batch
-from producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
-from schemas import Sample
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.moe import MoE
 

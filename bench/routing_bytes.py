@@ -32,15 +32,14 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pyarrow as pa
-
-from schemas import encode_trajectories, samples_to_batch
-from schemas.arrays import ListParts
-from schemas.limits import DEFAULT_LIMITS
-from schemas.routing import routing_columns
-from schemas.routing_pack import packing
-from schemas.routing_read import check_packed, routing_arrays
-from schemas.testing import make_group, replace_column
-from schemas.trajectory import NARROW_EXPERT_LIMIT, ROUTING_COLUMNS
+from streamrl.schemas import encode_trajectories, samples_to_batch
+from streamrl.schemas.arrays import ListParts
+from streamrl.schemas.limits import DEFAULT_LIMITS
+from streamrl.schemas.routing import routing_columns
+from streamrl.schemas.routing_pack import packing
+from streamrl.schemas.routing_read import check_packed, routing_arrays
+from streamrl.schemas.testing import make_group, replace_column
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT, ROUTING_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "routing_bytes"

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from streamrl.consumers.trainer.compute import ComputeConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.registry import AlgorithmConfig
+from streamrl.schemas import Sample
 
 from bench.common import RESULTS, ROOT, machine_info
-from consumers.trainer.compute import ComputeConfig
-from consumers.trainer.learner import Learner, LearnerConfig
-from consumers.trainer.registry import AlgorithmConfig
-from schemas import Sample
 from streamrl.models import CausalLM, ModelConfig
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense

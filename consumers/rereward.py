@@ -31,9 +31,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pyarrow as pa
-
-from producers.hooks import RewardFn, RewardInput, RewardOutput
-from schemas import (
+from streamrl.producers.hooks import RewardFn, RewardInput, RewardOutput
+from streamrl.schemas import (
     DeadLetter,
     DecodeError,
     LogPosition,
@@ -46,7 +45,8 @@ from schemas import (
     encode_event,
     encode_trajectories,
 )
-from schemas.ids import group_id_for
+from streamrl.schemas.ids import group_id_for
+
 from streamrl.hooks import resolve
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.config import RunConfig, config_from_builtins

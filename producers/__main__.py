@@ -20,9 +20,9 @@ import socket
 from collections.abc import Callable
 
 import torch
+from streamrl.producers.engine import TorchEngine
+from streamrl.producers.worker import Producer
 
-from producers.engine import TorchEngine
-from producers.worker import Producer
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
+from streamrl.producers.resume import PartitionProgress
+from streamrl.schemas import Prompt, encode_event
+from streamrl.schemas.ids import reissued_event_id
 
-from producers.resume import PartitionProgress
-from schemas import Prompt, encode_event
-from schemas.ids import reissued_event_id
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, RunContext
 

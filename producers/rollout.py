@@ -19,8 +19,12 @@ from typing import Any
 import msgspec
 import numpy as np
 import numpy.typing as npt
-
-from producers.engine import GenerationRequest, GenerationResult, SamplingParams, TorchEngine
+from streamrl.producers.engine import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    TorchEngine,
+)
 
 
 class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from producers.engine import TorchEngine
-from schemas import WeightVersionAnnounced, WeightVersionLoaded, decode_event, encode_event
+from streamrl.producers.engine import TorchEngine
+from streamrl.schemas import WeightVersionAnnounced, WeightVersionLoaded, decode_event, encode_event
+
 from streamrl.log import Log
 from streamrl.streams import RunStreams
 from streamrl.weights import WeightTransport, WeightVersionUnavailable, open_transport

@@ -13,7 +13,8 @@ the partition's position (its oldest unfinished prompt) and the prompts past it 
 (producers/resume.py). A producer restarted after kill -9, or the next owner after a handover,
 skips those, so every group is published exactly once. Commits are made one at a time, in the
 order their state was computed (`publish_lock`): an older commit landing after a newer one would
-forget finished prompts. Group and sample ids come from the prompt's position (`schemas.ids`).
+forget finished prompts. Group and sample ids come from the prompt's position
+(`streamrl.schemas.ids`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ from collections import deque
 
 import msgspec
 import numpy as np
-
-from producers.engine import SamplingParams, TorchEngine
-from producers.engine.sampling import seed_from_request_id
-from producers.handover import hand_over
-from producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
-from producers.resume import PartitionProgress
-from producers.rollout import EngineClient, RolloutInput, RolloutSample
-from producers.weight_sync import WeightSync
-from schemas import (
+from streamrl.producers.engine import SamplingParams, TorchEngine
+from streamrl.producers.engine.sampling import seed_from_request_id
+from streamrl.producers.handover import hand_over
+from streamrl.producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
+from streamrl.producers.resume import PartitionProgress
+from streamrl.producers.rollout import EngineClient, RolloutInput, RolloutSample
+from streamrl.producers.weight_sync import WeightSync
+from streamrl.schemas import (
     ProducerJoined,
     ProducerLeft,
     Prompt,
@@ -45,7 +45,8 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.ids import group_id_for, sample_id_for
+from streamrl.schemas.ids import group_id_for, sample_id_for
+
 from streamrl.launch.membership import owned_partitions
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, RunContext

@@ -6,16 +6,16 @@ v1 batch or a `DecodeError` out) and `batch_to_samples`. Events: `encode_event` 
 with one tagged union per stream. Evolution rules: docs/schema-evolution.md.
 """
 
-from schemas.checks import check_batch
-from schemas.codec import decode_trajectories, encode_trajectories
-from schemas.compat import check_compatible, conform
-from schemas.errors import (
+from streamrl.schemas.checks import check_batch
+from streamrl.schemas.codec import decode_trajectories, encode_trajectories
+from streamrl.schemas.compat import check_compatible, conform
+from streamrl.schemas.errors import (
     DecodeError,
     EventDecodeError,
     SchemaIncompatibleError,
     TrajectoryDecodeError,
 )
-from schemas.event_codec import (
+from streamrl.schemas.event_codec import (
     DlqEvent,
     EventsStreamEvent,
     PromptStreamEvent,
@@ -24,7 +24,7 @@ from schemas.event_codec import (
     decode_event,
     encode_event,
 )
-from schemas.events import (
+from streamrl.schemas.events import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
@@ -42,9 +42,9 @@ from schemas.events import (
     WeightVersionAnnounced,
     WeightVersionLoaded,
 )
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.sample import Sample, batch_to_samples, samples_to_batch
-from schemas.trajectory import (
+from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from streamrl.schemas.sample import Sample, batch_to_samples, samples_to_batch
+from streamrl.schemas.trajectory import (
     FINISH_REASONS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,

@@ -13,12 +13,16 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from schemas.arrays import ListParts, filled_ints
-from schemas.errors import TrajectoryDecodeError
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.routing_read import check_packed
-from schemas.trajectory import FINISH_REASONS, PER_TOKEN_COLUMNS, REQUIRED_COLUMNS, ROUTING_COLUMNS
+from streamrl.schemas.arrays import ListParts, filled_ints
+from streamrl.schemas.errors import TrajectoryDecodeError
+from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from streamrl.schemas.routing_read import check_packed
+from streamrl.schemas.trajectory import (
+    FINISH_REASONS,
+    PER_TOKEN_COLUMNS,
+    REQUIRED_COLUMNS,
+    ROUTING_COLUMNS,
+)
 
 ID_COLUMNS = ("run_id", "sample_id", "group_id", "prompt_id", "producer_id")
 _YEAR_10000_US = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z in microseconds
@@ -253,7 +257,8 @@ def _check_routing(columns: Columns, parts: dict[str, ListParts], limits: Decode
 def check_batch(batch: pa.RecordBatch, *, vocab_size: int | None = None,
                 limits: DecodeLimits = DEFAULT_LIMITS) -> None:
     """Raise `TrajectoryDecodeError` for the first semantic violation in a v1-conformed batch
-    (exactly the v1 columns, see `schemas.compat.conform`); return None when every row is valid."""
+    (exactly the v1 columns, see `streamrl.schemas.compat.conform`); return None when every row
+    is valid."""
     check_columns(dict(zip(batch.schema.names, map(batch.column, range(batch.num_columns)),
                            strict=True)), vocab_size=vocab_size, limits=limits)
 

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
-
-from schemas.checks import check_batch, check_columns
-from schemas.compat import check_compatible, conform, conform_columns, has_v1_columns
-from schemas.errors import DecodeError, TrajectoryDecodeError
-from schemas.ipc_scan import scan_stream
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.trajectory import TRAJECTORY_FIELDS, TRAJECTORY_SCHEMA
+from streamrl.schemas.checks import check_batch, check_columns
+from streamrl.schemas.compat import check_compatible, conform, conform_columns, has_v1_columns
+from streamrl.schemas.errors import DecodeError, TrajectoryDecodeError
+from streamrl.schemas.ipc_scan import scan_stream
+from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from streamrl.schemas.trajectory import TRAJECTORY_FIELDS, TRAJECTORY_SCHEMA
 
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # readers reject compressed bodies

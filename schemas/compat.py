@@ -10,9 +10,8 @@ writer's schema are not part of compatibility; the data itself is checked for nu
 from __future__ import annotations
 
 import pyarrow as pa
-
-from schemas.errors import SchemaIncompatibleError
-from schemas.trajectory import (
+from streamrl.schemas.errors import SchemaIncompatibleError
+from streamrl.schemas.trajectory import (
     FIELDS_BY_NAME,
     META_SCHEMA,
     META_VERSION,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-
-from schemas.errors import EventDecodeError
+from streamrl.schemas.errors import EventDecodeError
 
 _HEX = frozenset("0123456789abcdef")
 SHA256_HEX_LEN = 64

@@ -10,9 +10,8 @@ import re
 from typing import Literal, TypeAlias
 
 import msgspec
-
-from schemas.errors import DecodeError, EventDecodeError
-from schemas.events import (
+from streamrl.schemas.errors import DecodeError, EventDecodeError
+from streamrl.schemas.events import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
@@ -27,7 +26,7 @@ from schemas.events import (
     WeightVersionAnnounced,
     WeightVersionLoaded,
 )
-from schemas.limits import MiB
+from streamrl.schemas.limits import MiB
 
 PromptStreamEvent: TypeAlias = Prompt
 WeightsStreamEvent: TypeAlias = WeightVersionAnnounced

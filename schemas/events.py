@@ -16,8 +16,7 @@ import uuid
 from typing import Any
 
 import msgspec
-
-from schemas.event_checks import check_digest, check_non_negative, check_that
+from streamrl.schemas.event_checks import check_digest, check_non_negative, check_that
 
 
 def _new_event_id() -> str:

@@ -17,10 +17,9 @@ import struct
 
 import numpy as np
 import pyarrow as pa
-
-from schemas.compat import EXTENSION_KEY
-from schemas.errors import SchemaIncompatibleError, TrajectoryDecodeError
-from schemas.limits import DecodeLimits
+from streamrl.schemas.compat import EXTENSION_KEY
+from streamrl.schemas.errors import SchemaIncompatibleError, TrajectoryDecodeError
+from streamrl.schemas.limits import DecodeLimits
 
 _SCHEMA, _DICTIONARY_BATCH, _RECORD_BATCH = 1, 2, 3
 _FIELD_NODE_BYTES = 16

@@ -1,11 +1,11 @@
 """The MoE routing columns of a trajectory batch, built from per-sample arrays (read back by
-`schemas.routing_read`).
+`streamrl.schemas.routing_read`).
 
-Writers store a routed row in `routed_experts_packed` (`schemas.routing_pack`: each (token, layer)
-top-k set as its combinatorial rank, bit-packed) with `moe_num_experts`, the expert count the
-ranks are taken over. A row that is not a set in every (token, layer) (an id repeated: no real
-router does that) or whose model has more than `MAX_EXPERTS` experts keeps the plain ids, uint8
-in `routed_experts` (<= 256 experts) or uint16 in `routed_experts_wide`, as every writer did
+Writers store a routed row in `routed_experts_packed` (`streamrl.schemas.routing_pack`: each
+(token, layer) top-k set as its combinatorial rank, bit-packed) with `moe_num_experts`, the expert
+count the ranks are taken over. A row that is not a set in every (token, layer) (an id repeated:
+no real router does that) or whose model has more than `MAX_EXPERTS` experts keeps the plain ids,
+uint8 in `routed_experts` (<= 256 experts) or uint16 in `routed_experts_wide`, as every writer did
 before the packed column existed; readers decode all three into the same [T, L, k] arrays.
 
 Decoded packed rows hold each (token, layer)'s ids sorted ascending: the order within a top-k is
@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-
-from schemas.arrays import as_array, list_array
-from schemas.routing_pack import MAX_EXPERTS, pack_rows, packing, rank_sorted, sort_entries
-from schemas.trajectory import NARROW_EXPERT_LIMIT
+from streamrl.schemas.arrays import as_array, list_array
+from streamrl.schemas.routing_pack import MAX_EXPERTS, pack_rows, packing, rank_sorted, sort_entries
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 _UINT16_MAX = (1 << 16) - 1  # the moe_num_experts column
 

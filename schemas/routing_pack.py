@@ -28,8 +28,7 @@ from math import comb
 
 import numpy as np
 import numpy.typing as npt
-
-from schemas import bitpack
+from streamrl.schemas import bitpack
 
 _U64_LIMIT = 1 << 64
 MAX_EXPERTS = 4096  # caps the tables a hostile record can make a reader build (~0.1 s)

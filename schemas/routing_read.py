@@ -14,11 +14,17 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-
-from schemas.arrays import ListParts, filled_ints, list_views
-from schemas.limits import DecodeLimits
-from schemas.routing_pack import MAX_EXPERTS, Packing, bad_ranks, packing, unpack_rows, unrank_sets
-from schemas.trajectory import NARROW_EXPERT_LIMIT
+from streamrl.schemas.arrays import ListParts, filled_ints, list_views
+from streamrl.schemas.limits import DecodeLimits
+from streamrl.schemas.routing_pack import (
+    MAX_EXPERTS,
+    Packing,
+    bad_ranks,
+    packing,
+    unpack_rows,
+    unrank_sets,
+)
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 Routing = npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
 Problem = tuple[str, str, str]  # (what, where, reason_code)

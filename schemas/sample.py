@@ -17,12 +17,17 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-
-from schemas.arrays import ListParts, list_array, list_array_from_values, list_offsets, list_views
-from schemas.compat import check_compatible, conform
-from schemas.routing import routing_columns
-from schemas.routing_read import routing_arrays
-from schemas.trajectory import (
+from streamrl.schemas.arrays import (
+    ListParts,
+    list_array,
+    list_array_from_values,
+    list_offsets,
+    list_views,
+)
+from streamrl.schemas.compat import check_compatible, conform
+from streamrl.schemas.routing import routing_columns
+from streamrl.schemas.routing_read import routing_arrays
+from streamrl.schemas.trajectory import (
     FINISH_REASONS,
     ROUTING_COLUMNS,
     TIMESTAMP_TYPE,
@@ -50,7 +55,7 @@ _plain_values = attrgetter(*_PLAIN_COLUMNS)
 
 
 class Sample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    """One generated sample; field meanings and shapes follow `schemas.trajectory`.
+    """One generated sample; field meanings and shapes follow `streamrl.schemas.trajectory`.
 
     `eq=False`: numpy fields make field-wise `==` ambiguous, so equality is identity; compare
     fields explicitly. Arrays returned by `batch_to_samples` are read-only views into Arrow memory.
@@ -76,7 +81,7 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     response_versions: npt.NDArray[np.uint32] | None = None
     reward_details: dict[str, float] | None = None
     # [num_response_tokens, moe_num_layers, moe_top_k] expert ids, any integer dtype. Stored as
-    # sets (`schemas.routing`): decoded rows hold each top-k's ids ascending, uint8 when
+    # sets (`streamrl.schemas.routing`): decoded rows hold each top-k's ids ascending, uint8 when
     # moe_num_experts <= 256 else uint16.
     routed_experts: npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | None = None
     # The model's routed expert count. None: the writer stores the smallest count that holds the

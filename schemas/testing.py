@@ -11,9 +11,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import numpy as np
 import pyarrow as pa
-
-from schemas.sample import Sample
-from schemas.trajectory import FINISH_REASONS, NARROW_EXPERT_LIMIT
+from streamrl.schemas.sample import Sample
+from streamrl.schemas.trajectory import FINISH_REASONS, NARROW_EXPERT_LIMIT
 
 _T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

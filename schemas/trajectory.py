@@ -5,12 +5,13 @@ to trace it: ids, versions, tokens, logprobs, loss mask, reward, finish reason, 
 Optional columns (nullable, may also be absent from an older writer's batch and then read as null):
 `reward_details` (null = no breakdown) and the MoE routing group `moe_num_layers`, `moe_top_k`,
 `moe_num_experts`, `routed_experts`, `routed_experts_wide`, `routed_experts_packed` (null for dense
-models, or when routing was not recorded; `schemas.routing` says which column a writer picks).
+models, or when routing was not recorded; `streamrl.schemas.routing` says which column a writer
+picks).
 
 List children are declared nullable (Arrow's default, so hand-built batches match the type) but the
 decoder rejects nulls inside any list: a null token has no meaning.
 
-Evolution rules live in docs/schema-evolution.md; `schemas.compat` enforces them.
+Evolution rules live in docs/schema-evolution.md; `streamrl.schemas.compat` enforces them.
 """
 
 from __future__ import annotations

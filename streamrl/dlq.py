@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from schemas import DeadLetter, DecodeError, LogPosition, encode_event
 from streamrl.log import Log, Position, Record
+from streamrl.schemas import DeadLetter, DecodeError, LogPosition, encode_event
 from streamrl.streams import RunStreams
 
 T = TypeVar("T")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas import Event, decode_event, decode_trajectories
 from streamrl.log import Record
+from streamrl.schemas import Event, decode_event, decode_trajectories
 from streamrl.streams import StreamKind, parse_stream
 
 

@@ -8,9 +8,9 @@ import msgspec
 import pyarrow as pa
 from rich.table import Table
 
-from schemas import DecodeError, Event
 from streamrl.log import Record
 from streamrl.records import decode_record
+from streamrl.schemas import DecodeError, Event
 
 _COMMON = {"run_id", "event_id", "time_ms"}
 

@@ -6,7 +6,7 @@
     out.loss.backward()
 """
 
-from consumers.trainer.advantages import (
+from streamrl.consumers.trainer.advantages import (
     AdvantageFn,
     AdvantageInput,
     dr_grpo,
@@ -14,8 +14,8 @@ from consumers.trainer.advantages import (
     make_group_normalized,
     reinforce_baseline,
 )
-from consumers.trainer.batch import BatchConfig, TrainBatch, build_batch
-from consumers.trainer.losses import (
+from streamrl.consumers.trainer.batch import BatchConfig, TrainBatch, build_batch
+from streamrl.consumers.trainer.losses import (
     LossConfig,
     LossFn,
     LossInput,
@@ -23,7 +23,7 @@ from consumers.trainer.losses import (
     decoupled_ppo,
     ppo_tis,
 )
-from consumers.trainer.registry import (
+from streamrl.consumers.trainer.registry import (
     DEFAULT_ADVANTAGE,
     DEFAULT_LOSS,
     AlgorithmConfig,

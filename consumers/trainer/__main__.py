@@ -1,6 +1,6 @@
 """The trainer process of a run (the run driver starts it):
 
-    python -m consumers.trainer --log runs/log --run arithmetic-20261125-101500
+    python -m streamrl.consumers.trainer --log runs/log --run arithmetic-20261125-101500
 
 It rebuilds its state from the log (checkpoint + recorded batches), then trains until the run's
 `max_versions`. Killing it at any point and starting it again continues exactly where the
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from streamrl.consumers.trainer.learner import LearnerConfig
+from streamrl.consumers.trainer.loop import TrainerLoop
+from streamrl.consumers.trainer.resume import read_history, rebuild
 
-from consumers.trainer.learner import LearnerConfig
-from consumers.trainer.loop import TrainerLoop
-from consumers.trainer.resume import read_history, rebuild
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.config import RunConfig

@@ -1,7 +1,7 @@
 """Advantage estimators: per-sample rewards in, per-token advantages out.
 
 Every estimator is an `AdvantageFn`, a plain callable referenced by import path in the config
-(`"consumers.trainer.advantages:grpo"`). Each computes one scalar advantage per sample and
+(`"streamrl.consumers.trainer.advantages:grpo"`). Each computes one scalar advantage per sample and
 spreads it over that sample's trained tokens; every other position gets exactly 0.
 
 Groups are the samples sharing a `group_id` (one prompt's samples). A group of one sample, or a
@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 import torch
+from streamrl.consumers.trainer.batch import TrainBatch
 from torch import Tensor
-
-from consumers.trainer.batch import TrainBatch
 
 
 class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):

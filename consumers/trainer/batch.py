@@ -35,9 +35,8 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import torch
+from streamrl.schemas import Sample, batch_to_samples
 from torch import Tensor
-
-from schemas import Sample, batch_to_samples
 
 
 class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -18,8 +18,8 @@ from typing import Protocol
 import msgspec
 import numpy as np
 import pyarrow as pa
+from streamrl.schemas import LogPosition, Rejected, Staleness
 
-from schemas import LogPosition, Rejected, Staleness
 from streamrl.log import Record
 from streamrl.staleness import SampleInfo, Verdict
 

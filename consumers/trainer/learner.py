@@ -19,13 +19,19 @@ from typing import Any, Literal
 import msgspec
 import pyarrow as pa
 import torch
+from streamrl.consumers.trainer.advantages import AdvantageInput
+from streamrl.consumers.trainer.batch import TrainBatch, build_batch
+from streamrl.consumers.trainer.compute import (
+    ComputeConfig,
+    autocast,
+    full_tensor,
+    optimizer,
+    place,
+)
+from streamrl.consumers.trainer.losses import LossInput
+from streamrl.consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resolve_loss
 from torch import Tensor
 
-from consumers.trainer.advantages import AdvantageInput
-from consumers.trainer.batch import TrainBatch, build_batch
-from consumers.trainer.compute import ComputeConfig, autocast, full_tensor, optimizer, place
-from consumers.trainer.losses import LossInput
-from consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resolve_loss
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
 
@@ -46,7 +52,7 @@ class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
 def learner_class(config: LearnerConfig) -> type[Learner]:
     """The learner `config.backend` names; megatron-core is imported only when it is chosen."""
     if config.backend == "megatron":
-        from consumers.trainer.megatron.model import MegatronLearner
+        from streamrl.consumers.trainer.megatron.model import MegatronLearner
 
         return MegatronLearner
     return Learner

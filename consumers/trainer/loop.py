@@ -23,11 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-
-from consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
-from consumers.trainer.hooks import TrainStepInput
-from consumers.trainer.learner import Learner
-from schemas import (
+from streamrl.consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
+from streamrl.consumers.trainer.hooks import TrainStepInput
+from streamrl.consumers.trainer.learner import Learner
+from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     Event,
@@ -36,7 +35,8 @@ from schemas import (
     decode_trajectories,
     encode_event,
 )
-from schemas.ids import parse_group_id, reissued_event_id
+from streamrl.schemas.ids import parse_group_id, reissued_event_id
+
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import TRAINER_GROUP, RunContext

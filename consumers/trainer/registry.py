@@ -3,7 +3,7 @@
 Configs name advantage estimators and losses as strings, so a user's own function plugs in with no
 registration step and no string dispatch in the core:
 
-    advantage = resolve_advantage("consumers.trainer.advantages:grpo")
+    advantage = resolve_advantage("streamrl.consumers.trainer.advantages:grpo")
     loss_fn = resolve_loss("my_project.losses:my_loss")
 
 `AlgorithmConfig` resolves its paths when it is loaded, so a typo fails at startup rather than at
@@ -15,18 +15,18 @@ from __future__ import annotations
 from typing import cast
 
 import msgspec
+from streamrl.consumers.trainer.advantages import AdvantageFn
+from streamrl.consumers.trainer.batch import BatchConfig
+from streamrl.consumers.trainer.losses import LossConfig, LossFn
 
-from consumers.trainer.advantages import AdvantageFn
-from consumers.trainer.batch import BatchConfig
-from consumers.trainer.losses import LossConfig, LossFn
 from streamrl.hooks import ResolveError, resolve
 
 # ResolveError and resolve are re-exported: trainer hooks resolve like every other hook.
 __all__ = ["DEFAULT_ADVANTAGE", "DEFAULT_LOSS", "AlgorithmConfig", "ResolveError", "resolve",
            "resolve_advantage", "resolve_loss"]
 
-DEFAULT_ADVANTAGE = "consumers.trainer.advantages:grpo"
-DEFAULT_LOSS = "consumers.trainer.losses:decoupled_ppo"
+DEFAULT_ADVANTAGE = "streamrl.consumers.trainer.advantages:grpo"
+DEFAULT_LOSS = "streamrl.consumers.trainer.losses:decoupled_ppo"
 
 
 def resolve_advantage(path: str) -> AdvantageFn:

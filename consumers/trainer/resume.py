@@ -13,9 +13,8 @@ from pathlib import Path
 
 import msgspec
 import pyarrow as pa
-
-from consumers.trainer.learner import Learner, LearnerConfig, learner_class
-from schemas import (
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig, learner_class
+from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     Rejected,
@@ -23,6 +22,7 @@ from schemas import (
     decode_event,
     decode_trajectories,
 )
+
 from streamrl.log import Log
 from streamrl.run.context import RunContext
 from streamrl.weights import weights_digest

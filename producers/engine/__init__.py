@@ -10,10 +10,10 @@ in-flight weight update semantics, `sampling.py` for seeds and the logprob conve
 `request.py` for which forward pass each recorded MoE routing row comes from.
 """
 
-from producers.engine.config import EngineConfig
-from producers.engine.engine import TorchEngine
-from producers.engine.request import GenerationRequest, GenerationResult, Timing
-from producers.engine.sampling import SamplingParams, sample, seed_from_request_id
+from streamrl.producers.engine.config import EngineConfig
+from streamrl.producers.engine.engine import TorchEngine
+from streamrl.producers.engine.request import GenerationRequest, GenerationResult, Timing
+from streamrl.producers.engine.sampling import SamplingParams, sample, seed_from_request_id
 
 __all__ = [
     "EngineConfig",

@@ -37,20 +37,20 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from torch import Tensor
-
-from producers.engine.config import EngineConfig
-from producers.engine.packing import pack_weights
-from producers.engine.request import (
+from streamrl.producers.engine.config import EngineConfig
+from streamrl.producers.engine.packing import pack_weights
+from streamrl.producers.engine.request import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
     Timing,
     checked_prompt,
 )
-from producers.engine.sampling import sample, seed_from_request_id
-from producers.engine.slots import Sampler, SlotBuffers
-from producers.engine.weights import copy_hf_weights
+from streamrl.producers.engine.sampling import sample, seed_from_request_id
+from streamrl.producers.engine.slots import Sampler, SlotBuffers
+from streamrl.producers.engine.weights import copy_hf_weights
+from torch import Tensor
+
 from streamrl.models import CausalLM, KVCache
 
 _MAX_VERSION = 1 << 32  # response_versions are uint32 in the trajectory schema
@@ -248,7 +248,7 @@ class TorchEngine:
     def _sampler(self) -> Sampler:
         if self._fused is None or self._truncated():
             return sample
-        from producers.engine.cuda.sampling import sample_untruncated
+        from streamrl.producers.engine.cuda.sampling import sample_untruncated
 
         return sample_untruncated
 
@@ -298,8 +298,8 @@ def _fused_decoder(model: CausalLM, cache: KVCache, buffers: SlotBuffers, config
     on_cuda = config.torch_device.type == "cuda"
     if config.decode == "eager" or (config.decode == "auto" and not on_cuda):
         return None  # no Triton import on the CPU path
-    from producers.engine import cuda
-    from producers.engine.cuda.decoder import FusedDecoder, unsupported_reason
+    from streamrl.producers.engine import cuda
+    from streamrl.producers.engine.cuda.decoder import FusedDecoder, unsupported_reason
 
     reason = unsupported_reason(model)
     if config.decode == "auto" and reason is not None:

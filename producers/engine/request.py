@@ -25,8 +25,7 @@ from typing import Literal
 import msgspec
 import numpy as np
 import numpy.typing as npt
-
-from producers.engine.sampling import SamplingParams
+from streamrl.producers.engine.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length", "abort"]
 

@@ -14,10 +14,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from streamrl.producers.engine.sampling import SamplingParams, request_uniforms, sample
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 from torch import Tensor
-
-from producers.engine.sampling import SamplingParams, request_uniforms, sample
-from schemas.trajectory import NARROW_EXPERT_LIMIT
 
 # (logits, temperature, top_k, top_p, uniforms) -> (tokens, logprobs); see `sampling.sample`.
 Sampler = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]

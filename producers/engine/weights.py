@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from streamrl.producers.engine.packing import packed_buffer
 from torch import Tensor
 
-from producers.engine.packing import packed_buffer
 from streamrl.models import CausalLM
 from streamrl.models.checkpoint import checked_state
 

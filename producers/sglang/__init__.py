@@ -1,6 +1,6 @@
 """The SGLang rollout adapter: a running SGLang server as the producers' engine.
 
-    from producers.sglang import SGLangConfig, SGLangEngine
+    from streamrl.producers.sglang import SGLangConfig, SGLangEngine
     engine = SGLangEngine.from_checkpoint(ckpt, SGLangConfig(url="http://127.0.0.1:30000"))
 
 `engine.py` (the engine surface the rollout worker drives), `convert.py` (SGLang's JSON into our
@@ -9,10 +9,10 @@ per-token columns: logprobs, versions from weight-version spans, routed experts)
 `http.py` (the JSON client). What was and was not run against a real server: docs/sglang.md.
 """
 
-from producers.sglang.convert import SGLangResponseError
-from producers.sglang.engine import SGLangConfig, SGLangEngine, engine_from_options
-from producers.sglang.http import SGLangError, SGLangHTTP
-from producers.sglang.weights import DistributedWeightSender, PauseMode
+from streamrl.producers.sglang.convert import SGLangResponseError
+from streamrl.producers.sglang.engine import SGLangConfig, SGLangEngine, engine_from_options
+from streamrl.producers.sglang.http import SGLangError, SGLangHTTP
+from streamrl.producers.sglang.weights import DistributedWeightSender, PauseMode
 
 __all__ = ["DistributedWeightSender", "PauseMode", "SGLangConfig", "SGLangEngine", "SGLangError",
            "SGLangHTTP", "SGLangResponseError", "engine_from_options"]

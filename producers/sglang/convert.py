@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from producers.engine import SamplingParams
-from producers.engine.request import FinishReason
-from schemas.trajectory import NARROW_EXPERT_LIMIT
+from streamrl.producers.engine import SamplingParams
+from streamrl.producers.engine.request import FinishReason
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 
 class SGLangResponseError(ValueError):

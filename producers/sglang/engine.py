@@ -26,13 +26,18 @@ from typing import Any
 
 import msgspec
 import numpy as np
+from streamrl.producers.engine import (
+    GenerationRequest,
+    GenerationResult,
+    Timing,
+    seed_from_request_id,
+)
+from streamrl.producers.engine.request import checked_prompt
+from streamrl.producers.sglang import convert
+from streamrl.producers.sglang.http import SGLangHTTP
+from streamrl.producers.sglang.weights import PauseMode, push_tensors, update_session
 from torch import Tensor
 
-from producers.engine import GenerationRequest, GenerationResult, Timing, seed_from_request_id
-from producers.engine.request import checked_prompt
-from producers.sglang import convert
-from producers.sglang.http import SGLangHTTP
-from producers.sglang.weights import PauseMode, push_tensors, update_session
 from streamrl.models import ModelConfig
 
 

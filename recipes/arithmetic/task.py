@@ -18,8 +18,7 @@ import re
 
 import msgspec
 import numpy as np
-
-from producers.hooks import RewardInput, RewardOutput
+from streamrl.producers.hooks import RewardInput, RewardOutput
 
 NUM_DIGITS = 2
 """Operands lie in [0, 10**NUM_DIGITS)."""

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from schemas import BatchFormed, DeadLetter, Prompt
-from schemas.ids import original_event_id
 from streamrl.audit.lineage import RunRecords, as_position
 from streamrl.audit.report import CheckResult, DeadLetterSummary, first, where_position
 from streamrl.log import Position
+from streamrl.schemas import BatchFormed, DeadLetter, Prompt
+from streamrl.schemas.ids import original_event_id
 from streamrl.streams import StreamKind
 
 

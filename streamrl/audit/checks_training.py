@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from schemas import BatchFormed, DeadLetter
 from streamrl.audit.lineage import RunRecords, SampleRow, as_position
 from streamrl.audit.report import CheckResult, first, where_position
 from streamrl.log import Position
+from streamrl.schemas import BatchFormed, DeadLetter
 from streamrl.staleness import SampleInfo, build_policy
 from streamrl.streams import StreamKind
 

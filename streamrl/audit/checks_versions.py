@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from schemas import BatchFormed, CheckpointSaved, TrainStep, WeightVersionLoaded
 from streamrl.audit.lineage import RunRecords
 from streamrl.audit.report import CheckResult, first, where_position
 from streamrl.models.checkpoint import read_safetensors
+from streamrl.schemas import BatchFormed, CheckpointSaved, TrainStep, WeightVersionLoaded
 from streamrl.streams import StreamKind
 from streamrl.weights import (
     WeightTransportError,

@@ -14,7 +14,9 @@ from typing import TypeVar
 import msgspec
 import pyarrow as pa
 
-from schemas import (
+from streamrl.log import Log, Position, Record, StreamNotFoundError
+from streamrl.run.context import RunContext, context_from_event
+from streamrl.schemas import (
     BatchFormed,
     DecodeError,
     Event,
@@ -24,8 +26,6 @@ from schemas import (
     decode_event,
     decode_trajectories,
 )
-from streamrl.log import Log, Position, Record, StreamNotFoundError
-from streamrl.run.context import RunContext, context_from_event
 from streamrl.streams import RunStreams, StreamKind, check_run_id
 
 E = TypeVar("E", bound=Event)

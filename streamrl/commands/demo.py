@@ -26,7 +26,11 @@ import pyarrow as pa
 from rich.console import Console
 from rich.progress import Progress
 
-from schemas import (
+from streamrl import aio
+from streamrl.commands import inspect
+from streamrl.dlq import DeadLetters
+from streamrl.log import Append, Log, StreamPartition, open_log
+from streamrl.schemas import (
     BatchFormed,
     LogPosition,
     ProducerJoined,
@@ -43,10 +47,6 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from streamrl import aio
-from streamrl.commands import inspect
-from streamrl.dlq import DeadLetters
-from streamrl.log import Append, Log, StreamPartition, open_log
 from streamrl.streams import RunStreams
 
 VOCAB = "0123456789+=$"  # a character tokenizer; "$" ends an answer

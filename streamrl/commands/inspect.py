@@ -15,10 +15,10 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
-from schemas import BatchFormed, DeadLetter, DecodeError, WeightVersionAnnounced
 from streamrl import aio
 from streamrl.log import Log, Record, StreamNotFoundError, open_log
 from streamrl.records import decode_record
+from streamrl.schemas import BatchFormed, DeadLetter, DecodeError, WeightVersionAnnounced
 from streamrl.streams import RunStreams, StreamKind, check_run_id
 
 

@@ -5,7 +5,7 @@ another staleness policy or loss (a counterfactual run that names its parent).
     streamrl replay RUN --until 10 --log kafka://127.0.0.1:9092
     streamrl replay FORK --chain                         # a fork: its parent's versions too
     streamrl replay RUN --staleness MaxLag,max_lag=0 --as RUN-sync
-    streamrl replay RUN --staleness my_policy.toml --loss consumers.trainer.losses:ppo_tis
+    streamrl replay RUN --staleness my_policy.toml --loss streamrl.consumers.trainer.losses:ppo_tis
     streamrl replay RUN --staleness MaxLag,max_lag=4 --trajectories RUN-rereward
     streamrl replay RUN --trajectories RUN-rereward      # RUN's own policy, the new rewards
 
@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "(POLICY a class of streamrl.staleness or a module:Class path, e.g. "
                          "'MaxLag,max_lag=0'), or a TOML file with a [staleness] section")
     cf.add_argument("--loss", default=None, metavar="PATH",
-                    help="another loss, by import path (e.g. consumers.trainer.losses:ppo_tis)")
+                    help="another loss, by import path "
+                         "(e.g. streamrl.consumers.trainer.losses:ppo_tis)")
     cf.add_argument("--as", dest="as_run", default=None, metavar="NEW_RUN",
                     help="id of the new run (default: RUN-cf-<time>, or RUN-replay-<time> with "
                          "--record)")

@@ -25,7 +25,7 @@ from streamrl.hooks import ResolveError
 from streamrl.log import open_log
 
 if TYPE_CHECKING:
-    from consumers.rereward import RerewardResult
+    from streamrl.consumers.rereward import RerewardResult
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from consumers.rereward import RerewardError, rereward  # heavy imports only when run
+    from streamrl.consumers.rereward import RerewardError, rereward  # heavy imports only when run
 
     new_run = args.new_run or f"{args.run}-rr"
     runs_dir = Path(args.runs_dir).absolute()

@@ -23,8 +23,8 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from consumers.trainer.resume import ResumeError
 from streamrl import aio
+from streamrl.consumers.trainer.resume import ResumeError
 from streamrl.launch import Launcher
 from streamrl.log import open_log
 from streamrl.run.config import ConfigError, RunConfig, load_config

@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-from schemas import ScaleRequested, encode_event
 from streamrl import aio
 from streamrl.launch import compose
 from streamrl.launch.state import add_run_arguments, chosen_run, processes, up_info
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context
+from streamrl.schemas import ScaleRequested, encode_event
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Local mode: the trainer and each producer are child processes of the supervisor.
 
-    python -m consumers.trainer --log URL --run RUN
+    python -m streamrl.consumers.trainer --log URL --run RUN
     python -m producers --log URL --run RUN --index I --num-producers N
 
 A producer is stopped with SIGTERM (it finishes its decoding step, writes ProducerLeft and
@@ -56,13 +56,13 @@ class LocalLauncher:
         self.restarts: dict[str, int] = {}
 
     async def start_trainer(self) -> None:
-        self.trainer = await spawn("consumers.trainer", *self.common,
+        self.trainer = await spawn("streamrl.consumers.trainer", *self.common,
                                    extra_env=self.role_env("trainer", 0, 0) if self.role_env
                                    else None)
 
     async def start_producer(self, index: int, num_producers: int) -> None:
         assert index not in self.producers, f"producer {index} is already running"
-        proc = await spawn("producers", *self.common, "--index", str(index),
+        proc = await spawn("streamrl.producers", *self.common, "--index", str(index),
                            "--num-producers", str(num_producers),
                            extra_env=self.role_env("producer", index, num_producers)
                            if self.role_env else None)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from schemas import ProducerJoined, ScaleRequested, decode_event
 from streamrl.log import Log
+from streamrl.schemas import ProducerJoined, ScaleRequested, decode_event
 
 
 def owned_partitions(index: int, num_producers: int, num_partitions: int) -> list[int]:

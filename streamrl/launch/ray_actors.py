@@ -48,11 +48,11 @@ class RunActor:
 
     async def run(self) -> int:
         if self.role == "trainer":
-            from consumers.trainer.__main__ import train
+            from streamrl.consumers.trainer.__main__ import train
 
             await train(self.log_url, self.run_id)
         else:
-            from producers.__main__ import produce
+            from streamrl.producers.__main__ import produce
 
             self.stopping = asyncio.Event()
             await produce(self.log_url, self.run_id, self.index, self.num_producers,

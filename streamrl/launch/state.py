@@ -20,7 +20,7 @@ from typing import Any
 
 UP_FILE = "up.json"
 CURRENT = "current"
-OUR_MODULES = ("streamrl", "producers", "consumers.trainer")
+OUR_MODULES = ("streamrl.producers", "streamrl.consumers.trainer", "streamrl")
 
 
 class NoSuchRun(LookupError):

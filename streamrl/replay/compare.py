@@ -14,9 +14,9 @@ from pathlib import Path
 import msgspec
 from rich.table import Table
 
-from schemas import BatchFormed, Rejected, RunStarted, TrainStep, decode_event
 from streamrl.log import Log
 from streamrl.replay.runs import existing_run
+from streamrl.schemas import BatchFormed, Rejected, RunStarted, TrainStep, decode_event
 
 
 class RunSummary(msgspec.Struct, kw_only=True):

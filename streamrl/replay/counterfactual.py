@@ -33,16 +33,16 @@ import msgspec
 import torch
 from rich.table import Table
 
-from consumers.trainer.__main__ import learner_config
-from consumers.trainer.learner import Learner
-from consumers.trainer.loop import SourceExhausted, TrainerLoop, TrajectorySource
-from consumers.trainer.resume import read_history
-from schemas import WeightVersionAnnounced
+from streamrl.consumers.trainer.__main__ import learner_config
+from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.loop import SourceExhausted, TrainerLoop, TrajectorySource
+from streamrl.consumers.trainer.resume import read_history
 from streamrl.log import Log, Record
 from streamrl.replay.compare import RunSummary, summarize_run
 from streamrl.replay.runs import ReplayError, existing_run, start_derived
 from streamrl.run.config import RunConfig
 from streamrl.run.hooks import EvalRequest
+from streamrl.schemas import WeightVersionAnnounced
 from streamrl.staleness import SampleInfo, StalenessConfig, StalenessPolicy, Verdict, build_policy
 
 REQUEUE_DROPPED = "requeue_dropped"  # the policy asked for a requeue; a replay has no producers

@@ -14,8 +14,8 @@ import msgspec
 import torch
 from torch import Tensor
 
-from schemas import CheckpointSaved, WeightVersionAnnounced
 from streamrl.models.checkpoint import read_safetensors
+from streamrl.schemas import CheckpointSaved, WeightVersionAnnounced
 from streamrl.weights import WeightTransportError, open_transport
 
 DIGEST_ONLY = "digest only (the version's tensors are no longer held by its transport, and no "\

@@ -6,9 +6,9 @@ weight version comes out bit for bit as announced.
 
 The trainer is built from the run's `RunStarted` (config, seed) and its initial checkpoint, and
 fed exactly the recorded batches (`BatchFormed` positions and loss weights, in log order) with
-`consumers.trainer.resume.replay_batches`, the code a restarted trainer resumes with. Version 0 is
-checked too (the initial checkpoint against the announced digest). Replay only reads: nothing is
-written to the log or the run's files.
+`streamrl.consumers.trainer.resume.replay_batches`, the code a restarted trainer resumes with.
+Version 0 is checked too (the initial checkpoint against the announced digest). Replay only reads:
+nothing is written to the log or the run's files.
 
 What bit-exactness needs (and the trainer guarantees): a learner step that reads no clock and no
 RNG (no dropout in the models), the same torch intra-op thread count as the trainer (the trainer
@@ -30,14 +30,14 @@ from collections.abc import Callable
 import msgspec
 import torch
 
-from consumers.trainer.__main__ import learner_config
-from consumers.trainer.learner import Learner
-from consumers.trainer.resume import History, read_history, replay_batches
-from schemas import RunParent
+from streamrl.consumers.trainer.__main__ import learner_config
+from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.resume import History, read_history, replay_batches
 from streamrl.log import Log
 from streamrl.replay.diff import TensorDiff, announced_tensors, tensor_diffs
 from streamrl.replay.runs import Recorder, ReplayError, existing_run, start_derived
 from streamrl.run.context import RunContext
+from streamrl.schemas import RunParent
 from streamrl.weights import weights_digest
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import msgspec
 
-from consumers.trainer.learner import Learner
-from schemas import BatchFormed, CheckpointSaved, RunParent, TrainStep, encode_event
+from streamrl.consumers.trainer.learner import Learner
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.run.config import RunConfig
 from streamrl.run.context import RunContext, load_run_context
+from streamrl.schemas import BatchFormed, CheckpointSaved, RunParent, TrainStep, encode_event
 from streamrl.streams import RunStreams, check_run_id
 from streamrl.weights import WeightTransport
 

@@ -28,8 +28,8 @@ from collections import Counter, defaultdict
 import msgspec
 import numpy as np
 
-from schemas import Rejected
 from streamrl.audit.lineage import RunRecords, SampleRow
+from streamrl.schemas import Rejected
 from streamrl.staleness.base import THROTTLED
 from streamrl.streams import StreamKind
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from streamrl.consumers.trainer.compute import ComputeConfig
+from streamrl.consumers.trainer.hooks import TrainStepHook
+from streamrl.consumers.trainer.registry import AlgorithmConfig
+from streamrl.producers.engine.config import EngineConfig
+from streamrl.producers.hooks import RewardFn, SampleFilter
+from streamrl.producers.rollout import RolloutFn
 
-from consumers.trainer.compute import ComputeConfig
-from consumers.trainer.hooks import TrainStepHook
-from consumers.trainer.registry import AlgorithmConfig
-from producers.engine.config import EngineConfig
-from producers.hooks import RewardFn, SampleFilter
-from producers.rollout import RolloutFn
 from streamrl.hooks import resolve
 from streamrl.run.hooks import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.staleness import StalenessConfig, build_policy
@@ -71,7 +71,7 @@ class RolloutSection(Section, kw_only=True):
     """Import path of a `RewardFn(RewardInput) -> RewardOutput`."""
     filter: str | None = None
     """Import path of a `SampleFilter(FilterInput) -> FilterOutput`, or none."""
-    rollout: str = "producers.rollout:sample_n"
+    rollout: str = "streamrl.producers.rollout:sample_n"
     """Import path of an async `RolloutFn(RolloutInput) -> list[RolloutSample]`: how a prompt
     becomes its group (the default samples it n times; multi-turn rollouts plug in here)."""
     temperature: float = 1.0
@@ -81,7 +81,8 @@ class RolloutSection(Section, kw_only=True):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     engine_factory: str | None = None
     """Import path of a `(checkpoint: Path, options: dict) -> engine` that replaces the embedded
-    torch engine, e.g. "producers.sglang:engine_from_options" (an SGLang server); None = torch."""
+    torch engine, e.g. "streamrl.producers.sglang:engine_from_options" (an SGLang server);
+    None = torch."""
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Options handed to `engine_factory` (for SGLang: the fields of `SGLangConfig`)."""
 

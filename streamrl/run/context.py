@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from streamrl.schemas import RunParent, RunStarted, decode_event
 
-from schemas import RunParent, RunStarted, decode_event
 from streamrl.log import Log
 from streamrl.run.config import RunConfig, config_from_builtins
 from streamrl.streams import RunStreams

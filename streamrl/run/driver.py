@@ -15,8 +15,8 @@ import signal
 from pathlib import Path
 
 import msgspec
+from streamrl.schemas import Prompt, encode_event
 
-from schemas import Prompt, encode_event
 from streamrl.launch.base import Launcher
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors

@@ -8,8 +8,8 @@ version VERSION and its position in the log, without regenerating RUN's past.
 Versions continue: the fork's first announced version is VERSION (the parent's digest, no
 parent version of its own: its lineage is `RunStarted.parent`), and it trains VERSION+1 up to the
 recipe's `run.max_versions`. The weights are the parent's at VERSION rebuilt with
-`consumers.trainer.resume.rebuild` (checkpoint + recorded batches, digest-checked against the
-announcement), optimizer state included, so training continues as the parent's would have; the
+`streamrl.consumers.trainer.resume.rebuild` (checkpoint + recorded batches, digest-checked against
+the announcement), optimizer state included, so training continues as the parent's would have; the
 fork's own trainer settings (learning rate, weight decay) replace the parent's in that state.
 
 The log position is described in `streamrl/run/fork_position.py`: prompts the parent trained or
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import msgspec
 import torch
+from streamrl.consumers.trainer.__main__ import learner_config
+from streamrl.consumers.trainer.resume import History, read_history, rebuild
+from streamrl.schemas import RunParent
 
-from consumers.trainer.__main__ import learner_config
-from consumers.trainer.resume import History, read_history, rebuild
-from schemas import RunParent
 from streamrl.log import Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.config import ModelConfig

@@ -32,9 +32,8 @@ from collections import defaultdict
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from consumers.trainer.resume import History
-from schemas import (
+from streamrl.consumers.trainer.resume import History
+from streamrl.schemas import (
     DecodeError,
     Prompt,
     decode_event,
@@ -42,7 +41,8 @@ from schemas import (
     encode_event,
     encode_trajectories,
 )
-from schemas.ids import group_id_for, sample_id_for
+from streamrl.schemas.ids import group_id_for, sample_id_for
+
 from streamrl.log import Append, Log, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, ForkPoint, RunContext
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from streamrl.schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
 
-from schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
 from streamrl.log import Log
 
 

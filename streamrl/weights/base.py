@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 import msgspec
 import torch
 
-from schemas.events import WeightVersionAnnounced
+from streamrl.schemas.events import WeightVersionAnnounced
 from streamrl.weights.digest import weights_digest
 
 if TYPE_CHECKING:

@@ -9,8 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from safetensors.torch import load_file, save_file
-
-from schemas import (
+from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
@@ -19,6 +18,7 @@ from schemas import (
     WeightVersionAnnounced,
     WeightVersionLoaded,
 )
+
 from streamrl import aio
 from streamrl.audit import AuditReport, RunRecords, SampleRow, audit_records, load_run
 from streamrl.audit.report import CODES

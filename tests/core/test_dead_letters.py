@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     DeadLetter,
     decode_event,
     decode_trajectories,
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import make_group
+from streamrl.schemas.testing import make_group
+
 from streamrl import aio
 from streamrl.dlq import DeadLetters
 from streamrl.log import open_log

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from producers.engine import (
+from streamrl.producers.engine import (
     EngineConfig,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
     TorchEngine,
 )
+
 from streamrl.models import CausalLM, load_checkpoint, token_logprobs
 
 VOCAB = 300  # tests/models/tiny.py

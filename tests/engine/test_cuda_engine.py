@@ -16,7 +16,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from producers.engine import EngineConfig, GenerationRequest, TorchEngine
+from streamrl.producers.engine import EngineConfig, GenerationRequest, TorchEngine
+
 from streamrl.models import load_checkpoint
 from tests.engine.engine_util import assert_same_output, request, run_to_end
 from tests.models.tiny import Tiny

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from streamrl.producers.engine import EngineConfig, TorchEngine
 
-from producers.engine import EngineConfig, TorchEngine
 from streamrl.models import CausalLM, ModelConfig
 from tests.engine.engine_util import LOGPROB_ATOL, engine, request, teacher_forced
 from tests.models.tiny import Tiny

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from streamrl.producers.engine import SamplingParams, sample
 
-from producers.engine import SamplingParams, sample
 from tests.engine.engine_util import engine, request, teacher_forced
 from tests.models.tiny import Tiny
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from streamrl.producers.engine.weights import copy_hf_weights
 
-from producers.engine.weights import copy_hf_weights
 from streamrl.models import CausalLM, ModelConfig
 from streamrl.models.checkpoint import to_hf_names
 

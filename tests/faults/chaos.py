@@ -11,8 +11,9 @@ import os
 import signal
 from pathlib import Path
 
-from consumers.trainer.hooks import TrainStepInput
-from schemas import BatchFormed, Rejected, decode_event, decode_trajectories
+from streamrl.consumers.trainer.hooks import TrainStepInput
+from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
+
 from streamrl.audit import audit_run
 from streamrl.log import Log
 from streamrl.run.context import TRAINER_GROUP, RunContext

@@ -12,7 +12,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from producers.rollout import RolloutInput, RolloutSample, sample_n
+from streamrl.producers.rollout import RolloutInput, RolloutSample, sample_n
 
 HOLD_ENV = "STREAMRL_TEST_HOLD"
 

@@ -10,8 +10,8 @@ import time
 import uuid
 
 import pytest
+from streamrl.schemas import BatchFormed, Staleness, encode_event
 
-from schemas import BatchFormed, Staleness, encode_event
 from streamrl.log import Append, StreamPartition, open_log
 from streamrl.log.kafka import KafkaLog
 from tests.faults.broker import Broker

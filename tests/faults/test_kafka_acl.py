@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from streamrl.schemas import TrainStep, decode_event
 
-from schemas import TrainStep, decode_event
 from streamrl import aio
 from streamrl.log import Append, open_log
 from streamrl.log.kafka import KafkaLog, NotAuthenticatedError, NotAuthorizedError
@@ -88,8 +88,8 @@ def test_a_run_works_with_each_process_under_its_own_principal(sasl_broker: Brok
             ctx, v0 = await start_run(config, admin, run_id, tmp_path / "runs", recipe=str(TINY))
             await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer"))
             with v0:
-                procs = [await spawn("producers", sasl_broker, "producer", run_id),
-                         await spawn("consumers.trainer", sasl_broker, "trainer", run_id)]
+                procs = [await spawn("streamrl.producers", sasl_broker, "producer", run_id),
+                         await spawn("streamrl.consumers.trainer", sasl_broker, "trainer", run_id)]
                 try:
                     assert await asyncio.wait_for(procs[1].wait(), 400) == 0
                 finally:

@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from streamrl.schemas import decode_trajectories
+from streamrl.schemas.ids import group_id_for
 
-from schemas import decode_trajectories
-from schemas.ids import group_id_for
 from streamrl.audit import audit_run
 from streamrl.log import Log, open_log
 from streamrl.run.config import load_config
@@ -69,8 +69,8 @@ class Producers:
         env = {**os.environ, "PYTHONPATH": str(REPO), HOLD_ENV: str(self.holds.folder)}
         out = (self.logs / f"producer-{len(self.started)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "producers", "--log", self.log_url, "--run", self.run_id,
-             "--index", "0", "--num-producers", "1"],
+            [sys.executable, "-m", "streamrl.producers", "--log", self.log_url,
+             "--run", self.run_id, "--index", "0", "--num-producers", "1"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.started.append(proc)
         return proc

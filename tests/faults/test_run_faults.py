@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from streamrl.schemas import ProducerJoined, TrainStep, decode_event
 
-from schemas import ProducerJoined, TrainStep, decode_event
 from streamrl.launch.local import LocalLauncher
 from streamrl.log import Log, open_log
 from streamrl.run.config import load_config

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from streamrl.producers.hooks import RewardInput, RewardOutput
 
-from producers.hooks import RewardInput, RewardOutput
 from streamrl.models import load_checkpoint, save_checkpoint
 from streamrl.run.hooks import ModelInitRequest
 from tests.run.tiny_task import init as tiny_init

@@ -12,11 +12,11 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from streamrl.consumers.trainer.__main__ import learner_config
+from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.resume import batch_rows, checkpoint_for, read_history, rebuild
+from streamrl.schemas import RunParent, RunStarted, decode_event, decode_trajectories
 
-from consumers.trainer.__main__ import learner_config
-from consumers.trainer.learner import Learner
-from consumers.trainer.resume import batch_rows, checkpoint_for, read_history, rebuild
-from schemas import RunParent, RunStarted, decode_event, decode_trajectories
 from streamrl import aio
 from streamrl.log import Log, open_log
 from streamrl.run.config import RunConfig, load_config

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from streamrl.consumers.rereward import RerewardError, progress_group, rereward
+from streamrl.schemas import (
+    DeadLetter,
+    RunParent,
+    decode_event,
+    decode_trajectories,
+    encode_trajectories,
+)
+from streamrl.schemas.ids import group_id_for, parse_group_id
 
-from consumers.rereward import RerewardError, progress_group, rereward
-from schemas import DeadLetter, RunParent, decode_event, decode_trajectories, encode_trajectories
-from schemas.ids import group_id_for, parse_group_id
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context

@@ -13,9 +13,16 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from consumers.trainer.resume import read_history
-from producers.rollout import RolloutInput, RolloutSample, sample_n
-from schemas import ProducerJoined, ProducerLeft, TrainStep, decode_event, decode_trajectories
+from streamrl.consumers.trainer.resume import read_history
+from streamrl.producers.rollout import RolloutInput, RolloutSample, sample_n
+from streamrl.schemas import (
+    ProducerJoined,
+    ProducerLeft,
+    TrainStep,
+    decode_event,
+    decode_trajectories,
+)
+
 from streamrl.audit import audit_run
 from streamrl.log import Log
 from streamrl.run.context import RunContext

@@ -15,9 +15,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from streamrl.producers.__main__ import build_parser as producer_parser
+from streamrl.producers.__main__ import replica_index
 
-from producers.__main__ import build_parser as producer_parser
-from producers.__main__ import replica_index
 from streamrl.cli import build_parser
 from streamrl.launch import compose
 from tests.launch.helpers import REPO, streamrl
@@ -97,7 +97,7 @@ def test_the_services_commands_are_ones_streamrl_accepts() -> None:
     assert args.external_producers and args.log == "kafka://kafka:9092"
     assert args.run == "compose-run" and args.runs_dir == "/data/runs"
     producer = _interpolate(COMPOSE["services"]["producer"]["command"])
-    assert producer[:3] == ["python", "-m", "producers"]
+    assert producer[:3] == ["python", "-m", "streamrl.producers"]
     args = producer_parser().parse_args(producer[3:])
     assert args.index == "auto" and args.num_producers == 3
 

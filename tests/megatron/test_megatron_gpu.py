@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from streamrl.consumers.trainer.compute import ComputeConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.megatron import hf_to_megatron, megatron_shapes
+from streamrl.consumers.trainer.megatron import model as mg
+from streamrl.consumers.trainer.registry import AlgorithmConfig
 
-from consumers.trainer.compute import ComputeConfig
-from consumers.trainer.learner import Learner, LearnerConfig
-from consumers.trainer.megatron import hf_to_megatron, megatron_shapes
-from consumers.trainer.megatron import model as mg
-from consumers.trainer.registry import AlgorithmConfig
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import to_hf_names
 from tests.trainer.helpers import sample
@@ -93,7 +93,7 @@ def test_megatron_learner_takes_the_same_grpo_step(torch_model) -> None:
     hf = {k: v.cpu() for k, v in to_hf_names(torch_model.state_dict(), CONFIG).items()}
     ours = mg.MegatronLearner(CONFIG, hf, config)
     ref = Learner(CausalLM(CONFIG), config)
-    from producers.engine.weights import copy_hf_weights
+    from streamrl.producers.engine.weights import copy_hf_weights
     copy_hf_weights(ref.model, hf)
     for version in range(2):
         m_ours = ours.step(rows, [1.0] * 4, version)

@@ -10,15 +10,15 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from streamrl.consumers.trainer.batch import build_batch
+from streamrl.consumers.trainer.compute import ComputeConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.megatron import megatron_shapes, megatron_to_hf
+from streamrl.consumers.trainer.megatron import model as mg
+from streamrl.consumers.trainer.megatron.replay import batch_major, routing_maps
+from streamrl.consumers.trainer.registry import AlgorithmConfig
+from streamrl.producers.engine.weights import copy_hf_weights
 
-from consumers.trainer.batch import build_batch
-from consumers.trainer.compute import ComputeConfig
-from consumers.trainer.learner import Learner, LearnerConfig
-from consumers.trainer.megatron import megatron_shapes, megatron_to_hf
-from consumers.trainer.megatron import model as mg
-from consumers.trainer.megatron.replay import batch_major, routing_maps
-from consumers.trainer.registry import AlgorithmConfig
-from producers.engine.weights import copy_hf_weights
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import to_hf_names
 from streamrl.models.moe import MoE

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from streamrl.schemas import decode_event
 
-from schemas import decode_event
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
 from tests.multigpu.test_broadcast import free_address

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from streamrl.producers.hooks import RewardInput
 
-from producers.hooks import RewardInput
 from recipes.arithmetic.task import (
     NUM_DIGITS,
     eval_problems,

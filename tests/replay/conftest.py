@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from streamrl.schemas import TrainStep, decode_event
 
-from schemas import TrainStep, decode_event
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.config import load_config
@@ -67,14 +67,14 @@ async def _killed_and_resumed(recipe: Path, root: Path) -> MadeRun:
                                   recipe=str(recipe))
         common = ("--log", log_url, "--run", run_id)
         with v0:
-            producer = await _spawn("producers", *common)
-            trainer = await _spawn("consumers.trainer", *common)
+            producer = await _spawn("streamrl.producers", *common)
+            trainer = await _spawn("streamrl.consumers.trainer", *common)
             async for record in log.follow(ctx.streams.events, 0, poll_s=0.05):
                 if isinstance(decode_event(record.value, "events"), TrainStep):
                     break
             trainer.send_signal(signal.SIGKILL)
             assert await trainer.wait() == -signal.SIGKILL
-            restarted = await _spawn("consumers.trainer", *common)
+            restarted = await _spawn("streamrl.consumers.trainer", *common)
             assert await asyncio.wait_for(restarted.wait(), 480) == 0
             producer.terminate()
             await producer.wait()

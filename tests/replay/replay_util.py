@@ -13,8 +13,8 @@ from pathlib import Path
 
 import msgspec
 from safetensors.torch import load_file, save_file
+from streamrl.producers.hooks import RewardInput, RewardOutput
 
-from producers.hooks import RewardInput, RewardOutput
 from streamrl import aio
 from streamrl.cli import main
 from streamrl.log import open_log

@@ -11,8 +11,7 @@ from collections import Counter
 import msgspec
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     BatchFormed,
     Rejected,
     RunParent,
@@ -23,6 +22,7 @@ from schemas import (
     encode_event,
     encode_trajectories,
 )
+
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
@@ -164,10 +164,10 @@ def test_trajectories_of_a_rereward_copy_are_trained_instead(file_run: MadeRun,
 
 def test_another_loss_is_recorded_in_the_new_runs_config(file_run: MadeRun) -> None:
     new_run = f"{file_run.run_id}-tis"
-    counterfactual(file_run, new_run, "--loss", "consumers.trainer.losses:ppo_tis")
+    counterfactual(file_run, new_run, "--loss", "streamrl.consumers.trainer.losses:ppo_tis")
     cf = read_run(file_run, new_run)
     assert cf.started.config["run_config"]["trainer"]["algorithm"]["loss"] == (
-        "consumers.trainer.losses:ppo_tis")
+        "streamrl.consumers.trainer.losses:ppo_tis")
     assert len(cf.steps) == MAX_VERSIONS  # the parent's own policy: the stream suffices
 
 
@@ -188,7 +188,7 @@ def test_compare_prints_a_table_and_writes_a_png(file_run: MadeRun, same: str,
     (("--staleness", "MaxLag,maxlag=0"), "did you mean 'max_lag'"),
     (("--staleness", "max_lag=0"), "start with the policy"),
     (("--staleness", "missing.toml"), "no such file"),
-    (("--loss", "consumers.trainer.losses:nope"), "does not load"),
+    (("--loss", "streamrl.consumers.trainer.losses:nope"), "does not load"),
     (("--trajectories", "no-such-run"), "run 'no-such-run' does not exist"),
     (("--as", "x"), "--as needs --record"),
 ])

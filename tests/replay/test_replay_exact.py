@@ -9,8 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     RunParent,
@@ -18,6 +17,7 @@ from schemas import (
     decode_event,
     encode_event,
 )
+
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.replay import ReplayError

@@ -12,9 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from consumers.trainer.resume import read_history
-from schemas import (
+from streamrl.consumers.trainer.resume import read_history
+from streamrl.schemas import (
     BatchFormed,
     Rejected,
     TrainStep,
@@ -22,6 +21,7 @@ from schemas import (
     decode_event,
     decode_trajectories,
 )
+
 from streamrl import aio
 from streamrl.log import Log, open_log
 from streamrl.run.config import ConfigError, load_config
@@ -102,15 +102,15 @@ async def _kill_and_resume(tmp_path: Path) -> None:
         ctx, v0 = await start_run(config, log, "restart", tmp_path / "runs", recipe=str(TINY))
         common = ("--log", log_url, "--run", "restart")
         with v0:
-            producer = await _spawn("producers", *common)
-            trainer = await _spawn("consumers.trainer", *common)
+            producer = await _spawn("streamrl.producers", *common)
+            trainer = await _spawn("streamrl.consumers.trainer", *common)
             # Kill the trainer right after its first committed version, mid-run.
             async for record in log.follow(ctx.streams.events, 0, poll_s=0.05):
                 if isinstance(decode_event(record.value, "events"), TrainStep):
                     break
             trainer.send_signal(signal.SIGKILL)
             await trainer.wait()
-            restarted = await _spawn("consumers.trainer", *common)
+            restarted = await _spawn("streamrl.consumers.trainer", *common)
             assert await asyncio.wait_for(restarted.wait(), 480) == 0
             producer.terminate()
             await producer.wait()

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from streamrl.consumers.trainer.hooks import TrainStepInput
+from streamrl.producers.hooks import RewardInput, RewardOutput
+from streamrl.producers.rollout import RolloutInput, RolloutSample
 
-from consumers.trainer.hooks import TrainStepInput
-from producers.hooks import RewardInput, RewardOutput
-from producers.rollout import RolloutInput, RolloutSample
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
 from streamrl.run.hooks import ModelInitRequest, PromptRequest, PromptSpec
 

@@ -22,8 +22,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 import pyarrow as pa
-
-from schemas import (
+from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     DecodeError,
     batch_to_samples,
@@ -31,7 +30,7 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import MoeShape, make_group
+from streamrl.schemas.testing import MoeShape, make_group
 
 HUGE_INT32 = (0x7FFFFFFF, 0x7FFFFFF8, -1, -8, 1 << 30, 0x10000)
 HUGE_INT64 = (1 << 31, 1 << 32, 1 << 40, 1 << 62, (1 << 63) - 1, -1, -(1 << 63))

@@ -4,8 +4,8 @@ crashing the trainer of a run with many stale groups."""
 
 from __future__ import annotations
 
-from schemas import Prompt, decode_event, encode_event
-from schemas.ids import original_event_id, reissued_event_id
+from streamrl.schemas import Prompt, decode_event, encode_event
+from streamrl.schemas.ids import original_event_id, reissued_event_id
 
 
 def test_a_prompt_reissued_a_thousand_times_still_encodes_with_a_unique_id() -> None:

@@ -12,8 +12,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     DeadLetter,
     DecodeLimits,
     Sample,
@@ -25,8 +24,9 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.routing_pack import packing, rank_entries, unrank_sets
-from schemas.testing import make_group, replace_column
+from streamrl.schemas.routing_pack import packing, rank_entries, unrank_sets
+from streamrl.schemas.testing import make_group, replace_column
+
 from streamrl.dlq import DeadLetters
 from streamrl.log.memory import MemoryLog
 from streamrl.streams import RunStreams

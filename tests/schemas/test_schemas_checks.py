@@ -9,8 +9,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     DecodeLimits,
     Sample,
     TrajectoryDecodeError,
@@ -18,7 +17,7 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import MoeShape, make_group, replace_column
+from streamrl.schemas.testing import MoeShape, make_group, replace_column
 
 Mutation = Callable[[list[Sample]], pa.RecordBatch]
 

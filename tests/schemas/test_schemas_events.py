@@ -7,8 +7,7 @@ from typing import get_args
 
 import msgspec
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
@@ -29,7 +28,7 @@ from schemas import (
     decode_event,
     encode_event,
 )
-from schemas.event_codec import STREAM_UNIONS
+from streamrl.schemas.event_codec import STREAM_UNIONS
 
 DIGEST = hashlib.sha256(b"weights").hexdigest()
 RUN = "run-7"

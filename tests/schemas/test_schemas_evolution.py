@@ -7,8 +7,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     SchemaIncompatibleError,
     batch_to_samples,
@@ -17,7 +16,7 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import MoeShape, make_group
+from streamrl.schemas.testing import MoeShape, make_group
 
 
 def v1_batch() -> pa.RecordBatch:

@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     BatchFormed,
     DeadLetter,
     Prompt,

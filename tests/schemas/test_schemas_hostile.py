@@ -7,8 +7,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     DecodeError,
     DecodeLimits,
     SchemaIncompatibleError,
@@ -17,7 +16,7 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import make_group
+from streamrl.schemas.testing import make_group
 
 
 def good_batch() -> pa.RecordBatch:

@@ -8,8 +8,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from schemas import (
+from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     Sample,
     batch_to_samples,
@@ -17,7 +16,7 @@ from schemas import (
     encode_trajectories,
     samples_to_batch,
 )
-from schemas.testing import MoeShape, make_group, make_sample
+from streamrl.schemas.testing import MoeShape, make_group, make_sample
 
 
 def assert_same(expected: list[Sample], actual: list[Sample]) -> None:

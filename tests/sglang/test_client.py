@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from streamrl.producers.engine import GenerationRequest, SamplingParams
+from streamrl.producers.rollout import EngineClient, RolloutSample
+from streamrl.producers.sglang import SGLangConfig, SGLangEngine, SGLangError
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
-from producers.engine import GenerationRequest, SamplingParams
-from producers.rollout import EngineClient, RolloutSample
-from producers.sglang import SGLangConfig, SGLangEngine, SGLangError
-from schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 from streamrl.models import ModelConfig
 from tests.sglang.fake_server import FakeSGLang, expert_at
 
@@ -176,13 +176,14 @@ def test_bad_config_and_requests_are_refused() -> None:
 
 def test_a_recipe_selects_the_adapter_by_import_path(tmp_path) -> None:
     """`rollout.engine_factory` + `engine_options` in the recipe; bad options name the field."""
-    from producers.sglang import engine_from_options
+    from streamrl.producers.sglang import engine_from_options
+
     from streamrl.models import save_checkpoint
     from streamrl.models.model import CausalLM
     from streamrl.run.config import load_config
 
     recipe = Path("recipes/arithmetic/recipe_moe.toml").read_text().replace(
-        "[trainer]", 'engine_factory = "producers.sglang:engine_from_options"\n'
+        "[trainer]", 'engine_factory = "streamrl.producers.sglang:engine_from_options"\n'
         'engine_options = { url = "http://127.0.0.1:30000", pause_mode = "in_place" }\n\n'
         "[trainer]", 1)
     (tmp_path / "r.toml").write_text(recipe)

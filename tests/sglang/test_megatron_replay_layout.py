@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from consumers.trainer.megatron.replay import replay_indices
+from streamrl.consumers.trainer.megatron.replay import replay_indices
 
 
 def test_recorded_ids_land_on_megatron_token_order_and_the_rest_stay_own() -> None:

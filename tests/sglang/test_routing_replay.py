@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
+from streamrl.consumers.trainer.batch import build_batch
+from streamrl.producers.sglang import convert
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
-from consumers.trainer.batch import build_batch
-from producers.sglang import convert
-from schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.moe import MoE
 

@@ -15,9 +15,9 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from streamrl.producers.engine import GenerationRequest, SamplingParams
+from streamrl.producers.sglang import SGLangConfig, SGLangEngine
 
-from producers.engine import GenerationRequest, SamplingParams
-from producers.sglang import SGLangConfig, SGLangEngine
 from streamrl.models import load_checkpoint
 from streamrl.models.checkpoint import to_hf_names
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import torch
+from streamrl.schemas import Sample
+from streamrl.schemas.testing import make_sample
 
-from schemas import Sample
-from schemas.testing import make_sample
 from streamrl.models import CausalLM, ModelConfig
 
 

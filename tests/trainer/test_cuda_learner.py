@@ -7,11 +7,11 @@ import copy
 
 import pytest
 import torch
+from streamrl.consumers.trainer.compute import ComputeConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.losses import LossConfig
+from streamrl.consumers.trainer.registry import AlgorithmConfig
 
-from consumers.trainer.compute import ComputeConfig
-from consumers.trainer.learner import Learner, LearnerConfig
-from consumers.trainer.losses import LossConfig
-from consumers.trainer.registry import AlgorithmConfig
 from streamrl.models import token_logprobs
 from streamrl.models.logprobs import fused_token_logprobs
 from tests.trainer.helpers import sample, tiny_model

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-
-from consumers.trainer import (
+from streamrl.consumers.trainer import (
     AdvantageInput,
     BatchConfig,
     build_batch,
@@ -14,6 +13,7 @@ from consumers.trainer import (
     grpo,
     reinforce_baseline,
 )
+
 from tests.trainer.helpers import sample
 
 # Interleaved on purpose: groups are found by id, not by position.

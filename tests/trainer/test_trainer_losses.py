@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-
-from consumers.trainer import LossConfig, LossInput, decoupled_ppo, ppo_tis
+from streamrl.consumers.trainer import LossConfig, LossInput, decoupled_ppo, ppo_tis
 
 EPS = 0.2
 LOSSES = [decoupled_ppo, ppo_tis]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
-from consumers.trainer import (
+from streamrl.consumers.trainer import (
     DEFAULT_ADVANTAGE,
     DEFAULT_LOSS,
     AlgorithmConfig,
@@ -16,27 +15,28 @@ from consumers.trainer import (
     resolve_advantage,
     resolve_loss,
 )
-from consumers.trainer.batch import BatchConfig
+from streamrl.consumers.trainer.batch import BatchConfig
 
 
 def test_defaults_resolve_to_grpo_and_decoupled_ppo() -> None:
     assert resolve_advantage(DEFAULT_ADVANTAGE) is grpo
     assert resolve_loss(DEFAULT_LOSS) is decoupled_ppo
-    assert resolve("consumers.trainer.batch:BatchConfig.__post_init__") is (
+    assert resolve("streamrl.consumers.trainer.batch:BatchConfig.__post_init__") is (
         BatchConfig.__post_init__)
-    config = msgspec.convert({"loss": "consumers.trainer.losses:ppo_tis",
+    config = msgspec.convert({"loss": "streamrl.consumers.trainer.losses:ppo_tis",
                               "loss_config": {"clip_high": 0.28}}, AlgorithmConfig)
     assert config.loss_config.clip_high == 0.28 and config.advantage == DEFAULT_ADVANTAGE
 
 
 @pytest.mark.parametrize(("path", "message"), [
-    ("consumers.trainer.advantages.grpo", "is not an import path"),
-    ("consumers.trainer.advantages:grpoo",
-     "advantage 'consumers.trainer.advantages:grpoo': module 'consumers.trainer.advantages' "
+    ("streamrl.consumers.trainer.advantages.grpo", "is not an import path"),
+    ("streamrl.consumers.trainer.advantages:grpoo",
+     "advantage 'streamrl.consumers.trainer.advantages:grpoo': module "
+     "'streamrl.consumers.trainer.advantages' "
      "has no attribute 'grpoo'"),
-    ("consumers.trainr.advantages:grpo", "no module named consumers.trainr"),
-    ("consumers.trainer.registry:DEFAULT_LOSS", "is a str, expected a callable"),
-    ("consumers.trainer.advantages:make_group_normalized", "1 positional argument"),
+    ("streamrl.consumers.trainr.advantages:grpo", "no module named streamrl.consumers.trainr"),
+    ("streamrl.consumers.trainer.registry:DEFAULT_LOSS", "is a str, expected a callable"),
+    ("streamrl.consumers.trainer.advantages:make_group_normalized", "1 positional argument"),
 ])
 def test_bad_paths_are_explained(path: str, message: str) -> None:
     with pytest.raises(ResolveError, match=message.replace("(", r"\(").replace(".", r"\.")):
@@ -45,6 +45,7 @@ def test_bad_paths_are_explained(path: str, message: str) -> None:
 
 def test_a_typo_in_the_config_fails_at_load() -> None:
     with pytest.raises(ResolveError, match="has no attribute 'decoupled'"):
-        AlgorithmConfig(loss="consumers.trainer.losses:decoupled")
+        AlgorithmConfig(loss="streamrl.consumers.trainer.losses:decoupled")
     with pytest.raises(msgspec.ValidationError, match="has no attribute"):
-        msgspec.convert({"advantage": "consumers.trainer.advantages:nope"}, AlgorithmConfig)
+        msgspec.convert({"advantage": "streamrl.consumers.trainer.advantages:nope"},
+                        AlgorithmConfig)

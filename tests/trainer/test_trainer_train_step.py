@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from consumers.trainer import (
+from streamrl.consumers.trainer import (
     AdvantageInput,
     LossConfig,
     LossInput,
@@ -13,6 +12,7 @@ from consumers.trainer import (
     decoupled_ppo,
     grpo,
 )
+
 from streamrl.models import CausalLM, token_logprobs
 from tests.trainer.helpers import sample, tiny_model
 

@@ -32,14 +32,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from streamrl.consumers.trainer.batch import TrainBatch
+from streamrl.consumers.trainer.compute import autocast
+from streamrl.consumers.trainer.learner import OPTIMIZER_FILE, Learner, LearnerConfig
+from streamrl.consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
+from streamrl.consumers.trainer.megatron.replay import replaying
+from streamrl.consumers.trainer.registry import resolve_advantage, resolve_loss
 from torch import Tensor
 
-from consumers.trainer.batch import TrainBatch
-from consumers.trainer.compute import autocast
-from consumers.trainer.learner import OPTIMIZER_FILE, Learner, LearnerConfig
-from consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
-from consumers.trainer.megatron.replay import replaying
-from consumers.trainer.registry import resolve_advantage, resolve_loss
 from streamrl.models import CausalLM, ModelConfig, fused_token_logprobs, load_checkpoint
 from streamrl.models.checkpoint import from_hf_names, save_checkpoint, to_hf_names
 

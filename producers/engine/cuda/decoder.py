@@ -29,13 +29,13 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
+from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
+from streamrl.producers.engine.cuda.sampling import sample_untruncated
+from streamrl.producers.engine.sampling import sample
+from streamrl.producers.engine.slots import SlotBuffers
 from torch import Tensor
 
-from producers.engine.cuda.attention import decode_attention, num_splits
-from producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
-from producers.engine.cuda.sampling import sample_untruncated
-from producers.engine.sampling import sample
-from producers.engine.slots import SlotBuffers
 from streamrl.models import CausalLM, KVCache
 
 
