@@ -14,7 +14,7 @@ import argparse
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.log.kafka import KafkaLog
-from streamrl.log.kafka_acl import grant, run_acls
+from streamrl.log.kafka.acl import grant, run_acls
 
 
 async def main(run_id: str, log_url: str, producer: str, trainer: str) -> None:

@@ -1,5 +1,5 @@
 """Kafka security for real: a broker with SASL/SCRAM and ACLs (KRaft StandardAuthorizer), the
-run's ACLs from `streamrl.log.kafka_acl.run_acls`: producers cannot write the weights stream,
+run's ACLs from `streamrl.log.kafka.acl.run_acls`: producers cannot write the weights stream,
 the trainer can, and a whole run works with each process under its own principal."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from streamrl.schemas import TrainStep, decode_event
 from streamrl import aio
 from streamrl.log import Append, open_log
 from streamrl.log.kafka import KafkaLog, NotAuthenticatedError, NotAuthorizedError
-from streamrl.log.kafka_acl import grant, run_acls
+from streamrl.log.kafka.acl import grant, run_acls
 from streamrl.run.config import load_config
 from streamrl.run.driver import start_run
 from tests.faults.broker import Broker

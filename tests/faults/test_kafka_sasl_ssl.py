@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 
 from streamrl.log import Append, open_log
-from streamrl.log.kafka import KafkaLog, NotAuthenticatedError, NotAuthorizedError
-from streamrl.log.kafka_acl import grant, run_acls
-from streamrl.log.kafka_options import KafkaTLSError
+from streamrl.log.kafka import (
+    KafkaLog,
+    KafkaTLSError,
+    NotAuthenticatedError,
+    NotAuthorizedError,
+)
+from streamrl.log.kafka.acl import grant, run_acls
 from tests.faults.broker import Broker
 from tests.faults.tls_helpers import need_tools, round_trip, self_signed, start_fails
 

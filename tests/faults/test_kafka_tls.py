@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamrl.log import open_log
-from streamrl.log.kafka_options import KafkaTLSError
+from streamrl.log.kafka import KafkaTLSError
 from tests.faults.broker import Broker
 from tests.faults.tls_helpers import need_tools, round_trip, self_signed, start_fails
 
@@ -91,7 +91,7 @@ async def test_the_host_name_is_checked_unless_turned_off(tls_broker: Broker, tm
     message = await start_fails(tls_url(tls_broker, host="localhost"), KafkaTLSError)
     assert f"kafka at localhost:{tls_broker.port}" in message
     assert "does not name 'localhost'" in message and "ssl_check_hostname=false" in message
-    with caplog.at_level(logging.WARNING, logger="streamrl.log.kafka_options"):
+    with caplog.at_level(logging.WARNING, logger="streamrl.log.kafka.options"):
         await round_trip(tls_url(tls_broker, host="localhost", ssl_check_hostname="false"))
     assert "checked against the CA but not against their host names" in caplog.text
     rogue_ca, _ = self_signed(tmp_path, "rogue-ca")

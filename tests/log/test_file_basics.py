@@ -11,7 +11,7 @@ import pytest
 
 from streamrl.log import Append, StreamNotFoundError, StreamPartition, open_log
 from streamrl.log.file import FileLog
-from streamrl.log.file_segments import list_segments
+from streamrl.log.file.segments import list_segments
 
 
 @pytest.mark.parametrize("form", ["file:///abs", "file://rel", "bare"])

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from streamrl.log.file import FileLog
-from streamrl.log.file_segments import list_segments
+from streamrl.log.file.segments import list_segments
 
 REPO = Path(__file__).resolve().parents[2]
 PER_WRITER = 400

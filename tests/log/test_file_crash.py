@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from streamrl.log import Append, StreamPartition, file_txn
+from streamrl.log import Append, StreamPartition
 from streamrl.log.file import FileLog
-from streamrl.log.file_segments import segment_name
+from streamrl.log.file import txn as file_txn
+from streamrl.log.file.segments import segment_name
 
 REPO = Path(__file__).resolve().parents[2]
 TOTAL = 1000
@@ -126,7 +127,7 @@ TRANSACTOR = textwrap.dedent(
     import asyncio, os, sys
     from streamrl.log import Append, StreamPartition
     from streamrl.log.file import FileLog
-    from streamrl.log import file_txn
+    from streamrl.log.file import txn as file_txn
 
     async def main(root):
         async with FileLog(root) as log:

@@ -14,9 +14,9 @@ import pytest
 
 from streamrl.log import Append, LogWriteError, StreamPartition
 from streamrl.log.file import FileLog
-from streamrl.log.file_frames import Tail, scan
-from streamrl.log.file_segments import list_segments, segment_name
-from streamrl.log.file_txn import TransactionInDoubtError
+from streamrl.log.file.frames import Tail, scan
+from streamrl.log.file.segments import list_segments, segment_name
+from streamrl.log.file.txn import TransactionInDoubtError
 
 S = "traj"
 

@@ -14,8 +14,8 @@ import pytest
 
 from streamrl.log import Append, LogCorruptionError
 from streamrl.log.file import FileLog
-from streamrl.log.file_frames import FIXED_SIZE, SegmentCorruptionError, parse_head
-from streamrl.log.file_segments import list_segments, segment_name
+from streamrl.log.file.frames import FIXED_SIZE, SegmentCorruptionError, parse_head
+from streamrl.log.file.segments import list_segments, segment_name
 
 S = "traj"
 

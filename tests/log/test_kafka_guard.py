@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from streamrl.log import open_log
-from streamrl.log.kafka_config import KafkaLogConfig
-from streamrl.log.kafka_options import UnsafeKafkaSetting
+from streamrl.log.kafka.config import KafkaLogConfig
+from streamrl.log.kafka.options import UnsafeKafkaSetting
 
 URL = "kafka://127.0.0.1:9092"
 

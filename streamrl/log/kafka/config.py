@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from streamrl.log import kafka_options as opts
+import streamrl.log.kafka.options as opts
 
 MiB = 1024 * 1024
 
@@ -93,13 +93,13 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     durable: bool = True
     """Refuse client options that break durability or exactly-once (acks other than all,
-    idempotence off, auto-commit on, read_uncommitted; `kafka_options.UNSAFE`). Turn off only
+    idempotence off, auto-commit on, read_uncommitted; `options.UNSAFE`). Turn off only
     for throwaway benchmarks."""
 
     client_options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Extra aiokafka client parameters (e.g. {"metadata_max_age_ms": 60000}), each given to
     every client that accepts it. URL query keys that are not log options land here. Checked by
-    `kafka_options.check_client_options`."""
+    `options.check_client_options`."""
 
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How clients talk to the brokers: SASL_SSL (authenticated, encrypted) in production."""

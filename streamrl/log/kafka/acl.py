@@ -24,7 +24,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.admin import CreateAclsRequest, CreateAclsRequest_v1
 
 from streamrl.log.base import LogError
-from streamrl.log.kafka_config import KafkaLogConfig
+from streamrl.log.kafka.config import KafkaLogConfig
 from streamrl.run.context import PRODUCER_GROUP, TRAINER_GROUP
 from streamrl.streams import RunStreams
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from streamrl.log.base import Append, LogError, Position
-from streamrl.log.kafka_txn import TransactionOutcomeUnknownError
+from streamrl.log.kafka.txn import TransactionOutcomeUnknownError
 
 if TYPE_CHECKING:
     from streamrl.log.kafka import KafkaLog

@@ -20,7 +20,7 @@ import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from streamrl.log.base import LogClosedError, LogError, Record
-from streamrl.log.kafka_config import KafkaLogConfig
+from streamrl.log.kafka.config import KafkaLogConfig
 
 T = TypeVar("T")
 RETRY_S = 0.5

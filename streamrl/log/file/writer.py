@@ -32,7 +32,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from streamrl.log.base import Headers, LogCorruptionError, LogWriteError
-from streamrl.log.file_frames import (
+from streamrl.log.file.frames import (
     ZERO_TAIL,
     FrameBuilder,
     SegmentCorruptionError,
@@ -40,7 +40,7 @@ from streamrl.log.file_frames import (
     find_frame,
     scan,
 )
-from streamrl.log.file_segments import PartitionReader, list_segments, segment_name
+from streamrl.log.file.segments import PartitionReader, list_segments, segment_name
 
 log = logging.getLogger("streamrl.log.file")
 

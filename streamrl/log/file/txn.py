@@ -52,9 +52,9 @@ from pathlib import Path
 import msgspec
 
 from streamrl.log.base import Committed, LogWriteError, StreamPartition
-from streamrl.log.file_frames import SegmentCorruptionError
-from streamrl.log.file_groups import GroupStore, flatten, unflatten
-from streamrl.log.file_txn_records import (
+from streamrl.log.file.frames import SegmentCorruptionError
+from streamrl.log.file.groups import GroupStore, flatten, unflatten
+from streamrl.log.file.txn_records import (
     SUFFIX,
     TxnItem,
     TxnPart,
@@ -63,7 +63,7 @@ from streamrl.log.file_txn_records import (
     read_record,
     write_record,
 )
-from streamrl.log.file_writer import Item, PartitionWriter, fsync_dir
+from streamrl.log.file.writer import Item, PartitionWriter, fsync_dir
 
 log = logging.getLogger("streamrl.log.file")
 

@@ -35,7 +35,7 @@ from aiokafka.client import AIOKafkaClient
 from streamrl.log.base import LogError
 
 if TYPE_CHECKING:
-    from streamrl.log.kafka_config import KafkaLogConfig
+    from streamrl.log.kafka.config import KafkaLogConfig
 
 log = logging.getLogger(__name__)
 

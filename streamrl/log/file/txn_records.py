@@ -1,9 +1,9 @@
 """Transaction records of the file log: what one holds, and how it is written and read back.
 
 A record is one file, `<root>/_txn/<time_ns>-<txn id hex>.txn`, holding exactly one frame (the
-same framing and CRC-32C as segments, file_frames.py) whose value is the msgpack `TxnRecord`.
+same framing and CRC-32C as segments, frames.py) whose value is the msgpack `TxnRecord`.
 Names sort in time order, and carry the id so readers can tell which transactions are still
-incomplete from a directory listing alone. The protocol that uses them is in file_txn.py.
+incomplete from a directory listing alone. The protocol that uses them is in txn.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from streamrl.log.base import Headers, LogWriteError
-from streamrl.log.file_frames import (
+from streamrl.log.file.frames import (
     FIXED_SIZE,
     FrameBuilder,
     SegmentCorruptionError,
@@ -24,7 +24,7 @@ from streamrl.log.file_frames import (
     parse_head,
     scan,
 )
-from streamrl.log.file_writer import WriterBrokenError, fsync_dir, write_all
+from streamrl.log.file.writer import WriterBrokenError, fsync_dir, write_all
 
 SUFFIX = ".txn"
 

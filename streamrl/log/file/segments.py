@@ -14,7 +14,7 @@ checksum is verified; on a bad frame a read returns the good records before it, 
 would start at it raises `SegmentCorruptionError` naming the file and byte offset.
 
 Records written by a transaction carry its id, and stay invisible while its transaction record
-exists (file_txn.py): a read stops before the first of them, so a transaction's records become
+exists (txn.py): a read stops before the first of them, so a transaction's records become
 visible together, once all of it is applied, like Kafka's read_committed.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import crc32c
 
 from streamrl.log.base import Record
-from streamrl.log.file_frames import (
+from streamrl.log.file.frames import (
     CHUNK,
     FIXED_SIZE,
     FLAG_KEY,

@@ -23,7 +23,7 @@ never re-encoded: it is written straight from the caller's buffer (writev) and c
 place, which keeps MB-size trajectory batches at disk speed.
 
 `scan` walks frames and classifies where the walk stopped (`Tail`); the writer and the readers
-decide what that means for them (see file_segments.py and file_writer.py).
+decide what that means for them (see segments.py and writer.py).
 """
 
 from __future__ import annotations

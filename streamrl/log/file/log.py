@@ -1,21 +1,21 @@
 """The embedded default log: append-only segment files on local disk (`file://DIR` or a path).
 
     <root>/<stream>/stream.json                    {"version": 1, "num_partitions": N}, made once
-    <root>/<stream>/<partition>/<base>.seg          segments named by base offset (file_segments)
-    <root>/<stream>/<partition>/.lock              writers' flock (file_writer)
+    <root>/<stream>/<partition>/<base>.seg          segments named by base offset (segments.py)
+    <root>/<stream>/<partition>/.lock              writers' flock (writer.py)
     <root>/<stream>/<partition>/torn/              bytes cut from torn tails, kept for inspection
-    <root>/_txn/<time>-<id>.txn, .lock, torn/      transaction records and their lock (file_txn)
+    <root>/_txn/<time>-<id>.txn, .lock, torn/      transaction records and their lock (txn.py)
     <root>/_groups/<group>.json                    committed positions of each consumer group
 
 Each record is one frame: length, CRC-32C, a magic/version byte, offset, timestamp, key, headers,
-then the value stored raw (file_frames). A segment rolls to a new file once it reaches
+then the value stored raw (frames.py). A segment rolls to a new file once it reaches
 `segment_bytes` (default 256 MiB); readers find an offset by binary search over segment names and
-a sparse in-memory index built by scanning frame headers (file_segments).
+a sparse in-memory index built by scanning frame headers (segments.py).
 
 `transact` writes one checksummed transaction record holding all its appends and positions to
 `_txn/`, fsyncs it, then applies it to the partitions and the group file and deletes it. Once the
 record is durable the transaction has happened: whoever finds one left by a crash completes it,
-idempotently (file_txn has the protocol and why it is safe). Readers skip records of
+idempotently (txn.py has the protocol and why it is safe). Readers skip records of
 transactions not completed yet, so a transaction's records become visible together.
 
 Guarantees on top of `Log`'s:
@@ -33,7 +33,7 @@ Guarantees on top of `Log`'s:
   corruption anywhere else is refused with `SegmentCorruptionError` (a `LogCorruptionError`)
   naming the file and byte offset, and nothing is cut.
 - A failed write or fsync raises `LogWriteError` and leaves no frame of its batch; after a failed
-  fsync the instance refuses writes until the log is reopened (file_writer explains why).
+  fsync the instance refuses writes until the log is reopened (writer.py explains why).
 - Cancelling a call does not cancel the disk work it started: it completes or fails on the
   writer thread, so an append is done or not done, never half done.
 - Known limits: a reader in another process can read records of a batch whose fsync then fails
@@ -71,11 +71,11 @@ from streamrl.log.base import (
     choose_partition,
     committed_positions,
 )
-from streamrl.log.file_segments import PartitionReader
-from streamrl.log.file_streams import Streams, check_name
-from streamrl.log.file_txn import TxnStore
-from streamrl.log.file_txn_records import pending_txn_ids
-from streamrl.log.file_writer import Item, PartitionWriter, WriterBrokenError
+from streamrl.log.file.segments import PartitionReader
+from streamrl.log.file.streams import Streams, check_name
+from streamrl.log.file.txn import TxnStore
+from streamrl.log.file.txn_records import pending_txn_ids
+from streamrl.log.file.writer import Item, PartitionWriter, WriterBrokenError
 
 T = TypeVar("T")
 log = logging.getLogger("streamrl.log.file")

@@ -4,7 +4,7 @@ files from before metadata existed read as all "").
 
 Each write replaces the whole file atomically (temp file, fsync, rename, fsync the directory), so
 a reader or a crash sees the old positions or the new ones, never a mix. Writers hold the log's
-transaction lock (file_txn.py), which serializes read-modify-write of a group file and lets a
+transaction lock (txn.py), which serializes read-modify-write of a group file and lets a
 pending transaction be rolled forward before any newer positions are written.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import quote
 import msgspec
 
 from streamrl.log.base import Committed, LogCorruptionError, StreamPartition
-from streamrl.log.file_writer import fsync_dir, write_all
+from streamrl.log.file.writer import fsync_dir, write_all
 
 Flat = Sequence[tuple[str, int, int]]  # (stream, partition, next offset to read)
 FlatMetadata = Sequence[tuple[str, int, str]]  # (stream, partition, metadata), "" left out

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from streamrl.log.base import StreamNotFoundError
-from streamrl.log.file_writer import fsync_dir, write_all
+from streamrl.log.file.writer import fsync_dir, write_all
 
 # Stream names become directory names; a leading "_" is kept for the log's own directories.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")

@@ -4,7 +4,7 @@
     async with log:
         await log.ensure_stream("run42.trajectories", 8)
 
-How the contract in `base.py` maps onto Kafka:
+How the contract in `streamrl/log/base.py` maps onto Kafka:
 - Durable `append`: an idempotent producer with acks=all; `append_many` sends everything, then
   waits for every acknowledgement (all in-sync replicas have the records).
 - Offsets are Kafka offsets. Transaction markers take offsets too, so a partition's offsets have
@@ -12,15 +12,15 @@ How the contract in `base.py` maps onto Kafka:
 - Keys pick partitions with `choose_partition` (crc32), not Kafka's murmur2, so a key lands in
   the same partition on every backend. Java clients writing keyed records to the same topics
   would spread a key differently; address partitions explicitly there.
-- Readers use read_committed consumers (`kafka_reader.py`): records of aborted or open
+- Readers use read_committed consumers (`reader.py`): records of aborted or open
   transactions are never returned, and `end_offset` is the last stable offset.
 - `commit`/`committed` store positions in Kafka's `__consumer_offsets` as a simple consumer
-  group (`kafka_admin.py`), each with its offset-commit metadata string; `transact` commits
+  group (`admin.py`), each with its offset-commit metadata string; `transact` commits
   both through TxnOffsetCommit (`send_offsets_to_transaction` takes (offset, metadata)).
-- `transact` is a Kafka transaction on the writer's transactional producer (`kafka_txn.py`),
+- `transact` is a Kafka transaction on the writer's transactional producer (`txn.py`),
   whose `transactional.id` is `writer_id`; see there for fencing and for the one outcome the
   caller sees only when the outcome stays unknown past `unknown_outcome_s`,
-  TransactionOutcomeUnknownError (kafka_dedup.py settles and de-duplicates before that).
+  TransactionOutcomeUnknownError (dedup.py settles and de-duplicates before that).
 
 Cancellation: a cancelled `append`/`append_many` may still land (the producer keeps retrying);
 a cancelled `transact` is aborted if its commit was not sent yet, otherwise its outcome is
@@ -55,11 +55,11 @@ from streamrl.log.base import (
     choose_partition,
     committed_positions,
 )
-from streamrl.log.kafka_admin import KafkaAdmin, NotAuthenticatedError, probe_connection
-from streamrl.log.kafka_config import KafkaLogConfig
-from streamrl.log.kafka_dedup import end_offsets, find_committed
-from streamrl.log.kafka_reader import ReaderPool
-from streamrl.log.kafka_txn import (
+from streamrl.log.kafka.admin import KafkaAdmin, NotAuthenticatedError, probe_connection
+from streamrl.log.kafka.config import KafkaLogConfig
+from streamrl.log.kafka.dedup import end_offsets, find_committed
+from streamrl.log.kafka.reader import ReaderPool
+from streamrl.log.kafka.txn import (
     NotAuthorizedError,
     TransactionalWriter,
     TransactionOutcomeUnknownError,
@@ -257,7 +257,7 @@ class KafkaLog(Log):
                              for (_p, app), m in zip(targets, metas, strict=True)]
                 break
             except TransactionOutcomeUnknownError as exc:
-                # Never aborted blindly, never repeated blindly: see kafka_dedup.py. Without
+                # Never aborted blindly, never repeated blindly: see dedup.py. Without
                 # records there is nothing to find, and committing the same offsets again is
                 # harmless.
                 found = (await find_committed(self, targets, starts, deadline, exc)

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from streamrl.log.base import Append, LogClosedError, LogWriteError
-from streamrl.log.kafka_config import KafkaLogConfig
+from streamrl.log.kafka.config import KafkaLogConfig
 
 _FENCED = (kerr.ProducerFenced, kerr.InvalidProducerEpoch, kerr.TransactionalIdAuthorizationFailed)
 # What a broker with ACLs answers when the principal lacks a permission.

@@ -23,8 +23,8 @@ from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streamrl.log.base import Committed, LogError, LogWriteError, StreamPartition
-from streamrl.log.kafka_config import KafkaLogConfig
-from streamrl.log.kafka_options import tls_problem
+from streamrl.log.kafka.config import KafkaLogConfig
+from streamrl.log.kafka.options import tls_problem
 
 GROUP_COORDINATOR = 0
 
