@@ -19,6 +19,7 @@ from typing import Any, Literal
 import msgspec
 import pyarrow as pa
 import torch
+from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer.advantages import AdvantageInput
 from streamrl.consumers.trainer.batch import TrainBatch, build_batch
 from streamrl.consumers.trainer.compute import (
@@ -34,8 +35,6 @@ from torch import Tensor
 
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
-
-OPTIMIZER_FILE = "optimizer.pt"  # next to a checkpoint's weights
 
 
 class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
+from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
 from streamrl.consumers.trainer.hooks import TrainStepInput
 from streamrl.consumers.trainer.learner import Learner
@@ -171,7 +172,7 @@ class TrainerLoop:
         final = self.version == self.ctx.config.run.max_versions
         if not (force or final or (every and self.version % every == 0)):
             return
-        path = self.ctx.run_dir / "checkpoints" / f"v{self.version:06d}"
+        path = checkpoint_dir(self.ctx.run_dir, self.version)
         await asyncio.to_thread(self.learner.save, path)
         await self.log.append(self.streams.events, encode_event(CheckpointSaved(
             run_id=self.ctx.run_id, version=self.version, path=str(path),

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamrl import aio
+from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.resume import ResumeError
 from streamrl.launch import Launcher
 from streamrl.log import open_log
@@ -105,7 +106,7 @@ async def _run(args: argparse.Namespace, config: RunConfig) -> int:
                 console.print(f"[yellow]{stopped}[/yellow]")
                 return 143
         wall = time.monotonic() - t0
-        final = ctx.run_dir / "checkpoints" / f"v{config.run.max_versions:06d}"
+        final = checkpoint_dir(ctx.run_dir, config.run.max_versions)
         if evaluate is not None:
             evals["eval after"] = _headline(evaluate(EvalRequest(
                 checkpoint_dir=final, version=config.run.max_versions)))

@@ -34,6 +34,7 @@ import torch
 from rich.table import Table
 
 from streamrl.consumers.trainer.__main__ import learner_config
+from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.learner import Learner
 from streamrl.consumers.trainer.loop import SourceExhausted, TrainerLoop, TrajectorySource
 from streamrl.consumers.trainer.resume import read_history
@@ -183,7 +184,7 @@ async def _watch(loop: TrainerLoop, total: int,
 def _evals(config: RunConfig, parent_dir: Path, run_dir: Path, version: int) -> dict[str, float]:
     """The recipe's evaluator on the final weights; "eval before" is the parent's (same init)."""
     evaluate = config.hooks()["evaluate"]
-    final = run_dir / "checkpoints" / f"v{version:06d}"
+    final = checkpoint_dir(run_dir, version)
     if evaluate is None or version == 0 or not final.exists():
         return {}
     evals = {}

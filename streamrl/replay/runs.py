@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.learner import Learner
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
@@ -101,7 +102,7 @@ class Recorder:
             Append(stream=streams.weights, value=encode_event(announce))])
         every = self.ctx.config.trainer.checkpoint_every
         if (every and version % every == 0) or version == self.ctx.config.run.max_versions:
-            path = self.ctx.run_dir / "checkpoints" / f"v{version:06d}"
+            path = checkpoint_dir(self.ctx.run_dir, version)
             await asyncio.to_thread(learner.save, path)
             await self.log.append(streams.events, encode_event(CheckpointSaved(
                 run_id=self.ctx.run_id, version=version, path=str(path),

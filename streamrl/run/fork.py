@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 import torch
+from streamrl.checkpoints import fork_start_dir
 from streamrl.consumers.trainer.__main__ import learner_config
 from streamrl.consumers.trainer.resume import History, read_history, rebuild
 from streamrl.schemas import RunParent
@@ -75,7 +76,7 @@ async def plan_fork(log: Log, config: RunConfig, spec: ForkSpec, run_dir: Path) 
     _check_version(spec, history, config)
     await asyncio.to_thread(check_same_model, parent_ctx.config, config, parent_ctx, spec)
     _check_same_data(parent_ctx.config, config, spec)
-    init_dir = run_dir / f"fork-v{spec.version:06d}"
+    init_dir = fork_start_dir(run_dir, spec.version)
     await fork_learner(log, parent_ctx, history, spec.version, config, init_dir)
     position = await plan_position(log, parent_ctx, history, spec.version)
     return ForkPlan(parent=RunParent(run_id=spec.run_id, version=spec.version, relation="fork"),

@@ -32,9 +32,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer.batch import TrainBatch
 from streamrl.consumers.trainer.compute import autocast
-from streamrl.consumers.trainer.learner import OPTIMIZER_FILE, Learner, LearnerConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerConfig
 from streamrl.consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
 from streamrl.consumers.trainer.megatron.replay import replaying
 from streamrl.consumers.trainer.registry import resolve_advantage, resolve_loss
