@@ -1,7 +1,8 @@
 """Sampling parameters and the batched sampler.
 
 Each row of a batch is sampled with its own temperature, top-k and top-p in one pass of tensor
-ops, with no per-row Python and no data-dependent shapes (so a CUDA graph can capture it later).
+ops, with no per-row Python and no data-dependent shapes, so the CUDA decoder's graphs capture it
+(producers/engine/cuda/decoder.py).
 
 Randomness is per request, never per batch. When a request is admitted, a `torch.Generator`
 seeded from the request's seed draws one uniform number per response token it may produce

@@ -114,7 +114,9 @@ class TrainerSection(Section, kw_only=True):
 
 class WeightsSection(Section, kw_only=True):
     transport: str = "file"
-    """How tensors move from trainer to producers: "file" (safetensors) or "shm"."""
+    """How tensors move from trainer to producers, a key of `streamrl.weights.TRANSPORTS`:
+    "file" (safetensors on a shared filesystem), "shm" (the trainer's machine), "cuda_ipc"
+    (engines on the trainer's GPU) or "broadcast" (a process group, docs/multi-gpu.md)."""
     keep_versions: int = 4
     """Published versions kept available; older ones are released."""
     group_address: str = "127.0.0.1:29531"

@@ -29,7 +29,6 @@ from streamrl.weights.base import (
 from streamrl.weights.digest import weights_digest
 
 # name -> "module:Class"; each class is built with `Class(**options)` or `Class.from_config`.
-# Planned: "nccl" (broadcast across GPUs).
 TRANSPORTS: dict[str, str] = {
     "shm": "streamrl.weights.shm:ShmTransport",
     "file": "streamrl.weights.file:FileTransport",
@@ -60,7 +59,8 @@ class TransportConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
 
     kind: str = "shm"
     """A key of TRANSPORTS: "shm" (producers on the trainer's machine), "file" (a shared
-    filesystem) or "cuda_ipc" (trainer and engines on the same GPU)."""
+    filesystem), "cuda_ipc" (trainer and engines on the same GPU) or "broadcast" (a process
+    group from the trainer, rank 0, to the engines: NCCL across GPUs, gloo on CPU)."""
 
     keep_last: int = 2
     """Versions the publisher keeps loadable. Producers that fall further behind get

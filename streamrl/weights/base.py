@@ -1,8 +1,10 @@
 """The weight transport interface: how a weight version's tensors get from trainer to producers.
 
 The log carries `WeightVersionAnnounced(version, digest, num_bytes, locator, transport)`; the
-tensors travel over a transport. Every transport (file, shm; later CUDA IPC and NCCL) gives the
-guarantees below, and `tests/weights/test_weights_contract.py` checks them against each one:
+tensors travel over a transport. Every transport (the keys of `streamrl.weights.TRANSPORTS`:
+file, shm, cuda_ipc, broadcast) gives the guarantees below; `tests/weights/test_weights_contract.py`
+checks them against file and shm, tests/weights/test_cuda_ipc.py and
+tests/multigpu/test_broadcast.py against the other two:
 
 - `publish(version, tensors)` returns once the version is loadable at the returned locator, from
   this process and from other processes that can reach it. Versions published by one instance
@@ -18,8 +20,9 @@ guarantees below, and `tests/weights/test_weights_contract.py` checks them again
 
 Calls are synchronous (a load is a memcpy-bound burst between decoding steps); async callers use
 `asyncio.to_thread`. An instance is used by one thread at a time. Transports that need a
-handshake (NCCL joins a process group) do it in `start()`, which `with` calls; for file and shm it
-does nothing. Transports that deliver to a device natively (CUDA IPC, NCCL) override `load`.
+handshake (broadcast joins a process group) do it in `start()`, which `with` calls; for file and
+shm it does nothing. Transports that deliver to a device natively (cuda_ipc, broadcast) override
+`load`.
 """
 
 from __future__ import annotations
