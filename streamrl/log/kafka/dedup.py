@@ -5,9 +5,10 @@ would be wrong if it did: a reader may already have acted on it. Retrying blindl
 too: the trainer would announce the same weight version twice. So `KafkaLog.transact` does this:
 
 1. Before the transaction, note the end offset of every partition it writes.
-2. On an unknown outcome the writer has replaced its producer; `settle` makes sure the new one
-   has initialised under the same transactional id, which makes the coordinator finish the old
-   transaction first (commit if the commit was logged, abort otherwise).
+2. On an unknown outcome the writer has replaced its producer; `settle` (the log's
+   `settle_transactions`) makes sure the new one has initialised under the same transactional
+   id, which makes the coordinator finish the old transaction first (commit if the commit was
+   logged, abort otherwise).
 3. Read each written partition from its noted offset: a record byte-equal to one of ours is ours
    (every event carries a unique event id, so equal bytes mean the same event; a trajectory
    record names its group). Found: the transaction committed, return where its records are. Not
@@ -22,14 +23,10 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
 
-from streamrl.log.base import Append, LogError, Position
+from streamrl.log.base import Append, Log, LogError, Position
 from streamrl.log.kafka.txn import TransactionOutcomeUnknownError
-
-if TYPE_CHECKING:
-    from streamrl.log.kafka import KafkaLog
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +34,23 @@ Target = tuple[int, Append]  # (partition, record)
 SETTLE_RETRY_S = 0.5
 
 
-async def end_offsets(log: KafkaLog, targets: Sequence[Target]) -> dict[tuple[str, int], int]:
+async def end_offsets(log: Log, targets: Sequence[Target]) -> dict[tuple[str, int], int]:
     """The end offsets (last stable offsets) of the partitions `targets` write."""
     parts = sorted({(app.stream, p) for p, app in targets})
     ends = await asyncio.gather(*(log.end_offset(s, p) for s, p in parts))
     return dict(zip(parts, ends, strict=True))
 
 
-async def find_committed(log: KafkaLog, targets: Sequence[Target],
-                         starts: dict[tuple[str, int], int], deadline: float,
+async def find_committed(log: Log, settle: Callable[[], Awaitable[None]],
+                         targets: Sequence[Target], starts: dict[tuple[str, int], int],
+                         deadline: float,
                          cause: TransactionOutcomeUnknownError) -> list[Position] | None:
     """Where the records of the unconfirmed transaction landed, or None if it did not commit.
-    Keeps trying while the broker is unreachable, until `deadline`; then re-raises `cause`."""
+    `settle` finishes the writer's unconfirmed transaction first. Keeps trying while the broker
+    is unreachable, until `deadline`; then re-raises `cause`."""
     while True:
         try:
-            await log.settle_transactions()
+            await settle()
             return await _scan(log, targets, starts)
         except LogError as exc:
             if not exc.retriable or time.monotonic() >= deadline:
@@ -60,7 +59,7 @@ async def find_committed(log: KafkaLog, targets: Sequence[Target],
             await asyncio.sleep(SETTLE_RETRY_S)
 
 
-async def _scan(log: KafkaLog, targets: Sequence[Target],
+async def _scan(log: Log, targets: Sequence[Target],
                 starts: dict[tuple[str, int], int]) -> list[Position] | None:
     landed: dict[tuple[str, int], dict[bytes, list[int]]] = {}
     for (stream, p), start in starts.items():

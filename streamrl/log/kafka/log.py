@@ -260,7 +260,8 @@ class KafkaLog(Log):
                 # Never aborted blindly, never repeated blindly: see dedup.py. Without
                 # records there is nothing to find, and committing the same offsets again is
                 # harmless.
-                found = (await find_committed(self, targets, starts, deadline, exc)
+                found = (await find_committed(self, self.settle_transactions, targets, starts,
+                                             deadline, exc)
                          if targets else None)
                 if found is not None:
                     logger.warning("unconfirmed commit of %s had committed; not repeated",
