@@ -24,7 +24,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from streamrl.log.base import Committed, LogError, LogWriteError, StreamPartition
 from streamrl.log.kafka.config import KafkaLogConfig
-from streamrl.log.kafka.options import tls_problem
+from streamrl.log.kafka.tls import tls_problem
 
 GROUP_COORDINATOR = 0
 
