@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamrl.log import open_log
+from streamrl.log.kafka import options
 from streamrl.log.kafka.config import KafkaLogConfig
 from streamrl.log.kafka.options import UnsafeKafkaSetting
 
@@ -82,7 +83,11 @@ def test_sasl_settings_reach_every_client_and_the_password_comes_from_the_enviro
     assert "s3cret" not in repr(config)
 
 
-def test_tls_files_build_the_context_every_client_gets(tmp_path: Path) -> None:
+def test_tls_files_build_the_context_every_client_gets(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # ssl_check_hostname=false warns once per process: leave that once to the test that checks
+    # the warning (tests/faults/test_kafka_tls.py) when both run in one session.
+    monkeypatch.setattr(options, "_warn_no_hostname_check", lambda: None)
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days",
                            "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out",
