@@ -1,4 +1,4 @@
-"""Sampling parameters and the batched sampler.
+"""The batched sampler (`SamplingParams` lives in `streamrl.hooks.generation`).
 
 Each row of a batch is sampled with its own temperature, top-k and top-p in one pass of tensor
 ops, with no per-row Python and no data-dependent shapes, so the CUDA decoder's graphs capture it
@@ -15,63 +15,21 @@ a token only if u falls within that noise of an interval edge (order 1e-6 per to
 uniform per token (Gumbel-max would need one per vocab entry) makes drawing them all up front
 cheap and keeps generator calls out of the decode step.
 
-Logprob convention: the logprob returned for a sampled token is `log_softmax(logits / T)` at that
-token, with the request's temperature T applied but *before* top-k/top-p truncation. That is
-exactly what the trainer recomputes with `streamrl.models.token_logprobs(..., temperature=T)`,
-so importance ratios compare like with like; the truncated distribution's logprob would need
-the trainer to re-apply the truncation and would be -inf for tokens the new policy cuts. For
-greedy requests (T = 0) the logprob is taken at T = 1, the model's own distribution.
+The logprob convention (temperature applied, before top-k/top-p truncation) and the seed
+derivation are the engine-neutral contract in `streamrl.hooks.generation`; `sample` implements
+them.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-import msgspec
 import torch
 from torch import Tensor
 
+from streamrl.hooks.generation import SamplingParams, seed_from_request_id
+
+__all__ = ["SamplingParams", "request_uniforms", "sample", "seed_from_request_id"]
+
 _UNIFORM_CHUNK = 256  # uniforms are drawn in fixed chunks so u_i never depends on the total drawn
-_MAX_SEED = 1 << 64
-
-
-class SamplingParams(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """How one request is sampled. The sampled token's logprob is always returned (see the
-    module docstring for which distribution it is taken from)."""
-
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy (argmax of the logits)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the most likely tokens until their mass reaches top_p (1 = off)."""
-    top_k: int = 0
-    """Keep only the top_k most likely tokens (0 = off)."""
-    max_new_tokens: int = 256
-    """Most response tokens to generate; reaching it ends the request with "length"."""
-    stop_token_ids: tuple[int, ...] = ()
-    """Sampling any of these ends the request with "stop" (the stop token stays in the response)."""
-    seed: int | None = None
-    """Seeds this request's generator, in [0, 2**64). None derives it from the request id
-    (`seed_from_request_id`), so samples of one prompt differ and a replay reproduces them;
-    the seed used is reported in `GenerationResult.seed` either way."""
-
-    def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # also rejects NaN
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be token ids >= 0, got {self.stop_token_ids}")
-        if self.seed is not None and not 0 <= self.seed < _MAX_SEED:
-            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
-
-
-def seed_from_request_id(request_id: str) -> int:
-    """A stable 64-bit seed from a request id (blake2b, not Python's salted `hash`)."""
-    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "little")
 
 
 def request_uniforms(seed: int, num_tokens: int) -> Tensor:

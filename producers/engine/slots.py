@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from streamrl.producers.engine.sampling import SamplingParams, request_uniforms, sample
-from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 from torch import Tensor
+
+from streamrl.hooks.generation import SamplingParams
+from streamrl.producers.engine.sampling import request_uniforms, sample
+from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 # (logits, temperature, top_k, top_p, uniforms) -> (tokens, logprobs); see `sampling.sample`.
 Sampler = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -47,7 +49,7 @@ class SlotBuffers:
         self.uniforms = zeros(S, L, dtype=torch.float32)  # [S, L] u of the token at each position
         self.logprobs = zeros(S, L, dtype=torch.float32)  # [S, L] of the token at each position
         self.versions = zeros(S, L, dtype=torch.int64)  # [S, L] weights that sampled it
-        self.routed: Tensor | None = None  # [S, L, num_moe_layers, top_k]; see request.py
+        self.routed: Tensor | None = None  # [S, L, num_moe_layers, top_k]; hooks/generation.py
         self.routed_np: type = np.uint8
         if num_moe_layers:
             # uint8 covers the schema's narrow column; torch lacks uint16 indexing, so wide

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from streamrl.producers.engine import SamplingParams
-from streamrl.producers.engine.request import FinishReason
+
+from streamrl.hooks.generation import FinishReason, SamplingParams
 from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 
@@ -134,7 +134,7 @@ def routed_experts(encoded: Any, *, num_prompt_tokens: int, num_response_tokens:
     `[num_response_tokens, num_moe_layers, top_k]`, uint8 up to 256 experts, else uint16.
 
     Row i of ours is SGLang's position P - 1 + i (the forward pass that sampled response token
-    i; see producers/engine/request.py), i.e. row P - 1 + i - start_len of the payload."""
+    i; see streamrl/hooks/generation.py), i.e. row P - 1 + i - start_len of the payload."""
     where = "meta_info.routed_experts"
     if not isinstance(encoded, str):
         raise SGLangResponseError("missing; send return_routed_experts=true and launch the "
