@@ -1,9 +1,11 @@
-"""Shared fixtures: every async test runs on uvloop, the loop streamrl's services use."""
+"""Shared fixtures: every async test runs on uvloop, the loop streamrl's services use; the local
+Kafka broker; a log of each backend. Plain helpers (paths, child processes) are in helpers.py."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -36,3 +38,11 @@ def kafka_url() -> str:
             pytest.fail(f"no Kafka broker at {bootstrap}; start one with scripts/kafka.sh start")
         pytest.skip(f"no Kafka broker at {bootstrap} (scripts/kafka.sh start)")
     return f"kafka://{bootstrap}"
+
+
+@pytest.fixture(params=["file", "kafka"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each backend in turn: a fresh file log in the test's folder, then the local broker."""
+    if request.param == "file":
+        return str(tmp_path / "log")
+    return request.getfixturevalue("kafka_url")

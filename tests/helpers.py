@@ -7,6 +7,8 @@ import path (`tests.run.tiny_task:reward`, ...) import in them too. Fixtures liv
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -34,6 +36,17 @@ def streamrl(*args: str, timeout: float = 600, cwd: Path = REPO,
     `env` adds environment variables (e.g. OMP_NUM_THREADS="1")."""
     return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=cli_env(**env), cwd=cwd)
+
+
+def streamrl_here(*args: str) -> tuple[int, str, str]:
+    """The `streamrl` command in this process (no interpreter start, no torch import): (exit
+    code, stdout, stderr). For the cases that fail fast; real runs use `streamrl` (a process)."""
+    from streamrl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 async def spawn(module: str, *args: str, **env: str) -> asyncio.subprocess.Process:

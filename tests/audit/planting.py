@@ -5,10 +5,8 @@ faulty component would have left behind."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +17,8 @@ from streamrl import aio
 from streamrl.audit import AuditReport, audit_run
 from streamrl.log import Append, Position, open_log
 from streamrl.streams import parse_stream
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
+from tests import helpers
+from tests.helpers import TINY
 
 
 class RealRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,10 +27,9 @@ class RealRun(msgspec.Struct, frozen=True, kw_only=True):
     runs_dir: Path
 
 
-def streamrl(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=cwd)
+def streamrl(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tests.helpers.streamrl` with one OpenMP thread in each of the run's processes."""
+    return helpers.streamrl(*args, OMP_NUM_THREADS="1")
 
 
 def start_real_run(log_url: str, runs_dir: Path, run_id: str) -> None:

@@ -3,28 +3,15 @@ file log and on the local Kafka broker."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from tests import helpers
 
 
 def streamrl(*args: str, log: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args, "--log", log],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
-
-
-@pytest.fixture(params=["file", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return str(tmp_path / "log")
-    return request.getfixturevalue("kafka_url")
+    return helpers.streamrl(*args, "--log", log, timeout=240)
 
 
 def test_demo_then_inspect_and_tail_show_the_run(log_url: str) -> None:

@@ -4,7 +4,6 @@ the component keeps going with nothing accepted lost."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +23,7 @@ from streamrl.dlq import DeadLetters
 from streamrl.log import open_log
 from streamrl.log.memory import MemoryLog
 from streamrl.streams import RunStreams
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, child_env
 
 
 async def test_a_bad_record_is_dead_lettered_and_the_next_one_still_decodes() -> None:
@@ -77,7 +75,7 @@ def test_ten_thousand_mutated_messages_each_rejected_into_the_dlq(tmp_path: Path
     out = subprocess.run(
         [sys.executable, str(REPO / "tests/core/dlq_fuzz_child.py"), url, "fuzz", "--count",
          "10000"], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+        env=child_env(), cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["accepted"] + report["rejected"] == 10_000

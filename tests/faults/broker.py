@@ -12,7 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
+
 KAFKA_SH = REPO / "scripts" / "kafka.sh"
 
 

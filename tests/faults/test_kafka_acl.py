@@ -5,8 +5,6 @@ the trainer can, and a whole run works with each process under its own principal
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -21,9 +19,8 @@ from streamrl.run.config import load_config
 from streamrl.run.driver import start_run
 from tests.faults.broker import Broker
 from tests.faults.conftest import SASL_USERS
+from tests.helpers import TINY, spawn
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
 SCRAM = "security_protocol=SASL_PLAINTEXT&sasl_mechanism=SCRAM-SHA-512"
 
 
@@ -88,8 +85,9 @@ def test_a_run_works_with_each_process_under_its_own_principal(sasl_broker: Brok
             ctx, v0 = await start_run(config, admin, run_id, tmp_path / "runs", recipe=str(TINY))
             await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer"))
             with v0:
-                procs = [await spawn("streamrl.producers", sasl_broker, "producer", run_id),
-                         await spawn("streamrl.consumers.trainer", sasl_broker, "trainer", run_id)]
+                procs = [await spawn_as("streamrl.producers", sasl_broker, "producer", run_id),
+                         await spawn_as("streamrl.consumers.trainer", sasl_broker, "trainer",
+                                        run_id)]
                 try:
                     assert await asyncio.wait_for(procs[1].wait(), 400) == 0
                 finally:
@@ -104,9 +102,7 @@ def test_a_run_works_with_each_process_under_its_own_principal(sasl_broker: Brok
     aio.run(run())
 
 
-async def spawn(module: str, broker: Broker, user: str, run_id: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "STREAMRL_KAFKA_PASSWORD": SASL_USERS[user]}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, "--log", url_as(broker, user), "--run", run_id, env=env,
-        cwd=REPO)
+async def spawn_as(module: str, broker: Broker, user: str,
+                   run_id: str) -> asyncio.subprocess.Process:
+    return await spawn(module, "--log", url_as(broker, user), "--run", run_id,
+                       STREAMRL_KAFKA_PASSWORD=SASL_USERS[user])

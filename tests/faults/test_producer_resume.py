@@ -9,7 +9,6 @@ generated and published the three finished groups again (`duplicate_group` in `s
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -29,18 +28,10 @@ from streamrl.run.config import load_config
 from streamrl.run.context import PRODUCER_GROUP, RunContext
 from streamrl.run.driver import start_run
 from tests.faults.held import HOLD_ENV, Holds
+from tests.helpers import REPO, TINY, child_env
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
 NUM_PROMPTS = 4
 WAIT_S = 90.0
-
-
-@pytest.fixture(params=["file", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return str(tmp_path / "log")
-    return request.getfixturevalue("kafka_url")
 
 
 def one_partition_recipe(tmp_path: Path) -> Path:
@@ -66,7 +57,7 @@ class Producers:
         self.started: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": str(REPO), HOLD_ENV: str(self.holds.folder)}
+        env = child_env(**{HOLD_ENV: str(self.holds.folder)})
         out = (self.logs / f"producer-{len(self.started)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamrl.producers", "--log", self.log_url,

@@ -24,9 +24,8 @@ from streamrl.run.context import RunContext
 from streamrl.run.driver import start_run, supervise
 from tests.faults.broker import Broker
 from tests.faults.chaos import KILL_AT_ENV, assert_exactly_once
+from tests.helpers import REPO, TINY
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
 Chaos = Callable[[Log, RunContext, LocalLauncher], Awaitable[None]]
 FROZEN_S = 20.0
 

@@ -3,17 +3,14 @@ re-reward tests; tests that change a log work on a copy of it."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
+from tests.helpers import TINY, streamrl
+
 PARENT_VERSIONS = 4
 REWARD = 'reward = "tests.run.tiny_task:reward"'
 INIT = 'init = "tests.run.tiny_task:init"'
@@ -29,12 +26,6 @@ class ParentRun(msgspec.Struct, kw_only=True):
         """A private copy of the log (run files stay shared: they are only read)."""
         shutil.copytree(self.log, to)
         return ParentRun(run_id=self.run_id, log=to, runs_dir=self.runs_dir, recipe=self.recipe)
-
-
-def streamrl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

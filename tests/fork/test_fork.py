@@ -23,8 +23,8 @@ from streamrl.run.config import RunConfig, load_config
 from streamrl.run.context import ForkPoint, RunContext, load_run_context
 from streamrl.run.fork import ForkError, ForkSpec, fork_learner, parse_fork_spec, plan_fork
 from streamrl.weights import weights_digest
-from tests.fork.conftest import PARENT_VERSIONS, ParentRun, streamrl
-from tests.replay.replay_util import streamrl_here
+from tests.fork.conftest import PARENT_VERSIONS, ParentRun
+from tests.helpers import streamrl, streamrl_here
 
 FORK_AT = 2
 

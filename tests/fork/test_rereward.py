@@ -22,7 +22,8 @@ from streamrl.schemas.ids import group_id_for, parse_group_id
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context
-from tests.fork.conftest import ParentRun, streamrl
+from tests.fork.conftest import ParentRun
+from tests.helpers import streamrl
 from tests.run.tiny_task import TOKENIZER
 
 KEPT = ("sample_id", "group_id", "prompt_id", "sample_index", "producer_id", "policy_version",

@@ -1,13 +1,12 @@
-"""Helpers for the launch tests: the `streamrl` CLI as a subprocess, and what a user checks after
-a run whose processes came and went: every prompt's group trained at most once, lineage intact."""
+"""Helpers for the launch tests: recipes whose rollouts wait at a gate the test opens, and what a
+user checks after a run whose processes came and went: every prompt's group trained at most once,
+lineage intact. The CLI as a subprocess is tests/helpers.py's `streamrl`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,18 +25,7 @@ from streamrl.schemas import (
 from streamrl.audit import audit_run
 from streamrl.log import Log
 from streamrl.run.context import RunContext
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-
-
-def streamrl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=cli_env(), cwd=REPO)
+from tests.helpers import TINY
 
 
 def recipe_with(tmp_path: Path, extra: str, name: str = "recipe.toml") -> Path:

@@ -20,7 +20,7 @@ from streamrl.producers.__main__ import replica_index
 
 from streamrl.cli import build_parser
 from streamrl.launch import compose
-from tests.launch.helpers import REPO, streamrl
+from tests.helpers import REPO, streamrl
 
 SPEC = json.loads((Path(__file__).parent / "compose_spec" / "compose_spec.json").read_text())
 COMPOSE = yaml.safe_load((REPO / "compose" / "docker-compose.yml").read_text())

@@ -18,8 +18,8 @@ from streamrl import aio
 from streamrl.launch.state import is_ours
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context
+from tests.helpers import TINY, streamrl, wait_until
 from tests.launch.helpers import (
-    TINY,
     Gate,
     check_trained_at_most_once,
     gated_recipe,
@@ -27,7 +27,6 @@ from tests.launch.helpers import (
     num_versions,
     produced_by,
     recipe_with,
-    streamrl,
     wait_state,
 )
 
@@ -40,10 +39,8 @@ def _versions(log_url: str, run_id: str) -> int:
 
 
 def _wait_versions(log_url: str, run_id: str, n: int, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _versions(log_url, run_id) < n:
-        assert time.monotonic() < deadline, f"run {run_id} did not reach {n} versions"
-        time.sleep(1.0)
+    wait_until(lambda: _versions(log_url, run_id) >= n, f"run {run_id} reached {n} versions",
+               timeout_s)
 
 
 def test_scale_1_2_1_during_a_run_trains_every_prompt_at_most_once(
@@ -115,15 +112,16 @@ def _wait_produced(log_url: str, run_id: str, producer_id: str, gate: Gate,
     async def count() -> int:
         async with open_log(log_url) as log:
             return (await produced_by(log, await load_run_context(log, run_id)))[producer_id]
-    deadline = time.monotonic() + timeout_s
-    while not aio.run(joined()):
-        assert time.monotonic() < deadline, f"{producer_id} never joined"
-        time.sleep(1.0)
-    while not aio.run(count()):
-        assert time.monotonic() < deadline, f"{producer_id} published nothing"
+
+    def published() -> bool:
+        if aio.run(count()):
+            return True
         if gate.used >= int((gate.folder / "limit").read_text()):
             gate.allow(4)
-        time.sleep(1.0)
+        return False
+    deadline = time.monotonic() + timeout_s
+    wait_until(lambda: aio.run(joined()), f"{producer_id} joined", timeout_s)
+    wait_until(published, f"{producer_id} published", deadline - time.monotonic())
 
 
 def test_up_ps_down_leaves_no_process(tmp_path: Path) -> None:

@@ -16,14 +16,12 @@ import pytest
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.context import load_run_context
+from tests.helpers import REPO, cli_env, streamrl
 from tests.launch.helpers import (
-    REPO,
     Gate,
     check_trained_at_most_once,
-    cli_env,
     gated_recipe,
     membership,
-    streamrl,
     wait_state,
 )
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import sys
 import textwrap
 from pathlib import Path
 
 from streamrl.log.file import FileLog
 from streamrl.log.file.segments import list_segments
+from tests.helpers import child_env
 
-REPO = Path(__file__).resolve().parents[2]
 PER_WRITER = 400
 
 # Once <root>.go exists, appends PER_WRITER records "<writer>:<i>:<padding>" in random batches;
@@ -69,7 +68,7 @@ async def test_two_writer_processes_and_a_tailing_reader(tmp_path: Path) -> None
         await log.ensure_stream("events", 1)
     (tmp_path / "writer.py").write_text(WRITER)
     (tmp_path / "tailer.py").write_text(TAILER)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     total = 2 * PER_WRITER
     tailer = await asyncio.create_subprocess_exec(
         sys.executable, str(tmp_path / "tailer.py"), str(root), str(total),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import subprocess
@@ -20,8 +19,8 @@ from streamrl.log import Append, StreamPartition
 from streamrl.log.file import FileLog
 from streamrl.log.file import txn as file_txn
 from streamrl.log.file.segments import segment_name
+from tests.helpers import child_env
 
-REPO = Path(__file__).resolve().parents[2]
 TOTAL = 1000
 
 # Appends records 0..TOTAL-1 (resuming after what is already there) with fsync="always" and
@@ -66,10 +65,6 @@ def payload(i: int) -> bytes:  # the same as the writer script's, cheap so kills
     return b"%d:" % i + BLOCK[start : start + size]
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
-
-
 async def read_all(log: FileLog, stream: str, partition: int = 0) -> list[bytes]:
     out, offset = [], 0
     while page := await log.read(stream, partition, offset):
@@ -90,7 +85,7 @@ async def test_kill_9_at_random_moments_keeps_an_acknowledged_prefix(tmp_path: P
     for rounds in range(1, 30):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(script), str(root), str(rounds), str(TOTAL),
-            stdout=asyncio.subprocess.PIPE, env=env(),
+            stdout=asyncio.subprocess.PIPE, env=child_env(),
         )  # fmt: skip
         assert proc.stdout is not None
         # Kill at a random moment once it is appending (its first acknowledgement is out).
@@ -112,7 +107,7 @@ async def test_kill_9_at_random_moments_keeps_an_acknowledged_prefix(tmp_path: P
     assert kills >= 3
     # A last writer finishes the job on top of whatever the kills left.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), str(root), "0", str(TOTAL), env=env()
+        sys.executable, str(script), str(root), "0", str(TOTAL), env=child_env()
     )
     assert await proc.wait() == 0
     async with FileLog(root) as log:
@@ -157,7 +152,7 @@ def crash_mid_transaction(tmp_path: Path, hook: str = "after_txn_durable") -> Pa
     script = tmp_path / "transactor.py"
     script.write_text(TRANSACTOR.replace("after_txn_durable = lambda:", f"{hook} = lambda *_:"))
     root = tmp_path / "log"
-    proc = subprocess.run([sys.executable, str(script), str(root)], env=env())
+    proc = subprocess.run([sys.executable, str(script), str(root)], env=child_env())
     assert proc.returncode == 17
     [record] = [p for p in (root / "_txn").iterdir() if p.suffix == ".txn"]
     return record

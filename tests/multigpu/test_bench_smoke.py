@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.multigpu import async_vs_sync, nccl_broadcast
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import TINY
 
 
 @pytest.mark.slow
@@ -25,7 +24,7 @@ def test_broadcast_bench_measures_ours_and_the_all_reduce_baseline(tmp_path: Pat
 
 
 def test_the_staleness_section_of_a_recipe_is_replaced() -> None:
-    text = (ROOT / "tests/run/tiny.toml").read_text()
+    text = TINY.read_text()
     out = async_vs_sync.with_staleness(text, async_vs_sync.SYNC)
     assert 'policy = "streamrl.staleness:Synchronous"' in out and "MaxLag" not in out
     assert out.count("[staleness]") == 1 and "[trainer]" in out  # other sections untouched
@@ -36,7 +35,7 @@ def test_the_staleness_section_of_a_recipe_is_replaced() -> None:
 
 @pytest.mark.slow
 def test_async_vs_sync_runs_the_recipe_twice_with_equal_samples(tmp_path: Path) -> None:
-    r = async_vs_sync.run(tmp_path, ROOT / "tests/run/tiny.toml", max_staleness=1,
+    r = async_vs_sync.run(tmp_path, TINY, max_staleness=1,
                           max_versions=2, producers=None, reward_tol=1.0, smoke=True)
     sync, asyn = r["runs"]["sync"], r["runs"]["async"]
     assert sync["num_versions"] == asyn["num_versions"] == 2

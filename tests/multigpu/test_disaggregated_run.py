@@ -5,9 +5,6 @@ launcher with their ranks in the environment; version 0 goes as files (the drive
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,8 @@ from streamrl.schemas import decode_event
 
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
+from tests.helpers import TINY, streamrl
 from tests.multigpu.test_broadcast import free_address
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 async def read(log_dir: Path, run_id: str) -> tuple[list, list]:
@@ -31,18 +27,15 @@ async def read(log_dir: Path, run_id: str) -> tuple[list, list]:
 @pytest.mark.slow
 def test_a_tiny_run_completes_with_weights_broadcast_over_gloo(tmp_path: Path) -> None:
     recipe = tmp_path / "tiny_broadcast.toml"
-    recipe.write_text((REPO / "tests/run/tiny.toml").read_text() + f"""
+    recipe.write_text(TINY.read_text() + f"""
 [weights]
 transport = "broadcast"
 group_address = "{free_address()}"
 group_backend = "gloo"
 """)
     run_id = "tiny-bcast"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    done = subprocess.run([sys.executable, "-m", "streamrl.cli", "run", str(recipe), "--run",
-                           run_id, "--log", str(tmp_path / "log"), "--runs-dir",
-                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,
-                          env=env, cwd=REPO)
+    done = streamrl("run", str(recipe), "--run", run_id, "--log", str(tmp_path / "log"),
+                    "--runs-dir", str(tmp_path / "runs"))
     assert done.returncode == 0, done.stderr[-3000:]
     weights, events = asyncio.run(read(tmp_path / "log", run_id))
     assert [(w.version, w.transport) for w in weights] == [

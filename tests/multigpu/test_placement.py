@@ -16,6 +16,7 @@ from streamrl.launch.disaggregated import (
 )
 from streamrl.launch.local import spawn
 from streamrl.weights.broadcast import GroupConfig
+from tests.helpers import REPO
 
 
 async def test_every_spawned_process_keeps_nvlink_multicast_off(tmp_path: Path,
@@ -59,8 +60,7 @@ def test_the_disaggregated_recipe_gives_each_process_its_gpus_and_rank() -> None
     from streamrl.launch.disaggregated import role_env
     from streamrl.run.config import load_config
 
-    root = Path(__file__).resolve().parents[2]
-    config = load_config(root / "recipes/arithmetic/recipe_gpu_disaggregated.toml")
+    config = load_config(REPO / "recipes/arithmetic/recipe_gpu_disaggregated.toml")
     env = role_env(config, num_gpus=2)
     assert env is not None
     trainer, producer = env("trainer", 0, 0), env("producer", 0, 1)
@@ -71,5 +71,5 @@ def test_the_disaggregated_recipe_gives_each_process_its_gpus_and_rank() -> None
         env("producer", 1, 2)
     with pytest.raises(ValueError, match="needs 2 GPUs"):
         role_env(config, num_gpus=1)
-    colocated = load_config(root / "recipes/arithmetic/recipe_gpu.toml")
+    colocated = load_config(REPO / "recipes/arithmetic/recipe_gpu.toml")
     assert role_env(colocated, num_gpus=2) is None  # cuda_ipc: nothing to add

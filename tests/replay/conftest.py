@@ -4,9 +4,7 @@ killed and resumed), made once per session with the real CLI, log and processes.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -17,7 +15,8 @@ from streamrl import aio
 from streamrl.log import open_log
 from streamrl.run.config import load_config
 from streamrl.run.driver import start_run
-from tests.replay.replay_util import MAX_VERSIONS, REPO, TINY, MadeRun, streamrl
+from tests.helpers import TINY, spawn, streamrl
+from tests.replay.replay_util import MAX_VERSIONS, MadeRun
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +51,6 @@ def kafka_run(recipe: Path, tmp_path_factory: pytest.TempPathFactory, kafka_url:
     return make_run(recipe, tmp_path_factory.mktemp("kafka_run"), kafka_url)
 
 
-async def _spawn(module: str, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env,
-                                                cwd=REPO)
-
-
 async def _killed_and_resumed(recipe: Path, root: Path) -> MadeRun:
     """A run whose trainer is SIGKILLed right after its first committed version, then
     restarted (it resumes from checkpoint + log) to the end."""
@@ -67,14 +60,14 @@ async def _killed_and_resumed(recipe: Path, root: Path) -> MadeRun:
                                   recipe=str(recipe))
         common = ("--log", log_url, "--run", run_id)
         with v0:
-            producer = await _spawn("streamrl.producers", *common)
-            trainer = await _spawn("streamrl.consumers.trainer", *common)
+            producer = await spawn("streamrl.producers", *common)
+            trainer = await spawn("streamrl.consumers.trainer", *common)
             async for record in log.follow(ctx.streams.events, 0, poll_s=0.05):
                 if isinstance(decode_event(record.value, "events"), TrainStep):
                     break
             trainer.send_signal(signal.SIGKILL)
             assert await trainer.wait() == -signal.SIGKILL
-            restarted = await _spawn("streamrl.consumers.trainer", *common)
+            restarted = await spawn("streamrl.consumers.trainer", *common)
             assert await asyncio.wait_for(restarted.wait(), 480) == 0
             producer.terminate()
             await producer.wait()

@@ -4,11 +4,6 @@ advantages train nothing: a replay of that would match trivially)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
@@ -16,7 +11,6 @@ from safetensors.torch import load_file, save_file
 from streamrl.producers.hooks import RewardInput, RewardOutput
 
 from streamrl import aio
-from streamrl.cli import main
 from streamrl.log import open_log
 from streamrl.run.hooks import ModelInitRequest
 from streamrl.streams import RunStreams
@@ -38,8 +32,6 @@ def reward(sample: RewardInput) -> RewardOutput:
     return RewardOutput(reward=float(low), status="low" if low else "other")
 
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
 MAX_VERSIONS = 4
 
 
@@ -47,21 +39,6 @@ class MadeRun(msgspec.Struct, frozen=True):
     log_url: str
     run_id: str
     runs_dir: Path
-
-
-def streamrl_here(*args: str) -> tuple[int, str, str]:
-    """The CLI in this process (no interpreter start, no torch import): (exit code, stdout,
-    stderr). For the cases that fail fast; real runs and replays use `streamrl` (a process)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
-
-
-def streamrl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=REPO)
 
 
 def snapshot(made: MadeRun) -> dict[str, object]:

@@ -26,7 +26,8 @@ from streamrl.schemas import (
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
-from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl, streamrl_here
+from tests.helpers import streamrl, streamrl_here
+from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot
 
 PARENT_POLICY = "MaxLag,max_lag=1,on_stale=requeue"  # tests/run/tiny.toml's
 

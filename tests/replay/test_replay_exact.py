@@ -23,7 +23,8 @@ from streamrl.log import open_log
 from streamrl.replay import ReplayError
 from streamrl.replay.exact import replay_exact
 from streamrl.streams import RunStreams
-from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot, streamrl, streamrl_here
+from tests.helpers import streamrl, streamrl_here
+from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot
 
 
 def _replay_is_exact_and_read_only(made: MadeRun) -> None:

@@ -4,15 +4,13 @@ arithmetic recipe raises held-out accuracy clearly above the SFT warm start."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, streamrl
+
 RECIPE = REPO / "recipes" / "arithmetic" / "recipe_ci.toml"
 
 
@@ -27,11 +25,8 @@ def test_the_ci_recipe_learns(backend: str, runs_dir: Path, tmp_path: Path,
                               request: pytest.FixtureRequest) -> None:
     log = str(tmp_path / "log") if backend == "file" else request.getfixturevalue("kafka_url")
     run_id = f"learn-{backend}-{uuid.uuid4().hex[:6]}"
-    out = subprocess.run(
-        [sys.executable, "-m", "streamrl.cli", "run", str(RECIPE), "--log", log, "--run", run_id,
-         "--runs-dir", str(runs_dir), "--max-versions", "30"],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"})
+    out = streamrl("run", str(RECIPE), "--log", log, "--run", run_id, "--runs-dir",
+                   str(runs_dir), "--max-versions", "30", timeout=900)
     assert out.returncode == 0, out.stderr[-4000:] + out.stdout[-2000:]
     summary = json.loads((runs_dir / run_id / "summary.json").read_text())
     before, after = summary["evals"]["eval before"], summary["evals"]["eval after"]

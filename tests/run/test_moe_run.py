@@ -13,7 +13,7 @@ from streamrl.schemas import batch_to_samples, decode_trajectories
 from streamrl import aio
 from streamrl.log import open_log
 from streamrl.streams import RunStreams
-from tests.run.test_run import TINY, streamrl
+from tests.helpers import TINY, streamrl
 
 
 def test_a_moe_run_records_packed_routing_and_replays_bit_exactly(tmp_path: Path) -> None:

@@ -4,10 +4,7 @@ also across a trainer killed with SIGKILL and restarted; and recipes that must n
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -27,15 +24,7 @@ from streamrl.log import Log, open_log
 from streamrl.run.config import ConfigError, load_config
 from streamrl.run.context import RunContext, load_run_context
 from streamrl.run.driver import start_run
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "tests" / "run" / "tiny.toml"
-
-
-def streamrl(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "streamrl.cli", *args], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=REPO)
+from tests.helpers import TINY, spawn, streamrl
 
 
 async def check_lineage(log: Log, ctx: RunContext) -> list[BatchFormed]:
@@ -89,12 +78,6 @@ def test_run_trains_every_version_exactly_once(backend: str, tmp_path: Path,
     aio.run(audit())
 
 
-async def _spawn(module: str, *args: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env,
-                                                cwd=REPO)
-
-
 async def _kill_and_resume(tmp_path: Path) -> None:
     log_url = str(tmp_path / "log")
     config = load_config(TINY)
@@ -102,15 +85,15 @@ async def _kill_and_resume(tmp_path: Path) -> None:
         ctx, v0 = await start_run(config, log, "restart", tmp_path / "runs", recipe=str(TINY))
         common = ("--log", log_url, "--run", "restart")
         with v0:
-            producer = await _spawn("streamrl.producers", *common)
-            trainer = await _spawn("streamrl.consumers.trainer", *common)
+            producer = await spawn("streamrl.producers", *common)
+            trainer = await spawn("streamrl.consumers.trainer", *common)
             # Kill the trainer right after its first committed version, mid-run.
             async for record in log.follow(ctx.streams.events, 0, poll_s=0.05):
                 if isinstance(decode_event(record.value, "events"), TrainStep):
                     break
             trainer.send_signal(signal.SIGKILL)
             await trainer.wait()
-            restarted = await _spawn("streamrl.consumers.trainer", *common)
+            restarted = await spawn("streamrl.consumers.trainer", *common)
             assert await asyncio.wait_for(restarted.wait(), 480) == 0
             producer.terminate()
             await producer.wait()

@@ -9,20 +9,20 @@ end as a usable v1 batch or a `DecodeError` subclass, never any other exception.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+from tests.helpers import REPO, child_env
+
 CHILD = Path(__file__).with_name("fuzz_child.py")
-REPO = Path(__file__).resolve().parents[2]
 NUM_CHILDREN = 2
 PER_CHILD = 6_000
 
 
 def test_mutated_messages_never_crash_and_always_raise_typed_errors() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     children = [
         subprocess.Popen([sys.executable, str(CHILD), "--seed", str(seed), "--count",
                           str(PER_CHILD)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -24,9 +24,9 @@ from streamrl.weights import (
     weights_digest,
 )
 from streamrl.weights.cuda_ring import Ring
+from tests.helpers import REPO
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ns() -> str:
@@ -126,7 +126,7 @@ for line in sys.stdin:
 
 class Reader:
     def __init__(self, directory: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(directory)], cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(directory)], cwd=REPO,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def __call__(self, *command: str) -> dict:

@@ -19,8 +19,7 @@ from streamrl.weights.cuda_ring import (
     choose_slot,
     reader_token,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 @pytest.fixture
@@ -94,7 +93,7 @@ print(ring.holds()[0].pid)
 
 
 def test_a_dead_readers_hold_does_not_block_the_publisher(ring: Ring) -> None:
-    out = subprocess.run([sys.executable, "-c", _DEAD_READER, str(ring.path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", _DEAD_READER, str(ring.path)], cwd=REPO,
                          capture_output=True, text=True, check=True)
     assert int(out.stdout) > 0
     assert len(list(ring.path.glob("hold-*"))) == 1
