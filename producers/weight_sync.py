@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streamrl.producers.engine import TorchEngine
-from streamrl.schemas import WeightVersionAnnounced, WeightVersionLoaded, decode_event, encode_event
-
+from streamrl.hooks.engine import Engine
 from streamrl.log import Log
+from streamrl.schemas import WeightVersionAnnounced, WeightVersionLoaded, decode_event, encode_event
 from streamrl.streams import RunStreams
 from streamrl.weights import WeightTransport, WeightVersionUnavailable, open_transport
 
@@ -44,7 +43,7 @@ class WeightSync:
                 self.latest = event
         return bool(records)
 
-    async def apply(self, engine: TorchEngine) -> None:
+    async def apply(self, engine: Engine) -> None:
         """Load the newest announced version into `engine` if it is newer than what it holds."""
         await self.poll()
         target = self.latest
