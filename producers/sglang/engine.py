@@ -1,19 +1,22 @@
-"""`SGLangEngine`: a running SGLang server behind the embedded engine's step-level surface.
+"""`SGLangEngine`: a running SGLang server behind the `Engine` protocol (streamrl/hooks/engine.py).
 
     engine = SGLangEngine(ModelConfig.from_file(ckpt), SGLangConfig(url="http://10.0.0.5:30000"))
     client = EngineClient(engine)            # producers/rollout.py, unchanged
     result = await client.generate(prompt_tokens, params)
 
-It has `add_request`, `step`, `abort`, `has_unfinished`, `load_weights(tensors, version)`,
-`version` and `generate`, like `TorchEngine`, so the rollout worker, rollout functions and
-`WeightSync` drive it as they drive the embedded engine. `add_request` posts `/generate` on a
-worker thread; `step()` waits up to `poll_s` for any request to finish and returns what finished
-(the server batches continuously on its own, so a step is only a collection point). Results carry
-SGLang's sampling logprobs, per-token versions from its weight-version spans, and the routed
-experts of every response token (MoE models), converted by `convert.py`.
+It implements `streamrl.hooks.engine.Engine` (`add_request`, `step`, `abort`, `has_unfinished`,
+`load_weights(tensors, version)`, `version`, `num_experts`, `close`), as `TorchEngine` does, so
+the rollout worker, rollout functions and `WeightSync` drive it as they drive the embedded
+engine; the same conformance suite runs against both (tests/engine/test_engine_conformance.py).
+`add_request` posts `/generate` on a worker thread; `step()` waits up to `poll_s` for any request
+to finish and returns what finished (the server batches continuously on its own, so a step is
+only a collection point). Results carry SGLang's sampling logprobs, per-token versions from its
+weight-version spans, and the routed experts of every response token (MoE models), converted by
+`convert.py`.
 
 The server must run with `--weight-version 0` (versions are our integers) and, for MoE models,
-`--enable-return-routed-experts`. Not thread-safe, like `TorchEngine`: one thread calls it.
+`--enable-return-routed-experts`. Threads as the protocol says: `add_request` may run while
+`step()` waits on another thread; nothing else overlaps.
 """
 
 from __future__ import annotations
@@ -26,19 +29,19 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from streamrl.producers.engine import (
+from torch import Tensor
+
+from streamrl.hooks.generation import (
     GenerationRequest,
     GenerationResult,
     Timing,
     seed_from_request_id,
 )
+from streamrl.models import ModelConfig
 from streamrl.producers.engine.request import checked_prompt
 from streamrl.producers.sglang import convert
-from streamrl.producers.sglang.http import SGLangHTTP
+from streamrl.producers.sglang.http import SGLangError, SGLangHTTP
 from streamrl.producers.sglang.weights import PauseMode, push_tensors, update_session
-from torch import Tensor
-
-from streamrl.models import ModelConfig
 
 
 class SGLangConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -88,6 +91,7 @@ class SGLangEngine:
         self._version = version
         self._pending: dict[str, _Pending] = {}
         self._max_seq_len = config.max_seq_len or model_config.max_position_embeddings
+        self._closed = False
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, config: SGLangConfig, *,
@@ -106,6 +110,8 @@ class SGLangEngine:
         return self.model_config.num_experts or None
 
     def add_request(self, request: GenerationRequest) -> None:
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         if request.request_id in self._pending:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         prompt = checked_prompt(request, self.model_config.vocab_size, self._max_seq_len)
@@ -123,11 +129,14 @@ class SGLangEngine:
     def step(self) -> list[GenerationResult]:
         """Results of the requests that finished; waits up to `poll_s` for the first. A failed
         call raises its `SGLangError` here (the producer stops; its prompts are regenerated)."""
-        if not self._pending:
+        # A snapshot: `add_request` may insert while this waits (see the module docstring);
+        # requests added meanwhile are collected by the next step.
+        pending = list(self._pending.items())
+        if not pending:
             return []
-        done, _ = wait([p.future for p in self._pending.values()], timeout=self.config.poll_s,
+        done, _ = wait([p.future for _, p in pending], timeout=self.config.poll_s,
                        return_when=FIRST_COMPLETED)
-        finished = [rid for rid, p in self._pending.items() if p.future in done]
+        finished = [rid for rid, p in pending if p.future in done]
         return [self._result(self._pending.pop(rid)) for rid in finished]
 
     def abort(self, request_id: str) -> bool:
@@ -162,6 +171,17 @@ class SGLangEngine:
         return [done[rid] for rid in order]
 
     def close(self) -> None:
+        """Abort what is still running on the server (best effort: it may be gone), then wait
+        for the HTTP threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        pending, self._pending = self._pending, {}
+        for request_id in pending:
+            try:
+                self.http.call("/abort_request", {"rid": request_id})
+            except SGLangError:
+                break  # unreachable or refusing: the generations end on their own
         self.http.close()
 
     def _result(self, p: _Pending) -> GenerationResult:
