@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from streamrl.producers.engine.packing import packed_buffer
 from torch import Tensor
 
 from streamrl.models import CausalLM
 from streamrl.models.checkpoint import checked_state
+from streamrl.producers.engine.packing import packed_buffer
 
 Copied = Literal["one copy", "multi-tensor", "per tensor"]
 

@@ -29,8 +29,9 @@ from typing import Literal
 
 import torch
 import torch.multiprocessing  # registers the tensor reducers ForkingPickler uses
-from streamrl.producers.sglang.http import SGLangHTTP
 from torch import Tensor
+
+from streamrl.producers.sglang.http import SGLangHTTP
 
 PauseMode = Literal["in_place", "retract", "abort"]
 

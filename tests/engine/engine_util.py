@@ -6,15 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from streamrl.producers.engine import (
-    EngineConfig,
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    TorchEngine,
-)
 
+from streamrl.hooks.generation import GenerationRequest, GenerationResult, SamplingParams
 from streamrl.models import CausalLM, load_checkpoint, token_logprobs
+from streamrl.producers.engine import EngineConfig, TorchEngine
 
 VOCAB = 300  # tests/models/tiny.py
 # Engine vs teacher-forced logprobs, fp32 CPU (measured: <= 2e-6 on these models).
@@ -58,7 +53,7 @@ def teacher_forced(
 
     Returns (logprobs of the response tokens [R], the routing of every position [P+R, L, k] or
     None, logits at the scoring positions P-1..P+R-2 [R, V]). With `replay`, the recorded
-    routing is forced onto positions P-1..P+R-2 (see producers/engine/request.py) and the
+    routing is forced onto positions P-1..P+R-2 (see streamrl/hooks/generation.py) and the
     prompt positions route freely."""
     P = len(result.prompt_tokens)
     tokens = torch.from_numpy(np.concatenate([result.prompt_tokens, result.response_tokens]))

@@ -16,9 +16,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from streamrl.producers.engine import EngineConfig, GenerationRequest, TorchEngine
-
+from streamrl.hooks.generation import GenerationRequest
 from streamrl.models import load_checkpoint
+from streamrl.producers.engine import EngineConfig, TorchEngine
 from tests.engine.engine_util import assert_same_output, request, run_to_end
 from tests.models.tiny import Tiny
 

@@ -18,12 +18,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+from streamrl.models.layers import RMSNorm, RotaryEmbedding, apply_rotary
 from streamrl.producers.engine.cuda.attention import decode_attention, reference_attention
 from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
 from streamrl.producers.engine.cuda.sampling import sample_untruncated
 from streamrl.producers.engine.sampling import sample
-
-from streamrl.models.layers import RMSNorm, RotaryEmbedding, apply_rotary
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Relative error bounds (the usual bands for fp32 math and bf16 inputs/outputs). Triton's CPU

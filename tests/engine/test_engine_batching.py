@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamrl.producers.engine import GenerationRequest, SamplingParams, seed_from_request_id
 
+from streamrl.hooks.generation import GenerationRequest, SamplingParams, seed_from_request_id
 from tests.engine.engine_util import assert_same_output, engine, request, run_to_end
 from tests.models.tiny import Tiny
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from streamrl.producers.engine import EngineConfig, TorchEngine
 
 from streamrl.models import CausalLM, ModelConfig
+from streamrl.producers.engine import EngineConfig, TorchEngine
 from tests.engine.engine_util import LOGPROB_ATOL, engine, request, teacher_forced
 from tests.models.tiny import Tiny
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from streamrl.producers.engine import SamplingParams, sample
 
+from streamrl.hooks.generation import SamplingParams
+from streamrl.producers.engine import sample
 from tests.engine.engine_util import engine, request, teacher_forced
 from tests.models.tiny import Tiny
 

@@ -13,12 +13,11 @@ import torch
 if not torch.cuda.is_available():  # the decoder module builds Triton kernels at import
     os.environ["TRITON_INTERPRET"] = "1"
 
+from streamrl.models import CausalLM, ModelConfig
+from streamrl.models.checkpoint import to_hf_names
 from streamrl.producers.engine.cuda.decoder import fuse_linears
 from streamrl.producers.engine.packing import pack_weights, packed_buffer
 from streamrl.producers.engine.weights import copy_hf_weights
-
-from streamrl.models import CausalLM, ModelConfig
-from streamrl.models.checkpoint import to_hf_names
 from streamrl.weights.cuda_buffers import ALIGN, layout, slot_order, unpack
 
 # Every matrix and norm a multiple of ALIGN bytes in bf16 (as Qwen3-0.6B's are).

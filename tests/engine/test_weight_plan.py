@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streamrl.producers.engine.weights import copy_hf_weights
 
 from streamrl.models import CausalLM, ModelConfig
 from streamrl.models.checkpoint import to_hf_names
+from streamrl.producers.engine.weights import copy_hf_weights
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CONFIG = ModelConfig(model_type="qwen3", vocab_size=64, hidden_size=32, intermediate_size=48,

@@ -7,10 +7,10 @@ import base64
 
 import numpy as np
 import pytest
-from streamrl.producers.engine import SamplingParams
+
+from streamrl.hooks.generation import SamplingParams
 from streamrl.producers.sglang import convert
 from streamrl.producers.sglang.convert import SGLangResponseError
-
 from tests.sglang.fake_server import expert_at, sglang_routing
 
 LAYERS, MOE, K, E = 6, (1, 2, 4, 5), 4, 64  # layers 0 and 3 dense, as first_k_dense/mlp_only

@@ -9,9 +9,9 @@ import multiprocessing as mp
 import socket
 
 import torch
+
 from streamrl.producers.sglang import DistributedWeightSender, SGLangHTTP
 from streamrl.producers.sglang.weights import init_group
-
 from tests.sglang.fake_server import FakeSGLang
 
 TENSORS = {"model.layers.0.mlp.gate.weight": torch.arange(12.0).reshape(3, 4),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from streamrl.consumers.trainer.megatron.replay import replay_indices
 
 

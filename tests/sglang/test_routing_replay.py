@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 import torch
-from streamrl.consumers.trainer.batch import build_batch
-from streamrl.producers.sglang import convert
-from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
+from streamrl.consumers.trainer.batch import build_batch
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.moe import MoE
+from streamrl.producers.sglang import convert
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
 CONFIG = ModelConfig(model_type="qwen3_moe", vocab_size=64, hidden_size=32, intermediate_size=48,
                      num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,

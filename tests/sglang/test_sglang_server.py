@@ -15,11 +15,11 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from streamrl.producers.engine import GenerationRequest, SamplingParams
-from streamrl.producers.sglang import SGLangConfig, SGLangEngine
 
+from streamrl.hooks.generation import GenerationRequest, SamplingParams
 from streamrl.models import load_checkpoint
 from streamrl.models.checkpoint import to_hf_names
+from streamrl.producers.sglang import SGLangConfig, SGLangEngine
 
 MODEL = os.environ.get("STREAMRL_SGLANG_MODEL")
 pytestmark = pytest.mark.skipif(

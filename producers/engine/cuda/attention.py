@@ -21,8 +21,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from streamrl.producers.engine.cuda import INTERPRET
 from torch import Tensor
+
+from streamrl.producers.engine.cuda import INTERPRET
 
 # Swept on an H100 at batch 128, head_dim 128, context 256 (bench/engine_throughput.py): BLOCK_N
 # 64 and 128 with 4 warps, 2 stages both ran 0.059 ms per layer, 77% of the device-copy bandwidth.

@@ -29,14 +29,14 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from streamrl.models import CausalLM, KVCache
 from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
 from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
 from streamrl.producers.engine.cuda.sampling import sample_untruncated
 from streamrl.producers.engine.sampling import sample
 from streamrl.producers.engine.slots import SlotBuffers
-from torch import Tensor
-
-from streamrl.models import CausalLM, KVCache
 
 
 def unsupported_reason(model: CausalLM) -> str | None:
