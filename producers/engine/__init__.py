@@ -6,8 +6,9 @@
 
 Step-level API for producers: `add_request`, `step`, `abort`, `has_unfinished`, and
 `load_weights(state_dict, version)` between steps. See `engine.py` for the step's order and the
-in-flight weight update semantics, `sampling.py` for seeds and the logprob convention, and
-`request.py` for which forward pass each recorded MoE routing row comes from.
+in-flight weight update semantics, and `streamrl.hooks.generation` (the request and result types)
+for seeds, the logprob convention and which forward pass each recorded MoE routing row comes
+from. `TorchEngine` satisfies `streamrl.hooks.engine.Engine`, what a producer drives.
 """
 
 from streamrl.producers.engine.config import EngineConfig

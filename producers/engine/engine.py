@@ -39,18 +39,19 @@ import numpy as np
 import torch
 from streamrl.producers.engine.config import EngineConfig
 from streamrl.producers.engine.packing import pack_weights
-from streamrl.producers.engine.request import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    Timing,
-    checked_prompt,
-)
-from streamrl.producers.engine.sampling import sample, seed_from_request_id
+from streamrl.producers.engine.request import checked_prompt
+from streamrl.producers.engine.sampling import sample
 from streamrl.producers.engine.slots import Sampler, SlotBuffers
 from streamrl.producers.engine.weights import copy_hf_weights
 from torch import Tensor
 
+from streamrl.hooks.generation import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Timing,
+    seed_from_request_id,
+)
 from streamrl.models import CausalLM, KVCache
 
 _MAX_VERSION = 1 << 32  # response_versions are uint32 in the trajectory schema
@@ -102,6 +103,7 @@ class TorchEngine:
         self._waiting: deque[_Entry] = deque()
         self._aborted: list[GenerationResult] = []  # handed out by the next step()
         self._ids: set[str] = set()
+        self._closed = False
 
     @property
     def version(self) -> int:
@@ -115,6 +117,8 @@ class TorchEngine:
 
     def add_request(self, request: GenerationRequest) -> None:
         """Queue a request; it starts in the first step with a free slot (FIFO)."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         if request.request_id in self._ids:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         prompt = checked_prompt(request, self.model.config.vocab_size, self.config.max_seq_len)
@@ -165,6 +169,18 @@ class TorchEngine:
         with torch.inference_mode():
             copy_hf_weights(self.model, state_dict)
         self._version = version
+
+    def close(self) -> None:
+        """Drop unfinished requests and free the KV cache and CUDA graphs; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._waiting.clear()
+        self._aborted.clear()
+        self._ids.clear()
+        self._slots = [None] * self.config.max_batch_size
+        self._fused = None
+        del self.cache, self.buffers
 
     def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
         """Run `requests` to completion on an idle engine; results in request order."""
