@@ -24,6 +24,7 @@ from streamrl.producers.engine import TorchEngine
 from streamrl.producers.worker import Producer
 
 from streamrl import aio
+from streamrl.hooks.engine import Engine
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.run.context import load_run_context
@@ -42,6 +43,9 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
                   if factory is not None else
                   TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
                               version=0))
+        if not isinstance(engine, Engine):
+            raise TypeError(f"rollout.engine_factory returned a {type(engine).__name__}, which "
+                            "lacks members of the Engine protocol (streamrl/hooks/engine.py)")
         producer = Producer(log, ctx, engine, index, num_producers)
         if on_start is not None:
             on_start(producer)
@@ -52,7 +56,10 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, producer.stopping.set)
             loop.add_signal_handler(signal.SIGUSR1, _hand_over, producer)
-        await producer.run()
+        try:
+            await producer.run()
+        finally:
+            engine.close()  # the producer stopped: nothing steps the engine any more
 
 
 def _hand_over(producer: Producer) -> None:

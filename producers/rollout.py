@@ -19,12 +19,9 @@ from typing import Any
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from streamrl.producers.engine import (
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    TorchEngine,
-)
+
+from streamrl.hooks.engine import Engine
+from streamrl.hooks.generation import GenerationRequest, GenerationResult, SamplingParams
 
 
 class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
@@ -81,7 +78,7 @@ class EngineClient:
     a future; whoever drives the engine calls `step()` and the futures of finished requests
     resolve. Not thread-safe: one event loop drives it."""
 
-    def __init__(self, engine: TorchEngine) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._futures: dict[str, asyncio.Future[GenerationResult]] = {}
         self._next_id = 0

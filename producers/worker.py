@@ -27,8 +27,6 @@ from collections import deque
 
 import msgspec
 import numpy as np
-from streamrl.producers.engine import SamplingParams, TorchEngine
-from streamrl.producers.engine.sampling import seed_from_request_id
 from streamrl.producers.handover import hand_over
 from streamrl.producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
 from streamrl.producers.resume import PartitionProgress
@@ -47,6 +45,8 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
 
+from streamrl.hooks.engine import Engine
+from streamrl.hooks.generation import SamplingParams, seed_from_request_id
 from streamrl.launch.membership import owned_partitions
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.run.context import PRODUCER_GROUP, RunContext
@@ -62,7 +62,7 @@ class Group(msgspec.Struct, kw_only=True):
 
 
 class Producer:
-    def __init__(self, log: Log, ctx: RunContext, engine: TorchEngine, index: int,
+    def __init__(self, log: Log, ctx: RunContext, engine: Engine, index: int,
                  num_producers: int) -> None:
         self.log, self.ctx, self.engine = log, ctx, engine
         self.index, self.num_producers = index, num_producers

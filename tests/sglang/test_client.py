@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streamrl.producers.engine import GenerationRequest, SamplingParams
 from streamrl.producers.rollout import EngineClient, RolloutSample
 from streamrl.producers.sglang import SGLangConfig, SGLangEngine, SGLangError
 from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
+from streamrl.hooks.generation import GenerationRequest, SamplingParams
 from streamrl.models import ModelConfig
 from tests.sglang.fake_server import FakeSGLang, expert_at
 
@@ -64,7 +64,7 @@ def test_the_rollout_client_drives_it_and_samples_reach_the_log_format() -> None
     results encode into a valid trajectory record (what a producer publishes)."""
     async def run() -> list:
         with fake() as server:
-            client = EngineClient(engine(server))  # type: ignore[arg-type]
+            client = EngineClient(engine(server))
             tasks = [asyncio.create_task(client.generate(np.array([i + 1, i + 2], np.int32),
                                                          SamplingParams(max_new_tokens=4)))
                      for i in range(5)]
