@@ -72,7 +72,7 @@ def section_name(recipe: str) -> str:
 def run(out: Path, max_versions: int | None, recipe: str = RECIPE) -> Path:
     import torch
 
-    from streamrl.run.config import load_config
+    from streamrl.recipe.config import load_config
 
     out.mkdir(parents=True, exist_ok=True)
     run_id = f"arithmetic-gpu-{time.strftime('%H%M%S')}"

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from streamrl.consumers.trainer.compute import ComputeConfig
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig
-from streamrl.consumers.trainer.registry import AlgorithmConfig
-from streamrl.schemas import Sample
 
 from bench.common import RESULTS, ROOT, machine_info
+from streamrl.consumers.trainer import decoupled_ppo, grpo
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.models import CausalLM, ModelConfig
+from streamrl.recipe.config import TrainerSection
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
+from streamrl.schemas import Sample
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense
 SHAPES = {
@@ -120,9 +121,10 @@ def measure(shape: str, name: str, options: dict, minibatches: int, quick: bool,
     num_seqs, prompt, response = (8, 8, 24) if quick else (64, 256, 768)
     compute = ComputeConfig(device=str(device), precision="bf16" if device.type == "cuda"
                             else "fp32", **options) if device.type == "cuda" else ComputeConfig()
-    learner = Learner(CausalLM(cfg), LearnerConfig(
-        lr=1e-6, weight_decay=0.0, grad_clip=1.0, minibatches=minibatches, temperature=1.0,
-        algorithm=AlgorithmConfig(), compute=compute))
+    learner = Learner(CausalLM(cfg), LearnerSetup(
+        trainer=TrainerSection(lr=1e-6, weight_decay=0.0, grad_clip=1.0, minibatches=minibatches,
+                               algorithm=AlgorithmConfig(), compute=compute),
+        temperature=1.0, advantage=grpo, loss=decoupled_ppo))
     rows = samples(num_seqs, prompt, response, cfg.vocab_size)
     times = []
     if device.type == "cuda":

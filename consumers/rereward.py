@@ -12,7 +12,7 @@ stay whole and `streamrl replay PARENT --trajectories NEW_RUN` trains on it as r
 Sample and group ids still name the parent's prompt records (its prompts stream is where they
 resolve); the new run has no prompts, weights or batches of its own.
 
-The reward function is the recipe hook (`producers/hooks.py`: `RewardFn(RewardInput) ->
+The reward function is the recipe hook (`streamrl/hooks/rollout.py`: `RewardFn(RewardInput) ->
 RewardOutput`), called with the input the producer gave it: the prompt (text, metadata) from the
 parent's prompts stream and the response decoded the same way. This is the one place a consumer
 imports a producer-side type: it plays the producer's scoring step again.
@@ -31,7 +31,13 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pyarrow as pa
-from streamrl.producers.hooks import RewardFn, RewardInput, RewardOutput
+
+from streamrl.hooks import resolve
+from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
+from streamrl.hooks.run import Tokenizer
+from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.recipe.config import RunConfig, config_from_builtins
+from streamrl.recipe.context import RunContext, load_run_context
 from streamrl.schemas import (
     DeadLetter,
     DecodeError,
@@ -46,12 +52,6 @@ from streamrl.schemas import (
     encode_trajectories,
 )
 from streamrl.schemas.ids import group_id_for
-
-from streamrl.hooks import resolve
-from streamrl.log import Append, Log, Record, StreamPartition
-from streamrl.run.config import RunConfig, config_from_builtins
-from streamrl.run.context import RunContext, load_run_context
-from streamrl.run.hooks import Tokenizer
 from streamrl.streams import RunStreams, check_run_id
 
 
@@ -96,7 +96,7 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     source = parent.streams.trajectories
     start = await log.committed(progress_group(new_run), source, 0) or 0
     end = await log.end_offset(source, 0)
-    scorer = Scorer(fn, parent.config.tokenizer(), await _prompts(log, parent))
+    scorer = Scorer(fn, parent.hooks.tokenizer, await _prompts(log, parent))
     result = RerewardResult(run_id=new_run, resumed_at=start)
     offset = start
     while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):

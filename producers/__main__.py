@@ -5,7 +5,7 @@
 SIGTERM stops it after the current decoding step; prompts it had not finished are generated again
 by whoever owns their partition next, and the trainer drops any duplicate it already trained.
 Producer `index` owns the prompts partitions p with p % num_producers == index
-(`streamrl.launch.owned_partitions`); `streamrl scale` changes the membership, stopping producers
+(`streamrl.streams.owned_partitions`); `streamrl scale` changes the membership, stopping producers
 with SIGUSR1: they requeue their unfinished prompts and commit past them (producers/handover.py),
 so the next owner neither loses nor regenerates a group.
 """
@@ -20,14 +20,14 @@ import socket
 from collections.abc import Callable
 
 import torch
-from streamrl.producers.engine import TorchEngine
-from streamrl.producers.worker import Producer
 
 from streamrl import aio
 from streamrl.hooks.engine import Engine
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
-from streamrl.run.context import load_run_context
+from streamrl.producers.engine import TorchEngine
+from streamrl.producers.worker import Producer
+from streamrl.recipe.context import load_run_context
 
 
 async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
@@ -38,7 +38,7 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
     `on_start(producer)` is called once it exists (the Ray actor keeps it to hand over)."""
     async with open_log(log_url, writer_id=f"{run_id}-producer-{index}") as log:
         ctx = await load_run_context(log, run_id)
-        factory = ctx.config.hooks()["engine_factory"]  # e.g. an SGLang server's adapter
+        factory = ctx.hooks.engine_factory  # e.g. an SGLang server's adapter
         engine = (factory(ctx.init_checkpoint, dict(ctx.config.rollout.engine_options))
                   if factory is not None else
                   TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,

@@ -24,7 +24,7 @@ from streamrl.schemas import Prompt, encode_event
 from streamrl.schemas.ids import reissued_event_id
 
 from streamrl.log import Append, Log, Record, StreamPartition
-from streamrl.run.context import PRODUCER_GROUP, RunContext
+from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 
 
 async def hand_over(log: Log, ctx: RunContext, unfinished: Iterable[tuple[Record, Prompt]],

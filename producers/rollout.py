@@ -60,7 +60,7 @@ class RolloutInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     num_samples: int
     params: Callable[[int], SamplingParams]  # the recipe's sampling params, seeded for sample k
     generate: Generate
-    tokenizer: Any  # the run's Tokenizer (streamrl.run.hooks)
+    tokenizer: Any  # the run's Tokenizer (streamrl.hooks.run)
 
 
 RolloutFn = Callable[[RolloutInput], Awaitable[list[RolloutSample]]]

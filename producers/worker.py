@@ -27,11 +27,16 @@ from collections import deque
 
 import msgspec
 import numpy as np
+
+from streamrl.hooks.engine import Engine
+from streamrl.hooks.generation import SamplingParams, seed_from_request_id
+from streamrl.hooks.rollout import FilterInput, FilterOutput, RewardInput, RewardOutput
+from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.handover import hand_over
-from streamrl.producers.hooks import FilterInput, FilterOutput, RewardInput, RewardOutput
 from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.rollout import EngineClient, RolloutInput, RolloutSample
 from streamrl.producers.weight_sync import WeightSync
+from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.schemas import (
     ProducerJoined,
     ProducerLeft,
@@ -44,13 +49,8 @@ from streamrl.schemas import (
     samples_to_batch,
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
-
-from streamrl.hooks.engine import Engine
-from streamrl.hooks.generation import SamplingParams, seed_from_request_id
-from streamrl.launch.membership import owned_partitions
-from streamrl.log import Append, Log, Record, StreamPartition
-from streamrl.run.context import PRODUCER_GROUP, RunContext
 from streamrl.staleness import THROTTLED, AdmissionState
+from streamrl.streams import owned_partitions
 
 
 class Group(msgspec.Struct, kw_only=True):
@@ -67,12 +67,12 @@ class Producer:
         self.log, self.ctx, self.engine = log, ctx, engine
         self.index, self.num_producers = index, num_producers
         self.producer_id = f"producer-{index}"
-        self.hooks = ctx.config.hooks()
-        self.tokenizer = self.hooks["tokenizer"]
+        self.hooks = ctx.hooks
+        self.tokenizer = self.hooks.tokenizer
         self.weights = WeightSync(log, ctx.run_id, self.producer_id,
                                   transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
-        self.rollout = self.hooks["rollout"]
+        self.rollout = self.hooks.rollout
         self.groups: dict[str, Group] = {}  # started, until their commit happened
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)
@@ -129,7 +129,7 @@ class Producer:
     async def admit_prompts(self) -> None:
         n = self.ctx.config.data.samples_per_prompt
         while True:
-            admission = self.hooks["staleness"].admit(AdmissionState(
+            admission = self.hooks.staleness.admit(AdmissionState(
                 trainer_version=max(0, self.weights.trainer_version - self.base_version),
                 num_started=self.num_started,
                 num_in_flight=n * sum(not g.publishing for g in self.groups.values()),
@@ -229,7 +229,7 @@ class Producer:
 
     def _filter(self, group: Group, results: list[RolloutSample],
                 rewards: list[RewardOutput]) -> FilterOutput | None:
-        keep_fn = self.hooks["filter"]
+        keep_fn = self.hooks.filter
         if keep_fn is None:
             return None
         return keep_fn(FilterInput(
@@ -241,7 +241,7 @@ class Producer:
         response = result.response_tokens
         if result.finish_reason == "stop":
             response = response[:-1]  # the stop token is not part of the answer
-        return self.hooks["reward"](RewardInput(
+        return self.hooks.reward(RewardInput(
             prompt_id=group.prompt.prompt_id, prompt_text=group.prompt.text,
             prompt_tokens=group.tokens, response_text=self.tokenizer.decode(response),
             response_tokens=result.response_tokens, finish_reason=result.finish_reason,

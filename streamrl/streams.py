@@ -77,3 +77,18 @@ def parse_stream(stream: str) -> tuple[str, StreamKind]:
     except ValueError:
         kinds = ", ".join(k.value for k in StreamKind)
         raise ValueError(f"stream {stream!r}: kind {kind!r} is not one of {kinds}") from None
+
+
+# Which producer owns which prompts partitions: a pure function of (index, number of producers,
+# number of partitions), so any process, replay or audit computes the same owner for a prompt.
+# The prompts stream has `rollout.max_producers` partitions, so every member of up to that many
+# producers owns at least one partition.
+def owned_partitions(index: int, num_producers: int, num_partitions: int) -> list[int]:
+    """Partitions p with p % num_producers == index: round robin, so members differ by at most one
+    partition and the prompts (published round robin over partitions) stay in order."""
+    if not 0 <= index < num_producers:
+        raise ValueError(f"producer index {index} is not in [0, {num_producers})")
+    if num_producers > num_partitions:
+        raise ValueError(f"{num_producers} producers but the prompts stream has only "
+                         f"{num_partitions} partitions: raise rollout.max_producers")
+    return [p for p in range(num_partitions) if p % num_producers == index]

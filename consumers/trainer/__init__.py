@@ -1,41 +1,28 @@
-"""The trainer's data path and RL math: batch assembly, advantages, losses, hook resolution.
+"""The trainer's data path and RL math: batch assembly, advantages, losses.
 
     batch = build_batch(record_batches, BatchConfig())
-    advantages = grpo(AdvantageInput.from_batch(batch))           # [B, S]
+    advantages = grpo(batch.advantage_input())                     # [B, S]
     out = decoupled_ppo(LossInput(logprobs=..., advantages=advantages, ...))
     out.loss.backward()
+
+The hook types (`AdvantageFn`, `LossFn` and their inputs) are defined in streamrl/hooks/train.py
+and the config sections in streamrl/recipe/trainer.py; they are re-exported here, where the
+built-ins that implement them live.
 """
 
 from streamrl.consumers.trainer.advantages import (
-    AdvantageFn,
-    AdvantageInput,
     dr_grpo,
     grpo,
     make_group_normalized,
     reinforce_baseline,
 )
-from streamrl.consumers.trainer.batch import BatchConfig, TrainBatch, build_batch
-from streamrl.consumers.trainer.losses import (
-    LossConfig,
-    LossFn,
-    LossInput,
-    LossOutput,
-    decoupled_ppo,
-    ppo_tis,
-)
-from streamrl.consumers.trainer.registry import (
-    DEFAULT_ADVANTAGE,
-    DEFAULT_LOSS,
-    AlgorithmConfig,
-    ResolveError,
-    resolve,
-    resolve_advantage,
-    resolve_loss,
-)
+from streamrl.consumers.trainer.batch import TrainBatch, build_batch
+from streamrl.consumers.trainer.losses import decoupled_ppo, ppo_tis
+from streamrl.hooks.train import AdvantageFn, AdvantageInput, LossFn, LossInput, LossOutput
+from streamrl.recipe.trainer import AlgorithmConfig, BatchConfig, LossConfig
 
 __all__ = [
-    "DEFAULT_ADVANTAGE", "DEFAULT_LOSS", "AdvantageFn", "AdvantageInput", "AlgorithmConfig",
-    "BatchConfig", "LossConfig", "LossFn", "LossInput", "LossOutput", "ResolveError",
-    "TrainBatch", "build_batch", "decoupled_ppo", "dr_grpo", "grpo", "make_group_normalized",
-    "ppo_tis", "reinforce_baseline", "resolve", "resolve_advantage", "resolve_loss",
+    "AdvantageFn", "AdvantageInput", "AlgorithmConfig", "BatchConfig", "LossConfig", "LossFn",
+    "LossInput", "LossOutput", "TrainBatch", "build_batch", "decoupled_ppo", "dr_grpo", "grpo",
+    "make_group_normalized", "ppo_tis", "reinforce_baseline",
 ]

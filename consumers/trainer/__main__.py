@@ -12,22 +12,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from streamrl.consumers.trainer.learner import LearnerConfig
-from streamrl.consumers.trainer.loop import TrainerLoop
-from streamrl.consumers.trainer.resume import read_history, rebuild
 
 from streamrl import aio
+from streamrl.consumers.trainer.learner import LearnerSetup
+from streamrl.consumers.trainer.loop import TrainerLoop
+from streamrl.consumers.trainer.resume import read_history, rebuild
 from streamrl.log import open_log
-from streamrl.run.config import RunConfig
-from streamrl.run.context import TRAINER_GROUP, load_run_context
-
-
-def learner_config(config: RunConfig) -> LearnerConfig:
-    t = config.trainer
-    return LearnerConfig(lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-                         minibatches=t.minibatches, algorithm=t.algorithm,
-                         temperature=config.rollout.temperature or 1.0, compute=t.compute,
-                         backend=t.backend)
+from streamrl.recipe.context import TRAINER_GROUP, load_run_context
 
 
 async def train(log_url: str, run_id: str) -> None:
@@ -35,7 +26,7 @@ async def train(log_url: str, run_id: str) -> None:
         ctx = await load_run_context(log, run_id)
         torch.manual_seed(ctx.config.run.seed)
         history = await read_history(log, ctx)
-        learner = await rebuild(log, ctx, learner_config(ctx.config), history)
+        learner = await rebuild(log, ctx, LearnerSetup.of_run(ctx.config, ctx.hooks), history)
         next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
         transport = ctx.transport_config(keep_last=ctx.config.weights.keep_versions,
                                          namespace=ctx.run_id).open()

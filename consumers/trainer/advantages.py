@@ -10,31 +10,12 @@ group whose rewards are all equal, carries no learning signal and gets advantage
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import msgspec
 import torch
-from streamrl.consumers.trainer.batch import TrainBatch
 from torch import Tensor
 
-
-class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    """What an advantage estimator may look at: rewards, groups and where tokens are trained."""
-
-    rewards: Tensor  # [N] float
-    group_ids: Sequence[str]  # [N]
-    loss_mask: Tensor  # [B, S] bool
-    segments: Tensor | None = None
-    """[B, S] int64 sample index of each position (-1 = padding); None means row b is sample b."""
-
-    @classmethod
-    def from_batch(cls, batch: TrainBatch) -> AdvantageInput:
-        return cls(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
-                   segments=batch.segments)
-
-
-AdvantageFn = Callable[[AdvantageInput], Tensor]
-"""AdvantageInput -> advantages [B, S] float32, zero wherever loss_mask is False."""
+from streamrl.hooks.train import AdvantageFn, AdvantageInput
 
 
 def make_group_normalized(*, scale_by_std: bool = True, eps: float = 1e-6) -> AdvantageFn:

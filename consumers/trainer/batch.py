@@ -35,26 +35,11 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import torch
-from streamrl.schemas import Sample, batch_to_samples
 from torch import Tensor
 
-
-class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    pack_row_tokens: int | None = None
-    """Pack several samples into rows of at most this many tokens (first fit, input order);
-    None puts each sample in its own row. Packed rows restart positions at each sample, which is
-    how `CausalLM` keeps packed sequences from attending to each other."""
-    pad_token_id: int = 0
-    """Token id written at padding and at target positions with nothing to predict."""
-    pad_to_multiple_of: int = 1
-    """Round the padded length S up to a multiple of this (steadier shapes for compiled kernels)."""
-
-    def __post_init__(self) -> None:
-        if self.pack_row_tokens is not None and self.pack_row_tokens <= 0:
-            raise ValueError(f"pack_row_tokens must be positive or None, "
-                             f"got {self.pack_row_tokens}")
-        if self.pad_to_multiple_of <= 0:
-            raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
+from streamrl.hooks.train import AdvantageInput
+from streamrl.recipe.trainer import BatchConfig
+from streamrl.schemas import Sample, batch_to_samples
 
 
 class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
@@ -76,6 +61,11 @@ class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     @property
     def num_samples(self) -> int:
         return len(self.sample_ids)
+
+    def advantage_input(self) -> AdvantageInput:
+        """What an advantage estimator sees of this batch."""
+        return AdvantageInput(rewards=self.rewards, group_ids=self.group_ids,
+                              loss_mask=self.loss_mask, segments=self.segments)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         def move(t: Tensor | None) -> Tensor | None:

@@ -12,70 +12,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
 
-import msgspec
 import torch
 from torch import Tensor
 
 from streamrl.models import CausalLM
-
-
-class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    device: str = "cpu"
-    """Torch device of the learner ("cpu", "cuda", "cuda:1"). With FSDP it is each rank's own."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """"bf16": bf16 compute with fp32 master weights and optimizer state (CUDA only)."""
-    activation_checkpointing: bool = False
-    """Recompute each decoder layer in backward instead of keeping its activations."""
-    compile: bool = False
-    """torch.compile each decoder layer and the vocabulary-sized logprob kernels (CUDA)."""
-    compile_mode: str | None = None
-    """torch.compile mode: None (default), "max-autotune-no-cudagraphs" (autotunes the
-    generated kernels and matmul choices; compiles for minutes), "reduce-overhead"."""
-    compile_scope: Literal["layer", "model"] = "layer"
-    """"layer": compile each decoder layer (one small graph, reused 28 times); "model": the
-    whole decoder stack as one graph (fuses across layer boundaries; longer compile)."""
-    compile_dynamic: bool | None = None
-    """torch.compile's `dynamic`: None lets it mark dims dynamic after a shape change (the
-    proximal forward and the minibatches differ in rows); False compiles one static graph per
-    shape."""
-    micro_batch_rows: int | None = None
-    """Split each minibatch into micro-batches of at most this many rows and accumulate their
-    gradients before the one optimizer step: more tokens per optimizer step at the activation
-    memory of a micro-batch. Exact for aggregation = "token_mean" (each micro-batch's loss is
-    scaled by its share of the minibatch's trained tokens); other aggregations are refused."""
-    attention_backend: Literal["auto", "cudnn"] = "auto"
-    """SDPA kernel choice: "auto" is PyTorch's order (flash first on an H100); "cudnn" tries
-    cuDNN's fused attention first (Hopper-tuned), then flash, then the rest."""
-    logprob_chunk_tokens: int = 4096
-    """Tokens per chunk of the LM head + log-softmax on CUDA (at vocab 151936 in bf16, 4096
-    tokens are 1.2 GB of logits, the largest transient of a step)."""
-    fsdp: bool = False
-    """Shard parameters, gradients and optimizer state over the default process group with
-    FSDP2 (`fully_shard` per decoder layer, then the root); needs torch.distributed set up."""
-
-    def __post_init__(self) -> None:
-        device = torch.device(self.device)
-        if device.type == "cpu" and (self.precision != "fp32" or self.compile or self.fsdp):
-            raise ValueError("precision='bf16', compile and fsdp need a CUDA device; "
-                             f"got device={self.device!r} (set device = \"cuda\")")
-        if self.attention_backend != "auto" and device.type == "cpu":
-            raise ValueError(f"attention_backend={self.attention_backend!r} needs a CUDA device")
-        if self.micro_batch_rows is not None and self.micro_batch_rows <= 0:
-            raise ValueError(f"micro_batch_rows must be positive or None, "
-                             f"got {self.micro_batch_rows}")
-        if self.logprob_chunk_tokens <= 0:
-            raise ValueError(f"logprob_chunk_tokens must be positive, "
-                             f"got {self.logprob_chunk_tokens}")
-
-    @property
-    def torch_device(self) -> torch.device:
-        return torch.device(self.device)
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.torch_device.type == "cuda"
+from streamrl.recipe.trainer import ComputeConfig
 
 
 def place(model: CausalLM, config: ComputeConfig) -> CausalLM:

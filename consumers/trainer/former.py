@@ -18,9 +18,9 @@ from typing import Protocol
 import msgspec
 import numpy as np
 import pyarrow as pa
-from streamrl.schemas import LogPosition, Rejected, Staleness
 
 from streamrl.log import Record
+from streamrl.schemas import LogPosition, Rejected, Staleness
 from streamrl.staleness import SampleInfo, Verdict
 
 DUPLICATE = "duplicate"  # a sample id already trained or already in this batch

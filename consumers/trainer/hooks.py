@@ -1,29 +1,11 @@
-"""Training-step hooks: extra metrics computed after each optimizer step, recorded with the
-step's own metrics in `TrainStep` (and so in TensorBoard and `streamrl compare`).
-
-    def weight_norm(step: TrainStepInput) -> dict[str, float]: ...   # "my.metrics:weight_norm"
-
-A hook must not change the model: the trainer's state stays a pure function of the log.
+"""Built-in training-step hooks (the hook type, `TrainStepHook`, is in streamrl/hooks/train.py):
+extra metrics computed after each optimizer step, recorded with the step's own metrics in
+`TrainStep` (and so in TensorBoard and `streamrl compare`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import msgspec
-from torch import nn
-
-
-class TrainStepInput(msgspec.Struct, kw_only=True, frozen=True):
-    version: int  # the version this step produced
-    metrics: dict[str, float]  # the step's metrics so far (loss, reward_mean, clip_fraction, ...)
-    sample_ids: tuple[str, ...]  # the batch, in training order
-    rewards: tuple[float, ...]  # one per sample
-    lags: tuple[int, ...]  # versions behind the trainer, one per sample
-    model: nn.Module  # read-only
-
-
-TrainStepHook = Callable[[TrainStepInput], dict[str, float]]
+from streamrl.hooks.train import TrainStepInput
 
 
 def fresh_reward(step: TrainStepInput) -> dict[str, float]:

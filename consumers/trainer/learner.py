@@ -4,7 +4,7 @@ A step is a pure function of (weights, optimizer state, batch rows, per-sample w
 no clock, no global RNG, so replaying the recorded batches reproduces every version bit for bit
 on CPU. Checkpoints hold model + optimizer state; resume loads one and replays the batches after.
 
-On CUDA (`LearnerConfig.compute`, see compute.py) the same step runs in bf16 with fp32 master
+On CUDA (`trainer.compute`, see compute.py) the same step runs in bf16 with fp32 master
 weights, with the LM head's log-softmax chunked and recomputed in backward
 (`fused_token_logprobs`), so no fp32 [tokens, vocab] logits tensor is ever materialized.
 """
@@ -14,68 +14,62 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import pyarrow as pa
 import torch
+from torch import Tensor
+
 from streamrl.checkpoints import OPTIMIZER_FILE
-from streamrl.consumers.trainer.advantages import AdvantageInput
 from streamrl.consumers.trainer.batch import TrainBatch, build_batch
 from streamrl.consumers.trainer.compute import (
-    ComputeConfig,
     autocast,
     full_tensor,
     optimizer,
     place,
 )
-from streamrl.consumers.trainer.losses import LossInput
-from streamrl.consumers.trainer.registry import AlgorithmConfig, resolve_advantage, resolve_loss
-from torch import Tensor
-
+from streamrl.hooks.train import AdvantageFn, LossFn, LossInput
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
+from streamrl.recipe.config import RunConfig, TrainerSection
+from streamrl.recipe.hooks import Hooks
 
 
-class LearnerConfig(msgspec.Struct, kw_only=True, frozen=True):
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    minibatches: int
-    temperature: float  # the sampler's: logprobs are compared at the same temperature
-    algorithm: AlgorithmConfig
-    compute: ComputeConfig = msgspec.field(default_factory=ComputeConfig)
-    backend: Literal["torch", "megatron"] = "torch"
+class LearnerSetup(msgspec.Struct, kw_only=True, frozen=True):
+    """What a learner is built from: the recipe's trainer section as it is, the sampler's
+    temperature (logprobs are compared at it) and the resolved advantage and loss hooks."""
 
+    trainer: TrainerSection
+    temperature: float
+    advantage: AdvantageFn
+    loss: LossFn
 
-def learner_class(config: LearnerConfig) -> type[Learner]:
-    """The learner `config.backend` names; megatron-core is imported only when it is chosen."""
-    if config.backend == "megatron":
-        from streamrl.consumers.trainer.megatron.model import MegatronLearner
-
-        return MegatronLearner
-    return Learner
+    @classmethod
+    def of_run(cls, config: RunConfig, hooks: Hooks) -> LearnerSetup:
+        """A run's learner setup: its trainer section and the hooks its context resolved."""
+        return cls(trainer=config.trainer, temperature=config.rollout.temperature or 1.0,
+                   advantage=hooks.advantage, loss=hooks.loss)
 
 
 class Learner:
-    def __init__(self, model: CausalLM, config: LearnerConfig) -> None:
-        self.config = config
-        self.compute = config.compute
-        aggregation = config.algorithm.loss_config.aggregation
-        if config.compute.micro_batch_rows is not None and aggregation != "token_mean":
+    def __init__(self, model: CausalLM, setup: LearnerSetup) -> None:
+        self.setup, self.trainer = setup, setup.trainer
+        self.compute = setup.trainer.compute
+        aggregation = self.trainer.algorithm.loss_config.aggregation
+        if self.compute.micro_batch_rows is not None and aggregation != "token_mean":
             raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""
                              f" (got {aggregation!r}): only a token mean splits exactly over "
                              "micro-batches; unset micro_batch_rows or change the aggregation")
         self.model_config = model.config  # the HF-style config, whatever wraps the model
-        self.model = place(model, config.compute)
-        self.advantage_fn = resolve_advantage(config.algorithm.advantage)
-        self.loss_fn = resolve_loss(config.algorithm.loss)
-        self.optimizer = optimizer(self.model, config.compute, lr=config.lr,
-                                   weight_decay=config.weight_decay)
+        self.model = place(model, self.compute)
+        self.advantage_fn, self.loss_fn = setup.advantage, setup.loss
+        self.optimizer = optimizer(self.model, self.compute, lr=self.trainer.lr,
+                                   weight_decay=self.trainer.weight_decay)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, config: LearnerConfig) -> Learner:
-        learner = cls(load_checkpoint(path), config)
+    def from_checkpoint(cls, path: Path, setup: LearnerSetup) -> Learner:
+        learner = cls(load_checkpoint(path), setup)
         learner.load_optimizer(path)
         return learner
 
@@ -86,19 +80,19 @@ class Learner:
             self.optimizer.load_state_dict(torch.load(optimizer_file, weights_only=True,
                                                       map_location=self.compute.device))
 
-    def reconfigured(self, config: LearnerConfig) -> Learner:
-        """This learner's weights and optimizer state under `config`'s settings (a fork's or a
+    def reconfigured(self, setup: LearnerSetup) -> Learner:
+        """This learner's weights and optimizer state under `setup`'s settings (a fork's or a
         replay's): `load_state_dict` restores the saved lr and weight decay, so they are set
-        again from `config` afterwards."""
-        ours = self._with_config(config)
+        again from `setup` afterwards."""
+        ours = self._with_setup(setup)
         ours.optimizer.load_state_dict(self.optimizer.state_dict())
         for group in ours.optimizer.param_groups:
-            group["lr"] = config.lr
-            group["weight_decay"] = config.weight_decay
+            group["lr"] = setup.trainer.lr
+            group["weight_decay"] = setup.trainer.weight_decay
         return ours
 
-    def _with_config(self, config: LearnerConfig) -> Learner:
-        return Learner(self.model, config)
+    def _with_setup(self, setup: LearnerSetup) -> Learner:
+        return Learner(self.model, setup)
 
     def save(self, path: Path) -> None:
         """Model in HF format plus optimizer state: everything a resume needs."""
@@ -117,10 +111,10 @@ class Learner:
                              routing_mask=batch.routing_mask, return_hidden=True)
             if not self.compute.on_gpu:  # the CPU path, bit-exact on replay
                 return token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
-                                      temperature=self.config.temperature)[0]
+                                      temperature=self.setup.temperature)[0]
             return fused_token_logprobs(
                 out.hidden, self.model.lm_head.weight, batch.targets,
-                temperature=self.config.temperature,
+                temperature=self.setup.temperature,
                 chunk_size=self.compute.logprob_chunk_tokens, compiled=self.compute.compile)
 
     def step(self, rows: Sequence[pa.RecordBatch], sample_weights: Sequence[float],
@@ -129,8 +123,8 @@ class Learner:
         `sample_weights` (from the staleness policy, one per sample in row order) scale each
         sample's advantages. Returns the metrics of the step."""
         started = time.perf_counter()
-        batch = build_batch(rows, self.config.algorithm.batch)
-        advantages = self.advantage_fn(AdvantageInput.from_batch(batch))
+        batch = build_batch(rows, self.trainer.algorithm.batch)
+        advantages = self.advantage_fn(batch.advantage_input())
         advantages = advantages * _per_position(batch, sample_weights)
         if self.compute.on_gpu:
             batch = batch.to(self.compute.torch_device)
@@ -138,17 +132,17 @@ class Learner:
         with torch.no_grad():
             proximal = self.logprobs(batch)
         metrics: dict[str, float] = {}
-        for rows_mb in _split(batch.tokens.shape[0], self.config.minibatches):
+        for rows_mb in _split(batch.tokens.shape[0], self.trainer.minibatches):
             self.optimizer.zero_grad(set_to_none=True)
             step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version)
-            if self.config.grad_clip > 0:
+            if self.trainer.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                      self.config.grad_clip)
+                                                      self.trainer.grad_clip)
                 metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + float(norm)
             self.optimizer.step()
             for k, v in step_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v
-        n = self.config.minibatches
+        n = self.trainer.minibatches
         metrics = {k: v / n for k, v in metrics.items()}
         metrics["reward_mean"] = float(batch.rewards.float().mean())
         # Throughput, for people (the GPU run's training tok/s): the clock never feeds the
@@ -175,7 +169,7 @@ class Learner:
                 logprobs=self.logprobs(mb), old_logprobs=mb.old_logprobs,
                 proximal_logprobs=proximal[rows], advantages=advantages[rows],
                 loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
-                config=self.config.algorithm.loss_config, segments=mb.segments))
+                config=self.trainer.algorithm.loss_config, segments=mb.segments))
             (out.loss if len(micros) == 1 else out.loss * out.metrics["num_tokens"]).backward()
             parts.append(out.metrics)
         if len(parts) == 1:

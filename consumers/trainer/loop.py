@@ -23,10 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
+
 from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
 from streamrl.consumers.trainer.hooks import TrainStepInput
 from streamrl.consumers.trainer.learner import Learner
+from streamrl.dlq import DeadLetters
+from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.recipe.context import TRAINER_GROUP, RunContext
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
@@ -37,10 +41,6 @@ from streamrl.schemas import (
     encode_event,
 )
 from streamrl.schemas.ids import parse_group_id, reissued_event_id
-
-from streamrl.dlq import DeadLetters
-from streamrl.log import Append, Log, Record, StreamPartition
-from streamrl.run.context import TRAINER_GROUP, RunContext
 from streamrl.weights import WeightTransport
 
 
@@ -74,9 +74,8 @@ class TrainerLoop:
         self.version = version
         self.streams = ctx.streams
         self.source = source or TrajectorySource(stream=ctx.streams.trajectories)
-        hooks = ctx.config.hooks()
-        self.step_hooks = hooks["step_hooks"]
-        self.former = BatchFormer(policy or hooks["staleness"], ctx.config.trainer.batch_size,
+        self.step_hooks = ctx.hooks.step_hooks
+        self.former = BatchFormer(policy or ctx.hooks.staleness, ctx.config.trainer.batch_size,
                                   ctx.run_id, trained, next_offset, rejected)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model_config.vocab_size

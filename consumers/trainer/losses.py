@@ -16,74 +16,12 @@ to the gradient even when their logprobs are -inf or NaN.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
-
 import msgspec
 import torch
 from torch import Tensor
 
-
-class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    clip_low: float = 0.2
-    """eps_low: the surrogate ratio is clipped below at 1 - clip_low."""
-    clip_high: float = 0.2
-    """eps_high: clipped above at 1 + clip_high (DAPO's "clip-higher" raises it, e.g. 0.28)."""
-    importance_cap: float = 2.0
-    """C: token importance weights between the trainer's policy and the sampler are capped here."""
-    cap_mode: Literal["truncate", "mask"] = "truncate"
-    """Over the cap, "truncate" uses weight C; "mask" drops the token (weight 0)."""
-    max_log_ratio: float = 20.0
-    """Log-ratios are clamped to +-this before exp (exp(20) ~ 5e8 still fits float32 sums)."""
-    aggregation: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
-    """How token losses become one number. "token_mean": sum over trained tokens / their count
-    (every token weighs the same). "seq_mean": mean over each sample's tokens, then over samples
-    (every sample weighs the same). "seq_sum_norm": sum / (num_samples * norm_tokens), a constant
-    divisor free of length bias (Dr. GRPO)."""
-    norm_tokens: int | None = None
-    """The per-sample constant of "seq_sum_norm", e.g. the maximum response length."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.clip_low < 1:
-            raise ValueError(f"clip_low must be in (0, 1), got {self.clip_low}")
-        if self.clip_high <= 0:
-            raise ValueError(f"clip_high must be positive, got {self.clip_high}")
-        if self.importance_cap < 1:
-            raise ValueError(f"importance_cap must be >= 1 (1 = never up-weight), "
-                             f"got {self.importance_cap}")
-        if self.max_log_ratio <= 0:
-            raise ValueError(f"max_log_ratio must be positive, got {self.max_log_ratio}")
-        if self.aggregation == "seq_sum_norm" and (self.norm_tokens or 0) <= 0:
-            raise ValueError('aggregation "seq_sum_norm" needs norm_tokens > 0 (set it to the '
-                             "maximum response length)")
-
-
-class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    logprobs: Tensor  # [B, S] log pi(target), current policy, requires grad
-    old_logprobs: Tensor  # [B, S] log mu(target), from the engine at its temperature
-    proximal_logprobs: Tensor | None  # [B, S] log prox(target), no grad; None = not computed
-    advantages: Tensor  # [B, S]
-    loss_mask: Tensor  # [B, S] bool
-    versions: Tensor  # [B, S] int, the version that sampled each target
-    current_version: int
-    config: LossConfig
-    segments: Tensor | None = None
-    """[B, S] sample index per position (-1 = padding) for per-sample aggregation of packed
-    rows; None means row b is sample b."""
-
-
-class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    """The loss and its diagnostics, each a mean over trained tokens unless named otherwise:
-    clip_fraction (tokens whose clip was active), ratio_mean (the clipped ratio), tis_weight_mean
-    and tis_weight_max (the capped behavior weight w), truncated_fraction (tokens over the cap),
-    approx_kl_old (k3 estimate of KL(mu || pi)), staleness_mean/max (current_version - version),
-    num_tokens, loss."""
-
-    loss: Tensor  # scalar, differentiable
-    metrics: dict[str, float]
-
-
-LossFn = Callable[[LossInput], LossOutput]
+from streamrl.hooks.train import LossInput, LossOutput
+from streamrl.recipe.trainer import LossConfig
 
 
 def ppo_tis(inp: LossInput) -> LossOutput:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import msgspec
 import pyarrow as pa
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig, learner_class
+
+from streamrl.consumers.trainer.backends import learner_class
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
+from streamrl.log import Log
+from streamrl.recipe.context import RunContext
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
@@ -22,9 +26,6 @@ from streamrl.schemas import (
     decode_event,
     decode_trajectories,
 )
-
-from streamrl.log import Log
-from streamrl.run.context import RunContext
 from streamrl.weights import weights_digest
 
 
@@ -113,14 +114,14 @@ async def replay_batches(log: Log, learner: Learner, history: History, *, start:
                        expected=announced.digest if announced else "")
 
 
-async def rebuild(log: Log, ctx: RunContext, config: LearnerConfig, history: History, *,
+async def rebuild(log: Log, ctx: RunContext, setup: LearnerSetup, history: History, *,
                   until: int | None = None,
                   on_version: Callable[[int], None] | None = None) -> Learner:
     """The learner at version `until` (default: the newest announced), from the newest checkpoint
     at or before it plus the recorded batches after it; raises ResumeError on a digest mismatch."""
     until = history.version if until is None else until
     start, path = checkpoint_for(ctx, history, until)
-    learner = learner_class(config).from_checkpoint(path, config)
+    learner = learner_class(setup).from_checkpoint(path, setup)
     async for step in replay_batches(log, learner, history, start=start, until=until):
         if not step.matches:
             raise ResumeError(f"replaying {step.batch.batch_id} did not reproduce version "

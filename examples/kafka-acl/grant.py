@@ -15,12 +15,14 @@ from streamrl import aio
 from streamrl.log import open_log
 from streamrl.log.kafka import KafkaLog
 from streamrl.log.kafka.acl import grant, run_acls
+from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP
 
 
 async def main(run_id: str, log_url: str, producer: str, trainer: str) -> None:
     async with open_log(log_url) as log:
         assert isinstance(log, KafkaLog), "ACLs exist only on Kafka"
-        acls = run_acls(run_id, producer=producer, trainer=trainer)
+        acls = run_acls(run_id, producer=producer, trainer=trainer,
+                        producer_group=PRODUCER_GROUP, trainer_group=TRAINER_GROUP)
         await grant(log.config, acls)
     for acl in acls:
         kind = acl.resource.name.lower() + (" prefix" if acl.prefixed else "")

@@ -18,7 +18,7 @@ import re
 
 import msgspec
 import numpy as np
-from streamrl.producers.hooks import RewardInput, RewardOutput
+from streamrl.hooks.rollout import RewardInput, RewardOutput
 
 NUM_DIGITS = 2
 """Operands lie in [0, 10**NUM_DIGITS)."""

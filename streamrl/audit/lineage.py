@@ -15,7 +15,7 @@ import msgspec
 import pyarrow as pa
 
 from streamrl.log import Log, Position, Record, StreamNotFoundError
-from streamrl.run.context import RunContext, context_from_event
+from streamrl.recipe.context import RunContext, context_from_event
 from streamrl.schemas import (
     BatchFormed,
     DecodeError,

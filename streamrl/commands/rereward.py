@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="the run whose trajectories are re-scored")
     p.add_argument("--reward", required=True, metavar="MODULE:FUNCTION",
                    help="import path of a RewardFn(RewardInput) -> RewardOutput "
-                        "(producers/hooks.py), e.g. recipes.arithmetic.task:reward")
+                        "(streamrl/hooks/rollout.py), e.g. recipes.arithmetic.task:reward")
     p.add_argument("--as", dest="new_run", default=None, metavar="NEW_RUN",
                    help="id of the new run (default: RUN-rr)")
     p.add_argument("--runs-dir", default="runs", help="where run files go (default: runs)")

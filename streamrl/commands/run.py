@@ -26,13 +26,14 @@ from rich.table import Table
 from streamrl import aio
 from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.resume import ResumeError
+from streamrl.hooks.run import EvalRequest
 from streamrl.launch import Launcher
 from streamrl.log import open_log
-from streamrl.run.config import ConfigError, RunConfig, load_config
-from streamrl.run.context import RunContext
+from streamrl.recipe.config import ConfigError, RunConfig, load_recipe
+from streamrl.recipe.context import RunContext
+from streamrl.recipe.hooks import Hooks
 from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
 from streamrl.run.fork import ForkError, parse_fork_spec
-from streamrl.run.hooks import EvalRequest
 from streamrl.run.monitor import plot_reward
 
 
@@ -55,13 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = _with_overrides(load_config(args.recipe), args)
+        config, hooks = load_recipe(args.recipe)
+        config = _with_overrides(config, args)  # overrides touch no hook path
         args.fork = parse_fork_spec(args.fork) if args.fork is not None else None
     except (ConfigError, ForkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     args.runs_dir = Path(args.runs_dir).absolute()  # processes may start elsewhere
-    return aio.run(_run(args, config))
+    return aio.run(_run(args, config, hooks))
 
 
 def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
@@ -76,15 +78,15 @@ def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"{args.recipe} with command-line overrides: {error}") from None
 
 
-async def _run(args: argparse.Namespace, config: RunConfig) -> int:
+async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int:
     console = Console()
     run_id = args.run or f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    evaluate = config.hooks()["evaluate"]
+    evaluate = hooks.evaluate
     async with open_log(args.log, writer_id=f"{run_id}-driver") as log:
         console.print(f"[bold]run {run_id}[/bold]: log {log.url}, files {args.runs_dir / run_id}")
         try:
             ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe,
-                                      fork=args.fork)
+                                      fork=args.fork, hooks=hooks)
         except RunExists as error:
             console.print(f"[red]{error}[/red]: choose another --run")
             return 2

@@ -20,7 +20,7 @@ from streamrl import aio
 from streamrl.launch import compose
 from streamrl.launch.state import add_run_arguments, chosen_run, processes, up_info
 from streamrl.log import open_log
-from streamrl.run.context import load_run_context
+from streamrl.recipe.context import load_run_context
 from streamrl.schemas import ScaleRequested, encode_event
 
 

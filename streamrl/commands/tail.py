@@ -14,7 +14,7 @@ from rich.console import Console
 
 from streamrl import aio
 from streamrl.log import Log, Record, open_log
-from streamrl.render import record_rows, records_table
+from streamrl.commands.render import record_rows, records_table
 from streamrl.streams import parse_stream
 
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from streamrl.launch import compose
 from streamrl.launch.state import CURRENT, UP_FILE, is_ours, processes
 from streamrl.launch.supervisor import write_json
-from streamrl.run.config import ConfigError, load_config
+from streamrl.recipe.config import ConfigError, load_config
 
 DEFAULT_RECIPE = "recipes/arithmetic/recipe.toml"
 START_TIMEOUT_S = 300.0

@@ -2,8 +2,9 @@
 
     reward_fn = resolve("recipes.arithmetic.task:reward", RewardFn)
 
-Each hook's signature is declared next to the knob that names it (producers/hooks.py for rewards
-and filters; consumers/trainer for advantages and losses; streamrl/staleness for policies).
+Each hook's type is declared in this package (run.py: tokenizer, prompts, model init, evaluator;
+rollout.py: rewards and filters; train.py: advantages, losses, step hooks; engine.py: engines),
+staleness policies in streamrl/staleness; `streamrl.recipe.hooks` resolves a recipe's all at once.
 Configs resolve their paths when they are loaded, so a typo fails with a message that says what
 to fix, never in the middle of a run. No registration step, no string dispatch in the core.
 """

@@ -4,6 +4,5 @@
 to `runs/<run_id>/processes.json` for `streamrl ps`/`down`."""
 
 from streamrl.launch.base import Launcher, LaunchError, Member
-from streamrl.launch.membership import owned_partitions
 
-__all__ = ["LaunchError", "Launcher", "Member", "owned_partitions"]
+__all__ = ["LaunchError", "Launcher", "Member"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from streamrl.launch.base import LaunchError
 
 if TYPE_CHECKING:
-    from streamrl.run.config import RunConfig
+    from streamrl.recipe.config import RunConfig
 
 NVLINK_MULTICAST_OFF: dict[str, str] = {
     "NCCL_NVLS_ENABLE": "0",

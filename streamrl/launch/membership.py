@@ -1,10 +1,5 @@
-"""Which producer owns which prompts partitions, and the newest scale request of a run.
-
-The assignment is a pure function of (index, number of producers, number of partitions), so any
-process, replay or audit computes the same owner for a prompt. The prompts stream has
-`rollout.max_producers` partitions, so every member of up to that many producers owns at least
-one partition.
-"""
+"""The newest scale request of a run and the producers that joined it, as the supervisor follows
+them. Which producer owns which prompts partitions is `streamrl.streams.owned_partitions`."""
 
 from __future__ import annotations
 
@@ -12,17 +7,6 @@ import re
 
 from streamrl.log import Log
 from streamrl.schemas import ProducerJoined, ScaleRequested, decode_event
-
-
-def owned_partitions(index: int, num_producers: int, num_partitions: int) -> list[int]:
-    """Partitions p with p % num_producers == index: round robin, so members differ by at most one
-    partition and the prompts (published round robin over partitions) stay in order."""
-    if not 0 <= index < num_producers:
-        raise ValueError(f"producer index {index} is not in [0, {num_producers})")
-    if num_producers > num_partitions:
-        raise ValueError(f"{num_producers} producers but the prompts stream has only "
-                         f"{num_partitions} partitions: raise rollout.max_producers")
-    return [p for p in range(num_partitions) if p % num_producers == index]
 
 
 class EventFollower:

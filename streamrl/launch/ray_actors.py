@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from streamrl.launch.base import LaunchError, Member, Role
 from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF
-from streamrl.run.config import PlacementSection
+from streamrl.recipe.config import PlacementSection
 
 MiB = 1 << 20
 PLACEMENT_TIMEOUT_S = 60.0

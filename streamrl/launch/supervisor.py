@@ -25,7 +25,7 @@ import msgspec
 from streamrl.launch.base import Launcher
 from streamrl.launch.membership import EventFollower
 from streamrl.log import Log
-from streamrl.run.context import RunContext
+from streamrl.recipe.context import RunContext
 
 STATE_FILE = "processes.json"
 STATE_EVERY_S = 2.0

@@ -33,18 +33,18 @@ import msgspec
 import torch
 from rich.table import Table
 
-from streamrl.consumers.trainer.__main__ import learner_config
 from streamrl.checkpoints import checkpoint_dir
-from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.loop import SourceExhausted, TrainerLoop, TrajectorySource
 from streamrl.consumers.trainer.resume import read_history
+from streamrl.hooks.run import EvalRequest
 from streamrl.log import Log, Record
+from streamrl.recipe.config import RunConfig
+from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.replay.compare import RunSummary, summarize_run
 from streamrl.replay.runs import ReplayError, existing_run, start_derived
-from streamrl.run.config import RunConfig
-from streamrl.run.hooks import EvalRequest
 from streamrl.schemas import WeightVersionAnnounced
-from streamrl.staleness import SampleInfo, StalenessConfig, StalenessPolicy, Verdict, build_policy
+from streamrl.staleness import SampleInfo, StalenessConfig, StalenessPolicy, Verdict
 
 REQUEUE_DROPPED = "requeue_dropped"  # the policy asked for a requeue; a replay has no producers
 
@@ -83,14 +83,16 @@ class ParentClock:
         return max(record.timestamp_ms, self.times.get(version, self.last))
 
 
-def derived_config(config: RunConfig, override: Override) -> RunConfig:
+def derived_config(config: RunConfig, override: Override) -> tuple[RunConfig, Hooks]:
+    """The parent's config with `override` applied, and its hooks (resolved here, once)."""
     data = msgspec.to_builtins(config)
     if override.staleness is not None:
         data["staleness"] = msgspec.to_builtins(override.staleness)
     if override.loss is not None:
         data["trainer"].setdefault("algorithm", {})["loss"] = override.loss
     try:
-        return msgspec.convert(data, RunConfig)
+        derived = msgspec.convert(data, RunConfig)
+        return derived, resolve_hooks(derived)
     except (msgspec.ValidationError, ValueError) as error:
         raise ReplayError(f"the parent's config with the override does not load: {error}"
                           ) from None
@@ -138,17 +140,18 @@ async def counterfactual(log: Log, parent_id: str, override: Override, *, new_ru
                           "counterfactual re-training of a fork is not supported yet: "
                           "re-train its parent, or fork again with the other policy")
     source = (parent if trajectories is None else await existing_run(log, trajectories))
-    config = derived_config(parent.config, override)
+    config, hooks = derived_config(parent.config, override)
     history = await read_history(log, parent)
     ctx, transport = await start_derived(log, parent, run_id=new_run, config=config,
-                                         relation="counterfactual", runs_dir=runs_dir)
+                                         relation="counterfactual", runs_dir=runs_dir,
+                                         hooks=hooks)
     torch.manual_seed(config.run.seed)
-    learner = Learner.from_checkpoint(ctx.init_checkpoint, learner_config(config))
+    learner = Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(config, ctx.hooks))
     loop = TrainerLoop(
         log, ctx, learner, transport, version=0, trained=set(), next_offset=0,
         source=TrajectorySource(stream=source.streams.trajectories, group=f"{new_run}.trainer",
                                 finite=True, clock=ParentClock(history.announced)),
-        policy=DropRequeues(build_policy(config.staleness)))
+        policy=DropRequeues(ctx.hooks.staleness))
     watcher = asyncio.create_task(_watch(loop, config.run.max_versions, on_version))
     exhausted = False
     try:
@@ -167,7 +170,7 @@ async def counterfactual(log: Log, parent_id: str, override: Override, *, new_ru
         on_version(loop.version, config.run.max_versions)
     wall = time.monotonic() - t0
     await asyncio.to_thread(_write_summary, ctx.run_dir, ctx.run_id, loop.version, wall,
-                            _evals(config, parent.run_dir, ctx.run_dir, loop.version))
+                            _evals(ctx.hooks, parent.run_dir, ctx.run_dir, loop.version))
     return CounterfactualReport(
         run_id=new_run, parent=parent_id, source=source.streams.trajectories,
         max_versions=config.run.max_versions, exhausted=exhausted, seconds=wall,
@@ -181,9 +184,9 @@ async def _watch(loop: TrainerLoop, total: int,
         await asyncio.sleep(0.2)
 
 
-def _evals(config: RunConfig, parent_dir: Path, run_dir: Path, version: int) -> dict[str, float]:
+def _evals(hooks: Hooks, parent_dir: Path, run_dir: Path, version: int) -> dict[str, float]:
     """The recipe's evaluator on the final weights; "eval before" is the parent's (same init)."""
-    evaluate = config.hooks()["evaluate"]
+    evaluate = hooks.evaluate
     final = checkpoint_dir(run_dir, version)
     if evaluate is None or version == 0 or not final.exists():
         return {}

@@ -30,13 +30,12 @@ from collections.abc import Callable
 import msgspec
 import torch
 
-from streamrl.consumers.trainer.__main__ import learner_config
-from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.resume import History, read_history, replay_batches
 from streamrl.log import Log
+from streamrl.recipe.context import RunContext
 from streamrl.replay.diff import TensorDiff, announced_tensors, tensor_diffs
 from streamrl.replay.runs import Recorder, ReplayError, existing_run, start_derived
-from streamrl.run.context import RunContext
 from streamrl.schemas import RunParent
 from streamrl.weights import weights_digest
 
@@ -129,6 +128,7 @@ async def _replay_run(log: Log, run_id: str, until: int | None, chain: bool,
     recorder, transport = None, None
     if record_as is not None:
         derived, transport = await start_derived(log, ctx, run_id=record_as, config=ctx.config,
+                                                 hooks=ctx.hooks,
                                                  relation="replay")
         recorder = Recorder(log, derived, transport)
     try:
@@ -155,12 +155,13 @@ async def _first_learner(log: Log, ctx: RunContext, report: ReplayReport, chain:
         inner.chained = []
         if learner is None or not inner.ok:
             return None
-        return learner.reconfigured(learner_config(ctx.config))  # as fork_learner does
+        # as fork_learner does
+        return learner.reconfigured(LearnerSetup.of_run(ctx.config, ctx.hooks))
     if not ctx.init_checkpoint.exists():
         hint = " (or replay with --chain, from the parent's log)" if parent else ""
         raise ReplayError(f"run {ctx.run_id!r}: its initial checkpoint {ctx.init_checkpoint} "
                           f"no longer exists; replay starts from it{hint}")
-    return Learner.from_checkpoint(ctx.init_checkpoint, learner_config(ctx.config))
+    return Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(ctx.config, ctx.hooks))
 
 
 async def _replay(log: Log, learner: Learner, history: History, until: int,

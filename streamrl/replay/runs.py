@@ -19,8 +19,9 @@ from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.learner import Learner
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
-from streamrl.run.config import RunConfig
-from streamrl.run.context import RunContext, load_run_context
+from streamrl.recipe.config import RunConfig
+from streamrl.recipe.context import RunContext, load_run_context
+from streamrl.recipe.hooks import Hooks
 from streamrl.schemas import BatchFormed, CheckpointSaved, RunParent, TrainStep, encode_event
 from streamrl.streams import RunStreams, check_run_id
 from streamrl.weights import WeightTransport
@@ -44,10 +45,10 @@ async def existing_run(log: Log, run_id: str) -> RunContext:
 
 async def start_derived(log: Log, parent: RunContext, *, run_id: str, config: RunConfig,
                         relation: str, runs_dir: Path | None = None,
-                        ) -> tuple[RunContext, WeightTransport]:
+                        hooks: Hooks | None = None) -> tuple[RunContext, WeightTransport]:
     """Create run `run_id` derived from `parent`: its streams, `RunStarted` and version 0 (the
     parent's initial checkpoint, published on the new run's own transport, which the caller
-    closes). Refuses an id that already exists."""
+    closes). Refuses an id that already exists. `hooks` are `config`'s, when already resolved."""
     try:
         check_run_id(run_id)
     except ValueError as error:
@@ -61,7 +62,8 @@ async def start_derived(log: Log, parent: RunContext, *, run_id: str, config: Ru
     run_dir = (runs_dir or parent.run_dir.parent).absolute() / run_id
     ctx = RunContext(run_id=run_id, config=config, init_checkpoint=parent.init_checkpoint,
                      run_dir=run_dir, parent=RunParent(run_id=parent.run_id, version=0,
-                                                       relation=relation))
+                                                       relation=relation),
+                     resolved_hooks=hooks)
     for stream in (streams.prompts, streams.trajectories, streams.weights, streams.events,
                    streams.dlq):
         await log.ensure_stream(stream, 1)

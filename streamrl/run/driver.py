@@ -9,22 +9,22 @@ concurrent local processes, watched through the log until the trainer reaches `m
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import signal
 from pathlib import Path
 
 import msgspec
-from streamrl.schemas import Prompt, encode_event
 
+from streamrl.hooks.run import PromptRequest
 from streamrl.launch.base import Launcher
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
-from streamrl.run.config import RunConfig
-from streamrl.run.context import RunContext
+from streamrl.recipe.config import RunConfig
+from streamrl.recipe.context import RunContext
+from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
-from streamrl.run.hooks import ModelInitRequest, PromptRequest
+from streamrl.run.init import prepare_init
 from streamrl.run.monitor import Monitor
+from streamrl.schemas import Prompt, encode_event
 from streamrl.streams import RunStreams
 from streamrl.weights import TransportConfig, WeightTransport
 
@@ -33,43 +33,29 @@ class RunExists(RuntimeError):
     pass
 
 
-def prepare_init(config: RunConfig, cache_dir: Path) -> Path:
-    """The initial checkpoint, built once per (init hook source, model section, seed) and cached:
-    a warm start that took minutes is not repeated by the next run of the same recipe."""
-    init = config.hooks()["init"]
-    source = inspect.getsourcefile(init) or ""
-    key = hashlib.sha256(
-        Path(source).read_bytes() + msgspec.json.encode([config.model, config.run.seed,
-                                                         config.model.init])).hexdigest()[:16]
-    out_dir = cache_dir / f"init-{key}"
-    if not (out_dir / "config.json").exists():
-        built = init(ModelInitRequest(out_dir=out_dir, seed=config.run.seed, moe=config.model.moe))
-        if Path(built) != out_dir:
-            raise ValueError(f"model.init wrote {built}, expected {out_dir}")
-    return out_dir
-
-
 async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
-                    recipe: str, fork: ForkSpec | None = None
+                    recipe: str, fork: ForkSpec | None = None, hooks: Hooks | None = None
                     ) -> tuple[RunContext, WeightTransport]:
     """Everything a run needs before its first process starts: streams, RunStarted, prompts and
     version 0 of the weights, whose transport the caller keeps open for the run (closing it
     releases the tensors). Refuses a run id that already exists in the log. With `fork`, the
     run starts from another run's version instead (streamrl/run/fork.py): that version's
-    weights, announced as the first version, and the parent's unfinished prompts and samples."""
+    weights, announced as the first version, and the parent's unfinished prompts and samples.
+    `hooks` are `config`'s when the caller resolved them already (`load_recipe`)."""
     if not runs_dir.is_absolute():  # the trainer and producers may start in another directory
         raise ValueError(f"runs_dir must be an absolute path, got {runs_dir}")
     run_dir = runs_dir / run_id
     if RunStreams(run_id).events in await log.list_streams(run_id):
         raise RunExists(f"run {run_id!r} already exists in {log.url}")
+    hooks = hooks if hooks is not None else resolve_hooks(config)
     plan: ForkPlan | None = None
     if fork is None:
-        init_dir = await asyncio.to_thread(prepare_init, config, runs_dir / "cache")
+        init_dir = await asyncio.to_thread(prepare_init, config, hooks.init, runs_dir / "cache")
     else:
-        plan = await plan_fork(log, config, fork, run_dir)
+        plan = await plan_fork(log, config, fork, run_dir, hooks=hooks)
         init_dir = plan.init_checkpoint
     ctx = RunContext(run_id=run_id, config=config, init_checkpoint=init_dir, run_dir=run_dir,
-                     parent=plan.parent if plan else None)
+                     parent=plan.parent if plan else None, resolved_hooks=hooks)
     streams = ctx.streams
     await log.ensure_stream(streams.prompts, config.rollout.max_producers)  # scale room
     for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
@@ -87,8 +73,8 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
 
 async def _publish_prompts(log: Log, ctx: RunContext) -> None:
     data = ctx.config.data
-    specs = ctx.config.hooks()["prompts"](PromptRequest(seed=ctx.config.run.seed,
-                                                        num_prompts=data.num_prompts))
+    specs = ctx.hooks.prompts(PromptRequest(seed=ctx.config.run.seed,
+                                            num_prompts=data.num_prompts))
     partitions = await log.num_partitions(ctx.streams.prompts)
     await log.append_many([
         Append(stream=ctx.streams.prompts, partition=i % partitions, key=s.prompt_id.encode(),

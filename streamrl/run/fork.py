@@ -26,17 +26,20 @@ from pathlib import Path
 
 import msgspec
 import torch
-from streamrl.checkpoints import fork_start_dir
-from streamrl.consumers.trainer.__main__ import learner_config
-from streamrl.consumers.trainer.resume import History, read_history, rebuild
-from streamrl.schemas import RunParent
 
+from streamrl.checkpoints import fork_start_dir
+from streamrl.consumers.trainer.learner import LearnerSetup
+from streamrl.consumers.trainer.resume import History, read_history, rebuild
+from streamrl.hooks.run import ModelInit
 from streamrl.log import Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.config import ModelConfig
-from streamrl.run.config import RunConfig
-from streamrl.run.context import RunContext, load_run_context
+from streamrl.recipe.config import RunConfig
+from streamrl.recipe.context import RunContext, load_run_context
+from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork_position import ForkPosition, plan_position, write_position
+from streamrl.run.init import prepare_init
+from streamrl.schemas import RunParent
 from streamrl.streams import RunStreams
 from streamrl.weights import weights_digest
 
@@ -68,13 +71,16 @@ def parse_fork_spec(text: str) -> ForkSpec:
     return ForkSpec(run_id=match["run"], version=int(match["version"]))
 
 
-async def plan_fork(log: Log, config: RunConfig, spec: ForkSpec, run_dir: Path) -> ForkPlan:
+async def plan_fork(log: Log, config: RunConfig, spec: ForkSpec, run_dir: Path, *,
+                    hooks: Hooks | None = None) -> ForkPlan:
     """Check that `config` may fork `spec`, rebuild the parent's learner at the fork version into
-    `run_dir/fork-v<VERSION>` and work out the log position. Writes nothing to the log."""
+    `run_dir/fork-v<VERSION>` and work out the log position. Writes nothing to the log. `hooks`
+    are `config`'s when the caller resolved them already."""
     parent_ctx = await _parent_context(log, spec.run_id)
     history = await read_history(log, parent_ctx)
     _check_version(spec, history, config)
-    await asyncio.to_thread(check_same_model, parent_ctx.config, config, parent_ctx, spec)
+    init = (hooks or resolve_hooks(config)).init
+    await asyncio.to_thread(check_same_model, parent_ctx.config, config, init, parent_ctx, spec)
     _check_same_data(parent_ctx.config, config, spec)
     init_dir = fork_start_dir(run_dir, spec.version)
     await fork_learner(log, parent_ctx, history, spec.version, config, init_dir)
@@ -107,15 +113,13 @@ def _check_version(spec: ForkSpec, history: History, config: RunConfig) -> None:
                         "set it in the recipe or with --max-versions")
 
 
-def check_same_model(parent: RunConfig, config: RunConfig, parent_ctx: RunContext,
-                     spec: ForkSpec) -> None:
+def check_same_model(parent: RunConfig, config: RunConfig, init: ModelInit,
+                     parent_ctx: RunContext, spec: ForkSpec) -> None:
     """The fork trains the parent's tensors, so the recipe's model must have the same shape.
     The same `model` section is the same model; another one is built (cached) and compared."""
     if parent.model == config.model:
         return
-    from streamrl.run.driver import prepare_init  # the driver imports this module
-
-    ours = ModelConfig.from_file(prepare_init(config, parent_ctx.run_dir.parent / "cache"))
+    ours = ModelConfig.from_file(prepare_init(config, init, parent_ctx.run_dir.parent / "cache"))
     theirs = ModelConfig.from_file(parent_ctx.init_checkpoint)
     diff = {f: (getattr(theirs, f), getattr(ours, f)) for f in ours.__struct_fields__
             if getattr(theirs, f) != getattr(ours, f)}
@@ -143,9 +147,11 @@ async def fork_learner(log: Log, parent_ctx: RunContext, history: History, versi
     hyperparameters replaced by `config`'s trainer settings) as an HF checkpoint in `out_dir`;
     returns its digest, which equals the parent's announced one (else ForkError)."""
     torch.manual_seed(parent_ctx.config.run.seed)
-    learner = await rebuild(log, parent_ctx, learner_config(parent_ctx.config), history,
-                            until=version)
-    ours = learner.reconfigured(learner_config(config))
+    learner = await rebuild(log, parent_ctx, LearnerSetup.of_run(parent_ctx.config,
+                                                                  parent_ctx.hooks),
+                            history, until=version)
+    # Saved, not stepped: only the fork's optimizer settings matter, so the parent's hooks do.
+    ours = learner.reconfigured(LearnerSetup.of_run(config, parent_ctx.hooks))
     await asyncio.to_thread(ours.save, out_dir)
     digest = weights_digest(await asyncio.to_thread(read_safetensors, out_dir))
     expected = history.announced[version].digest

@@ -32,7 +32,10 @@ from collections import defaultdict
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from streamrl.consumers.trainer.resume import History
+from streamrl.log import Append, Log, StreamPartition
+from streamrl.recipe.context import PRODUCER_GROUP, ForkPoint, RunContext
 from streamrl.schemas import (
     DecodeError,
     Prompt,
@@ -42,9 +45,6 @@ from streamrl.schemas import (
     encode_trajectories,
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
-
-from streamrl.log import Append, Log, StreamPartition
-from streamrl.run.context import PRODUCER_GROUP, ForkPoint, RunContext
 
 
 class ForkPosition(msgspec.Struct, kw_only=True):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from streamrl.schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
 
 from streamrl.log import Log
+from streamrl.schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
 
 
 class RunStats(msgspec.Struct):

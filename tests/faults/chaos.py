@@ -11,12 +11,12 @@ import os
 import signal
 from pathlib import Path
 
-from streamrl.consumers.trainer.hooks import TrainStepInput
+from streamrl.hooks.train import TrainStepInput
 from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
 
 from streamrl.audit import audit_run
 from streamrl.log import Log
-from streamrl.run.context import TRAINER_GROUP, RunContext
+from streamrl.recipe.context import TRAINER_GROUP, RunContext
 
 KILL_AT_ENV = "STREAMRL_FAULT_KILL_AT"  # "VERSION:MARKER_FILE"
 

@@ -15,7 +15,8 @@ from streamrl import aio
 from streamrl.log import Append, open_log
 from streamrl.log.kafka import KafkaLog, NotAuthenticatedError, NotAuthorizedError
 from streamrl.log.kafka.acl import grant, run_acls
-from streamrl.run.config import load_config
+from streamrl.recipe.config import load_config
+from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP
 from streamrl.run.driver import start_run
 from tests.faults.broker import Broker
 from tests.faults.conftest import SASL_USERS
@@ -40,7 +41,9 @@ async def new_run(broker: Broker) -> str:
     async with open_as(broker, "admin") as admin:
         for kind in ("prompts", "trajectories", "weights", "events", "dlq"):
             await admin.ensure_stream(f"{run_id}.{kind}", 1)
-        await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer"))
+        await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer",
+                                           producer_group=PRODUCER_GROUP,
+                                           trainer_group=TRAINER_GROUP))
     return run_id
 
 
@@ -83,7 +86,9 @@ def test_a_run_works_with_each_process_under_its_own_principal(sasl_broker: Brok
         run_id = f"acl-{uuid.uuid4().hex[:8]}"
         async with open_as(sasl_broker, "admin", writer_id=f"{run_id}-driver") as admin:
             ctx, v0 = await start_run(config, admin, run_id, tmp_path / "runs", recipe=str(TINY))
-            await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer"))
+            await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer",
+                                               producer_group=PRODUCER_GROUP,
+                                               trainer_group=TRAINER_GROUP))
             with v0:
                 procs = [await spawn_as("streamrl.producers", sasl_broker, "producer", run_id),
                          await spawn_as("streamrl.consumers.trainer", sasl_broker, "trainer",

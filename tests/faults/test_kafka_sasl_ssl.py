@@ -20,6 +20,7 @@ from streamrl.log.kafka import (
     NotAuthorizedError,
 )
 from streamrl.log.kafka.acl import grant, run_acls
+from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP
 from tests.faults.broker import Broker
 from tests.faults.tls_helpers import need_tools, round_trip, self_signed, start_fails
 
@@ -65,7 +66,9 @@ async def test_acls_hold_for_every_mechanism(broker: Broker, producer_mechanism:
         assert isinstance(admin, KafkaLog)
         for kind in ("trajectories", "weights"):
             await admin.ensure_stream(f"{run_id}.{kind}", 1)
-        await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer"))
+        await grant(admin.config, run_acls(run_id, producer="producer", trainer="trainer",
+                                           producer_group=PRODUCER_GROUP,
+                                           trainer_group=TRAINER_GROUP))
     monkeypatch.setenv("STREAMRL_KAFKA_PASSWORD", USERS["producer"])
     async with open_log(url_as(broker, "producer", producer_mechanism)) as log:
         await log.append(f"{run_id}.trajectories", b"a trajectory")

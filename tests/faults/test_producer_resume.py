@@ -24,8 +24,8 @@ from streamrl.schemas.ids import group_id_for
 
 from streamrl.audit import audit_run
 from streamrl.log import Log, open_log
-from streamrl.run.config import load_config
-from streamrl.run.context import PRODUCER_GROUP, RunContext
+from streamrl.recipe.config import load_config
+from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.run.driver import start_run
 from tests.faults.held import HOLD_ENV, Holds
 from tests.helpers import REPO, TINY, child_env

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from streamrl.producers.hooks import RewardInput, RewardOutput
 
+from streamrl.hooks.rollout import RewardInput, RewardOutput
+from streamrl.hooks.run import ModelInitRequest
 from streamrl.models import load_checkpoint, save_checkpoint
-from streamrl.run.hooks import ModelInitRequest
 from tests.run.tiny_task import init as tiny_init
 
 

@@ -12,16 +12,15 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from streamrl.consumers.trainer.__main__ import learner_config
-from streamrl.consumers.trainer.learner import Learner
-from streamrl.consumers.trainer.resume import batch_rows, checkpoint_for, read_history, rebuild
-from streamrl.schemas import RunParent, RunStarted, decode_event, decode_trajectories
 
 from streamrl import aio
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
+from streamrl.consumers.trainer.resume import batch_rows, checkpoint_for, read_history, rebuild
 from streamrl.log import Log, open_log
-from streamrl.run.config import RunConfig, load_config
-from streamrl.run.context import ForkPoint, RunContext, load_run_context
+from streamrl.recipe.config import RunConfig, load_config
+from streamrl.recipe.context import ForkPoint, RunContext, load_run_context
 from streamrl.run.fork import ForkError, ForkSpec, fork_learner, parse_fork_spec, plan_fork
+from streamrl.schemas import RunParent, RunStarted, decode_event, decode_trajectories
 from streamrl.weights import weights_digest
 from tests.fork.conftest import PARENT_VERSIONS, ParentRun
 from tests.helpers import streamrl, streamrl_here
@@ -121,16 +120,18 @@ async def test_the_fork_learner_continues_the_parents_optimizer(parent_run: Pare
         [batch] = [b for b in history.batches if b.policy_version == FORK_AT]
         rows = await batch_rows(log, batch)
         expected = history.announced[FORK_AT + 1].digest
-        learner = Learner.from_checkpoint(tmp_path / "a", learner_config(parent.config))
+        setup = LearnerSetup.of_run(parent.config, parent.hooks)
+        learner = Learner.from_checkpoint(tmp_path / "a", setup)
         learner.step(rows, list(batch.sample_weights), FORK_AT)
         assert weights_digest(learner.hf_state_dict()) == expected
         (tmp_path / "a" / "optimizer.pt").unlink()
-        fresh = Learner.from_checkpoint(tmp_path / "a", learner_config(parent.config))
+        fresh = Learner.from_checkpoint(tmp_path / "a", setup)
         fresh.step(rows, list(batch.sample_weights), FORK_AT)
         assert weights_digest(fresh.hf_state_dict()) != expected
         # Another learning rate in the fork's recipe replaces the parent's in the saved state.
         await fork_learner(log, parent, history, FORK_AT, config, tmp_path / "b")
-        changed = Learner.from_checkpoint(tmp_path / "b", learner_config(config))
+        changed = Learner.from_checkpoint(tmp_path / "b",
+                                           LearnerSetup.of_run(config, parent.hooks))
         assert {g["lr"] for g in changed.optimizer.param_groups} == {5e-3}
 
 
@@ -237,7 +238,8 @@ async def test_a_forked_trainer_rebuilds_after_a_restart(parent_run: ParentRun,
         history = await read_history(log, fork)
         assert checkpoint_for(fork, history, FORK_AT + 1) == (FORK_AT, fork.init_checkpoint)
         for until in (FORK_AT, FORK_AT + 1, PARENT_VERSIONS):
-            learner = await rebuild(log, fork, learner_config(fork.config), history, until=until)
+            learner = await rebuild(log, fork, LearnerSetup.of_run(fork.config, fork.hooks),
+                                    history, until=until)
             assert weights_digest(learner.hf_state_dict()) == history.announced[until].digest
 
 

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
+from streamrl import aio
 from streamrl.consumers.rereward import RerewardError, progress_group, rereward
+from streamrl.log import open_log
+from streamrl.recipe.context import load_run_context
 from streamrl.schemas import (
     DeadLetter,
     RunParent,
@@ -18,10 +22,6 @@ from streamrl.schemas import (
     encode_trajectories,
 )
 from streamrl.schemas.ids import group_id_for, parse_group_id
-
-from streamrl import aio
-from streamrl.log import open_log
-from streamrl.run.context import load_run_context
 from tests.fork.conftest import ParentRun
 from tests.helpers import streamrl
 from tests.run.tiny_task import TOKENIZER

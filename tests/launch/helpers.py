@@ -24,7 +24,7 @@ from streamrl.schemas import (
 
 from streamrl.audit import audit_run
 from streamrl.log import Log
-from streamrl.run.context import RunContext
+from streamrl.recipe.context import RunContext
 from tests.helpers import TINY
 
 

@@ -17,7 +17,7 @@ import pytest
 from streamrl import aio
 from streamrl.launch.state import is_ours
 from streamrl.log import open_log
-from streamrl.run.context import load_run_context
+from streamrl.recipe.context import load_run_context
 from tests.helpers import TINY, streamrl, wait_until
 from tests.launch.helpers import (
     Gate,
@@ -152,7 +152,7 @@ def test_scale_refuses_more_producers_than_partitions(tmp_path: Path) -> None:
     recipe = recipe_with(tmp_path, "")
     recipe.write_text(recipe.read_text().replace("num_producers = 1",
                                                  "num_producers = 1\nmax_producers = 2"))
-    from streamrl.run.config import load_config
+    from streamrl.recipe.config import load_config
     from streamrl.run.driver import start_run
 
     async def start() -> None:

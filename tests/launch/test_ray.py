@@ -15,7 +15,7 @@ import pytest
 
 from streamrl import aio
 from streamrl.log import open_log
-from streamrl.run.context import load_run_context
+from streamrl.recipe.context import load_run_context
 from tests.helpers import REPO, cli_env, streamrl
 from tests.launch.helpers import (
     Gate,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import msgspec
 import pytest
 import torch
+
 from streamrl.consumers.trainer.megatron import (
     hf_names,
     hf_to_megatron,
     megatron_shapes,
     megatron_to_hf,
 )
-
 from streamrl.models import CausalLM, ModelConfig
 from streamrl.models.checkpoint import to_hf_names
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streamrl.consumers.trainer.compute import ComputeConfig
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+
+from streamrl.consumers.trainer import decoupled_ppo, grpo
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.megatron import hf_to_megatron, megatron_shapes
 from streamrl.consumers.trainer.megatron import model as mg
-from streamrl.consumers.trainer.registry import AlgorithmConfig
-
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import to_hf_names
+from streamrl.recipe.config import TrainerSection
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
 from tests.trainer.helpers import sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -87,9 +88,11 @@ def test_megatron_logprobs_match_the_torch_backend(torch_model, record_property)
 def test_megatron_learner_takes_the_same_grpo_step(torch_model) -> None:
     rows = [sample([1, 2, 3], [4 + i, 5 + i, 6 + i, 7], reward=float(i == 0), group_id="g",
                    sample_id=str(i), logprobs=[-8.0] * 4) for i in range(4)]
-    config = LearnerConfig(lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2,
-                           temperature=1.0, algorithm=AlgorithmConfig(),
-                           compute=ComputeConfig(device="cuda", precision="bf16"))
+    config = LearnerSetup(
+        trainer=TrainerSection(lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2,
+                               algorithm=AlgorithmConfig(),
+                               compute=ComputeConfig(device="cuda", precision="bf16")),
+        temperature=1.0, advantage=grpo, loss=decoupled_ppo)
     hf = {k: v.cpu() for k, v in to_hf_names(torch_model.state_dict(), CONFIG).items()}
     ours = mg.MegatronLearner(CONFIG, hf, config)
     ref = Learner(CausalLM(CONFIG), config)

@@ -10,18 +10,19 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+
+from streamrl.consumers.trainer import decoupled_ppo, grpo
 from streamrl.consumers.trainer.batch import build_batch
-from streamrl.consumers.trainer.compute import ComputeConfig
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.megatron import megatron_shapes, megatron_to_hf
 from streamrl.consumers.trainer.megatron import model as mg
 from streamrl.consumers.trainer.megatron.replay import batch_major, routing_maps
-from streamrl.consumers.trainer.registry import AlgorithmConfig
-from streamrl.producers.engine.weights import copy_hf_weights
-
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import to_hf_names
 from streamrl.models.moe import MoE
+from streamrl.producers.engine.weights import copy_hf_weights
+from streamrl.recipe.config import TrainerSection
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
 from tests.trainer.helpers import sample
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -227,10 +228,12 @@ def _rows(config: ModelConfig, seed: int = 0) -> list:
     return rows
 
 
-def _learner_config() -> LearnerConfig:
-    return LearnerConfig(lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2,
-                         temperature=1.0, algorithm=AlgorithmConfig(),
-                         compute=ComputeConfig(device="cuda", precision="bf16"))
+def _learner_config() -> LearnerSetup:
+    return LearnerSetup(
+        trainer=TrainerSection(lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2,
+                               algorithm=AlgorithmConfig(),
+                               compute=ComputeConfig(device="cuda", precision="bf16")),
+        temperature=1.0, advantage=grpo, loss=decoupled_ppo)
 
 
 def test_megatron_moe_learner_replays_and_takes_the_same_grpo_step() -> None:

@@ -58,7 +58,7 @@ def test_ranks_of_the_weight_group_follow_the_roles() -> None:
 def test_the_disaggregated_recipe_gives_each_process_its_gpus_and_rank() -> None:
     from streamrl.launch.base import LaunchError
     from streamrl.launch.disaggregated import role_env
-    from streamrl.run.config import load_config
+    from streamrl.recipe.config import load_config
 
     config = load_config(REPO / "recipes/arithmetic/recipe_gpu_disaggregated.toml")
     env = role_env(config, num_gpus=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamrl.producers.hooks import RewardInput
+from streamrl.hooks.rollout import RewardInput
 
 from recipes.arithmetic.task import (
     NUM_DIGITS,

@@ -9,12 +9,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from streamrl.schemas import TrainStep, decode_event
 
 from streamrl import aio
 from streamrl.log import open_log
-from streamrl.run.config import load_config
+from streamrl.recipe.config import load_config
 from streamrl.run.driver import start_run
+from streamrl.schemas import TrainStep, decode_event
 from tests.helpers import TINY, spawn, streamrl
 from tests.replay.replay_util import MAX_VERSIONS, MadeRun
 

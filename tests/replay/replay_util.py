@@ -8,11 +8,11 @@ from pathlib import Path
 
 import msgspec
 from safetensors.torch import load_file, save_file
-from streamrl.producers.hooks import RewardInput, RewardOutput
 
 from streamrl import aio
+from streamrl.hooks.rollout import RewardInput, RewardOutput
+from streamrl.hooks.run import ModelInitRequest
 from streamrl.log import open_log
-from streamrl.run.hooks import ModelInitRequest
 from streamrl.streams import RunStreams
 from tests.run import tiny_task
 

@@ -11,6 +11,9 @@ from collections import Counter
 import msgspec
 import pyarrow as pa
 import pytest
+
+from streamrl import aio
+from streamrl.log import open_log
 from streamrl.schemas import (
     BatchFormed,
     Rejected,
@@ -22,9 +25,6 @@ from streamrl.schemas import (
     encode_event,
     encode_trajectories,
 )
-
-from streamrl import aio
-from streamrl.log import open_log
 from streamrl.streams import RunStreams
 from tests.helpers import streamrl, streamrl_here
 from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot

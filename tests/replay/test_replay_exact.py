@@ -9,6 +9,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
+from streamrl import aio
+from streamrl.log import open_log
+from streamrl.replay import ReplayError
+from streamrl.replay.exact import replay_exact
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
@@ -17,11 +22,6 @@ from streamrl.schemas import (
     decode_event,
     encode_event,
 )
-
-from streamrl import aio
-from streamrl.log import open_log
-from streamrl.replay import ReplayError
-from streamrl.replay.exact import replay_exact
 from streamrl.streams import RunStreams
 from tests.helpers import streamrl, streamrl_here
 from tests.replay.replay_util import MAX_VERSIONS, MadeRun, snapshot

@@ -8,10 +8,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from streamrl.schemas import batch_to_samples, decode_trajectories
 
 from streamrl import aio
 from streamrl.log import open_log
+from streamrl.schemas import batch_to_samples, decode_trajectories
 from streamrl.streams import RunStreams
 from tests.helpers import TINY, streamrl
 

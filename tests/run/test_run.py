@@ -9,7 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from streamrl import aio
 from streamrl.consumers.trainer.resume import read_history
+from streamrl.log import Log, open_log
+from streamrl.recipe.config import ConfigError, load_config
+from streamrl.recipe.context import RunContext, load_run_context
+from streamrl.run.driver import start_run
 from streamrl.schemas import (
     BatchFormed,
     Rejected,
@@ -18,12 +24,6 @@ from streamrl.schemas import (
     decode_event,
     decode_trajectories,
 )
-
-from streamrl import aio
-from streamrl.log import Log, open_log
-from streamrl.run.config import ConfigError, load_config
-from streamrl.run.context import RunContext, load_run_context
-from streamrl.run.driver import start_run
 from tests.helpers import TINY, spawn, streamrl
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from streamrl.consumers.trainer.hooks import TrainStepInput
-from streamrl.producers.hooks import RewardInput, RewardOutput
-from streamrl.producers.rollout import RolloutInput, RolloutSample
 
+from streamrl.hooks.rollout import RewardInput, RewardOutput
+from streamrl.hooks.run import ModelInitRequest, PromptRequest, PromptSpec
+from streamrl.hooks.train import TrainStepInput
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
-from streamrl.run.hooks import ModelInitRequest, PromptRequest, PromptSpec
+from streamrl.producers.rollout import RolloutInput, RolloutSample
 
 CHARS = "0123456789="
 

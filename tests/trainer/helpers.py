@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import torch
-from streamrl.schemas import Sample
-from streamrl.schemas.testing import make_sample
 
 from streamrl.models import CausalLM, ModelConfig
+from streamrl.schemas import Sample
+from streamrl.schemas.testing import make_sample
 
 
 def sample(prompt: list[int], response: list[int], *, logprobs: list[float] | None = None,

@@ -7,13 +7,13 @@ import copy
 
 import pytest
 import torch
-from streamrl.consumers.trainer.compute import ComputeConfig
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig
-from streamrl.consumers.trainer.losses import LossConfig
-from streamrl.consumers.trainer.registry import AlgorithmConfig
 
+from streamrl.consumers.trainer import decoupled_ppo, grpo
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.models import token_logprobs
 from streamrl.models.logprobs import fused_token_logprobs
+from streamrl.recipe.config import TrainerSection
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig, LossConfig
 from tests.trainer.helpers import sample, tiny_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -62,9 +62,10 @@ def test_compute_config_refuses_gpu_options_on_cpu() -> None:
 
 
 def _learner(compute: ComputeConfig, model) -> Learner:
-    return Learner(copy.deepcopy(model), LearnerConfig(
-        lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2, temperature=1.0,
-        algorithm=AlgorithmConfig(), compute=compute))
+    return Learner(copy.deepcopy(model), LearnerSetup(
+        trainer=TrainerSection(lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=2,
+                               algorithm=AlgorithmConfig(), compute=compute),
+        temperature=1.0, advantage=grpo, loss=decoupled_ppo))
 
 
 def _rows():
@@ -117,7 +118,9 @@ def test_micro_batches_accumulate_to_the_same_step_as_one_pass() -> None:
         # ~1e-5 of weight; a wrong split moves weights by the step size (1e-3)
         assert float((micro_state[name] - p).abs().max()) < 5e-5, name
     with pytest.raises(ValueError, match="token_mean"):
-        Learner(copy.deepcopy(model), LearnerConfig(
-            lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=1, temperature=1.0,
-            algorithm=AlgorithmConfig(loss_config=LossConfig(aggregation="seq_mean")),
-            compute=ComputeConfig(micro_batch_rows=1)))
+        Learner(copy.deepcopy(model), LearnerSetup(
+            trainer=TrainerSection(
+                lr=1e-3, weight_decay=0.0, grad_clip=1.0, minibatches=1,
+                algorithm=AlgorithmConfig(loss_config=LossConfig(aggregation="seq_mean")),
+                compute=ComputeConfig(micro_batch_rows=1)),
+            temperature=1.0, advantage=grpo, loss=decoupled_ppo))

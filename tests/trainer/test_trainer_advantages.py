@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from streamrl.consumers.trainer import (
     AdvantageInput,
     BatchConfig,
@@ -13,7 +14,6 @@ from streamrl.consumers.trainer import (
     grpo,
     reinforce_baseline,
 )
-
 from tests.trainer.helpers import sample
 
 # Interleaved on purpose: groups are found by id, not by position.
@@ -68,8 +68,8 @@ def test_packed_rows_carry_each_samples_advantage() -> None:
                for i, r in enumerate([1.0, 0.0, 0.0])]
     batch = build_batch(samples, BatchConfig(pack_row_tokens=6))
     assert batch.tokens.shape[0] == 2  # two samples share row 0
-    adv = grpo(AdvantageInput.from_batch(batch))
-    per_sample = grpo(AdvantageInput.from_batch(build_batch(samples)))[:, 0]
+    adv = grpo(batch.advantage_input())
+    per_sample = grpo(build_batch(samples).advantage_input())[:, 0]
     for i in range(3):
         on_tokens = adv[(batch.segments == i) & batch.loss_mask]
         assert torch.allclose(on_tokens, per_sample[i].expand(2))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from streamrl.consumers.trainer import BatchConfig, build_batch
+from streamrl.models import KVCache, token_logprobs
 from streamrl.schemas import samples_to_batch
 from streamrl.schemas.testing import MoeShape, make_group
-
-from streamrl.models import KVCache, token_logprobs
 from tests.trainer.helpers import sample, tiny_model
 
 F, T = False, True

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from streamrl.consumers.trainer import LossConfig, LossInput, decoupled_ppo, ppo_tis
 
 EPS = 0.2

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
+
 from streamrl.consumers.trainer import (
-    AdvantageInput,
     LossConfig,
     LossInput,
     TrainBatch,
@@ -12,7 +12,6 @@ from streamrl.consumers.trainer import (
     decoupled_ppo,
     grpo,
 )
-
 from streamrl.models import CausalLM, token_logprobs
 from tests.trainer.helpers import sample, tiny_model
 
@@ -48,7 +47,7 @@ def test_grpo_with_decoupled_ppo_raises_the_rewarded_response() -> None:
     start = response_logprob(model, rollout(0))
     for version in range(3):
         batch = rollout(version)
-        advantages = grpo(AdvantageInput.from_batch(batch))
+        advantages = grpo(batch.advantage_input())
         with torch.no_grad():
             proximal = logprobs(model, batch)
         for _ in range(2):  # two updates per batch, the second one off-policy

@@ -3,7 +3,7 @@ same GRPO step as the torch backend.
 
     pip install 'streamrl[megatron]'   # megatron-core; its forward needs CUDA
     initialize()                        # one-rank process group + megatron's model parallel state
-    learner = MegatronLearner(model_config, hf_state_dict, learner_config)
+    learner = MegatronLearner(model_config, hf_state_dict, LearnerSetup.of_run(config, hooks))
 
 The model uses the local (pure megatron-core, no Transformer Engine) layer spec with
 qk-layernorm, GQA (`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMSNorm, RoPE at
@@ -32,15 +32,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer.batch import TrainBatch
 from streamrl.consumers.trainer.compute import autocast
-from streamrl.consumers.trainer.learner import Learner, LearnerConfig
+from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
 from streamrl.consumers.trainer.megatron.replay import replaying
-from streamrl.consumers.trainer.registry import resolve_advantage, resolve_loss
-from torch import Tensor
-
 from streamrl.models import CausalLM, ModelConfig, fused_token_logprobs, load_checkpoint
 from streamrl.models.checkpoint import from_hf_names, save_checkpoint, to_hf_names
 
@@ -207,32 +206,32 @@ class MegatronLearner(Learner):
     master weights with bf16 autocast, as the torch backend on CUDA."""
 
     def __init__(self, model_config: ModelConfig, hf: Mapping[str, Tensor],
-                 config: LearnerConfig) -> None:
-        if not config.compute.on_gpu:
+                 setup: LearnerSetup) -> None:
+        if not setup.trainer.compute.on_gpu:
             raise ValueError("the megatron backend needs a CUDA device (compute.device)")
-        if config.algorithm.batch.pack_row_tokens is not None:
+        if setup.trainer.algorithm.batch.pack_row_tokens is not None:
             raise ValueError("the megatron backend takes unpacked batches: unset "
                              "trainer.algorithm.batch.pack_row_tokens")
         initialize()
-        self.config, self.compute, self.model_config = config, config.compute, model_config
+        self.setup, self.trainer, self.model_config = setup, setup.trainer, model_config
+        self.compute = setup.trainer.compute
         self.model = build_gpt(model_config)
         load_hf(self.model, hf, model_config)
-        self.advantage_fn = resolve_advantage(config.algorithm.advantage)
-        self.loss_fn = resolve_loss(config.algorithm.loss)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
-                                           weight_decay=config.weight_decay, fused=True)
+        self.advantage_fn, self.loss_fn = setup.advantage, setup.loss
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.trainer.lr,
+                                           weight_decay=self.trainer.weight_decay, fused=True)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, config: LearnerConfig) -> MegatronLearner:
+    def from_checkpoint(cls, path: Path, setup: LearnerSetup) -> MegatronLearner:
         """The learner `save` wrote: HF weights (any HF Qwen3 checkpoint loads) and, when
         present, the AdamW state."""
         model = load_checkpoint(path)
-        learner = cls(model.config, to_hf_names(model.state_dict(), model.config), config)
+        learner = cls(model.config, to_hf_names(model.state_dict(), model.config), setup)
         learner.load_optimizer(path)
         return learner
 
-    def _with_config(self, config: LearnerConfig) -> MegatronLearner:
-        return MegatronLearner(self.model_config, self.hf_state_dict(), config)
+    def _with_setup(self, setup: LearnerSetup) -> MegatronLearner:
+        return MegatronLearner(self.model_config, self.hf_state_dict(), setup)
 
     def hf_state_dict(self) -> dict[str, Tensor]:
         return to_hf(self.model, self.model_config)
@@ -240,7 +239,7 @@ class MegatronLearner(Learner):
     def logprobs(self, batch: TrainBatch) -> Tensor:
         with autocast(self.compute):
             return logprobs(self.model, batch.tokens, batch.targets,
-                            temperature=self.config.temperature,
+                            temperature=self.setup.temperature,
                             chunk_size=self.compute.logprob_chunk_tokens,
                             forced_routing=batch.forced_routing, routing_mask=batch.routing_mask)
 

@@ -5,8 +5,8 @@
     init       "recipes.x.warmstart:init"        ModelInit(ModelInitRequest) -> checkpoint dir
     evaluate   "recipes.x.evaluate:evaluate"     Evaluator(EvalRequest) -> dict[str, float]
 
-Rewards and sample filters are producer hooks (`producers/hooks.py`); advantages and losses are
-trainer hooks (`consumers/trainer`); staleness policies live in `streamrl/staleness`.
+Rewards and sample filters are typed in `rollout.py`, advantages, losses and step hooks in
+`train.py`; staleness policies live in `streamrl/staleness`.
 """
 
 from __future__ import annotations

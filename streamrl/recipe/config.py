@@ -1,28 +1,24 @@
 """`RunConfig`: everything that defines a run, read from a recipe's TOML file and validated at
-load, before anything starts. Each component owns its section; cross-field rules are checked here
-with messages that say how to fix them. The config is recorded verbatim in `RunStarted`, so a
-replay rebuilds the same run from the log alone.
+load, before anything starts. Each component is built from its own section (the engine from
+`rollout.engine`, streamrl/recipe/engine.py; the learner from `trainer`, with
+streamrl/recipe/trainer.py); cross-field rules are checked here with messages that say how to fix
+them. The config is recorded verbatim in `RunStarted`, so a replay rebuilds the same run from the
+log alone.
 
-    config = load_config("recipes/arithmetic/recipe.toml")
+    config, hooks = load_recipe("recipes/arithmetic/recipe.toml")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-from streamrl.consumers.trainer.compute import ComputeConfig
-from streamrl.consumers.trainer.hooks import TrainStepHook
-from streamrl.consumers.trainer.registry import AlgorithmConfig
-from streamrl.producers.engine.config import EngineConfig
-from streamrl.producers.hooks import RewardFn, SampleFilter
-from streamrl.producers.rollout import RolloutFn
 
-from streamrl.hooks import resolve
-from streamrl.run.hooks import Evaluator, ModelInit, PromptSource, Tokenizer
-from streamrl.staleness import StalenessConfig, build_policy
+from streamrl.recipe.engine import EngineConfig
+from streamrl.recipe.hooks import Hooks, resolve_hooks
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
+from streamrl.staleness import StalenessConfig
 from streamrl.streams import check_run_id
 
 
@@ -201,47 +197,23 @@ class RunConfig(Section, kw_only=True):
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")
 
-    # -- hooks, resolved once at load -----------------------------------------------------------
-    def tokenizer(self) -> Tokenizer:
-        target = resolve(self.data.tokenizer, what="data.tokenizer")
-        tok = target() if isinstance(target, type) else target
-        if not isinstance(tok, Tokenizer):
-            raise ConfigError(f"data.tokenizer {self.data.tokenizer!r} has no encode/decode/"
-                              "vocab_size/pad_token_id/stop_token_id")
-        return tok
 
-    def hooks(self) -> dict[str, Any]:
-        """Every hook, resolved (raises with the field's name when a path is wrong)."""
-        return {
-            "tokenizer": self.tokenizer(),
-            "prompts": resolve(self.data.prompts, PromptSource, what="data.prompts"),
-            "init": resolve(self.model.init, ModelInit, what="model.init"),
-            "reward": resolve(self.rollout.reward, RewardFn, what="rollout.reward"),
-            "rollout": resolve(self.rollout.rollout, RolloutFn, what="rollout.rollout"),
-            "filter": (resolve(self.rollout.filter, SampleFilter, what="rollout.filter")
-                       if self.rollout.filter else None),
-            "engine_factory": (resolve(self.rollout.engine_factory, Callable[[Any, Any], Any],
-                                       what="rollout.engine_factory")
-                               if self.rollout.engine_factory else None),
-            "evaluate": (resolve(self.eval.evaluate, Evaluator, what="eval.evaluate")
-                         if self.eval.evaluate else None),
-            "staleness": build_policy(self.staleness),
-            "step_hooks": [resolve(path, TrainStepHook, what="trainer.step_hooks")
-                           for path in self.trainer.step_hooks],
-        }
-
-
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a recipe; every problem is a `ConfigError` naming the file and field."""
+def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
+    """Read and validate a recipe, resolving its hooks (the one resolution of this process: hand
+    them to the run context); every problem is a `ConfigError` naming the file and field."""
     path = Path(path)
     try:
         config = msgspec.toml.decode(path.read_bytes(), type=RunConfig)
-        config.hooks()
+        return config, resolve_hooks(config)
     except FileNotFoundError:
         raise ConfigError(f"recipe {str(path)!r} does not exist") from None
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
-    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """`load_recipe` without its hooks, for callers that only read the config."""
+    return load_recipe(path)[0]
 
 
 def config_from_builtins(data: dict[str, Any]) -> RunConfig:

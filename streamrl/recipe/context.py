@@ -6,14 +6,16 @@ The driver writes `RunStarted` once; producers, the trainer, replay and audit re
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from streamrl.schemas import RunParent, RunStarted, decode_event
 
 from streamrl.log import Log
-from streamrl.run.config import RunConfig, config_from_builtins
+from streamrl.recipe.config import RunConfig, config_from_builtins
+from streamrl.recipe.hooks import Hooks, resolve_hooks
+from streamrl.schemas import RunParent, RunStarted, decode_event
 from streamrl.streams import RunStreams
 from streamrl.weights import TransportConfig
 
@@ -36,13 +38,21 @@ class ForkPoint(msgspec.Struct, kw_only=True, frozen=True):
         return max(0, -(-(self.num_carried_samples - rank) // num_producers))
 
 
-class RunContext(msgspec.Struct, kw_only=True, frozen=True):
+class RunContext(msgspec.Struct, kw_only=True, frozen=True, dict=True):
     run_id: str
     config: RunConfig
     init_checkpoint: Path  # HF checkpoint of version 0
     run_dir: Path  # checkpoints, published weights, TensorBoard logs, plots
     parent: RunParent | None = None  # the run this one was forked or replayed from
     fork: ForkPoint | None = None  # set for a fork: where in the parent's log it starts
+    resolved_hooks: Hooks | None = None  # `config`'s hooks, when this process already has them
+
+    @functools.cached_property
+    def hooks(self) -> Hooks:
+        """The recipe's hooks: those handed in (`load_recipe`'s), or resolved here on first use,
+        so each process resolves a recipe once (streamrl/recipe/hooks.py)."""
+        return self.resolved_hooks if self.resolved_hooks is not None else (
+            resolve_hooks(self.config))
 
     @property
     def first_version(self) -> int:

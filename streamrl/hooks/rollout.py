@@ -1,4 +1,5 @@
-"""The producer-side hooks and their typed inputs: reward functions and sample filters.
+"""The producer-side hooks and their typed inputs: reward functions and sample filters (the
+rollout function, `RolloutFn`, is typed in `streamrl.producers.rollout`).
 
 A reward function scores one finished sample; it must not raise on a garbled answer (model output
 is untrusted data): return reward 0 with a `status` that says why.
@@ -8,7 +9,7 @@ is untrusted data): return reward 0 with a `status` that says why.
 A sample filter sees one finished group (all samples of a prompt, scored) and says whether to
 publish it, e.g. to skip groups whose rewards are all equal (they carry no GRPO signal).
 
-    def keep_group(group: FilterInput) -> FilterOutput: ...         # "producers.filters:..."
+    def keep_group(group: FilterInput) -> FilterOutput: ...         # "my.pkg:keep_group"
 """
 
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""The trainer's hooks and their typed inputs: advantage estimators, policy losses and
+training-step metrics. Built-ins live in `streamrl.consumers.trainer` (advantages.py,
+losses.py, hooks.py); a recipe names its own by import path in `[trainer.algorithm]` or
+`trainer.step_hooks`.
+
+    def my_advantage(inp: AdvantageInput) -> Tensor: ...          # [B, S], 0 where not trained
+    def my_loss(inp: LossInput) -> LossOutput: ...
+    def weight_norm(step: TrainStepInput) -> dict[str, float]: ...   # extra metrics per step
+
+A step hook must not change the model: the trainer's state stays a pure function of the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+from torch import Tensor, nn
+
+from streamrl.recipe.trainer import LossConfig
+
+
+class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """What an advantage estimator may look at: rewards, groups and where tokens are trained."""
+
+    rewards: Tensor  # [N] float
+    group_ids: Sequence[str]  # [N]
+    loss_mask: Tensor  # [B, S] bool
+    segments: Tensor | None = None
+    """[B, S] int64 sample index of each position (-1 = padding); None means row b is sample b."""
+
+
+
+AdvantageFn = Callable[[AdvantageInput], Tensor]
+"""AdvantageInput -> advantages [B, S] float32, zero wherever loss_mask is False."""
+
+
+class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    logprobs: Tensor  # [B, S] log pi(target), current policy, requires grad
+    old_logprobs: Tensor  # [B, S] log mu(target), from the engine at its temperature
+    proximal_logprobs: Tensor | None  # [B, S] log prox(target), no grad; None = not computed
+    advantages: Tensor  # [B, S]
+    loss_mask: Tensor  # [B, S] bool
+    versions: Tensor  # [B, S] int, the version that sampled each target
+    current_version: int
+    config: LossConfig
+    segments: Tensor | None = None
+    """[B, S] sample index per position (-1 = padding) for per-sample aggregation of packed
+    rows; None means row b is sample b."""
+
+
+class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """The loss and its diagnostics, each a mean over trained tokens unless named otherwise:
+    clip_fraction (tokens whose clip was active), ratio_mean (the clipped ratio), tis_weight_mean
+    and tis_weight_max (the capped behavior weight w), truncated_fraction (tokens over the cap),
+    approx_kl_old (k3 estimate of KL(mu || pi)), staleness_mean/max (current_version - version),
+    num_tokens, loss."""
+
+    loss: Tensor  # scalar, differentiable
+    metrics: dict[str, float]
+
+
+LossFn = Callable[[LossInput], LossOutput]
+
+
+class TrainStepInput(msgspec.Struct, kw_only=True, frozen=True):
+    version: int  # the version this step produced
+    metrics: dict[str, float]  # the step's metrics so far (loss, reward_mean, clip_fraction, ...)
+    sample_ids: tuple[str, ...]  # the batch, in training order
+    rewards: tuple[float, ...]  # one per sample
+    lags: tuple[int, ...]  # versions behind the trainer, one per sample
+    model: nn.Module  # read-only
+
+
+TrainStepHook = Callable[[TrainStepInput], dict[str, float]]

@@ -1,0 +1,76 @@
+"""`Hooks`: every import-path hook of a recipe, resolved once per process into one frozen struct
+whose fields are typed by the hooks' protocols.
+
+    hooks = resolve_hooks(config)        # raises ConfigError naming the field on a bad path
+    hooks.reward(RewardInput(...))
+
+`load_config` resolves them to check a recipe before anything starts and hands the result to
+the run context (`RunContext.hooks`), which every component reads; a component that rebuilds its
+context from the log resolves them once, on first use. Nothing else resolves a recipe's hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+
+from streamrl.hooks.resolve import resolve
+from streamrl.hooks.rollout import RewardFn, SampleFilter
+from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
+from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
+from streamrl.staleness import StalenessPolicy, build_policy
+
+if TYPE_CHECKING:
+    from streamrl.recipe.config import RunConfig
+
+
+class Hooks(msgspec.Struct, kw_only=True, frozen=True):
+    """A recipe's hooks, resolved. Fields mirror the recipe's import-path knobs."""
+
+    tokenizer: Tokenizer  # data.tokenizer (an object, or a class instantiated with no arguments)
+    prompts: PromptSource  # data.prompts
+    init: ModelInit  # model.init
+    reward: RewardFn  # rollout.reward
+    rollout: Callable[..., Any]  # rollout.rollout: a `RolloutFn` (streamrl.producers.rollout)
+    filter: SampleFilter | None  # rollout.filter
+    engine_factory: Callable[[Any, Any], Any] | None  # rollout.engine_factory
+    evaluate: Evaluator | None  # eval.evaluate
+    staleness: StalenessPolicy  # [staleness]: the policy instance
+    advantage: AdvantageFn  # trainer.algorithm.advantage
+    loss: LossFn  # trainer.algorithm.loss
+    step_hooks: tuple[TrainStepHook, ...]  # trainer.step_hooks
+
+
+def resolve_hooks(config: RunConfig) -> Hooks:
+    """Import every hook `config` names and check it against its protocol; a wrong path raises
+    `ResolveError` (a ValueError) whose message names the recipe field and what is wrong."""
+    rollout, algorithm = config.rollout, config.trainer.algorithm
+    return Hooks(
+        tokenizer=_tokenizer(config.data.tokenizer),
+        prompts=resolve(config.data.prompts, PromptSource, what="data.prompts"),
+        init=resolve(config.model.init, ModelInit, what="model.init"),
+        reward=resolve(rollout.reward, RewardFn, what="rollout.reward"),
+        rollout=resolve(rollout.rollout, Callable[[Any], Any], what="rollout.rollout"),
+        filter=(resolve(rollout.filter, SampleFilter, what="rollout.filter")
+                if rollout.filter else None),
+        engine_factory=(resolve(rollout.engine_factory, Callable[[Any, Any], Any],
+                                what="rollout.engine_factory")
+                        if rollout.engine_factory else None),
+        evaluate=(resolve(config.eval.evaluate, Evaluator, what="eval.evaluate")
+                  if config.eval.evaluate else None),
+        staleness=build_policy(config.staleness),
+        advantage=cast(AdvantageFn, resolve(algorithm.advantage, AdvantageFn, what="advantage")),
+        loss=cast(LossFn, resolve(algorithm.loss, LossFn, what="loss")),
+        step_hooks=tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
+                         for path in config.trainer.step_hooks))
+
+
+def _tokenizer(path: str) -> Tokenizer:
+    target = resolve(path, what="data.tokenizer")
+    tok = target() if isinstance(target, type) else target
+    if not isinstance(tok, Tokenizer):
+        raise ValueError(f"data.tokenizer {path!r} has no encode/decode/vocab_size/pad_token_id/"
+                         "stop_token_id")
+    return tok

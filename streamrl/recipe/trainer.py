@@ -1,0 +1,135 @@
+"""The trainer's config sections: `ComputeConfig` (device, precision), `AlgorithmConfig` (the
+advantage and loss by import path, with `LossConfig` and `BatchConfig`). They are part of the
+recipe (`RunConfig.trainer`), so they live in the library layer; the trainer reads them and
+`streamrl.recipe.hooks` resolves the import paths, once per process.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+import torch
+
+DEFAULT_ADVANTAGE = "streamrl.consumers.trainer.advantages:grpo"
+DEFAULT_LOSS = "streamrl.consumers.trainer.losses:decoupled_ppo"
+
+
+class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    device: str = "cpu"
+    """Torch device of the learner ("cpu", "cuda", "cuda:1"). With FSDP it is each rank's own."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """"bf16": bf16 compute with fp32 master weights and optimizer state (CUDA only)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer in backward instead of keeping its activations."""
+    compile: bool = False
+    """torch.compile each decoder layer and the vocabulary-sized logprob kernels (CUDA)."""
+    compile_mode: str | None = None
+    """torch.compile mode: None (default), "max-autotune-no-cudagraphs" (autotunes the
+    generated kernels and matmul choices; compiles for minutes), "reduce-overhead"."""
+    compile_scope: Literal["layer", "model"] = "layer"
+    """"layer": compile each decoder layer (one small graph, reused 28 times); "model": the
+    whole decoder stack as one graph (fuses across layer boundaries; longer compile)."""
+    compile_dynamic: bool | None = None
+    """torch.compile's `dynamic`: None lets it mark dims dynamic after a shape change (the
+    proximal forward and the minibatches differ in rows); False compiles one static graph per
+    shape."""
+    micro_batch_rows: int | None = None
+    """Split each minibatch into micro-batches of at most this many rows and accumulate their
+    gradients before the one optimizer step: more tokens per optimizer step at the activation
+    memory of a micro-batch. Exact for aggregation = "token_mean" (each micro-batch's loss is
+    scaled by its share of the minibatch's trained tokens); other aggregations are refused."""
+    attention_backend: Literal["auto", "cudnn"] = "auto"
+    """SDPA kernel choice: "auto" is PyTorch's order (flash first on an H100); "cudnn" tries
+    cuDNN's fused attention first (Hopper-tuned), then flash, then the rest."""
+    logprob_chunk_tokens: int = 4096
+    """Tokens per chunk of the LM head + log-softmax on CUDA (at vocab 151936 in bf16, 4096
+    tokens are 1.2 GB of logits, the largest transient of a step)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over the default process group with
+    FSDP2 (`fully_shard` per decoder layer, then the root); needs torch.distributed set up."""
+
+    def __post_init__(self) -> None:
+        device = torch.device(self.device)
+        if device.type == "cpu" and (self.precision != "fp32" or self.compile or self.fsdp):
+            raise ValueError("precision='bf16', compile and fsdp need a CUDA device; "
+                             f"got device={self.device!r} (set device = \"cuda\")")
+        if self.attention_backend != "auto" and device.type == "cpu":
+            raise ValueError(f"attention_backend={self.attention_backend!r} needs a CUDA device")
+        if self.micro_batch_rows is not None and self.micro_batch_rows <= 0:
+            raise ValueError(f"micro_batch_rows must be positive or None, "
+                             f"got {self.micro_batch_rows}")
+        if self.logprob_chunk_tokens <= 0:
+            raise ValueError(f"logprob_chunk_tokens must be positive, "
+                             f"got {self.logprob_chunk_tokens}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.torch_device.type == "cuda"
+
+
+class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    clip_low: float = 0.2
+    """eps_low: the surrogate ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.2
+    """eps_high: clipped above at 1 + clip_high (DAPO's "clip-higher" raises it, e.g. 0.28)."""
+    importance_cap: float = 2.0
+    """C: token importance weights between the trainer's policy and the sampler are capped here."""
+    cap_mode: Literal["truncate", "mask"] = "truncate"
+    """Over the cap, "truncate" uses weight C; "mask" drops the token (weight 0)."""
+    max_log_ratio: float = 20.0
+    """Log-ratios are clamped to +-this before exp (exp(20) ~ 5e8 still fits float32 sums)."""
+    aggregation: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
+    """How token losses become one number. "token_mean": sum over trained tokens / their count
+    (every token weighs the same). "seq_mean": mean over each sample's tokens, then over samples
+    (every sample weighs the same). "seq_sum_norm": sum / (num_samples * norm_tokens), a constant
+    divisor free of length bias (Dr. GRPO)."""
+    norm_tokens: int | None = None
+    """The per-sample constant of "seq_sum_norm", e.g. the maximum response length."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clip_low < 1:
+            raise ValueError(f"clip_low must be in (0, 1), got {self.clip_low}")
+        if self.clip_high <= 0:
+            raise ValueError(f"clip_high must be positive, got {self.clip_high}")
+        if self.importance_cap < 1:
+            raise ValueError(f"importance_cap must be >= 1 (1 = never up-weight), "
+                             f"got {self.importance_cap}")
+        if self.max_log_ratio <= 0:
+            raise ValueError(f"max_log_ratio must be positive, got {self.max_log_ratio}")
+        if self.aggregation == "seq_sum_norm" and (self.norm_tokens or 0) <= 0:
+            raise ValueError('aggregation "seq_sum_norm" needs norm_tokens > 0 (set it to the '
+                             "maximum response length)")
+
+
+class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pack_row_tokens: int | None = None
+    """Pack several samples into rows of at most this many tokens (first fit, input order);
+    None puts each sample in its own row. Packed rows restart positions at each sample, which is
+    how `CausalLM` keeps packed sequences from attending to each other."""
+    pad_token_id: int = 0
+    """Token id written at padding and at target positions with nothing to predict."""
+    pad_to_multiple_of: int = 1
+    """Round the padded length S up to a multiple of this (steadier shapes for compiled kernels)."""
+
+    def __post_init__(self) -> None:
+        if self.pack_row_tokens is not None and self.pack_row_tokens <= 0:
+            raise ValueError(f"pack_row_tokens must be positive or None, "
+                             f"got {self.pack_row_tokens}")
+        if self.pad_to_multiple_of <= 0:
+            raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
+
+
+class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    advantage: str = DEFAULT_ADVANTAGE
+    """Import path of an `AdvantageFn(AdvantageInput) -> Tensor [B, S]` (advantages.py)."""
+    loss: str = DEFAULT_LOSS
+    """Import path of a `LossFn(LossInput) -> LossOutput` (losses.py)."""
+    loss_config: LossConfig = msgspec.field(default_factory=LossConfig)
+    """Knobs every built-in loss reads: clip range, importance cap, aggregation."""
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    """Batch assembly: packing and padding."""
