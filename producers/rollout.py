@@ -12,58 +12,13 @@ did not sample, such as tool output.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from streamrl.hooks.engine import Engine
 from streamrl.hooks.generation import GenerationRequest, GenerationResult, SamplingParams
-
-
-class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    """One finished sample of a group, as the trajectory schema records it."""
-
-    prompt_tokens: npt.NDArray[np.int32]  # [num_prompt_tokens]
-    response_tokens: npt.NDArray[np.int32]  # [num_response_tokens]
-    logprobs: npt.NDArray[np.float32]  # [num_response_tokens]
-    loss_mask: npt.NDArray[np.bool_]  # [num_response_tokens] False where the model did not sample
-    response_versions: npt.NDArray[np.uint32]  # [num_response_tokens]
-    routed_experts: npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | None
-    finish_reason: str
-    seed: int
-    started_at: datetime
-    finished_at: datetime
-
-    @classmethod
-    def from_generation(cls, result: GenerationResult) -> RolloutSample:
-        return cls(
-            prompt_tokens=result.prompt_tokens, response_tokens=result.response_tokens,
-            logprobs=result.logprobs, loss_mask=np.ones(len(result.response_tokens), dtype=bool),
-            response_versions=result.response_versions, routed_experts=result.routed_experts,
-            finish_reason=result.finish_reason, seed=result.seed,
-            started_at=datetime.fromtimestamp(result.timing.started_at, UTC),
-            finished_at=datetime.fromtimestamp(result.timing.finished_at, UTC))
-
-
-Generate = Callable[[npt.NDArray[np.int32], SamplingParams], Awaitable[GenerationResult]]
-
-
-class RolloutInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
-    prompt_id: str
-    prompt_text: str | None
-    prompt_tokens: npt.NDArray[np.int32]
-    metadata: dict[str, Any]
-    num_samples: int
-    params: Callable[[int], SamplingParams]  # the recipe's sampling params, seeded for sample k
-    generate: Generate
-    tokenizer: Any  # the run's Tokenizer (streamrl.hooks.run)
-
-
-RolloutFn = Callable[[RolloutInput], Awaitable[list[RolloutSample]]]
+from streamrl.hooks.rollout import RolloutInput, RolloutSample
 
 
 async def sample_n(inp: RolloutInput) -> list[RolloutSample]:

@@ -30,11 +30,18 @@ import numpy as np
 
 from streamrl.hooks.engine import Engine
 from streamrl.hooks.generation import SamplingParams, seed_from_request_id
-from streamrl.hooks.rollout import FilterInput, FilterOutput, RewardInput, RewardOutput
+from streamrl.hooks.rollout import (
+    FilterInput,
+    FilterOutput,
+    RewardInput,
+    RewardOutput,
+    RolloutInput,
+    RolloutSample,
+)
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.handover import hand_over
 from streamrl.producers.resume import PartitionProgress
-from streamrl.producers.rollout import EngineClient, RolloutInput, RolloutSample
+from streamrl.producers.rollout import EngineClient
 from streamrl.producers.weight_sync import WeightSync
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.schemas import (

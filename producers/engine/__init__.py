@@ -11,10 +11,10 @@ for seeds, the logprob convention and which forward pass each recorded MoE routi
 from. `TorchEngine` satisfies `streamrl.hooks.engine.Engine`, what a producer drives.
 """
 
-from streamrl.producers.engine.config import EngineConfig
 from streamrl.producers.engine.engine import TorchEngine
 from streamrl.producers.engine.request import GenerationRequest, GenerationResult, Timing
 from streamrl.producers.engine.sampling import SamplingParams, sample, seed_from_request_id
+from streamrl.recipe.engine import EngineConfig
 
 __all__ = [
     "EngineConfig",

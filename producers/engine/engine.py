@@ -37,12 +37,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from streamrl.producers.engine.config import EngineConfig
-from streamrl.producers.engine.packing import pack_weights
-from streamrl.producers.engine.request import checked_prompt
-from streamrl.producers.engine.sampling import sample
-from streamrl.producers.engine.slots import Sampler, SlotBuffers
-from streamrl.producers.engine.weights import copy_hf_weights
 from torch import Tensor
 
 from streamrl.hooks.generation import (
@@ -53,6 +47,12 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import CausalLM, KVCache
+from streamrl.producers.engine.packing import pack_weights
+from streamrl.producers.engine.request import checked_prompt
+from streamrl.producers.engine.sampling import sample
+from streamrl.producers.engine.slots import Sampler, SlotBuffers
+from streamrl.producers.engine.weights import copy_hf_weights
+from streamrl.recipe.engine import EngineConfig
 
 _MAX_VERSION = 1 << 32  # response_versions are uint32 in the trajectory schema
 

@@ -1,5 +1,11 @@
-"""The producer-side hooks and their typed inputs: reward functions and sample filters (the
-rollout function, `RolloutFn`, is typed in `streamrl.producers.rollout`).
+"""The producer-side hooks and their typed inputs: rollout functions, reward functions and
+sample filters.
+
+A rollout function turns one prompt into its group (the default, `sample_n` in
+`streamrl.producers.rollout`, samples it n times; multi-turn rollouts plug in here):
+
+    async def my_rollout(inp: RolloutInput) -> list[RolloutSample]: ...   # "my.pkg:my_rollout"
+
 
 A reward function scores one finished sample; it must not raise on a garbled answer (model output
 is untrusted data): return reward 0 with a `status` that says why.
@@ -14,12 +20,16 @@ publish it, e.g. to skip groups whose rewards are all equal (they carry no GRPO 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+
+from streamrl.hooks.generation import GenerationResult, SamplingParams
+from streamrl.hooks.run import Tokenizer
 
 
 class RewardInput(msgspec.Struct, kw_only=True, frozen=True):
@@ -54,3 +64,45 @@ class FilterOutput(msgspec.Struct, kw_only=True, frozen=True):
 
 
 SampleFilter = Callable[[FilterInput], FilterOutput]
+
+
+class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """One finished sample of a group, as the trajectory schema records it."""
+
+    prompt_tokens: npt.NDArray[np.int32]  # [num_prompt_tokens]
+    response_tokens: npt.NDArray[np.int32]  # [num_response_tokens]
+    logprobs: npt.NDArray[np.float32]  # [num_response_tokens]
+    loss_mask: npt.NDArray[np.bool_]  # [num_response_tokens] False where the model did not sample
+    response_versions: npt.NDArray[np.uint32]  # [num_response_tokens]
+    routed_experts: npt.NDArray[np.uint8] | npt.NDArray[np.uint16] | None
+    finish_reason: str
+    seed: int
+    started_at: datetime
+    finished_at: datetime
+
+    @classmethod
+    def from_generation(cls, result: GenerationResult) -> RolloutSample:
+        return cls(
+            prompt_tokens=result.prompt_tokens, response_tokens=result.response_tokens,
+            logprobs=result.logprobs, loss_mask=np.ones(len(result.response_tokens), dtype=bool),
+            response_versions=result.response_versions, routed_experts=result.routed_experts,
+            finish_reason=result.finish_reason, seed=result.seed,
+            started_at=datetime.fromtimestamp(result.timing.started_at, UTC),
+            finished_at=datetime.fromtimestamp(result.timing.finished_at, UTC))
+
+
+Generate = Callable[[npt.NDArray[np.int32], SamplingParams], Awaitable[GenerationResult]]
+
+
+class RolloutInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    prompt_id: str
+    prompt_text: str | None
+    prompt_tokens: npt.NDArray[np.int32]
+    metadata: dict[str, Any]
+    num_samples: int
+    params: Callable[[int], SamplingParams]  # the recipe's sampling params, seeded for sample k
+    generate: Generate
+    tokenizer: Tokenizer  # the run's tokenizer
+
+
+RolloutFn = Callable[[RolloutInput], Awaitable[list[RolloutSample]]]

@@ -11,13 +11,13 @@ context from the log resolves them once, on first use. Nothing else resolves a r
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 
+from streamrl.hooks.engine import EngineFactory
 from streamrl.hooks.resolve import resolve
-from streamrl.hooks.rollout import RewardFn, SampleFilter
+from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
 from streamrl.staleness import StalenessPolicy, build_policy
@@ -33,9 +33,9 @@ class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     prompts: PromptSource  # data.prompts
     init: ModelInit  # model.init
     reward: RewardFn  # rollout.reward
-    rollout: Callable[..., Any]  # rollout.rollout: a `RolloutFn` (streamrl.producers.rollout)
+    rollout: RolloutFn  # rollout.rollout
     filter: SampleFilter | None  # rollout.filter
-    engine_factory: Callable[[Any, Any], Any] | None  # rollout.engine_factory
+    engine_factory: EngineFactory | None  # rollout.engine_factory (None: the torch engine)
     evaluate: Evaluator | None  # eval.evaluate
     staleness: StalenessPolicy  # [staleness]: the policy instance
     advantage: AdvantageFn  # trainer.algorithm.advantage
@@ -52,10 +52,10 @@ def resolve_hooks(config: RunConfig) -> Hooks:
         prompts=resolve(config.data.prompts, PromptSource, what="data.prompts"),
         init=resolve(config.model.init, ModelInit, what="model.init"),
         reward=resolve(rollout.reward, RewardFn, what="rollout.reward"),
-        rollout=resolve(rollout.rollout, Callable[[Any], Any], what="rollout.rollout"),
+        rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
         filter=(resolve(rollout.filter, SampleFilter, what="rollout.filter")
                 if rollout.filter else None),
-        engine_factory=(resolve(rollout.engine_factory, Callable[[Any, Any], Any],
+        engine_factory=(resolve(rollout.engine_factory, EngineFactory,
                                 what="rollout.engine_factory")
                         if rollout.engine_factory else None),
         evaluate=(resolve(config.eval.evaluate, Evaluator, what="eval.evaluate")

@@ -12,7 +12,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from streamrl.producers.rollout import RolloutInput, RolloutSample, sample_n
+from streamrl.hooks.rollout import RolloutInput, RolloutSample
+from streamrl.producers.rollout import sample_n
 
 HOLD_ENV = "STREAMRL_TEST_HOLD"
 

@@ -12,8 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from streamrl.audit import audit_run
 from streamrl.consumers.trainer.resume import read_history
-from streamrl.producers.rollout import RolloutInput, RolloutSample, sample_n
+from streamrl.hooks.rollout import RolloutInput, RolloutSample
+from streamrl.log import Log
+from streamrl.producers.rollout import sample_n
+from streamrl.recipe.context import RunContext
 from streamrl.schemas import (
     ProducerJoined,
     ProducerLeft,
@@ -21,10 +25,6 @@ from streamrl.schemas import (
     decode_event,
     decode_trajectories,
 )
-
-from streamrl.audit import audit_run
-from streamrl.log import Log
-from streamrl.recipe.context import RunContext
 from tests.helpers import TINY
 
 

@@ -12,11 +12,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamrl.hooks.rollout import RewardInput, RewardOutput
+from streamrl.hooks.rollout import RewardInput, RewardOutput, RolloutInput, RolloutSample
 from streamrl.hooks.run import ModelInitRequest, PromptRequest, PromptSpec
 from streamrl.hooks.train import TrainStepInput
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
-from streamrl.producers.rollout import RolloutInput, RolloutSample
 
 CHARS = "0123456789="
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from streamrl.producers.rollout import EngineClient, RolloutSample
-from streamrl.producers.sglang import SGLangConfig, SGLangEngine, SGLangError
-from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
 from streamrl.hooks.generation import GenerationRequest, SamplingParams
+from streamrl.hooks.rollout import RolloutSample
 from streamrl.models import ModelConfig
+from streamrl.producers.rollout import EngineClient
+from streamrl.producers.sglang import SGLangConfig, SGLangEngine, SGLangError
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 from tests.sglang.fake_server import FakeSGLang, expert_at
 
 MOE = ModelConfig(model_type="qwen3_moe", vocab_size=100, hidden_size=16, intermediate_size=32,
@@ -176,19 +177,18 @@ def test_bad_config_and_requests_are_refused() -> None:
 
 def test_a_recipe_selects_the_adapter_by_import_path(tmp_path) -> None:
     """`rollout.engine_factory` + `engine_options` in the recipe; bad options name the field."""
-    from streamrl.producers.sglang import engine_from_options
-
     from streamrl.models import save_checkpoint
     from streamrl.models.model import CausalLM
-    from streamrl.run.config import load_config
+    from streamrl.producers.sglang import engine_from_options
+    from streamrl.recipe.config import load_recipe
 
     recipe = Path("recipes/arithmetic/recipe_moe.toml").read_text().replace(
         "[trainer]", 'engine_factory = "streamrl.producers.sglang:engine_from_options"\n'
         'engine_options = { url = "http://127.0.0.1:30000", pause_mode = "in_place" }\n\n'
         "[trainer]", 1)
     (tmp_path / "r.toml").write_text(recipe)
-    config = load_config(tmp_path / "r.toml")
-    factory = config.hooks()["engine_factory"]
+    config, hooks = load_recipe(tmp_path / "r.toml")
+    factory = hooks.engine_factory
     save_checkpoint(CausalLM(MOE), tmp_path / "ckpt")
     eng = factory(tmp_path / "ckpt", dict(config.rollout.engine_options))
     assert isinstance(eng, SGLangEngine) and eng.config.pause_mode == "in_place"
