@@ -31,12 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
-from streamrl.producers.engine.cuda import attention
-
 from bench.common import ROOT, machine_info
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.checkpoint import checked_state
+from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
+from streamrl.producers.engine.cuda import attention
 
 NAME = "engine_throughput"
 SHAPE = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
@@ -137,6 +136,7 @@ def sweep_attention(batch: int, context: int, bandwidth: float) -> list[dict]:
 def time_samplers(batch: int) -> dict:
     """ms per call of the one-kernel sampler and the sorting torch sampler at [batch, V]."""
     import triton.testing
+
     from streamrl.producers.engine.cuda.sampling import sample_untruncated
     from streamrl.producers.engine.sampling import sample
 

@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamrl.schemas import RunStarted, TrainStep, WeightVersionLoaded, decode_event
-
 from bench.common import machine_info
 from streamrl import aio
 from streamrl.log import open_log
+from streamrl.schemas import RunStarted, TrainStep, WeightVersionLoaded, decode_event
 from streamrl.streams import RunStreams
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from streamrl.schemas import batch_to_samples, decode_event, decode_trajectories
 
 from bench.common import RESULTS, ROOT, machine_info
 from bench.trainer_mfu import _write_section
 from streamrl.log import open_log
+from streamrl.schemas import batch_to_samples, decode_event, decode_trajectories
 from streamrl.streams import RunStreams
 
 RECIPE = "recipes/arithmetic/recipe_gpu.toml"

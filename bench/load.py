@@ -35,12 +35,12 @@ from pathlib import Path
 import msgspec
 import numpy as np
 from rich.progress import Progress
-from streamrl.schemas import decode_trajectories
 
 from bench.common import RESULTS, ROOT, machine_info, producer_performance, replace_section
 from bench.log_throughput import encode, make_samples
 from streamrl import aio
 from streamrl.log import Append, StreamPartition, open_log
+from streamrl.schemas import decode_trajectories
 
 GROUP = "bench-load"
 TICK_S = 0.010  # the lag probe's period

@@ -30,7 +30,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 from rich.progress import Progress
-from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
 from bench.common import (
     Case,
@@ -41,6 +40,7 @@ from bench.common import (
 )
 from streamrl import aio
 from streamrl.log import open_log
+from streamrl.schemas import Sample, decode_trajectories, encode_trajectories, samples_to_batch
 
 GROUP = 8  # samples per message: one GRPO group
 WINDOW = 4  # appends a producer keeps in flight

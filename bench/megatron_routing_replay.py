@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from streamrl.consumers.trainer.batch import TrainBatch, build_batch
-from streamrl.consumers.trainer.megatron import model as mg
-from streamrl.consumers.trainer.megatron.replay import batch_major, routing_maps
 
 from bench.common import ROOT, replace_section
 from bench.moe_routing_replay import FULL, Init, as_sample, build_model, generate
+from streamrl.consumers.trainer.batch import TrainBatch, build_batch
+from streamrl.consumers.trainer.megatron import model as mg
+from streamrl.consumers.trainer.megatron.replay import batch_major, routing_maps
 from streamrl.models import CausalLM, token_logprobs
 from streamrl.models.checkpoint import to_hf_names
 

@@ -33,12 +33,12 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from streamrl.consumers.trainer.batch import build_batch
-from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
-from streamrl.schemas import Sample
 
+from streamrl.consumers.trainer.batch import build_batch
 from streamrl.models import CausalLM, ModelConfig, token_logprobs
 from streamrl.models.moe import MoE
+from streamrl.producers.engine import EngineConfig, GenerationRequest, SamplingParams, TorchEngine
+from streamrl.schemas import Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "moe_routing_replay"

@@ -32,6 +32,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pyarrow as pa
+
 from streamrl.schemas import encode_trajectories, samples_to_batch
 from streamrl.schemas.arrays import ListParts
 from streamrl.schemas.limits import DEFAULT_LIMITS

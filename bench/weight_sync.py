@@ -88,7 +88,6 @@ def _copy_floor_ms(nbytes: int) -> float:
 def engine(conn, quick: bool, directory: str) -> None:
     from streamrl.producers.engine.packing import pack_weights, packed_buffer
     from streamrl.producers.engine.weights import copy_hf_weights
-
     from streamrl.weights import open_transport
 
     models = {}
@@ -182,7 +181,6 @@ def engine(conn, quick: bool, directory: str) -> None:
 
 def run(out: Path, quick: bool, num_versions: int) -> Path:
     from streamrl.consumers.trainer.compute import full_tensor
-
     from streamrl.models.checkpoint import to_hf_names
     from streamrl.weights import open_transport
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
-from streamrl.producers.resume import PartitionProgress
-from streamrl.schemas import Prompt, encode_event
-from streamrl.schemas.ids import reissued_event_id
 
 from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.producers.resume import PartitionProgress
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
+from streamrl.schemas import Prompt, encode_event
+from streamrl.schemas.ids import reissued_event_id
 
 
 async def hand_over(log: Log, ctx: RunContext, unfinished: Iterable[tuple[Record, Prompt]],

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from streamrl.schemas.arrays import ListParts, filled_ints
 from streamrl.schemas.errors import TrajectoryDecodeError
 from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits

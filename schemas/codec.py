@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
+
 from streamrl.schemas.checks import check_batch, check_columns
 from streamrl.schemas.compat import check_compatible, conform, conform_columns, has_v1_columns
 from streamrl.schemas.errors import DecodeError, TrajectoryDecodeError

@@ -10,6 +10,7 @@ writer's schema are not part of compatibility; the data itself is checked for nu
 from __future__ import annotations
 
 import pyarrow as pa
+
 from streamrl.schemas.errors import SchemaIncompatibleError
 from streamrl.schemas.trajectory import (
     FIELDS_BY_NAME,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+
 from streamrl.schemas.errors import EventDecodeError
 
 _HEX = frozenset("0123456789abcdef")

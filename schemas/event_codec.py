@@ -10,6 +10,7 @@ import re
 from typing import Literal, TypeAlias
 
 import msgspec
+
 from streamrl.schemas.errors import DecodeError, EventDecodeError
 from streamrl.schemas.events import (
     BatchFormed,

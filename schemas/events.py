@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import msgspec
+
 from streamrl.schemas.event_checks import check_digest, check_non_negative, check_that
 
 

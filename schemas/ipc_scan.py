@@ -17,6 +17,7 @@ import struct
 
 import numpy as np
 import pyarrow as pa
+
 from streamrl.schemas.compat import EXTENSION_KEY
 from streamrl.schemas.errors import SchemaIncompatibleError, TrajectoryDecodeError
 from streamrl.schemas.limits import DecodeLimits

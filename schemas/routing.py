@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
 from streamrl.schemas.arrays import as_array, list_array
 from streamrl.schemas.routing_pack import MAX_EXPERTS, pack_rows, packing, rank_sorted, sort_entries
 from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT

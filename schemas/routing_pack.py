@@ -28,6 +28,7 @@ from math import comb
 
 import numpy as np
 import numpy.typing as npt
+
 from streamrl.schemas import bitpack
 
 _U64_LIMIT = 1 << 64

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
 from streamrl.schemas.arrays import ListParts, filled_ints, list_views
 from streamrl.schemas.limits import DecodeLimits
 from streamrl.schemas.routing_pack import (

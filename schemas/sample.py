@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
 from streamrl.schemas.arrays import (
     ListParts,
     list_array,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import numpy as np
 import pyarrow as pa
+
 from streamrl.schemas.sample import Sample
 from streamrl.schemas.trajectory import FINISH_REASONS, NARROW_EXPERT_LIMIT
 

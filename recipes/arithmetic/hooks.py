@@ -14,8 +14,8 @@ import torch
 from recipes.arithmetic.evaluate import evaluate as evaluate_model
 from recipes.arithmetic.task import eval_problems, train_problems
 from recipes.arithmetic.warmstart import warm_start
-from streamrl.models import load_checkpoint
 from streamrl.hooks.run import EvalRequest, ModelInitRequest, PromptRequest, PromptSpec
+from streamrl.models import load_checkpoint
 
 
 def prompts(request: PromptRequest) -> list[PromptSpec]:

@@ -18,6 +18,7 @@ import re
 
 import msgspec
 import numpy as np
+
 from streamrl.hooks.rollout import RewardInput, RewardOutput
 
 NUM_DIGITS = 2

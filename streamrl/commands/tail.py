@@ -13,8 +13,8 @@ import asyncio
 from rich.console import Console
 
 from streamrl import aio
-from streamrl.log import Log, Record, open_log
 from streamrl.commands.render import record_rows, records_table
+from streamrl.log import Log, Record, open_log
 from streamrl.streams import parse_stream
 
 

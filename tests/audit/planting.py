@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-from streamrl.schemas import Event, decode_event, encode_event
 
 from streamrl import aio
 from streamrl.audit import AuditReport, audit_run
 from streamrl.log import Append, Position, open_log
+from streamrl.schemas import Event, decode_event, encode_event
 from streamrl.streams import parse_stream
 from tests import helpers
 from tests.helpers import TINY

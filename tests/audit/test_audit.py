@@ -9,6 +9,12 @@ from pathlib import Path
 import msgspec
 import pytest
 from safetensors.torch import load_file, save_file
+
+from streamrl import aio
+from streamrl.audit import AuditReport, RunRecords, SampleRow, audit_records, load_run
+from streamrl.audit.report import CODES
+from streamrl.log import open_log
+from streamrl.models.checkpoint import read_safetensors
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
@@ -18,12 +24,6 @@ from streamrl.schemas import (
     WeightVersionAnnounced,
     WeightVersionLoaded,
 )
-
-from streamrl import aio
-from streamrl.audit import AuditReport, RunRecords, SampleRow, audit_records, load_run
-from streamrl.audit.report import CODES
-from streamrl.log import open_log
-from streamrl.models.checkpoint import read_safetensors
 from streamrl.streams import RunStreams, StreamKind
 from streamrl.weights.file import FileTransport
 from tests.audit.planting import (

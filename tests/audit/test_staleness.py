@@ -8,10 +8,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
-from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
 
 from streamrl import aio
 from streamrl.log import open_log
+from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
 from streamrl.streams import RunStreams
 from tests.audit.planting import RealRun, streamrl
 

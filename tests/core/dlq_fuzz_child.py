@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "schemas"))
 
 from fuzz_child import MUTATIONS, base_messages
-from streamrl.schemas import decode_trajectories
 
 from streamrl import aio
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, open_log
+from streamrl.schemas import decode_trajectories
 from streamrl.streams import RunStreams
 
 

@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from streamrl import aio
+from streamrl.dlq import DeadLetters
+from streamrl.log import open_log
+from streamrl.log.memory import MemoryLog
 from streamrl.schemas import (
     DeadLetter,
     decode_event,
@@ -17,11 +22,6 @@ from streamrl.schemas import (
     samples_to_batch,
 )
 from streamrl.schemas.testing import make_group
-
-from streamrl import aio
-from streamrl.dlq import DeadLetters
-from streamrl.log import open_log
-from streamrl.log.memory import MemoryLog
 from streamrl.streams import RunStreams
 from tests.helpers import REPO, child_env
 

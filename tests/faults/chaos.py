@@ -11,12 +11,11 @@ import os
 import signal
 from pathlib import Path
 
-from streamrl.hooks.train import TrainStepInput
-from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
-
 from streamrl.audit import audit_run
+from streamrl.hooks.train import TrainStepInput
 from streamrl.log import Log
 from streamrl.recipe.context import TRAINER_GROUP, RunContext
+from streamrl.schemas import BatchFormed, Rejected, decode_event, decode_trajectories
 
 KILL_AT_ENV = "STREAMRL_FAULT_KILL_AT"  # "VERSION:MARKER_FILE"
 

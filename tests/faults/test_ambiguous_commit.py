@@ -10,10 +10,10 @@ import time
 import uuid
 
 import pytest
-from streamrl.schemas import BatchFormed, Staleness, encode_event
 
 from streamrl.log import Append, StreamPartition, open_log
 from streamrl.log.kafka import KafkaLog
+from streamrl.schemas import BatchFormed, Staleness, encode_event
 from tests.faults.broker import Broker
 
 COMMIT_TIMEOUT_S = 2.0

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from streamrl.schemas import TrainStep, decode_event
 
 from streamrl import aio
 from streamrl.log import Append, open_log
@@ -18,6 +17,7 @@ from streamrl.log.kafka.acl import grant, run_acls
 from streamrl.recipe.config import load_config
 from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP
 from streamrl.run.driver import start_run
+from streamrl.schemas import TrainStep, decode_event
 from tests.faults.broker import Broker
 from tests.faults.conftest import SASL_USERS
 from tests.helpers import TINY, spawn

@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from streamrl.schemas import decode_trajectories
-from streamrl.schemas.ids import group_id_for
 
 from streamrl.audit import audit_run
 from streamrl.log import Log, open_log
 from streamrl.recipe.config import load_config
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.run.driver import start_run
+from streamrl.schemas import decode_trajectories
+from streamrl.schemas.ids import group_id_for
 from tests.faults.held import HOLD_ENV, Holds
 from tests.helpers import REPO, TINY, child_env
 

@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from streamrl.schemas import ProducerJoined, TrainStep, decode_event
 
 from streamrl.launch.local import LocalLauncher
 from streamrl.log import Log, open_log
 from streamrl.recipe.config import load_config
 from streamrl.recipe.context import RunContext
 from streamrl.run.driver import start_run, supervise
+from streamrl.schemas import ProducerJoined, TrainStep, decode_event
 from tests.faults.broker import Broker
 from tests.faults.chaos import KILL_AT_ENV, assert_exactly_once
 from tests.helpers import REPO, TINY

@@ -15,11 +15,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from streamrl.producers.__main__ import build_parser as producer_parser
-from streamrl.producers.__main__ import replica_index
 
 from streamrl.cli import build_parser
 from streamrl.launch import compose
+from streamrl.producers.__main__ import build_parser as producer_parser
+from streamrl.producers.__main__ import replica_index
 from tests.helpers import REPO, streamrl
 
 SPEC = json.loads((Path(__file__).parent / "compose_spec" / "compose_spec.json").read_text())

@@ -8,9 +8,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from streamrl.schemas import decode_event
 
 from streamrl.log import open_log
+from streamrl.schemas import decode_event
 from streamrl.streams import RunStreams
 from tests.helpers import TINY, streamrl
 from tests.multigpu.test_broadcast import free_address

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from streamrl.producers.resume import WINDOW, PartitionProgress, decode_done, encode_done
 
 from streamrl.log import MAX_METADATA_BYTES, Append, Committed, Record, StreamPartition, open_log
+from streamrl.producers.resume import WINDOW, PartitionProgress, decode_done, encode_done
 
 STREAM = "run.prompts"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamrl.hooks.rollout import RewardInput
 
 from recipes.arithmetic.task import (
     NUM_DIGITS,
@@ -16,6 +15,7 @@ from recipes.arithmetic.task import (
     train_problems,
 )
 from recipes.arithmetic.tokenizer import TOKENIZER
+from streamrl.hooks.rollout import RewardInput
 
 
 def sample(text: str, answer: str = "125", finish: str = "stop") -> RewardInput:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 import pyarrow as pa
+
 from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     DecodeError,

@@ -12,6 +12,9 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from streamrl.dlq import DeadLetters
+from streamrl.log.memory import MemoryLog
 from streamrl.schemas import (
     DeadLetter,
     DecodeLimits,
@@ -26,9 +29,6 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.routing_pack import packing, rank_entries, unrank_sets
 from streamrl.schemas.testing import make_group, replace_column
-
-from streamrl.dlq import DeadLetters
-from streamrl.log.memory import MemoryLog
 from streamrl.streams import RunStreams
 
 

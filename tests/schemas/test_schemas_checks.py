@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from streamrl.schemas import (
     DecodeLimits,
     Sample,

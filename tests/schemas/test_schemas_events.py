@@ -7,6 +7,7 @@ from typing import get_args
 
 import msgspec
 import pytest
+
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,

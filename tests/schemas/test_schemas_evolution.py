@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     SchemaIncompatibleError,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+
 from streamrl.schemas import (
     BatchFormed,
     DeadLetter,

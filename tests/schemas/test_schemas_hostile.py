@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from streamrl.schemas import (
     DecodeError,
     DecodeLimits,

@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from streamrl.schemas import (
     TRAJECTORY_SCHEMA,
     Sample,

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 import torch
 import weights_child
-from streamrl.schemas.events import WeightVersionAnnounced
 
+from streamrl.schemas.events import WeightVersionAnnounced
 from streamrl.weights import (
     WeightDigestMismatch,
     WeightFormatError,
