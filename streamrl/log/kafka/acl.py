@@ -2,7 +2,8 @@
 
     async with open_log("kafka://broker:9092?security_protocol=SASL_SSL&sasl_mechanism="
                         "SCRAM-SHA-512&sasl_username=admin") as admin:   # a super user
-        await grant(admin.config, run_acls("run42", producer="producer", trainer="trainer"))
+        await grant(admin.config, run_acls("run42", producer="producer", trainer="trainer",
+                                           producer_group="producers", trainer_group="trainer"))
 
 Why ACLs per role: a producer runs the most code that is not ours (reward functions, rollout
 hooks, an inference engine) and only ever needs to append trajectories; if it could write the
@@ -25,7 +26,6 @@ from aiokafka.protocol.admin import CreateAclsRequest, CreateAclsRequest_v1
 
 from streamrl.log.base import LogError
 from streamrl.log.kafka.config import KafkaLogConfig
-from streamrl.run.context import PRODUCER_GROUP, TRAINER_GROUP
 from streamrl.streams import RunStreams
 
 
@@ -54,9 +54,13 @@ class Acl(msgspec.Struct, frozen=True, kw_only=True):
     prefixed: bool = False
 
 
-def run_acls(run_id: str, *, producer: str, trainer: str) -> list[Acl]:
-    """What each role of run `run_id` needs, and nothing more. The driver that creates the
-    streams and publishes version 0 runs as an operator allowed to create topics."""
+def run_acls(run_id: str, *, producer: str, trainer: str, producer_group: str,
+             trainer_group: str) -> list[Acl]:
+    """What each role of run `run_id` needs, and nothing more. `producer` and `trainer` are the
+    roles' SASL user names; `producer_group` and `trainer_group` the consumer groups whose
+    positions they commit (the run's PRODUCER_GROUP and TRAINER_GROUP: the log is the bottom
+    layer and does not know them). The driver that creates the streams and publishes version 0
+    runs as an operator allowed to create topics."""
     s = RunStreams(run_id)
     topic, tid, group = Resource.TOPIC, Resource.TRANSACTIONAL_ID, Resource.GROUP
     rules = [
@@ -64,12 +68,12 @@ def run_acls(run_id: str, *, producer: str, trainer: str) -> list[Acl]:
         # recipe); they write trajectories, lifecycle events and dead letters.
         *[(producer, topic, name, Op.READ) for name in (s.prompts, s.weights, s.events)],
         *[(producer, topic, name, Op.WRITE) for name in (s.trajectories, s.events, s.dlq)],
-        (producer, group, PRODUCER_GROUP, Op.READ),  # prompt positions, committed in txns
+        (producer, group, producer_group, Op.READ),  # prompt positions, committed in txns
         # The trainer reads what it trains on and what resume needs; it writes weights.
         *[(trainer, topic, name, Op.READ)
           for name in (s.trajectories, s.prompts, s.weights, s.events)],
         *[(trainer, topic, name, Op.WRITE) for name in (s.weights, s.events, s.prompts, s.dlq)],
-        (trainer, group, TRAINER_GROUP, Op.READ),
+        (trainer, group, trainer_group, Op.READ),
         (trainer, tid, f"{run_id}-trainer", Op.WRITE),
         (trainer, tid, f"{run_id}-trainer", Op.DESCRIBE),
     ]
