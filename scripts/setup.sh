@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development environment in .venv (Python >= 3.11): streamrl in editable mode with its
-# dependencies and the dev tools. Safe to run again: it reinstalls only when pyproject.toml changed.
+# dependencies and the dev tools. Safe to run again: it reinstalls only when pyproject.toml or
+# setup.py changed.
 #
 #   scripts/setup.sh            # then: .venv/bin/streamrl --help
 set -euo pipefail
@@ -15,7 +16,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 
 stamp=.venv/.streamrl-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing streamrl and its dependencies into .venv (torch is large: the first time takes minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
