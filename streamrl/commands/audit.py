@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from streamrl import aio
-from streamrl.log import Log, open_log
+from streamrl.log import HistoryDeletedError, Log, open_log
 from streamrl.streams import RunStreams, check_run_id
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         check_run_id(args.run)
         with console.status(f"auditing run {args.run}: reading its streams and checking…"):
             report = aio.run(_audit(args.log, args.run))
-    except (LookupError, ValueError) as error:  # AuditInputError is a ValueError
+    except (LookupError, ValueError, HistoryDeletedError) as error:  # AuditInputError: ValueError
         console.print(f"[red]streamrl audit: {error}[/red]", highlight=False)
         return 2
     from streamrl.audit.render import print_report

@@ -57,19 +57,23 @@ async def _inspect(args: argparse.Namespace) -> int:
 async def summarize(log: Log, run_id: str, console: Console) -> int:
     """Print the run's overview and details; 1 if the log has no stream of this run."""
     overview = Table(title=f"run {run_id} ({log.url})", title_justify="left")
-    for col in ("stream", "partitions", "records"):
+    for col in ("stream", "partitions", "records", "retention", "oldest offset held"):
         overview.add_column(col, no_wrap=True)
     overview.add_column("content")
     decoded: dict[StreamKind, Decoded] = {}
     for kind, name in RunStreams(run_id).all().items():
         try:
-            records = await log.read_all(name)
+            retention = await log.retention(name)
+            records, starts = await read_held(log, name)
         except StreamNotFoundError:
-            overview.add_row(kind.value, "-", "-", "[dim]missing[/dim]")
+            overview.add_row(kind.value, "-", "-", "-", "-", "[dim]missing[/dim]")
             continue
         decoded[kind] = d = _decode(records)
-        overview.add_row(kind.value, str(await log.num_partitions(name)), str(len(records)),
-                         _content(kind, d))
+        lost = any(starts)
+        overview.add_row(kind.value, str(len(starts)), str(len(records)),
+                         retention if retention == "forever" else f"[yellow]{retention}[/yellow]",
+                         _held(starts), ("[red]history deleted[/red], " if lost else "")
+                         + _content(kind, d))
     if not decoded:
         console.print(f"[red]no streams for run {run_id!r} in {log.url}[/red]")
         return 1
@@ -77,6 +81,28 @@ async def summarize(log: Log, run_id: str, console: Console) -> int:
     for line in _details(decoded):
         console.print(line)
     return 0
+
+
+async def read_held(log: Log, stream: str) -> tuple[list[Record], list[int]]:
+    """Every record the log still holds of `stream`, and each partition's oldest offset held
+    (above 0 where retention deleted history)."""
+    records: list[Record] = []
+    starts = []
+    for p in range(await log.num_partitions(stream)):
+        offset = await log.start_offset(stream, p)
+        starts.append(offset)
+        while page := await log.read(stream, p, offset, max_records=1000):
+            records += page
+            offset = page[-1].offset + 1
+    return records, starts
+
+
+def _held(starts: list[int]) -> str:
+    if len(starts) == 1:
+        return str(starts[0])
+    if not any(starts):
+        return "0 (every partition)"
+    return ", ".join(f"p{p}: {o}" for p, o in enumerate(starts) if o)
 
 
 def _content(kind: StreamKind, d: Decoded) -> str:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamrl import aio
-from streamrl.log import open_log
+from streamrl.log import HistoryDeletedError, open_log
 from streamrl.replay.runs import ReplayError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return aio.run(_counterfactual(args) if counterfactual else _exact(args))
-    except ReplayError as error:
+    except (ReplayError, HistoryDeletedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

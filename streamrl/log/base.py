@@ -148,6 +148,19 @@ class LogWriteError(LogError):
     """A write or fsync failed; the records it covered were not acknowledged."""
 
 
+class HistoryDeletedError(LogError):
+    """A read asked for records the backend no longer holds (Kafka retention or `delete_records`
+    removed them): offsets `first_missing`..`first_held - 1` of the partition are gone."""
+
+    def __init__(self, stream: str, partition: int, first_missing: int, first_held: int) -> None:
+        super().__init__(f"history deleted: {stream}[{partition}] no longer holds offsets "
+                         f"{first_missing}..{first_held - 1} (its oldest record is at offset "
+                         f"{first_held}); the run's topics had a finite retention, see "
+                         "`streamrl inspect` and docs/fault-tolerance.md")
+        self.stream, self.partition = stream, partition
+        self.first_missing, self.first_held = first_missing, first_held
+
+
 def choose_partition(key: bytes | None, num_partitions: int) -> int:
     """The partition for a record appended without an explicit one: a stable hash of the key, so
     every backend puts the same key in the same partition; partition 0 without a key."""
@@ -237,6 +250,18 @@ class Log(abc.ABC):
     @abc.abstractmethod
     async def end_offset(self, stream: str, partition: int) -> int:
         """The offset after the last committed record (0 for an empty partition)."""
+
+    async def start_offset(self, stream: str, partition: int) -> int:
+        """The offset of the oldest record still held: 0 unless the backend deletes history
+        (Kafka with a finite retention); reading below it raises `HistoryDeletedError`."""
+        await self.num_partitions(stream)  # StreamNotFoundError for an unknown stream
+        return 0
+
+    async def retention(self, stream: str) -> str:
+        """How long the backend keeps `stream`'s records, in words ("forever" unless the backend
+        deletes history)."""
+        await self.num_partitions(stream)
+        return "forever"
 
     async def read_all(self, stream: str, partition: int | None = None) -> list[Record]:
         """Every committed record of one partition (or of all partitions, partition by

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiokafka.errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.conn import create_conn
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
@@ -24,6 +25,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from streamrl.log.base import Committed, LogError, LogWriteError, StreamPartition
 from streamrl.log.kafka.config import KafkaLogConfig
+from streamrl.log.kafka.options import RETENTION_KEYS
 from streamrl.log.kafka.tls import tls_problem
 
 GROUP_COORDINATOR = 0
@@ -66,15 +68,8 @@ class KafkaAdmin:
     # -- topics ---------------------------------------------------------------------------------
     async def create_topic(self, name: str, num_partitions: int) -> None:
         """Create `name` unless it exists (another writer may create it at the same moment)."""
-        topic = NewTopic(
-            name,
-            num_partitions,
-            self._config.replication_factor,
-            topic_configs={
-                "max.message.bytes": str(self._config.topic_max_message_bytes),
-                **self._config.topic_configs,
-            },
-        )
+        topic = NewTopic(name, num_partitions, self._config.replication_factor,
+                         topic_configs=self._config.new_topic_configs())
         resp = await self._admin.create_topics([topic])
         for _name, code, *rest in resp.topic_errors:
             if code in (0, kerr.TopicAlreadyExistsError.errno):
@@ -103,6 +98,19 @@ class KafkaAdmin:
             if time.monotonic() >= deadline:
                 return len(info["partitions"]) if known else None
             await asyncio.sleep(0.05)
+
+    async def retention_configs(self, name: str) -> dict[str, str]:
+        """The topic's effective retention settings (`options.RETENTION_KEYS`; a broker default
+        counts as the topic's own)."""
+        resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(RETENTION_KEYS))
+        resp = (await self._admin.describe_configs([resource]))[0].to_object()
+        (found,) = resp["resources"]
+        if found["error_code"]:
+            raise LogError(f"reading the configs of stream {name!r} failed: "
+                           f"{kerr.for_code(found['error_code']).__name__}: "
+                           f"{found['error_message']}")
+        return {e["config_names"]: e["config_value"] for e in found["config_entries"]
+                if e["config_value"] is not None}
 
     async def topic_names(self) -> list[str]:
         return [t["topic"] for t in await self._metadata(None) if not t["is_internal"]]

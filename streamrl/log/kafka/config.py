@@ -57,8 +57,15 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     replication_factor: int = 1
     """For streams this log creates. 1 suits the single-node dev broker; use 3 in production."""
 
+    retention_ms: int = -1
+    """How long Kafka keeps the records of streams this log creates; -1 (the default) keeps them
+    forever, as replay, audit and fork need (topics also get retention.bytes=-1 and
+    cleanup.policy=delete). A finite value (e.g. ?retention_ms=604800000&durable=false) is refused
+    in durable mode; so is an existing stream that deletes records (`options.check_retention`)."""
+
     topic_configs: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra topic configs for streams this log creates (e.g. {"retention.ms": "-1"})."""
+    """Extra topic configs for streams this log creates (e.g. {"segment.bytes": "268435456"});
+    they override the retention settings, under the same guard."""
 
     request_timeout_s: float = 30.0
     """Per-request timeout of the Kafka clients."""
@@ -139,9 +146,14 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             )
         if self.replication_factor < 1:
             raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
+        if self.retention_ms == 0 or self.retention_ms < -1:
+            raise ValueError(f"retention_ms must be -1 (keep forever) or > 0, got "
+                             f"{self.retention_ms}")
         if self.writer_id is not None and not self.writer_id:
             raise ValueError("writer_id must be a non-empty string (or left out)")
         opts.check_client_options(self.client_options, durable=self.durable)
+        opts.check_retention("streams this log creates", self.new_topic_configs(),
+                             durable=self.durable)
         self._check_security()
 
     def _check_security(self) -> None:
@@ -200,6 +212,11 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             if isinstance(exc.__context__, opts.UnsafeKafkaSetting):
                 raise exc.__context__ from None  # keep its type: callers may catch it
             raise ValueError(f"bad kafka log option: {exc}") from None
+
+    def new_topic_configs(self) -> dict[str, str]:
+        """The topic configs of a stream this log creates."""
+        return {"max.message.bytes": str(self.topic_max_message_bytes),
+                **opts.KEEP_FOREVER, "retention.ms": str(self.retention_ms), **self.topic_configs}
 
     @property
     def topic_max_message_bytes(self) -> int:

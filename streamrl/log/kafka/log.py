@@ -58,6 +58,7 @@ from streamrl.log.base import (
 from streamrl.log.kafka.admin import KafkaAdmin, NotAuthenticatedError, probe_connection
 from streamrl.log.kafka.config import KafkaLogConfig
 from streamrl.log.kafka.dedup import end_offsets, find_committed
+from streamrl.log.kafka.options import check_retention, describe_retention
 from streamrl.log.kafka.reader import ReaderPool
 from streamrl.log.kafka.txn import (
     NotAuthorizedError,
@@ -167,6 +168,10 @@ class KafkaLog(Log):
         # Look before creating: with ACLs, CreateTopics on an existing stream is refused to a
         # principal without Create, though the stream is right there for it to use.
         if (count := await self._admin.partition_count(stream)) is not None:
+            # An existing stream may delete history (made by hand, or before streams kept it).
+            check_retention(f"existing stream {stream!r}",
+                            await self._admin.retention_configs(stream),
+                            durable=self.config.durable)
             self._num_partitions[stream] = count
             return count
         await self._admin.create_topic(stream, num_partitions)
@@ -329,6 +334,18 @@ class KafkaLog(Log):
         await self._check_partition(stream, partition)
         assert self._readers is not None
         return await (await self._readers.get(stream, partition)).end_offset()
+
+    async def start_offset(self, stream: str, partition: int) -> int:
+        self._check_open()
+        await self._check_partition(stream, partition)
+        assert self._readers is not None
+        return await (await self._readers.get(stream, partition)).start_offset()
+
+    async def retention(self, stream: str) -> str:
+        self._check_open()
+        await self._partition_count(stream)
+        assert self._admin is not None
+        return describe_retention(await self._admin.retention_configs(stream))
 
     # -- consumer groups ------------------------------------------------------------------------
     async def committed_with_metadata(

@@ -12,7 +12,10 @@ from `open_log(..., sasl_password=...)` or the environment variable named by `sa
 
 The guard: in durable mode (the default) an option that would break the log's guarantees is
 refused with the reason, not silently overridden: a user who wrote `acks=1` believes it is in
-effect. `durable=false` lets them through for throwaway benchmarks.
+effect. `durable=false` lets them through for throwaway benchmarks. The same holds for retention:
+run topics are created to keep every record (`KEEP_FOREVER`); a finite `retention_ms` (or
+retention in `topic_configs`), or an existing run topic that deletes records, is refused in
+durable mode and warned about otherwise (`check_retention`), naming the setting.
 """
 
 from __future__ import annotations
@@ -155,3 +158,64 @@ def _warn_no_hostname_check() -> None:
     log.warning("ssl_check_hostname=false: kafka brokers' certificates are checked against the "
                 "CA but not against their host names; any holder of a certificate from that CA "
                 "can pose as a broker")
+
+
+# -- retention ------------------------------------------------------------------------------------
+# Replay, audit and fork read a run from its first record, so a run's topics keep every record
+# unless the user asks otherwise (`retention_ms`, or `topic_configs` in code): the broker's default
+# (7 days in Kafka's and our scripts/kafka.sh config) would delete a long run's first days while
+# it is still running.
+KEEP_FOREVER: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1",
+                                "cleanup.policy": "delete"}
+RETENTION_KEYS = tuple(KEEP_FOREVER)
+
+
+class FiniteRetention(UnsafeKafkaSetting):
+    """A run topic (existing, or about to be created) whose records Kafka would delete."""
+
+
+def retention_problems(configs: Mapping[str, str]) -> list[str]:
+    """The settings in a topic's configs that let Kafka delete its records, each named with its
+    value and what it does; [] when the topic keeps everything."""
+    problems = []
+    if (ms := configs.get("retention.ms", "-1")) != "-1":
+        problems.append(f"retention.ms={ms} (records older than {_duration(ms)} are deleted)")
+    if (num_bytes := configs.get("retention.bytes", "-1")) != "-1":
+        problems.append(f"retention.bytes={num_bytes} (the oldest segments are deleted past "
+                        "that size per partition)")
+    if "compact" in configs.get("cleanup.policy", "delete"):
+        problems.append(f"cleanup.policy={configs['cleanup.policy']} (compaction keeps only the "
+                        "newest record per key)")
+    return problems
+
+
+def describe_retention(configs: Mapping[str, str]) -> str:
+    """A topic's retention in words, as `streamrl inspect` shows it."""
+    problems = retention_problems(configs)
+    return "forever" if not problems else "; ".join(p.partition(" (")[0] for p in problems)
+
+
+def check_retention(what: str, configs: Mapping[str, str], *, durable: bool) -> None:
+    """Refuse (durable mode) or warn about (otherwise) a topic whose records Kafka would delete.
+    `what` names it: "stream 'run42.events'" or "streams this log creates"."""
+    problems = retention_problems(configs)
+    if not problems:
+        return
+    message = (f"{what} would lose history: {'; '.join(problems)}. Replay, audit and fork read "
+               "a run from its first record; keep it with kafka-configs.sh --alter --entity-type "
+               "topics --entity-name <topic> --add-config retention.ms=-1,retention.bytes=-1 "
+               "(or `streamrl export` the run before it expires)")
+    if durable:
+        raise FiniteRetention(message + "; pass durable=false to accept the risk")
+    log.warning("%s", message)
+
+
+def _duration(ms: str) -> str:
+    try:
+        seconds = int(ms) / 1000
+    except ValueError:
+        return f"{ms} ms"
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"

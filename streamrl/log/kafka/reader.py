@@ -19,7 +19,7 @@ from typing import TypeVar
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from streamrl.log.base import LogClosedError, LogError, Record
+from streamrl.log.base import HistoryDeletedError, LogClosedError, LogError, Record
 from streamrl.log.kafka.config import KafkaLogConfig
 
 T = TypeVar("T")
@@ -113,6 +113,16 @@ class PartitionReader:
         except kerr.KafkaError as exc:
             raise read_error(exc, self.tp) from exc
 
+    async def start_offset(self) -> int:
+        """The log start offset: the oldest record retention (or delete_records) left."""
+        return await retrying(self.config, f"start offset of {self.tp.topic}", self._start_offset)
+
+    async def _start_offset(self) -> int:
+        try:
+            return (await self._consumer.beginning_offsets([self.tp]))[self.tp]
+        except kerr.KafkaError as exc:
+            raise read_error(exc, self.tp) from exc
+
     async def read(self, offset: int, max_records: int, timeout_s: float) -> list[Record]:
         return await retrying(self.config, f"reading {self.tp.topic}[{self.tp.partition}]",
                               lambda: self._read(offset, max_records, timeout_s))
@@ -129,6 +139,9 @@ class PartitionReader:
                 msgs = await self._fill(offset, max_records)
         except kerr.OffsetOutOfRangeError:
             self._resume_at = None
+            if offset < (first_held := await self._start_offset()):
+                raise HistoryDeletedError(self.tp.topic, self.tp.partition, offset,
+                                          first_held) from None
             raise ValueError(
                 f"offset {offset} is outside {self.tp.topic}[{self.tp.partition}] (before its "
                 "first retained record or past its end)"
