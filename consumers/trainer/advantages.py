@@ -1,11 +1,15 @@
 """Advantage estimators: per-sample rewards in, per-token advantages out.
 
-Every estimator is an `AdvantageFn`, a plain callable referenced by import path in the config
+Every estimator is an `AdvantageFn`, a plain callable named in the config by a short name of
+`streamrl.recipe.trainer.ADVANTAGES` ("grpo", "rloo", ...) or by import path
 (`"streamrl.consumers.trainer.advantages:grpo"`). Each computes one scalar advantage per sample and
 spreads it over that sample's trained tokens; every other position gets exactly 0.
 
 Groups are the samples sharing a `group_id` (one prompt's samples). A group of one sample, or a
 group whose rewards are all equal, carries no learning signal and gets advantage 0, never NaN.
+
+Per-token (process) rewards are not supported: the trajectory schema records one reward per
+sample (`reward`, `reward_details`), and a per-token reward would need a new column.
 """
 
 from __future__ import annotations
@@ -68,6 +72,94 @@ def reinforce_baseline(inp: AdvantageInput) -> Tensor:
     if r.numel() < 2 or bool((r == r[0]).all()):
         centered = torch.zeros_like(r)
     return _per_token(inp, centered)
+
+
+def rloo(inp: AdvantageInput) -> Tensor:
+    """RLOO (Kool et al., 2019; Ahmadian et al., 2024, "Back to Basics"): each sample's
+    baseline is the mean reward of the other k - 1 samples of its group:
+
+        A_i = r_i - (1/(k-1)) sum_{j != i} r_j  =  k/(k-1) (r_i - mean_g(r))
+
+    A group of one sample, or of equal rewards, gets 0."""
+    r = _rewards(inp)
+    index, num_groups = _group_index(inp.group_ids, r.device)
+    count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
+        0, index, torch.ones_like(r))
+    total = torch.zeros_like(count).index_add_(0, index, r)
+    k = count[index]
+    others = (total[index] - r) / (k - 1).clamp(min=1)
+    return _per_token(inp, torch.where(k < 2, torch.zeros_like(r), r - others)
+                      * _varies(r, index, num_groups))
+
+
+def make_batch_normalized(*, group_baseline: bool = False, eps: float = 1e-6) -> AdvantageFn:
+    """REINFORCE++ (Hu, 2025, "REINFORCE++"): no critic and no per-prompt std; the advantage is
+    normalized over every trained token of the batch ("global advantage normalization"):
+
+        a_i = r_i                          group_baseline=False (REINFORCE++)
+        a_i = r_i - mean_g(r)              group_baseline=True  (REINFORCE++-baseline)
+        A_it = (a_i - mean_B(a)) / (std_B(a) + eps)     mean, std over the batch's trained tokens
+
+    std is the population standard deviation over tokens, so a sample weighs by its length, as
+    the paper's token-level normalization does. (The paper also folds a token-level KL into the
+    return; here KL is a loss term, `loss_config.kl_coef`.) A batch with one value gets 0."""
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+
+    def batch_normalized(inp: AdvantageInput) -> Tensor:
+        r = _rewards(inp)
+        if group_baseline:
+            index, num_groups = _group_index(inp.group_ids, r.device)
+            count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
+                0, index, torch.ones_like(r))
+            mean = torch.zeros_like(count).index_add_(0, index, r) / count
+            r = (r - mean[index]) * _varies(r, index, num_groups)
+        per_token = _per_token(inp, r).to(torch.float64)
+        mask = inp.loss_mask
+        values = per_token[mask]
+        if values.numel() < 2 or bool((values == values[0]).all()):
+            return torch.zeros_like(per_token, dtype=torch.float32)
+        centered = (per_token - values.mean()) / ((values - values.mean()).square().mean().sqrt()
+                                                  + eps)
+        return torch.where(mask, centered, torch.zeros_like(centered)).to(torch.float32)
+
+    return batch_normalized
+
+
+reinforce_pp: AdvantageFn = make_batch_normalized()
+"""REINFORCE++: rewards normalized over the batch's trained tokens."""
+
+reinforce_pp_baseline: AdvantageFn = make_batch_normalized(group_baseline=True)
+"""REINFORCE++-baseline: group-mean baseline, then normalized over the batch's tokens."""
+
+
+def overlong_penalty(num_response_tokens: Tensor, *, max_new_tokens: int, buffer_tokens: int,
+                     penalty: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al., 2025, "DAPO", eq. 13), per sample [N]: with
+    L_max = max_new_tokens and L_cache = buffer_tokens,
+
+        0                                          |y| <= L_max - L_cache
+        penalty * ((L_max - L_cache) - |y|) / L_cache    L_max - L_cache < |y| <= L_max
+        -penalty                                   |y| > L_max
+
+    The learner adds it to the rewards before the advantage (`[trainer.algorithm.overlong]`)."""
+    if not 0 < buffer_tokens <= max_new_tokens:
+        raise ValueError(f"overlong buffer_tokens ({buffer_tokens}) must be in "
+                         f"(0, max_new_tokens ({max_new_tokens})]")
+    n = num_response_tokens.to(torch.float64)
+    start = max_new_tokens - buffer_tokens
+    ramp = (start - n) / buffer_tokens * penalty
+    return torch.where(n <= start, torch.zeros_like(n),
+                       torch.where(n <= max_new_tokens, ramp, torch.full_like(n, -penalty)))
+
+
+def _varies(r: Tensor, index: Tensor, num_groups: int) -> Tensor:
+    """[N] 1.0 where the sample's group has at least two different rewards, else exactly 0."""
+    lo = torch.full((num_groups,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, index, r, "amin")
+    hi = torch.full((num_groups,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, index, r, "amax")
+    return (lo != hi)[index].to(r.dtype)
 
 
 def _rewards(inp: AdvantageInput) -> Tensor:

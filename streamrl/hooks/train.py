@@ -1,7 +1,8 @@
 """The trainer's hooks and their typed inputs: advantage estimators, policy losses and
 training-step metrics. Built-ins live in `streamrl.consumers.trainer` (advantages.py,
-losses.py, hooks.py); a recipe names its own by import path in `[trainer.algorithm]` or
-`trainer.step_hooks`.
+losses.py, hooks.py) and are named in `[trainer.algorithm]` by short name
+(`streamrl.recipe.trainer.ADVANTAGES`, `LOSSES`); a recipe names its own by import path there
+or in `trainer.step_hooks`.
 
     def my_advantage(inp: AdvantageInput) -> Tensor: ...          # [B, S], 0 where not trained
     def my_loss(inp: LossInput) -> LossOutput: ...
@@ -47,6 +48,12 @@ class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     segments: Tensor | None = None
     """[B, S] sample index per position (-1 = padding) for per-sample aggregation of packed
     rows; None means row b is sample b."""
+    reference_logprobs: Tensor | None = None
+    """[B, S] log ref(target) from the frozen initial weights, no grad; given when
+    config.kl_coef > 0, None otherwise."""
+    entropy: Tensor | None = None
+    """[B, S] entropy of pi(.|context) at each position, with grad; given when
+    config.entropy_coef > 0, None otherwise."""
 
 
 class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
@@ -54,7 +61,8 @@ class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     clip_fraction (tokens whose clip was active), ratio_mean (the clipped ratio), tis_weight_mean
     and tis_weight_max (the capped behavior weight w), truncated_fraction (tokens over the cap),
     approx_kl_old (k3 estimate of KL(mu || pi)), staleness_mean/max (current_version - version),
-    num_tokens, loss."""
+    num_tokens, loss; with a reference, kl_ref (the configured estimate of KL(pi || ref)); with
+    an entropy bonus, entropy_mean."""
 
     loss: Tensor  # scalar, differentiable
     metrics: dict[str, float]

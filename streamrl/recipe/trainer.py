@@ -1,18 +1,56 @@
 """The trainer's config sections: `ComputeConfig` (device, precision), `AlgorithmConfig` (the
-advantage and loss by import path, with `LossConfig` and `BatchConfig`). They are part of the
-recipe (`RunConfig.trainer`), so they live in the library layer; the trainer reads them and
-`streamrl.recipe.hooks` resolves the import paths, once per process.
+advantage and loss by name or import path, with `LossConfig`, `OverlongConfig` and
+`BatchConfig`). They are part of the recipe (`RunConfig.trainer`), so they live in the library
+layer; the trainer reads them and `streamrl.recipe.hooks` resolves the names and import paths,
+once per process. The built-in algorithms and their papers: docs/algorithms.md.
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 import msgspec
 import torch
 
-DEFAULT_ADVANTAGE = "streamrl.consumers.trainer.advantages:grpo"
-DEFAULT_LOSS = "streamrl.consumers.trainer.losses:decoupled_ppo"
+_ADVANTAGES = "streamrl.consumers.trainer.advantages"
+_LOSSES = "streamrl.consumers.trainer.losses"
+
+ADVANTAGES: dict[str, str] = {
+    "grpo": f"{_ADVANTAGES}:grpo",
+    "dr_grpo": f"{_ADVANTAGES}:dr_grpo",
+    "reinforce_baseline": f"{_ADVANTAGES}:reinforce_baseline",
+    "rloo": f"{_ADVANTAGES}:rloo",
+    "reinforce_pp": f"{_ADVANTAGES}:reinforce_pp",
+    "reinforce_pp_baseline": f"{_ADVANTAGES}:reinforce_pp_baseline",
+}
+"""`[trainer.algorithm] advantage` short names -> import paths (advantages.py)."""
+
+LOSSES: dict[str, str] = {
+    "ppo_tis": f"{_LOSSES}:ppo_tis",
+    "decoupled_ppo": f"{_LOSSES}:decoupled_ppo",
+    "gspo": f"{_LOSSES}:gspo",
+    "gspo_token": f"{_LOSSES}:gspo_token",
+    "cispo": f"{_LOSSES}:cispo",
+}
+"""`[trainer.algorithm] loss` short names -> import paths (losses.py)."""
+
+DEFAULT_ADVANTAGE = ADVANTAGES["grpo"]
+DEFAULT_LOSS = LOSSES["decoupled_ppo"]
+
+
+def hook_path(name_or_path: str, table: dict[str, str], *, what: str) -> str:
+    """The import path a recipe's `name_or_path` stands for: a key of `table`, or an import path
+    ("module:attribute") as it is. An unknown name raises ValueError with the known names; a
+    dotted string is taken for a (mistyped) path and left for `resolve` to explain."""
+    if ":" in name_or_path or "." in name_or_path:
+        return name_or_path
+    if name_or_path in table:
+        return table[name_or_path]
+    close = difflib.get_close_matches(name_or_path, table, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"{what} {name_or_path!r} is neither a known name nor an import path "
+                     f"('package.module:attribute'); {hint}known: {', '.join(sorted(table))}")
 
 
 class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -90,6 +128,15 @@ class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     divisor free of length bias (Dr. GRPO)."""
     norm_tokens: int | None = None
     """The per-sample constant of "seq_sum_norm", e.g. the maximum response length."""
+    kl_coef: float = 0.0
+    """beta: weight of a KL(pi || ref) term added to every trained token's loss, ref being a
+    frozen copy of the run's initial weights that the learner keeps (0 = no reference model)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token estimator of KL(pi || ref) from x = log ref - log pi (Schulman's): "k1" = -x,
+    "k2" = x^2 / 2, "k3" = exp(x) - 1 - x (unbiased and never negative; GRPO's choice)."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus: the loss gains -entropy_coef * H(pi(.|context)) per trained
+    token (the full distribution's entropy at the sampler's temperature). CPU path only."""
 
     def __post_init__(self) -> None:
         if not 0 < self.clip_low < 1:
@@ -101,6 +148,9 @@ class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
                              f"got {self.importance_cap}")
         if self.max_log_ratio <= 0:
             raise ValueError(f"max_log_ratio must be positive, got {self.max_log_ratio}")
+        if self.kl_coef < 0 or self.entropy_coef < 0:
+            raise ValueError(f"kl_coef ({self.kl_coef}) and entropy_coef ({self.entropy_coef}) "
+                             "must be >= 0 (0 turns the term off)")
         if self.aggregation == "seq_sum_norm" and (self.norm_tokens or 0) <= 0:
             raise ValueError('aggregation "seq_sum_norm" needs norm_tokens > 0 (set it to the '
                              "maximum response length)")
@@ -124,12 +174,41 @@ class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
             raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
 
 
+class OverlongConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """DAPO's soft overlong punishment, added to each sample's reward in the trainer before the
+    advantage (the recorded reward stays the task's verdict). With L_max = rollout.max_new_tokens
+    and L_cache = buffer_tokens, a response of |y| tokens gets
+
+        0                                       |y| <= L_max - L_cache
+        penalty * (L_max - L_cache - |y|) / L_cache   otherwise (down to -penalty at L_max)
+    """
+
+    buffer_tokens: int
+    """L_cache: the penalty ramps up over the last this many tokens before max_new_tokens."""
+    penalty: float = 1.0
+    """The penalty at exactly max_new_tokens (DAPO: 1, the reward scale)."""
+
+    def __post_init__(self) -> None:
+        if self.buffer_tokens <= 0 or self.penalty < 0:
+            raise ValueError(f"overlong.buffer_tokens ({self.buffer_tokens}) must be positive "
+                             f"and overlong.penalty ({self.penalty}) >= 0")
+
+
 class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     advantage: str = DEFAULT_ADVANTAGE
-    """Import path of an `AdvantageFn(AdvantageInput) -> Tensor [B, S]` (advantages.py)."""
+    """A name in `ADVANTAGES` ("grpo", "dr_grpo", "reinforce_baseline", "rloo",
+    "reinforce_pp", "reinforce_pp_baseline") or the import path of an
+    `AdvantageFn(AdvantageInput) -> Tensor [B, S]`."""
     loss: str = DEFAULT_LOSS
-    """Import path of a `LossFn(LossInput) -> LossOutput` (losses.py)."""
+    """A name in `LOSSES` ("decoupled_ppo", "ppo_tis", "gspo", "gspo_token", "cispo") or the
+    import path of a `LossFn(LossInput) -> LossOutput`."""
     loss_config: LossConfig = msgspec.field(default_factory=LossConfig)
-    """Knobs every built-in loss reads: clip range, importance cap, aggregation."""
+    """Knobs every built-in loss reads: clip range, importance cap, aggregation, KL, entropy."""
+    overlong: OverlongConfig | None = None
+    """DAPO's overlong reward shaping (None = off)."""
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     """Batch assembly: packing and padding."""
+
+    def __post_init__(self) -> None:
+        hook_path(self.advantage, ADVANTAGES, what="trainer.algorithm.advantage")
+        hook_path(self.loss, LOSSES, what="trainer.algorithm.loss")

@@ -1,0 +1,62 @@
+"""The reference policy of a KL penalty: a frozen copy of the run's initial weights, and the
+per-token KL estimators.
+
+With `loss_config.kl_coef > 0` the learner loads the run's initial checkpoint (the one
+`RunStarted` names, `RunContext.init_checkpoint`) a second time, frozen, and computes
+log ref(target) for every batch without grad. The reference is read from that checkpoint, never
+copied from the live model, so a restarted trainer, `streamrl replay` and a counterfactual all
+rebuild the same reference whatever version they resume from. A fork's initial checkpoint is the
+parent's weights at the fork version: a fork's reference is where it started.
+
+KL(pi || ref) is estimated per token from x = log ref(y) - log pi(y), y sampled (Schulman, 2020,
+"Approximating KL divergence"):
+
+    k1 = -x                     unbiased, high variance, can be negative
+    k2 = x^2 / 2                biased, low variance, never negative
+    k3 = exp(x) - 1 - x         unbiased, low variance, never negative (GRPO's estimator)
+
+Each has gradient 0 where pi = ref; k2 and k3 pull log pi toward log ref from either side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from streamrl.models import CausalLM, load_checkpoint, token_logprobs
+
+
+def kl_estimate(logprobs: Tensor, reference_logprobs: Tensor, estimator: str,
+                max_log_ratio: float) -> Tensor:
+    """Per-token estimate of KL(pi || ref); differentiable in `logprobs`. The log-ratio is
+    clamped to +-max_log_ratio first, as every ratio in the losses is."""
+    x = (reference_logprobs.detach() - logprobs).clamp(-max_log_ratio, max_log_ratio)
+    if estimator == "k1":
+        return -x
+    if estimator == "k2":
+        return 0.5 * x.square()
+    assert estimator == "k3", estimator  # LossConfig admits k1, k2, k3 only
+    return torch.exp(x) - 1 - x
+
+
+class ReferencePolicy:
+    """The frozen initial weights on the learner's device; `logprobs` mirrors the learner's CPU
+    path (same forward, same temperature, same routing replay), so it is bit-exact on replay."""
+
+    def __init__(self, checkpoint: Path, device: torch.device, temperature: float) -> None:
+        self.checkpoint = Path(checkpoint)
+        model: CausalLM = load_checkpoint(self.checkpoint)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def logprobs(self, tokens: Tensor, positions: Tensor, targets: Tensor, *,
+                 forced_routing: Tensor | None = None,
+                 routing_mask: Tensor | None = None) -> Tensor:
+        """log ref(target) at every position [B, S], float32."""
+        out = self.model(tokens, positions, forced_routing=forced_routing,
+                         routing_mask=routing_mask, return_hidden=True)
+        return token_logprobs(out.hidden, self.model.lm_head.weight, targets,
+                              temperature=self.temperature)[0]
