@@ -20,6 +20,7 @@ from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
+from streamrl.recipe.trainer import ADVANTAGES, LOSSES, hook_path
 from streamrl.staleness import StalenessPolicy, build_policy
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     engine_factory: EngineFactory | None  # rollout.engine_factory (None: the torch engine)
     evaluate: Evaluator | None  # eval.evaluate
     staleness: StalenessPolicy  # [staleness]: the policy instance
-    advantage: AdvantageFn  # trainer.algorithm.advantage
-    loss: LossFn  # trainer.algorithm.loss
+    advantage: AdvantageFn  # trainer.algorithm.advantage (a name in ADVANTAGES or a path)
+    loss: LossFn  # trainer.algorithm.loss (a name in LOSSES or a path)
     step_hooks: tuple[TrainStepHook, ...]  # trainer.step_hooks
 
 
@@ -61,8 +62,11 @@ def resolve_hooks(config: RunConfig) -> Hooks:
         evaluate=(resolve(config.eval.evaluate, Evaluator, what="eval.evaluate")
                   if config.eval.evaluate else None),
         staleness=build_policy(config.staleness),
-        advantage=cast(AdvantageFn, resolve(algorithm.advantage, AdvantageFn, what="advantage")),
-        loss=cast(LossFn, resolve(algorithm.loss, LossFn, what="loss")),
+        advantage=cast(AdvantageFn, resolve(
+            hook_path(algorithm.advantage, ADVANTAGES, what="advantage"), AdvantageFn,
+            what="advantage")),
+        loss=cast(LossFn, resolve(hook_path(algorithm.loss, LOSSES, what="loss"), LossFn,
+                                  what="loss")),
         step_hooks=tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
                          for path in config.trainer.step_hooks))
 
