@@ -1,10 +1,12 @@
-"""Grouped-query self-attention with Qwen3's per-head q/k RMSNorm, through torch SDPA.
+"""Grouped-query self-attention through torch SDPA, with the families' switches: Qwen3's
+per-head q/k RMSNorm (`config.qk_norm`), q/k/v and o biases (`qkv_bias`, `o_bias`).
 
 Who may attend to whom is decided by the caller as one boolean mask per forward (see
 `segment_causal_mask` and `CacheStep.attention_mask`), so the same module serves packed
 training batches and slot-addressed cached decode. A fresh prefill (`CacheStep.fresh`: every
 row starts at position 0) writes the cache but attends causally over its own k/v, as training
-does. The engine's CUDA decode uses Triton kernels instead (`producers/engine/cuda/`).
+does. A sliding window (Mistral) narrows both masks to the last `sliding_window` positions.
+The engine's CUDA decode uses Triton kernels instead (`producers/engine/cuda/`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        H, D, bias = config.hidden_size, config.head_dim, config.attention_bias
+        H, D, bias = config.hidden_size, config.head_dim, config.qkv_bias
         self.q_proj = nn.Linear(H, self.num_heads * D, bias=bias)
         self.k_proj = nn.Linear(H, self.num_kv_heads * D, bias=bias)
         self.v_proj = nn.Linear(H, self.num_kv_heads * D, bias=bias)
-        self.o_proj = nn.Linear(self.num_heads * D, H, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * D, H, bias=config.o_bias)
         # Qwen3 normalizes each head's q and k before rotary (over head_dim only).
-        self.q_norm = RMSNorm(D, config.rms_norm_eps)
-        self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm:
+            self.q_norm = RMSNorm(D, config.rms_norm_eps)
+            self.k_norm = RMSNorm(D, config.rms_norm_eps)
 
     def forward(
         self,
@@ -45,15 +50,18 @@ class Attention(nn.Module):
         # x: [B, T, hidden]; cos, sin: [B, T, D]
         # mask: [B, 1, T, S] bool (True = attend), or None for plain causal attention over x
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim))
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, T, H*, D]
         if cache is not None and cache.fresh:
             # New sequences from position 0: the cache holds nothing they may see but their own
-            # k/v, so attend over those causally (no cache read, no mask; flash-eligible).
+            # k/v, so attend over those causally (no cache read; no mask unless a sliding window
+            # is shorter than the prompts, see `CacheStep.attention_mask`; flash-eligible).
             cache.store(self.layer_idx, k, v)
-            cache, mask = None, None
+            cache = None
         if cache is None:
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
         else:
@@ -69,7 +77,7 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
 
 
-def segment_causal_mask(positions: Tensor) -> Tensor | None:
+def segment_causal_mask(positions: Tensor, window: int | None = None) -> Tensor | None:
     """Causal mask that also keeps packed sequences apart, derived from positions alone.
 
     A row may hold several sequences back to back; a new one starts wherever the position does
@@ -77,7 +85,11 @@ def segment_causal_mask(positions: Tensor) -> Tensor | None:
     segment. Right padding whose positions continue the row is harmless: it comes after every
     real token, so causality already hides it.
 
-    Returns None when no row is packed: plain causal attention needs no [T, T] mask, and SDPA's
+    With `window`, a query also sees only the tokens whose position is less than `window` before
+    its own (Mistral's sliding window, transformers' `kv > q - window`).
+
+    Returns None when no row is packed and no window cuts in (T <= window): plain causal
+    attention needs no [T, T] mask, and SDPA's
     `is_causal` path keeps flash kernels available on GPU. Under torch.compile it always returns
     the mask (equal to plain causal when nothing is packed): the data-dependent check would
     break the graph.
@@ -85,10 +97,13 @@ def segment_causal_mask(positions: Tensor) -> Tensor | None:
     # positions: [B, T] -> [B, 1, T, T] bool, or None
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    if not torch.compiler.is_compiling() and not bool(starts[:, 1:].any()):
+    T = positions.shape[1]
+    windowed = window is not None and window < T
+    if not torch.compiler.is_compiling() and not windowed and not bool(starts[:, 1:].any()):
         return None
     segment = starts.long().cumsum(dim=1)  # [B, T]
-    T = positions.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
-    same = segment[:, :, None] == segment[:, None, :]  # [B, T, T]
-    return (same & causal)[:, None]
+    mask = (segment[:, :, None] == segment[:, None, :]) & causal  # [B, T, T]
+    if window is not None:
+        mask &= positions[:, None, :] > positions[:, :, None] - window
+    return mask[:, None]

@@ -1,30 +1,68 @@
-"""`ModelConfig`: the architecture of a Qwen3-style decoder, read from an HF `config.json`.
+"""`ModelConfig`: the architecture of a decoder-only model, read from an HF `config.json`.
 
-Two families share one struct: dense Qwen3 (`model_type: "qwen3"`) and Qwen3-MoE
-(`"qwen3_moe"`), optionally with a Qwen2-MoE style shared expert. Only architecture fields live
-here; tokenizer and generation settings stay in their own files next to the checkpoint.
+Five families share one struct and one decoder (`model.py`); what differs between them is a few
+switches, looked up per `model_type` in `FAMILIES` rather than branched on:
+
+    model_type   q/k norm   q/k/v bias        o bias            MLP bias   other
+    llama        no         attention_bias    attention_bias    mlp_bias   llama3 rope scaling
+    mistral      no         no                no                no         sliding_window
+    qwen2        no         yes               no                no
+    qwen3        yes        attention_bias    attention_bias    no
+    qwen3_moe    yes        attention_bias    attention_bias    no         routed experts
+
+Every family may use llama3 rope scaling (transformers applies it to any of them). Only
+architecture fields live here; tokenizer and generation settings stay in their own files next
+to the checkpoint.
 
 `from_hf_dict` accepts every spelling transformers has written for these models: rope settings
 either in transformers-5 `rope_parameters` or as a top-level `rope_theta` (+ legacy
 `rope_scaling`), and the expert count as `num_experts` (hub checkpoints) or `num_local_experts`
-(what transformers 5.24 writes). Bad input raises `ValueError` naming the offending field.
+(what transformers 5.24 writes). Bad input raises `ValueError` naming the offending field; an
+unknown `model_type` is refused with the list of supported ones.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-ModelType = Literal["qwen3", "qwen3_moe"]
-SUPPORTED_ROPE_TYPES = ("default",)
+from streamrl.models.rope import Llama3Rope, parse_rope, rope_to_hf
+
+ModelType = Literal["llama", "mistral", "qwen2", "qwen3", "qwen3_moe"]
+
+
+class Family(NamedTuple):
+    """What a `model_type` fixes about the architecture."""
+
+    architecture: str
+    """`architectures[0]` of the config.json we write (the transformers class)."""
+    qk_norm: bool
+    """Per-head RMSNorm of q and k before rotary (Qwen3)."""
+    qkv_bias: bool
+    """Bias on q/k/v but not o, whatever `attention_bias` says (Qwen2)."""
+    options: frozenset[str]
+    """Optional fields of the family's config.json that we honour; others must stay default."""
+    moe: bool = False
+    """Routed experts (`num_experts`, ...) on the layers `moe_layers` names."""
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("LlamaForCausalLM", False, False, frozenset({"attention_bias", "mlp_bias"})),
+    "mistral": Family("MistralForCausalLM", False, False, frozenset({"sliding_window"})),
+    "qwen2": Family("Qwen2ForCausalLM", False, True, frozenset()),
+    "qwen3": Family("Qwen3ForCausalLM", True, False, frozenset({"attention_bias"})),
+    "qwen3_moe": Family("Qwen3MoeForCausalLM", True, False, frozenset({"attention_bias"}),
+                        moe=True),
+}
+"""model_type -> its family; the supported model types are exactly these keys."""
 
 
 class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     model_type: ModelType
-    """`qwen3` (dense) or `qwen3_moe`."""
+    """The family (`FAMILIES`): `llama`, `mistral`, `qwen2`, `qwen3` (dense) or `qwen3_moe`."""
     vocab_size: int
     """Rows of the embedding and of the LM head."""
     hidden_size: int
@@ -38,17 +76,26 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     num_key_value_heads: int
     """Key/value heads; must divide `num_attention_heads` (grouped-query attention)."""
     head_dim: int
-    """Per-head width; Qwen3 sets it explicitly (q_proj is not hidden -> hidden)."""
+    """Per-head width; Qwen3 sets it explicitly (q_proj is not hidden -> hidden), the others
+    default to hidden_size / num_attention_heads."""
     rms_norm_eps: float = 1e-6
     """Epsilon of every RMSNorm, including the per-head q/k norms."""
     rope_theta: float = 10_000.0
     """Base of the rotary embedding frequencies."""
+    rope_scaling: Llama3Rope | None = None
+    """Llama 3.1's frequency rescaling (`rope_type = "llama3"`), or None for plain RoPE."""
     max_position_embeddings: int = 32_768
     """Longest position the model was trained for; positions beyond it are rejected."""
     tie_word_embeddings: bool = False
     """LM head shares the embedding matrix (no `lm_head.weight` in the checkpoint)."""
     attention_bias: bool = False
-    """Bias on q/k/v/o projections (False for every released Qwen3)."""
+    """Bias on q/k/v/o projections (llama, qwen3; False for every released Qwen3). Qwen2's
+    q/k/v bias is implied by its family (`qkv_bias`), not by this field."""
+    mlp_bias: bool = False
+    """Bias on gate/up/down projections (llama only)."""
+    sliding_window: int | None = None
+    """Mistral: a query attends to itself and the `sliding_window - 1` tokens before it; None =
+    full causal attention."""
     num_experts: int = 0
     """Routed experts per MoE layer (0 for dense models)."""
     num_experts_per_tok: int = 0
@@ -69,7 +116,22 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     @property
     def is_moe(self) -> bool:
-        return self.model_type == "qwen3_moe"
+        return FAMILIES[self.model_type].moe
+
+    @property
+    def qk_norm(self) -> bool:
+        """Per-head RMSNorm of q and k before rotary (Qwen3 families)."""
+        return FAMILIES[self.model_type].qk_norm
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether q/k/v projections have a bias."""
+        return self.attention_bias or FAMILIES[self.model_type].qkv_bias
+
+    @property
+    def o_bias(self) -> bool:
+        """Whether the attention output projection has a bias."""
+        return self.attention_bias
 
     @property
     def moe_layers(self) -> tuple[int, ...]:
@@ -91,24 +153,28 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     def from_hf_dict(cls, raw: dict[str, Any]) -> ModelConfig:
         """Build from the parsed `config.json` of a transformers checkpoint."""
         model_type = raw.get("model_type")
-        if model_type not in ("qwen3", "qwen3_moe"):
+        family = FAMILIES.get(model_type) if isinstance(model_type, str) else None
+        if family is None:
             raise ValueError(
                 f"config.json: `model_type` is {model_type!r}; streamrl's model code supports "
-                "'qwen3' and 'qwen3_moe'"
+                f"{', '.join(repr(t) for t in FAMILIES)}"
             )
         if raw.get("hidden_act", "silu") != "silu":
             raise ValueError(f"config.json: `hidden_act` must be 'silu', got {raw['hidden_act']!r}")
         if raw.get("use_sliding_window"):
             raise ValueError(
-                "config.json: `use_sliding_window` is true; sliding-window attention "
-                "is not implemented, set it to false"
+                "config.json: `use_sliding_window` is true; Qwen's per-layer sliding window "
+                "(`max_window_layers`) is not implemented, set it to false"
             )
-        fields = {k: raw[k] for k in _HF_FIELDS if k in raw and raw[k] is not None}
+        skip = _FAMILY_OPTIONS.keys() - family.options
+        fields = {k: raw[k] for k in _HF_FIELDS if k not in skip and raw.get(k) is not None}
         if "num_experts" not in fields and raw.get("num_local_experts") is not None:
             fields["num_experts"] = raw["num_local_experts"]
         if "head_dim" not in fields and {"hidden_size", "num_attention_heads"} <= fields.keys():
             fields["head_dim"] = fields["hidden_size"] // max(fields["num_attention_heads"], 1)
-        fields["rope_theta"] = _rope_theta(raw)
+        fields["rope_theta"], scaling = parse_rope(raw)
+        if scaling is not None:
+            fields["rope_scaling"] = msgspec.structs.asdict(scaling)
         try:
             return msgspec.convert(fields, cls)
         except msgspec.ValidationError as e:
@@ -125,13 +191,17 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` that transformers (5.x, and 4.x readers of `rope_theta`) can load."""
+        family = FAMILIES[self.model_type]
         out: dict[str, Any] = {
-            "architectures": ["Qwen3MoeForCausalLM" if self.is_moe else "Qwen3ForCausalLM"],
+            "architectures": [family.architecture],
             "hidden_act": "silu",
-            "use_sliding_window": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": rope_to_hf(self.rope_theta, self.rope_scaling),
         }
+        if self.model_type.startswith("qwen"):
+            out["use_sliding_window"] = False
         for name in self.__struct_fields__:
+            if name == "rope_scaling" or name in _FAMILY_OPTIONS.keys() - family.options:
+                continue
             value = getattr(self, name)
             out[name] = list(value) if isinstance(value, tuple) else value
         if not self.is_moe:
@@ -151,26 +221,11 @@ _MOE_FIELDS = (
     "mlp_only_layers",
     "shared_expert_intermediate_size",
 )
-_HF_FIELDS = tuple(f for f in ModelConfig.__struct_fields__ if f != "rope_theta")
-
-
-def _rope_theta(raw: dict[str, Any]) -> float:
-    # transformers 5 writes `rope_parameters`; older configs a top-level `rope_theta` and an
-    # optional `rope_scaling` dict (which transformers 5 reads as `rope_parameters`).
-    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-    name = "rope_parameters" if raw.get("rope_parameters") else "rope_scaling"
-    if not isinstance(params, dict):
-        raise ValueError(f"config.json: `{name}` must be an object, got {params!r}")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(
-            f"config.json: `{name}.rope_type` is {rope_type!r}; only "
-            f"{', '.join(SUPPORTED_ROPE_TYPES)} rotary embeddings are implemented"
-        )
-    theta = params.get("rope_theta", raw.get("rope_theta", 10_000.0))
-    if not isinstance(theta, int | float) or isinstance(theta, bool) or theta <= 1:
-        raise ValueError(f"config.json: `rope_theta` must be a number > 1, got {theta!r}")
-    return float(theta)
+_HF_FIELDS = tuple(f for f in ModelConfig.__struct_fields__
+                   if f not in ("rope_theta", "rope_scaling"))
+_FAMILY_OPTIONS: dict[str, Any] = {"attention_bias": False, "mlp_bias": False,
+                                   "sliding_window": None}
+"""Fields only some families have (`Family.options`), with the value every other family has."""
 
 
 def _validate(c: ModelConfig) -> None:
@@ -195,6 +250,13 @@ def _validate(c: ModelConfig) -> None:
         raise ValueError(f"`head_dim` must be even for rotary embeddings, got {c.head_dim}")
     if c.rms_norm_eps <= 0:
         raise ValueError(f"`rms_norm_eps` must be positive, got {c.rms_norm_eps}")
+    family = FAMILIES[c.model_type]
+    for name, default in _FAMILY_OPTIONS.items():
+        if name not in family.options and getattr(c, name) != default:
+            raise ValueError(f"`{name}` is not part of the {c.model_type} architecture; leave it "
+                             f"at {default} or use a model_type that has it")
+    if c.sliding_window is not None and c.sliding_window <= 0:
+        raise ValueError(f"`sliding_window` must be positive or null, got {c.sliding_window}")
     if not c.is_moe:
         return
     if c.num_experts <= 0:

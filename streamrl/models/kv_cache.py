@@ -143,11 +143,19 @@ class CacheStep:
             return k_all[:B, :, : self.kv_len], v_all[:B, :, : self.kv_len]
         return k_all[self.slots, :, : self.kv_len], v_all[self.slots, :, : self.kv_len]
 
-    def attention_mask(self) -> Tensor | None:
-        """True where a query may attend: cache index j <= the query's position. None for a
-        fresh prefill, which attends causally over its own k/v."""
+    def attention_mask(self, window: int | None = None) -> Tensor | None:
+        """True where a query may attend: cache index j <= the query's position (and, with a
+        sliding `window`, j > position - window). A fresh prefill attends over its own k/v:
+        None (plain causal), or with a window shorter than the prompts a [B, 1, T, T] mask."""
         # -> [B, 1, T, kv_len] bool, or None
         if self.fresh:
-            return None
-        j = torch.arange(self.kv_len, device=self.positions.device)
-        return (j[None, None, :] <= self.positions[:, :, None])[:, None]
+            T = self.positions.shape[1]
+            if window is None or window >= T:
+                return None
+            i = torch.arange(T, device=self.positions.device)
+            return ((i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window))[None, None]
+        j = torch.arange(self.kv_len, device=self.positions.device)[None, None, :]
+        mask = j <= self.positions[:, :, None]
+        if window is not None:
+            mask &= j > self.positions[:, :, None] - window
+        return mask[:, None]

@@ -1,6 +1,6 @@
-"""Building blocks shared by every Qwen3-style layer: RMSNorm, rotary embedding, SwiGLU MLP.
+"""Building blocks shared by every decoder family: RMSNorm, rotary embedding, SwiGLU MLP.
 
-Numerics follow the reference Qwen3 math exactly (norm statistics in fp32, rotary angles in fp32
+Numerics follow the transformers math exactly (norm statistics in fp32, rotary angles in fp32
 from integer positions) so fp32 logits match transformers to float rounding, and bf16 runs later
 round at the same places.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from streamrl.models.rope import Llama3Rope, inverse_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -36,16 +38,16 @@ class RotaryEmbedding(nn.Module):
     re-init) and works for any position layout (left/right padding, packing, per-slot decode).
     """
 
-    def __init__(self, head_dim: int, theta: float) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: Llama3Rope | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
+        self.scaling = scaling
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         # positions: [B, T] int -> cos, sin: [B, T, head_dim]
-        D = self.head_dim
-        exponent = torch.arange(0, D, 2, dtype=torch.float32, device=positions.device) / D
-        inv_freq = 1.0 / (self.theta**exponent)  # [D/2]
+        inv_freq = inverse_frequencies(self.head_dim, self.theta, self.scaling,
+                                       positions.device)  # [D/2]
         angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
         angles = torch.cat((angles, angles), dim=-1)  # [B, T, D]
         return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -63,11 +65,11 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)). Parameter names match HF checkpoints."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [..., hidden] -> [..., hidden]

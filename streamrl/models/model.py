@@ -1,4 +1,6 @@
-"""The Qwen3-style decoder (dense and MoE) used by both the rollout engine and the trainer.
+"""The decoder (every family of `config.FAMILIES`, dense and MoE) used by both the rollout
+engine and the trainer. Families differ only in switches read from the config (q/k norm,
+biases, rope scaling, sliding window); there is one class per role, not per family.
 
 One forward serves both roles; what differs is only what the caller passes:
 
@@ -43,7 +45,8 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer_idx)
         self.is_moe = layer_idx in config.moe_layers
         self.mlp: MLP | MoE = (
-            MoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
+            MoE(config) if self.is_moe
+            else MLP(config.hidden_size, config.intermediate_size, config.mlp_bias)
         )
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -78,7 +81,7 @@ class Qwen3Model(nn.Module):
             DecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
         self.checkpoint_layers = False
         """Activation checkpointing: with grad enabled, keep only each layer's input and
         recompute the layer in backward (about 1/3 more compute for a fraction of the memory)."""
@@ -111,7 +114,9 @@ class Qwen3Model(nn.Module):
             )
         x = self.embed_tokens(tokens)
         cos, sin = self.rotary(positions, x.dtype)
-        mask = segment_causal_mask(positions) if cache is None else cache.attention_mask()
+        window = self.config.sliding_window
+        mask = (segment_causal_mask(positions, window) if cache is None
+                else cache.attention_mask(window))
         routed: list[Tensor] = []
         for layer in self.layers:
             forced = None

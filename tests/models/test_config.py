@@ -97,7 +97,7 @@ def put(**fields):
         (put(num_key_value_heads=5), "num_key_value_heads"),
         (put(head_dim=127), "head_dim"),
         (put(num_hidden_layers=0), "num_hidden_layers"),
-        (put(model_type="llama"), "model_type"),
+        (put(model_type="gpt2"), "model_type"),
         (put(hidden_act="gelu"), "hidden_act"),
         (put(use_sliding_window=True), "use_sliding_window"),
         (put(rope_scaling={"type": "yarn", "factor": 4.0}), "rope_scaling.rope_type"),
@@ -123,3 +123,67 @@ def test_config_struct_forbids_unknown_fields() -> None:
     assert msgspec.convert(fields, ModelConfig) == ModelConfig.from_hf_dict(HUB_MOE)
     with pytest.raises(msgspec.ValidationError, match="hiden_size"):
         msgspec.convert({**fields, "hiden_size": 1}, ModelConfig)
+
+
+# Shaped like meta-llama/Llama-3.1-8B's config.json (legacy `rope_scaling` spelling).
+HUB_LLAMA = {
+    "model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "max_position_embeddings": 131072, "attention_bias": False, "mlp_bias": False,
+    "hidden_act": "silu", "tie_word_embeddings": False, "pretraining_tp": 1,
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+}
+
+
+def test_llama3_config_in_both_spellings() -> None:
+    old = ModelConfig.from_hf_dict(HUB_LLAMA)
+    assert old.head_dim == 128 and not old.qk_norm and not old.qkv_bias
+    assert old.rope_scaling is not None
+    assert old.rope_scaling.original_max_position_embeddings == 8192
+    new = {k: v for k, v in HUB_LLAMA.items() if k not in ("rope_theta", "rope_scaling")}
+    new["rope_parameters"] = {**HUB_LLAMA["rope_scaling"], "rope_theta": 500000.0}
+    assert ModelConfig.from_hf_dict(new) == old
+    assert ModelConfig.from_hf_dict(json.loads(json.dumps(old.to_hf_dict()))) == old
+
+
+def test_family_switches() -> None:
+    qwen2 = ModelConfig.from_hf_dict({**HUB_LLAMA, "model_type": "qwen2", "rope_scaling": None,
+                                      "attention_bias": True, "mlp_bias": True})
+    assert qwen2.qkv_bias and not qwen2.o_bias and not qwen2.mlp_bias and not qwen2.qk_norm
+    mistral = ModelConfig.from_hf_dict({**HUB_LLAMA, "model_type": "mistral",
+                                        "sliding_window": 4096, "rope_scaling": None})
+    assert mistral.sliding_window == 4096 and not mistral.qkv_bias
+    assert ModelConfig.from_hf_dict(HUB_MOE).qk_norm
+
+
+def test_unknown_model_type_lists_the_supported_ones() -> None:
+    with pytest.raises(ValueError, match=r"`model_type` is 'gemma'; .*'llama', 'mistral', "
+                                         r"'qwen2', 'qwen3', 'qwen3_moe'"):
+        ModelConfig.from_hf_dict({**HUB_LLAMA, "model_type": "gemma"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        (dict(model_type="mistral", mlp_bias=True), "mlp_bias"),
+        (dict(model_type="qwen3", sliding_window=8), "sliding_window"),
+        (dict(model_type="mistral", sliding_window=0), "sliding_window"),
+        (dict(model_type="llama", rope_scaling={"factor": 8.0}), "rope_scaling"),
+    ],
+)
+def test_fields_a_family_lacks_are_refused(fields: dict, field: str) -> None:
+    base = dict(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=4)
+    with pytest.raises((ValueError, msgspec.ValidationError), match=field):
+        msgspec.convert({**base, **fields}, ModelConfig)
+
+
+def test_bad_llama3_rope_names_the_field() -> None:
+    bad = {**HUB_LLAMA, "rope_scaling": {**HUB_LLAMA["rope_scaling"], "high_freq_factor": 0.5}}
+    with pytest.raises(ValueError, match="high_freq_factor"):
+        ModelConfig.from_hf_dict(bad)
+    missing = {**HUB_LLAMA, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
+    with pytest.raises(ValueError, match=r"rope_scaling.*low_freq_factor"):
+        ModelConfig.from_hf_dict(missing)

@@ -52,6 +52,41 @@ def build(path: Path, moe: bool, seed: int = 0, **overrides) -> Tiny:
     return Tiny(path, ref)
 
 
+# One tiny config per family beyond Qwen3 (`build_family`), each switching on what makes the
+# family differ: llama3 rope scaling plus q/k/v/o and MLP biases (Llama), a sliding window
+# shorter than the test sequences (Mistral), q/k/v bias with tied embeddings (Qwen2).
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(
+        head_dim=None, attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64})),
+    "llama_plain": ("LlamaConfig", "LlamaForCausalLM", dict(head_dim=None)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=16)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(head_dim=None, tie_word_embeddings=True)),
+}
+
+
+def build_family(path: Path, family: str, seed: int = 0, **overrides) -> Tiny:
+    """Like `build`, for a `FAMILIES` entry; biases (zero at init) are randomized too."""
+    transformers = pytest.importorskip("transformers")
+    config_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    fields = {**TINY, **extra, **overrides}
+    if fields["head_dim"] is None:
+        del fields["head_dim"]
+    ref = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**fields))
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.5 * torch.randn_like(p))
+    ref.eval()
+    ref.save_pretrained(path)
+    return Tiny(path, ref)
+
+
 def batch(B: int, T: int, vocab: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random tokens with positions 0..T-1 in every row: ([B, T], [B, T])."""
     g = torch.Generator().manual_seed(seed)
