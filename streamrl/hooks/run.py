@@ -1,6 +1,7 @@
 """The hooks a recipe provides to the run driver, with their typed inputs.
 
-    tokenizer  "recipes.x.tokenizer:TOKENIZER"   a `Tokenizer` object (or a class to instantiate)
+    tokenizer  "recipes.x.tokenizer:TOKENIZER"   a `Tokenizer` object (or a class to instantiate);
+                                                 default: the checkpoint's (streamrl/data)
     prompts    "recipes.x.task:prompts"          PromptSource(PromptRequest) -> list[PromptSpec]
     init       "recipes.x.warmstart:init"        ModelInit(ModelInitRequest) -> checkpoint dir
     evaluate   "recipes.x.evaluate:evaluate"     Evaluator(EvalRequest) -> dict[str, float]
@@ -11,7 +12,7 @@ Rewards and sample filters are typed in `rollout.py`, advantages, losses and ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,7 +32,10 @@ class Tokenizer(Protocol):
     def pad_token_id(self) -> int: ...
 
     @property
-    def stop_token_id(self) -> int: ...
+    def stop_token_id(self) -> int:
+        """Ends an answer. A tokenizer may also have `stop_token_ids` (several; this is the
+        first of them): producers stop on all of them (`stop_token_ids(tokenizer)`)."""
+        ...
 
     def encode(self, text: str, *, bos: bool = False, stop: bool = False) -> npt.NDArray[np.int32]:
         ...
@@ -39,10 +43,36 @@ class Tokenizer(Protocol):
     def decode(self, tokens: Iterable[int] | npt.NDArray[np.integer]) -> str: ...
 
 
+def stop_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Every id that ends an answer: a tokenizer's `stop_token_ids` if it has them (a checkpoint's
+    eos ids, streamrl/data/tokenizer.py), else its one `stop_token_id`."""
+    ids = getattr(tokenizer, "stop_token_ids", None)
+    return tuple(int(t) for t in ids) if ids else (int(tokenizer.stop_token_id),)
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """A tokenizer that also renders chat messages (dataset prompts) with its chat template."""
+
+    @property
+    def has_chat_template(self) -> bool: ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The messages as text, the assistant's turn opened (`add_generation_prompt`)."""
+        ...
+
+
+PROMPT_TEXT = "prompt_text"  # metadata key: the text a prompt given as `tokens` was rendered from
+
+
 class PromptSpec(msgspec.Struct, kw_only=True, frozen=True):
     prompt_id: str  # stable: the same question has the same id in every run
     text: str
     metadata: dict[str, Any] = {}  # what the reward needs, e.g. the reference answer
+    tokens: tuple[int, ...] | None = None
+    """The prompt's ids when the source rendered them (a dataset through the chat template):
+    published as they are, with `text` kept as metadata[PROMPT_TEXT]. None: producers encode
+    `text`."""
 
 
 class PromptRequest(msgspec.Struct, kw_only=True, frozen=True):

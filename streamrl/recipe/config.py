@@ -16,7 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from streamrl.recipe.engine import EngineConfig
-from streamrl.recipe.hooks import Hooks, resolve_hooks
+from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
 from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
 from streamrl.staleness import StalenessConfig
 from streamrl.streams import check_run_id
@@ -40,21 +40,86 @@ class RunSection(Section, kw_only=True):
 
 
 class ModelSection(Section, kw_only=True):
-    init: str
+    """Where version 0's weights come from: exactly one of `path` and `init`."""
+
+    path: str | None = None
+    """An HF checkpoint directory (config.json, *.safetensors, and usually the tokenizer's files
+    and generation_config.json): the normal way to start. A relative path is taken from the
+    directory `streamrl run` starts in and recorded absolute."""
+    init: str | None = None
     """Import path of a `ModelInit(ModelInitRequest) -> Path` writing the initial HF checkpoint
-    (e.g. a short SFT warm start), or of nothing with `checkpoint` set."""
+    (e.g. a short SFT warm start made by the recipe itself), cached under the runs directory."""
     moe: bool = False
     """Ask `init` for the mixture-of-experts variant of the recipe's model."""
 
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.init is None):
+            raise ValueError("[model] needs exactly one of path (an HF checkpoint directory) "
+                             "and init (the import path of a hook that writes one)"
+                             + ("; remove one" if self.path is not None else ""))
+        if self.moe and self.path is not None:
+            raise ValueError("model.moe asks model.init for a MoE variant; with model.path the "
+                             "checkpoint's config.json decides: remove model.moe")
+
+
+DEFAULT_NUM_PROMPTS = 1024  # what a `data.prompts` hook is asked for when num_prompts is unset
+
 
 class DataSection(Section, kw_only=True):
-    tokenizer: str
-    """Import path of a `Tokenizer` object (or a class, instantiated with no arguments)."""
-    prompts: str
+    """The prompts: a dataset file (`train`) or a `prompts` hook, exactly one; and the tokenizer
+    (by default the checkpoint's own, with its chat template and eos ids)."""
+
+    tokenizer: str | None = None
+    """Import path of a `Tokenizer` object (or a class, instantiated with no arguments). Unset:
+    the tokenizer in model.path, loaded with transformers (streamrl/data/tokenizer.py)."""
+    prompts: str | None = None
     """Import path of a `PromptSource(PromptRequest) -> list[PromptSpec]`."""
-    num_prompts: int = 1024
+    train: str | None = None
+    """A dataset file: JSONL, parquet, or a directory written by `datasets.save_to_disk`. Rows
+    follow veRL's convention (`prompt` as chat messages, `reward_model.ground_truth`,
+    `data_source`, `extra_info`) or TRL's (`prompt` a string or chat messages); every column
+    but the prompt reaches the reward as `RewardInput.metadata[column]`, and veRL's ground
+    truth also as `metadata["ground_truth"]` (streamrl/data/dataset.py). Every row is checked
+    when the recipe loads. A relative path is taken from the current directory."""
+    eval: str | None = None
+    """A held-out dataset file in the same formats, checked and rendered like `train`."""
+    prompt_key: str = "prompt"
+    """The column that holds the prompt (e.g. "question" for GSM8K's own parquet files)."""
+    system_prompt: str | None = None
+    """A system message put before each prompt's messages (rows that start with their own
+    system message keep theirs)."""
+    apply_chat_template: bool = True
+    """Render prompts with the tokenizer's chat template (`add_generation_prompt=True`): chat
+    messages as they are, a string prompt as one user message. false: string prompts are
+    encoded as plain text (a base model's completion), and chat-message rows are refused."""
+    shuffle: bool = True
+    """Shuffle the dataset's rows, seeded by run.seed, afresh for every epoch."""
+    epochs: int | None = None
+    """Passes over `train` (default 1 unless num_prompts is set)."""
+    num_prompts: int | None = None
+    """How many prompts to publish: for a `prompts` hook, what it is asked for (default 1024);
+    for `train`, taken in order from as many shuffled epochs as needed."""
     samples_per_prompt: int = 8
     """The GRPO group size: samples generated per prompt."""
+
+    def __post_init__(self) -> None:
+        if (self.prompts is None) == (self.train is None):
+            raise ValueError("[data] needs exactly one of train (a dataset file) and prompts "
+                             "(the import path of a PromptSource hook)"
+                             + ("; remove one" if self.train is not None else ""))
+        if self.prompts is not None and (self.eval is not None or self.epochs is not None):
+            raise ValueError("data.eval and data.epochs apply to dataset files: with data.prompts "
+                             "set data.num_prompts instead, or give data.train")
+        if self.epochs is not None and self.num_prompts is not None:
+            raise ValueError("data.epochs and data.num_prompts both set how many prompts the run "
+                             "gets: keep one")
+        for name in ("epochs", "num_prompts", "samples_per_prompt"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be at least 1, got {value}")
+        if self.system_prompt is not None and not self.apply_chat_template:
+            raise ValueError("data.system_prompt is rendered by the chat template: set "
+                             "data.apply_chat_template = true or remove data.system_prompt")
 
 
 class RolloutSection(Section, kw_only=True):
@@ -163,6 +228,9 @@ class RunConfig(Section, kw_only=True):
 
     def __post_init__(self) -> None:
         check_run_id(self.run.name)
+        if self.data.tokenizer is None and self.model.path is None:
+            raise ValueError("data.tokenizer is needed with model.init: name a Tokenizer by "
+                             "import path, or start from model.path and use its tokenizer")
         group = self.data.samples_per_prompt
         if self.trainer.batch_size % group:
             raise ValueError(
@@ -204,11 +272,39 @@ def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
     path = Path(path)
     try:
         config = msgspec.toml.decode(path.read_bytes(), type=RunConfig)
-        return config, resolve_hooks(config)
     except FileNotFoundError:
         raise ConfigError(f"recipe {str(path)!r} does not exist") from None
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
+    try:
+        config = _with_absolute_paths(config)
+        hooks = resolve_hooks(config)
+        check_prompts(hooks)  # reads and renders every dataset row: a bad one fails here
+        return config, hooks
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _with_absolute_paths(config: RunConfig) -> RunConfig:
+    """model.path, data.train and data.eval made absolute (every process of the run reads them,
+    wherever it starts) and checked to exist."""
+    fields = {"model.path": config.model.path, "data.train": config.data.train,
+              "data.eval": config.data.eval}
+    absolute: dict[str, str] = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        where = Path(value).expanduser().absolute()
+        if not where.exists():
+            raise ValueError(f"{name} {value!r} does not exist ({where})")
+        if name == "model.path" and not (where / "config.json").is_file():
+            raise ValueError(f"model.path {value!r} is not an HF checkpoint directory: no "
+                             f"config.json in {where}")
+        absolute[name.split(".")[1]] = str(where)
+    model = msgspec.structs.replace(config.model, path=absolute.get("path", config.model.path))
+    data = msgspec.structs.replace(config.data, train=absolute.get("train", config.data.train),
+                                   eval=absolute.get("eval", config.data.eval))
+    return msgspec.structs.replace(config, model=model, data=data)
 
 
 def load_config(path: str | Path) -> RunConfig:

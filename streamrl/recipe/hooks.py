@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 
+from streamrl.data.prompts import DatasetPrompts, PromptOptions
+from streamrl.data.tokenizer import load_tokenizer
 from streamrl.hooks.engine import EngineFactory
 from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
@@ -30,9 +32,11 @@ if TYPE_CHECKING:
 class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     """A recipe's hooks, resolved. Fields mirror the recipe's import-path knobs."""
 
-    tokenizer: Tokenizer  # data.tokenizer (an object, or a class instantiated with no arguments)
-    prompts: PromptSource  # data.prompts
-    init: ModelInit  # model.init
+    tokenizer: Tokenizer  # data.tokenizer (an object, or a class instantiated with no
+    #                       arguments), else model.path's own (streamrl/data/tokenizer.py)
+    prompts: PromptSource  # data.prompts, or data.train as a DatasetPrompts
+    eval_prompts: DatasetPrompts | None  # data.eval (rendered like data.train)
+    init: ModelInit | None  # model.init (None: model.path is the initial checkpoint)
     reward: RewardFn  # rollout.reward
     rollout: RolloutFn  # rollout.rollout
     filter: SampleFilter | None  # rollout.filter
@@ -48,10 +52,16 @@ def resolve_hooks(config: RunConfig) -> Hooks:
     """Import every hook `config` names and check it against its protocol; a wrong path raises
     `ResolveError` (a ValueError) whose message names the recipe field and what is wrong."""
     rollout, algorithm = config.rollout, config.trainer.algorithm
+    tokenizer = (_tokenizer(config.data.tokenizer) if config.data.tokenizer is not None
+                 else load_tokenizer(str(config.model.path)))
     return Hooks(
-        tokenizer=_tokenizer(config.data.tokenizer),
-        prompts=resolve(config.data.prompts, PromptSource, what="data.prompts"),
-        init=resolve(config.model.init, ModelInit, what="model.init"),
+        tokenizer=tokenizer,
+        prompts=(resolve(config.data.prompts, PromptSource, what="data.prompts")
+                 if config.data.prompts is not None
+                 else _dataset(config, config.data.train, "train", tokenizer)),
+        eval_prompts=_dataset(config, config.data.eval, "eval", tokenizer),
+        init=(resolve(config.model.init, ModelInit, what="model.init")
+              if config.model.init is not None else None),
         reward=resolve(rollout.reward, RewardFn, what="rollout.reward"),
         rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
         filter=(resolve(rollout.filter, SampleFilter, what="rollout.filter")
@@ -69,6 +79,30 @@ def resolve_hooks(config: RunConfig) -> Hooks:
                                   what="loss")),
         step_hooks=tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
                          for path in config.trainer.step_hooks))
+
+
+def check_prompts(hooks: Hooks) -> None:
+    """Read, check and render the recipe's dataset files now, in the driver's process: a bad row
+    raises `DataError` naming its file, row and column before anything is written."""
+    for source in (hooks.prompts, hooks.eval_prompts):
+        if isinstance(source, DatasetPrompts):
+            source.load()
+
+
+def _dataset(config: RunConfig, path: str | None, split: str,
+             tokenizer: Tokenizer) -> DatasetPrompts | None:
+    """`path` as prompts (read lazily: only the driver reads it); eval rows go once, in order."""
+    if path is None:
+        return None
+    data = config.data
+    options = PromptOptions(prompt_key=data.prompt_key, system_prompt=data.system_prompt,
+                            apply_chat_template=data.apply_chat_template)
+    if split == "train":
+        options = msgspec.structs.replace(options, shuffle=data.shuffle, epochs=data.epochs,
+                                          num_prompts=data.num_prompts)
+    else:
+        options = msgspec.structs.replace(options, shuffle=False, epochs=1)
+    return DatasetPrompts(path, split=split, tokenizer=tokenizer, options=options)
 
 
 def _tokenizer(path: str) -> Tokenizer:
