@@ -26,7 +26,9 @@ async def train(log_url: str, run_id: str) -> None:
         ctx = await load_run_context(log, run_id)
         torch.manual_seed(ctx.config.run.seed)
         history = await read_history(log, ctx)
-        learner = await rebuild(log, ctx, LearnerSetup.of_run(ctx.config, ctx.hooks), history)
+        learner = await rebuild(log, ctx, LearnerSetup.of_run(ctx.config, ctx.hooks,
+                                                           reference=ctx.init_checkpoint),
+                                  history)
         next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
         transport = ctx.transport_config(keep_last=ctx.config.weights.keep_versions,
                                          namespace=ctx.run_id).open()

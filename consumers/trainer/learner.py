@@ -4,6 +4,11 @@ A step is a pure function of (weights, optimizer state, batch rows, per-sample w
 no clock, no global RNG, so replaying the recorded batches reproduces every version bit for bit
 on CPU. Checkpoints hold model + optimizer state; resume loads one and replays the batches after.
 
+With `loss_config.kl_coef > 0` the learner also holds the reference policy, a frozen copy of the
+run's initial checkpoint (`LearnerSetup.reference`, reference.py), loaded on the first step;
+with `entropy_coef > 0` the current policy's entropy is computed with its logprobs (CPU path).
+`[trainer.algorithm.overlong]` shapes the rewards (DAPO) before the advantage.
+
 On CUDA (`trainer.compute`, see compute.py) the same step runs in bf16 with fp32 master
 weights, with the LM head's log-softmax chunked and recomputed in backward
 (`fused_token_logprobs`), so no fp32 [tokens, vocab] logits tensor is ever materialized.
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 from streamrl.checkpoints import OPTIMIZER_FILE
+from streamrl.consumers.trainer.advantages import overlong_penalty
 from streamrl.consumers.trainer.batch import TrainBatch, build_batch
 from streamrl.consumers.trainer.compute import (
     autocast,
@@ -29,6 +35,7 @@ from streamrl.consumers.trainer.compute import (
     optimizer,
     place,
 )
+from streamrl.consumers.trainer.reference import ReferencePolicy
 from streamrl.hooks.train import AdvantageFn, LossFn, LossInput
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
@@ -44,18 +51,31 @@ class LearnerSetup(msgspec.Struct, kw_only=True, frozen=True):
     temperature: float
     advantage: AdvantageFn
     loss: LossFn
+    reference: Path | None = None
+    """The run's initial checkpoint (`RunContext.init_checkpoint`): the KL reference policy.
+    Needed only with loss_config.kl_coef > 0."""
+    max_new_tokens: int | None = None
+    """rollout.max_new_tokens, the L_max of overlong shaping. Needed only with `overlong`."""
 
     @classmethod
-    def of_run(cls, config: RunConfig, hooks: Hooks) -> LearnerSetup:
-        """A run's learner setup: its trainer section and the hooks its context resolved."""
+    def of_run(cls, config: RunConfig, hooks: Hooks, *,
+               reference: Path | None = None) -> LearnerSetup:
+        """A run's learner setup: its trainer section, the hooks its context resolved and, for a
+        KL penalty, the run's initial checkpoint as `reference`."""
         return cls(trainer=config.trainer, temperature=config.rollout.temperature or 1.0,
-                   advantage=hooks.advantage, loss=hooks.loss)
+                   advantage=hooks.advantage, loss=hooks.loss, reference=reference,
+                   max_new_tokens=config.rollout.max_new_tokens)
 
 
 class Learner:
+    _reference: ReferencePolicy | None = None  # loaded on the first step that needs it
+
     def __init__(self, model: CausalLM, setup: LearnerSetup) -> None:
         self.setup, self.trainer = setup, setup.trainer
         self.compute = setup.trainer.compute
+        if setup.trainer.algorithm.loss_config.entropy_coef > 0 and self.compute.on_gpu:
+            raise ValueError("loss_config.entropy_coef > 0 needs the CPU learner: the fused GPU "
+                             "log-softmax computes no entropy; set entropy_coef = 0")
         aggregation = self.trainer.algorithm.loss_config.aggregation
         if self.compute.micro_batch_rows is not None and aggregation != "token_mean":
             raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""
@@ -124,17 +144,24 @@ class Learner:
         sample's advantages. Returns the metrics of the step."""
         started = time.perf_counter()
         batch = build_batch(rows, self.trainer.algorithm.batch)
-        advantages = self.advantage_fn(batch.advantage_input())
+        metrics: dict[str, float] = {}
+        advantage_input, shaping = batch.advantage_input(), None
+        if self.trainer.algorithm.overlong is not None:
+            shaping = self._overlong(batch)
+            advantage_input = msgspec.structs.replace(
+                advantage_input, rewards=(batch.rewards.double() + shaping).float())
+        advantages = self.advantage_fn(advantage_input)
         advantages = advantages * _per_position(batch, sample_weights)
         if self.compute.on_gpu:
             batch = batch.to(self.compute.torch_device)
             advantages = advantages.to(self.compute.torch_device)
         with torch.no_grad():
             proximal = self.logprobs(batch)
-        metrics: dict[str, float] = {}
+        reference = self._reference_logprobs(batch)
         for rows_mb in _split(batch.tokens.shape[0], self.trainer.minibatches):
             self.optimizer.zero_grad(set_to_none=True)
-            step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version)
+            step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version,
+                                            reference)
             if self.trainer.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                       self.trainer.grad_clip)
@@ -145,6 +172,8 @@ class Learner:
         n = self.trainer.minibatches
         metrics = {k: v / n for k, v in metrics.items()}
         metrics["reward_mean"] = float(batch.rewards.float().mean())
+        if shaping is not None:
+            metrics["overlong_penalty_mean"] = float(shaping.mean())
         # Throughput, for people (the GPU run's training tok/s): the clock never feeds the
         # weights, so replay stays exact; `step_ms` is the one metric that differs on replay.
         metrics["train_tokens"] = float(batch.positions.numel() - int((batch.segments < 0).sum()))
@@ -152,8 +181,46 @@ class Learner:
         return metrics
 
 
+    def _policy(self, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
+        """log pi(target) [B, S] with grad, and the entropy when asked (CPU path only)."""
+        if not with_entropy:
+            return self.logprobs(batch), None
+        out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
+                         routing_mask=batch.routing_mask, return_hidden=True)
+        return token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
+                              temperature=self.setup.temperature, with_entropy=True)
+
+    def _overlong(self, batch: TrainBatch) -> Tensor:
+        """[N] DAPO's overlong penalty per sample, from its number of response tokens."""
+        overlong = self.trainer.algorithm.overlong
+        assert overlong is not None
+        if self.setup.max_new_tokens is None:
+            raise ValueError("trainer.algorithm.overlong needs the run's rollout.max_new_tokens "
+                             "(build the learner with LearnerSetup.of_run)")
+        response = (batch.versions >= 0).reshape(-1)  # versions are set on response targets
+        lengths = torch.zeros(batch.num_samples, dtype=torch.long).index_add_(
+            0, batch.segments.clamp(min=0).reshape(-1), response.long())
+        return overlong_penalty(lengths, max_new_tokens=self.setup.max_new_tokens,
+                                buffer_tokens=overlong.buffer_tokens, penalty=overlong.penalty)
+
+    def _reference_logprobs(self, batch: TrainBatch) -> Tensor | None:
+        """log ref(target) [B, S] from the frozen initial weights, or None without a KL term."""
+        if self.trainer.algorithm.loss_config.kl_coef <= 0:
+            return None
+        if self._reference is None:
+            if self.setup.reference is None:
+                raise ValueError("loss_config.kl_coef > 0 needs the run's initial checkpoint as "
+                                 "the reference: build the learner with LearnerSetup.of_run("
+                                 "..., reference=ctx.init_checkpoint)")
+            self._reference = ReferencePolicy(self.setup.reference, self.compute.torch_device,
+                                              self.setup.temperature)
+        return self._reference.logprobs(batch.tokens, batch.positions, batch.targets,
+                                        forced_routing=batch.forced_routing,
+                                        routing_mask=batch.routing_mask)
+
     def _accumulate(self, batch: TrainBatch, rows_mb: slice, proximal: Tensor,
-                    advantages: Tensor, version: int) -> dict[str, float]:
+                    advantages: Tensor, version: int,
+                    reference: Tensor | None = None) -> dict[str, float]:
         """Gradients of one minibatch's loss, accumulated over its micro-batches (one when
         `micro_batch_rows` is unset). With several, each micro-batch backpropagates its token
         sum (token-mean loss x its trained tokens) and the summed gradients are divided by the
@@ -165,11 +232,14 @@ class Learner:
         parts: list[dict[str, float]] = []
         for rows in micros:
             mb = _rows(batch, rows)
+            config = self.trainer.algorithm.loss_config
+            logprobs, entropy = self._policy(mb, with_entropy=config.entropy_coef > 0)
             out = self.loss_fn(LossInput(
-                logprobs=self.logprobs(mb), old_logprobs=mb.old_logprobs,
+                logprobs=logprobs, old_logprobs=mb.old_logprobs,
                 proximal_logprobs=proximal[rows], advantages=advantages[rows],
                 loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
-                config=self.trainer.algorithm.loss_config, segments=mb.segments))
+                config=config, segments=mb.segments, entropy=entropy,
+                reference_logprobs=None if reference is None else reference[rows]))
             (out.loss if len(micros) == 1 else out.loss * out.metrics["num_tokens"]).backward()
             parts.append(out.metrics)
         if len(parts) == 1:

@@ -146,7 +146,8 @@ async def counterfactual(log: Log, parent_id: str, override: Override, *, new_ru
                                          relation="counterfactual", runs_dir=runs_dir,
                                          hooks=hooks)
     torch.manual_seed(config.run.seed)
-    learner = Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(config, ctx.hooks))
+    learner = Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(
+        config, ctx.hooks, reference=ctx.init_checkpoint))
     loop = TrainerLoop(
         log, ctx, learner, transport, version=0, trained=set(), next_offset=0,
         source=TrajectorySource(stream=source.streams.trajectories, group=f"{new_run}.trainer",

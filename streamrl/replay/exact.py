@@ -156,12 +156,14 @@ async def _first_learner(log: Log, ctx: RunContext, report: ReplayReport, chain:
         if learner is None or not inner.ok:
             return None
         # as fork_learner does
-        return learner.reconfigured(LearnerSetup.of_run(ctx.config, ctx.hooks))
+        return learner.reconfigured(LearnerSetup.of_run(ctx.config, ctx.hooks,
+                                                        reference=ctx.init_checkpoint))
     if not ctx.init_checkpoint.exists():
         hint = " (or replay with --chain, from the parent's log)" if parent else ""
         raise ReplayError(f"run {ctx.run_id!r}: its initial checkpoint {ctx.init_checkpoint} "
                           f"no longer exists; replay starts from it{hint}")
-    return Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(ctx.config, ctx.hooks))
+    return Learner.from_checkpoint(ctx.init_checkpoint, LearnerSetup.of_run(
+        ctx.config, ctx.hooks, reference=ctx.init_checkpoint))
 
 
 async def _replay(log: Log, learner: Learner, history: History, until: int,

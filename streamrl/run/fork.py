@@ -147,8 +147,8 @@ async def fork_learner(log: Log, parent_ctx: RunContext, history: History, versi
     hyperparameters replaced by `config`'s trainer settings) as an HF checkpoint in `out_dir`;
     returns its digest, which equals the parent's announced one (else ForkError)."""
     torch.manual_seed(parent_ctx.config.run.seed)
-    learner = await rebuild(log, parent_ctx, LearnerSetup.of_run(parent_ctx.config,
-                                                                  parent_ctx.hooks),
+    learner = await rebuild(log, parent_ctx, LearnerSetup.of_run(
+        parent_ctx.config, parent_ctx.hooks, reference=parent_ctx.init_checkpoint),
                             history, until=version)
     # Saved, not stepped: only the fork's optimizer settings matter, so the parent's hooks do.
     ours = learner.reconfigured(LearnerSetup.of_run(config, parent_ctx.hooks))
