@@ -41,6 +41,7 @@ from streamrl.hooks.rollout import (
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.handover import hand_over
 from streamrl.producers.resume import PartitionProgress
+from streamrl.producers.rewards.sandbox import RewardSandbox
 from streamrl.producers.rollout import EngineClient
 from streamrl.producers.weight_sync import WeightSync
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
@@ -80,6 +81,9 @@ class Producer:
                                   transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
         self.rollout = self.hooks.rollout
+        r = ctx.config.rollout
+        self.rewards = RewardSandbox(self.hooks.reward, timeout_s=r.reward_timeout_s,
+                                     num_workers=r.reward_workers)  # rewards/sandbox.py
         self.groups: dict[str, Group] = {}  # started, until their commit happened
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)
@@ -94,7 +98,13 @@ class Producer:
         self.tasks: set[asyncio.Task] = set()  # every rollout task, publishing ones included
 
     async def run(self) -> None:
-        await self._join()
+        try:
+            await self._run()
+        finally:
+            await self.rewards.close()  # after every rollout task: nothing is scoring now
+
+    async def _run(self) -> None:
+        await asyncio.gather(self._join(), self.rewards.start())  # workers load meanwhile
         try:
             while not self.stopping.is_set():
                 await self.weights.apply(self.engine)
@@ -213,7 +223,7 @@ class Producer:
                 detail=detail)), key=self.producer_id.encode())
 
     async def publish(self, group_id: str, group: Group, results: list[RolloutSample]) -> None:
-        rewards = [self._reward(group, res) for res in results]
+        rewards = await asyncio.gather(*(self._reward(group, res) for res in results))
         appends: list[Append] = []
         verdict = self._filter(group, results, rewards)
         if verdict is not None and not verdict.keep:
@@ -244,11 +254,13 @@ class Producer:
             finish_reasons=tuple(r.finish_reason for r in results),
             num_response_tokens=tuple(len(r.response_tokens) for r in results)))
 
-    def _reward(self, group: Group, result: RolloutSample) -> RewardOutput:
+    async def _reward(self, group: Group, result: RolloutSample) -> RewardOutput:
+        """The reward, in a reward worker process with the recipe's timeout: a reward function
+        that raises or hangs scores the sample 0 with its status, never stops the producer."""
         response = result.response_tokens
         if result.finish_reason == "stop":
             response = response[:-1]  # the stop token is not part of the answer
-        return self.hooks.reward(RewardInput(
+        return await self.rewards.score(RewardInput(
             prompt_id=group.prompt.prompt_id, prompt_text=group.prompt.text,
             prompt_tokens=group.tokens, response_text=self.tokenizer.decode(response),
             response_tokens=result.response_tokens, finish_reason=result.finish_reason,

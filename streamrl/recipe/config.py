@@ -17,6 +17,7 @@ import msgspec
 
 from streamrl.recipe.engine import EngineConfig
 from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
+from streamrl.recipe.rewards import RewardSpec
 from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
 from streamrl.staleness import StalenessConfig
 from streamrl.streams import check_run_id
@@ -128,8 +129,18 @@ class RolloutSection(Section, kw_only=True):
     max_producers: int = 16
     """Most producers the run can scale to (`streamrl scale`): the prompts stream gets this many
     partitions, and a producer owns whole partitions."""
-    reward: str
-    """Import path of a `RewardFn(RewardInput) -> RewardOutput`."""
+    reward: RewardSpec
+    """The reward: a built-in name ("math", "gsm8k", "exact", "regex", "format"), the import path
+    of a `RewardFn(RewardInput) -> RewardOutput`, a table `{ name, weight, label, options }`, or
+    a list of them, summed with their weights (streamrl/recipe/rewards.py, docs/rewards.md)."""
+    reward_by_source: dict[str, RewardSpec] = {}
+    """A reward per `data_source` (the prompt's metadata["data_source"], as veRL routes rows);
+    rows from other sources, or none, get `reward`."""
+    reward_timeout_s: float = 10.0
+    """Each reward call runs in a reward worker process and is bounded by this: past it the
+    worker is killed and restarted, and the sample gets reward 0 with status "timeout"."""
+    reward_workers: int = 1
+    """Reward worker processes per producer (a group's samples are scored concurrently)."""
     filter: str | None = None
     """Import path of a `SampleFilter(FilterInput) -> FilterOutput`, or none."""
     rollout: str = "streamrl.producers.rollout:sample_n"
@@ -146,6 +157,13 @@ class RolloutSection(Section, kw_only=True):
     None = torch."""
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
     """Options handed to `engine_factory` (for SGLang: the fields of `SGLangConfig`)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reward_timeout_s < float("inf"):
+            raise ValueError(f"rollout.reward_timeout_s ({self.reward_timeout_s}) must be a "
+                             "positive number of seconds")
+        if self.reward_workers < 1:
+            raise ValueError(f"rollout.reward_workers ({self.reward_workers}) must be at least 1")
 
 
 class TrainerSection(Section, kw_only=True):

@@ -22,6 +22,7 @@ from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
+from streamrl.recipe.rewards import build_reward
 from streamrl.recipe.trainer import ADVANTAGES, LOSSES, hook_path
 from streamrl.staleness import StalenessPolicy, build_policy
 
@@ -37,7 +38,7 @@ class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     prompts: PromptSource  # data.prompts, or data.train as a DatasetPrompts
     eval_prompts: DatasetPrompts | None  # data.eval (rendered like data.train)
     init: ModelInit | None  # model.init (None: model.path is the initial checkpoint)
-    reward: RewardFn  # rollout.reward
+    reward: RewardFn  # rollout.reward (+ reward_by_source), names built (recipe/rewards.py)
     rollout: RolloutFn  # rollout.rollout
     filter: SampleFilter | None  # rollout.filter
     engine_factory: EngineFactory | None  # rollout.engine_factory (None: the torch engine)
@@ -62,7 +63,7 @@ def resolve_hooks(config: RunConfig) -> Hooks:
         eval_prompts=_dataset(config, config.data.eval, "eval", tokenizer),
         init=(resolve(config.model.init, ModelInit, what="model.init")
               if config.model.init is not None else None),
-        reward=resolve(rollout.reward, RewardFn, what="rollout.reward"),
+        reward=build_reward(rollout.reward, rollout.reward_by_source),
         rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
         filter=(resolve(rollout.filter, SampleFilter, what="rollout.filter")
                 if rollout.filter else None),
