@@ -6,6 +6,7 @@ another staleness policy or loss (a counterfactual run that names its parent).
     streamrl replay FORK --chain                         # a fork: its parent's versions too
     streamrl replay RUN --staleness MaxLag,max_lag=0 --as RUN-sync
     streamrl replay RUN --staleness my_policy.toml --loss streamrl.consumers.trainer.losses:ppo_tis
+    streamrl replay RUN --loss gspo --as RUN-gspo       # a loss by name (docs/algorithms.md)
     streamrl replay RUN --staleness MaxLag,max_lag=4 --trajectories RUN-rereward
     streamrl replay RUN --trajectories RUN-rereward      # RUN's own policy, the new rewards
 
@@ -52,9 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="the staleness policy to re-train under: POLICY[,OPTION=VALUE...] "
                          "(POLICY a class of streamrl.staleness or a module:Class path, e.g. "
                          "'MaxLag,max_lag=0'), or a TOML file with a [staleness] section")
-    cf.add_argument("--loss", default=None, metavar="PATH",
-                    help="another loss, by import path "
-                         "(e.g. streamrl.consumers.trainer.losses:ppo_tis)")
+    cf.add_argument("--loss", default=None, metavar="NAME",
+                    help="another loss, by name (decoupled_ppo, ppo_tis, gspo, gspo_token, "
+                         "cispo) or import path (e.g. my.pkg.losses:my_loss)")
     cf.add_argument("--as", dest="as_run", default=None, metavar="NEW_RUN",
                     help="id of the new run (default: RUN-cf-<time>, or RUN-replay-<time> with "
                          "--record)")

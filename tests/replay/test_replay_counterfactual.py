@@ -165,10 +165,9 @@ def test_trajectories_of_a_rereward_copy_are_trained_instead(file_run: MadeRun,
 
 def test_another_loss_is_recorded_in_the_new_runs_config(file_run: MadeRun) -> None:
     new_run = f"{file_run.run_id}-tis"
-    counterfactual(file_run, new_run, "--loss", "streamrl.consumers.trainer.losses:ppo_tis")
+    counterfactual(file_run, new_run, "--loss", "ppo_tis")  # a name, as in the recipe
     cf = read_run(file_run, new_run)
-    assert cf.started.config["run_config"]["trainer"]["algorithm"]["loss"] == (
-        "streamrl.consumers.trainer.losses:ppo_tis")
+    assert cf.started.config["run_config"]["trainer"]["algorithm"]["loss"] == "ppo_tis"
     assert len(cf.steps) == MAX_VERSIONS  # the parent's own policy: the stream suffices
 
 
@@ -190,6 +189,7 @@ def test_compare_prints_a_table_and_writes_a_png(file_run: MadeRun, same: str,
     (("--staleness", "max_lag=0"), "start with the policy"),
     (("--staleness", "missing.toml"), "no such file"),
     (("--loss", "streamrl.consumers.trainer.losses:nope"), "does not load"),
+    (("--loss", "gpso"), "did you mean 'gspo'"),
     (("--trajectories", "no-such-run"), "run 'no-such-run' does not exist"),
     (("--as", "x"), "--as needs --record"),
 ])

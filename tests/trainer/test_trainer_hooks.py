@@ -62,3 +62,23 @@ def test_a_typo_in_the_recipe_fails_at_load(tmp_path: Path) -> None:
                                        f'[trainer.algorithm]\n{field} = "{path}"', 1))
         with pytest.raises(ConfigError, match=f"{recipe}: {field} .*has no attribute"):
             load_config(recipe)
+
+
+@pytest.mark.parametrize(("advantage", "loss"), [
+    ("rloo", "gspo"), ("reinforce_pp", "gspo_token"), ("dr_grpo", "cispo"),
+    ("reinforce_pp_baseline", "ppo_tis")])
+def test_short_names_resolve_to_the_built_ins(advantage: str, loss: str) -> None:
+    from streamrl.consumers.trainer import advantages, losses
+    hooks = resolve_hooks(with_algorithm(advantage=advantage, loss=loss))
+    assert hooks.advantage is getattr(advantages, advantage)
+    assert hooks.loss is getattr(losses, loss)
+
+
+def test_a_misspelt_name_is_refused_at_load_with_the_known_names(tmp_path: Path) -> None:
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text(RECIPE.read_text() + '\n[trainer.algorithm]\nloss = "gpso"\n'
+                      if "[trainer.algorithm]" not in RECIPE.read_text() else
+                      RECIPE.read_text().replace("[trainer.algorithm]",
+                                                 '[trainer.algorithm]\nloss = "gpso"', 1))
+    with pytest.raises(ConfigError, match=r"did you mean 'gspo'.*known: cispo, decoupled_ppo"):
+        load_config(recipe)
