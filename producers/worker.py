@@ -39,6 +39,7 @@ from streamrl.hooks.rollout import (
     RolloutSample,
 )
 from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.producers.budget import num_published_samples, started_share
 from streamrl.producers.handover import hand_over
 from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.rewards.sandbox import RewardSandbox
@@ -88,10 +89,11 @@ class Producer:
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)
         self.publish_lock = asyncio.Lock()
-        # A fork's versions start at its parent's version and the samples it carried over count
-        # as started first: admission control counts from there (streamrl/run/fork.py).
+        # A fork's versions start at its parent's version: admission control counts from there
+        # (streamrl/run/fork.py). Samples started: this producer's share of those published
+        # (a fork's carried ones included), read back in `_join` (producers/budget.py).
         self.base_version = ctx.first_version
-        self.num_started = ctx.fork.carried_share(index, num_producers) if ctx.fork else 0
+        self.num_started = 0
         self.throttled = False
         self.stopping = asyncio.Event()
         self.hand_over = False  # set with `stopping` when the membership changes (handover.py)
@@ -136,6 +138,8 @@ class Producer:
         for p in owned_partitions(self.index, self.num_producers, num_partitions):
             committed = await self.log.committed_with_metadata(PRODUCER_GROUP, prompts, p)
             self.progress[p] = PartitionProgress.restore(committed, f"{prompts}[{p}]")
+        num_published = await num_published_samples(self.log, self.ctx.streams.trajectories)
+        self.num_started = started_share(num_published, self.index, self.num_producers)
         await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
             run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
             pid=os.getpid())))

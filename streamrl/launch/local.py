@@ -99,10 +99,12 @@ class LocalLauncher:
         out = []
         if self.trainer is not None:
             out.append(Member(role="trainer", pid=self.trainer.pid, host=host,
-                              status=_status(self.trainer)))
+                              status=_status(self.trainer),
+                              restarts=self.restarts.get("trainer", 0)))
         for index, (n, proc) in sorted(self.producers.items()):
             out.append(Member(role="producer", index=index, num_producers=n, pid=proc.pid,
-                              host=host, status=_status(proc)))
+                              host=host, status=_status(proc),
+                              restarts=self.restarts.get(f"producer {index}", 0)))
         return out
 
     async def close(self) -> None:
