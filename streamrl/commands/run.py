@@ -28,6 +28,7 @@ from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.resume import ResumeError
 from streamrl.hooks.run import EvalRequest
 from streamrl.launch import Launcher
+from streamrl.launch.exhaustion import PromptsExhausted
 from streamrl.log import open_log
 from streamrl.recipe.config import ConfigError, RunConfig, load_recipe
 from streamrl.recipe.context import RunContext
@@ -107,6 +108,9 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
             except RunStopped as stopped:
                 console.print(f"[yellow]{stopped}[/yellow]")
                 return 143
+            except PromptsExhausted as exhausted:
+                console.print(f"[red]run {run_id}: {exhausted}[/red]", highlight=False)
+                return 1
         wall = time.monotonic() - t0
         final = checkpoint_dir(ctx.run_dir, config.run.max_versions)
         if evaluate is not None:

@@ -4,6 +4,7 @@
     until the trainer has finished:
         on ScaleRequested(N) in the events stream: hand the prompts partitions over to N producers
         record the processes in runs/<run_id>/processes.json (what `streamrl ps` and `down` read)
+        when the prompts can make no further version: end with PromptsExhausted (exhaustion.py)
 
 A handover stops every producer of the old membership (each commits its prompt positions with its
 last published group, then exits) before the new membership starts from the committed positions:
@@ -23,12 +24,14 @@ from pathlib import Path
 import msgspec
 
 from streamrl.launch.base import Launcher
+from streamrl.launch.exhaustion import PromptsExhausted, exhausted_state, latest_version
 from streamrl.launch.membership import EventFollower
 from streamrl.log import Log
 from streamrl.recipe.context import RunContext
 
 STATE_FILE = "processes.json"
 STATE_EVERY_S = 2.0
+EXHAUSTED_EVERY_S = 5.0  # how often the supervisor checks; the state must hold this long
 
 
 class Supervisor:
@@ -38,6 +41,9 @@ class Supervisor:
         self.num_producers = 0
         self.state_path = ctx.run_dir / STATE_FILE
         self.last_state = 0.0
+        self.exhausted_every_s = EXHAUSTED_EVERY_S
+        self.last_exhausted_check = time.monotonic()
+        self.exhausted: tuple[int, ...] | None = None  # the state seen at the last check
 
     async def start(self) -> None:
         await self.launcher.start_trainer()
@@ -63,7 +69,27 @@ class Supervisor:
         if request is not None:
             await self.scale(request.num_producers)
         await self.write_state()
-        return await self.launcher.trainer_exit_code()
+        code = await self.launcher.trainer_exit_code()
+        if code is None:
+            await self.check_exhausted()
+        return code
+
+    async def check_exhausted(self) -> None:
+        """Raise `PromptsExhausted` once the run's prompts can make no further version and
+        that state held over one check interval (exhaustion.py)."""
+        if time.monotonic() - self.last_exhausted_check < self.exhausted_every_s:
+            return
+        self.last_exhausted_check = time.monotonic()
+        state = await exhausted_state(self.log, self.ctx)
+        if state is not None and state == self.exhausted:
+            version = await latest_version(self.log, self.ctx)
+            raise PromptsExhausted(
+                f"prompts exhausted at version {version} (max_versions "
+                f"{self.ctx.config.run.max_versions}): the {self.ctx.config.data.num_prompts} "
+                f"prompts are all generated and fewer than batch_size "
+                f"{self.ctx.config.trainer.batch_size} samples remain untrained; raise "
+                "data.num_prompts or lower run.max_versions")
+        self.exhausted = state
 
     async def write_state(self, *, force: bool = False, status: str = "running") -> None:
         if not force and time.monotonic() - self.last_state < STATE_EVERY_S:
