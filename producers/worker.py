@@ -38,6 +38,7 @@ from streamrl.hooks.rollout import (
     RolloutInput,
     RolloutSample,
 )
+from streamrl.hooks.run import PROMPT_TEXT, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.budget import num_published_samples, started_share
 from streamrl.producers.handover import hand_over
@@ -66,6 +67,7 @@ class Group(msgspec.Struct, kw_only=True):
     record: Record
     prompt: Prompt
     tokens: np.ndarray
+    text: str | None  # the prompt's text: as given, or what its ids were rendered from
     task: asyncio.Task | None = None
     publishing: bool = False  # generated; its commit is under way (never cancelled)
 
@@ -78,6 +80,7 @@ class Producer:
         self.producer_id = f"producer-{index}"
         self.hooks = ctx.hooks
         self.tokenizer = self.hooks.tokenizer
+        self.stop_token_ids = stop_token_ids(self.tokenizer)  # e.g. all of a checkpoint's eos ids
         self.weights = WeightSync(log, ctx.run_id, self.producer_id,
                                   transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
@@ -181,13 +184,19 @@ class Producer:
 
     def _start(self, record: Record) -> None:
         prompt = decode_event(record.value, "prompts")
-        tokens = (np.asarray(prompt.tokens, dtype=np.int32) if prompt.tokens is not None
-                  else self.tokenizer.encode(prompt.text or "", bos=True))
+        # Dataset prompts arrive as ids rendered by the driver (chat template applied), their
+        # text in the metadata; a hook's prompts arrive as text, encoded here.
+        if prompt.tokens is not None:
+            tokens = np.asarray(prompt.tokens, dtype=np.int32)
+            text = prompt.metadata.get(PROMPT_TEXT)
+            text = text if isinstance(text, str) else None
+        else:
+            tokens, text = self.tokenizer.encode(prompt.text or "", bos=True), prompt.text
         group_id = group_id_for(record.partition, record.offset)
-        group = Group(record=record, prompt=prompt, tokens=tokens)
+        group = Group(record=record, prompt=prompt, tokens=tokens, text=text)
         self.groups[group_id] = group
         inp = RolloutInput(
-            prompt_id=prompt.prompt_id, prompt_text=prompt.text, prompt_tokens=tokens,
+            prompt_id=prompt.prompt_id, prompt_text=text, prompt_tokens=tokens,
             metadata=dict(prompt.metadata), num_samples=self.ctx.config.data.samples_per_prompt,
             params=lambda k: self._params(group_id, k), generate=self.client.generate,
             tokenizer=self.tokenizer)
@@ -201,7 +210,7 @@ class Producer:
         r = self.ctx.config.rollout
         return SamplingParams(
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            max_new_tokens=r.max_new_tokens, stop_token_ids=(self.tokenizer.stop_token_id,),
+            max_new_tokens=r.max_new_tokens, stop_token_ids=self.stop_token_ids,
             seed=seed_from_request_id(f"{self.ctx.config.run.seed}/{sample_id_for(group_id, k)}"))
 
     async def _rollout(self, group_id: str, group: Group, inp: RolloutInput) -> None:
@@ -265,7 +274,7 @@ class Producer:
         if result.finish_reason == "stop":
             response = response[:-1]  # the stop token is not part of the answer
         return await self.rewards.score(RewardInput(
-            prompt_id=group.prompt.prompt_id, prompt_text=group.prompt.text,
+            prompt_id=group.prompt.prompt_id, prompt_text=group.text,
             prompt_tokens=group.tokens, response_text=self.tokenizer.decode(response),
             response_tokens=result.response_tokens, finish_reason=result.finish_reason,
             metadata=dict(group.prompt.metadata)))

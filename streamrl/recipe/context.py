@@ -46,6 +46,9 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True, dict=True):
     parent: RunParent | None = None  # the run this one was forked or replayed from
     fork: ForkPoint | None = None  # set for a fork: where in the parent's log it starts
     resolved_hooks: Hooks | None = None  # `config`'s hooks, when this process already has them
+    # sha256 digests of what the run started from, by name: "init_checkpoint" (weights_digest of
+    # version 0), "data.train", "data.eval" (the dataset files' bytes)
+    digests: dict[str, str] = {}
 
     @functools.cached_property
     def hooks(self) -> Hooks:
@@ -79,6 +82,7 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True, dict=True):
                 "run_config": msgspec.to_builtins(self.config),
                 "init_checkpoint": str(self.init_checkpoint),
                 "run_dir": str(self.run_dir),
+                "digests": dict(self.digests),
             } | ({"fork": msgspec.to_builtins(self.fork)} if self.fork is not None else {}))
 
 
@@ -89,6 +93,7 @@ def context_from_event(event: RunStarted) -> RunContext:
     return RunContext(run_id=event.run_id, config=config_from_builtins(config["run_config"]),
                       init_checkpoint=Path(config["init_checkpoint"]),
                       run_dir=Path(config["run_dir"]), parent=event.parent,
+                      digests=dict(config.get("digests", {})),
                       fork=msgspec.convert(config["fork"], ForkPoint) if "fork" in config else None)
 
 

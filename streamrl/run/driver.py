@@ -14,11 +14,12 @@ from pathlib import Path
 
 import msgspec
 
-from streamrl.hooks.run import PromptRequest
+from streamrl.data import DatasetPrompts
+from streamrl.hooks.run import PROMPT_TEXT, PromptRequest, PromptSpec
 from streamrl.launch.base import Launcher
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
-from streamrl.recipe.config import RunConfig
+from streamrl.recipe.config import DEFAULT_NUM_PROMPTS, RunConfig
 from streamrl.recipe.context import RunContext
 from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
@@ -26,7 +27,7 @@ from streamrl.run.init import prepare_init
 from streamrl.run.monitor import Monitor
 from streamrl.schemas import Prompt, encode_event
 from streamrl.streams import RunStreams
-from streamrl.weights import TransportConfig, WeightTransport
+from streamrl.weights import Published, TransportConfig, WeightTransport
 
 
 class RunExists(RuntimeError):
@@ -49,13 +50,18 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
         raise RunExists(f"run {run_id!r} already exists in {log.url}")
     hooks = hooks if hooks is not None else resolve_hooks(config)
     plan: ForkPlan | None = None
+    specs: list[PromptSpec] = []
     if fork is None:
         init_dir = await asyncio.to_thread(prepare_init, config, hooks.init, runs_dir / "cache")
+        # the prompts exist before anything is written: a failing hook starts no run
+        specs = await asyncio.to_thread(hooks.prompts, PromptRequest(
+            seed=config.run.seed, num_prompts=config.data.num_prompts or DEFAULT_NUM_PROMPTS))
     else:
         plan = await plan_fork(log, config, fork, run_dir, hooks=hooks)
         init_dir = plan.init_checkpoint
     ctx = RunContext(run_id=run_id, config=config, init_checkpoint=init_dir, run_dir=run_dir,
-                     parent=plan.parent if plan else None, resolved_hooks=hooks)
+                     parent=plan.parent if plan else None, resolved_hooks=hooks,
+                     digests=await asyncio.to_thread(_dataset_digests, hooks))
     streams = ctx.streams
     await log.ensure_stream(streams.prompts, config.rollout.max_producers)  # scale room
     for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
@@ -63,37 +69,63 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
     if plan is not None:
         ctx = msgspec.structs.replace(
             ctx, fork=plan.position.point(await log.num_partitions(streams.prompts)))
-    await log.append(streams.events, encode_event(ctx.run_started(recipe)))
-    if plan is None:
-        await _publish_prompts(log, ctx)
-    else:
-        await write_fork(log, ctx, plan)
-    return ctx, await _publish_initial_weights(log, ctx)
+    # Version 0 is stored before RunStarted, which records its digest; announced after it.
+    transport, published = await _store_initial_weights(ctx)
+    try:
+        ctx = msgspec.structs.replace(
+            ctx, digests={**ctx.digests, "init_checkpoint": published.digest})
+        await log.append(streams.events, encode_event(ctx.run_started(recipe)))
+        if plan is None:
+            await _publish_prompts(log, ctx, specs)
+        else:
+            await write_fork(log, ctx, plan)
+        await log.append(ctx.streams.weights,
+                         encode_event(published.announce(run_id=ctx.run_id, parent=None)))
+    except BaseException:
+        transport.close()
+        raise
+    return ctx, transport
 
 
-async def _publish_prompts(log: Log, ctx: RunContext) -> None:
-    data = ctx.config.data
-    specs = ctx.hooks.prompts(PromptRequest(seed=ctx.config.run.seed,
-                                            num_prompts=data.num_prompts))
+def _dataset_digests(hooks: Hooks) -> dict[str, str]:
+    """sha256 of each dataset file the run reads (rendered already by `load_recipe`)."""
+    sources = {"data.train": hooks.prompts, "data.eval": hooks.eval_prompts}
+    return {name: source.digest for name, source in sources.items()
+            if isinstance(source, DatasetPrompts)}
+
+
+async def _publish_prompts(log: Log, ctx: RunContext, specs: list[PromptSpec]) -> None:
+    """One Prompt per spec, round-robin over the partitions. A spec rendered to ids (a dataset
+    row through the chat template) is published as its ids, its text kept as metadata
+    (PROMPT_TEXT) for rewards and audit; otherwise producers encode its text."""
     partitions = await log.num_partitions(ctx.streams.prompts)
     await log.append_many([
         Append(stream=ctx.streams.prompts, partition=i % partitions, key=s.prompt_id.encode(),
-               value=encode_event(Prompt(run_id=ctx.run_id, prompt_id=s.prompt_id, text=s.text,
-                                         metadata=s.metadata,
-                                         num_samples=data.samples_per_prompt)))
+               value=encode_event(_prompt(ctx, s)))
         for i, s in enumerate(specs)])
 
 
-async def _publish_initial_weights(log: Log, ctx: RunContext) -> WeightTransport:
+def _prompt(ctx: RunContext, spec: PromptSpec) -> Prompt:
+    n = ctx.config.data.samples_per_prompt
+    if spec.tokens is None:
+        return Prompt(run_id=ctx.run_id, prompt_id=spec.prompt_id, text=spec.text,
+                      metadata=spec.metadata, num_samples=n)
+    return Prompt(run_id=ctx.run_id, prompt_id=spec.prompt_id, tokens=spec.tokens,
+                  metadata={**spec.metadata, PROMPT_TEXT: spec.text}, num_samples=n)
+
+
+async def _store_initial_weights(ctx: RunContext) -> tuple[WeightTransport, Published]:
     config = ctx.transport_config(keep_last=1, namespace=f"{ctx.run_id}-init")
     if config.kind == "broadcast":  # the driver is no rank of the weight group: v0 goes as files
         config = TransportConfig(kind="file", keep_last=1, directory=str(ctx.run_dir / "weights"))
     transport = config.open()
-    tensors = read_safetensors(ctx.init_checkpoint)
-    published = await asyncio.to_thread(transport.publish, ctx.first_version, tensors)
-    await log.append(ctx.streams.weights,
-                     encode_event(published.announce(run_id=ctx.run_id, parent=None)))
-    return transport
+    try:
+        tensors = await asyncio.to_thread(read_safetensors, ctx.init_checkpoint)
+        published = await asyncio.to_thread(transport.publish, ctx.first_version, tensors)
+    except BaseException:
+        transport.close()
+        raise
+    return transport, published
 
 
 class RunStopped(RuntimeError):

@@ -1,6 +1,7 @@
-"""The initial checkpoint of a run: the recipe's `model.init` hook, run once per (hook source,
-model section, seed) and cached under the runs directory, so a warm start that took minutes is not
-repeated by the next run of the same recipe, nor by a fork that checks its model's shape."""
+"""The initial checkpoint of a run: the recipe's `model.path` as it is, or its `model.init` hook,
+run once per (hook source, model section, seed) and cached under the runs directory, so a warm
+start that took minutes is not repeated by the next run of the same recipe, nor by a fork that
+checks its model's shape."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ from streamrl.hooks.run import ModelInit, ModelInitRequest
 from streamrl.recipe.config import RunConfig
 
 
-def prepare_init(config: RunConfig, init: ModelInit, cache_dir: Path) -> Path:
-    """The initial checkpoint, built once per (init hook source, model section, seed) and cached:
-    a warm start that took minutes is not repeated by the next run of the same recipe."""
+def prepare_init(config: RunConfig, init: ModelInit | None, cache_dir: Path) -> Path:
+    """The initial checkpoint: `model.path` (read in place, never copied), or the one `init`
+    builds, once per (init hook source, model section, seed) and cached: a warm start that took
+    minutes is not repeated by the next run of the same recipe."""
+    if config.model.path is not None:
+        return Path(config.model.path)
+    if init is None:
+        raise ValueError("model.init is set but its hook was not resolved")
     source = inspect.getsourcefile(init) or ""
     key = hashlib.sha256(
         Path(source).read_bytes() + msgspec.json.encode([config.model, config.run.seed,
