@@ -317,7 +317,7 @@ def _fused_decoder(model: CausalLM, cache: KVCache, buffers: SlotBuffers, config
     from streamrl.producers.engine import cuda
     from streamrl.producers.engine.cuda.decoder import FusedDecoder, unsupported_reason
 
-    reason = unsupported_reason(model)
+    reason = unsupported_reason(model, config.max_seq_len)
     if config.decode == "auto" and reason is not None:
         return None
     if reason is not None:

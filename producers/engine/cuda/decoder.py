@@ -1,5 +1,12 @@
-"""`FusedDecoder`: the engine's decode step for dense Qwen3 models, as few launches as possible,
-replayed from CUDA graphs.
+"""`FusedDecoder`: the engine's decode step for dense models of every family (Llama, Mistral,
+Qwen2, Qwen3), as few launches as possible, replayed from CUDA graphs.
+
+Family switches: q/k norm runs only where the model has it (Qwen3), biases (Qwen2's q/k/v,
+Llama's `attention_bias`/`mlp_bias`) ride in the GEMMs (`F.linear(x, w, b)`), and the rotary
+frequencies are the eager model's own (`streamrl.models.rope`, llama3 scaling included). Not
+covered (`unsupported_reason`; `decode="auto"` then decodes eagerly): MoE layers, and a sliding
+window shorter than the engine's `max_seq_len` (Mistral v0.1's 4096), which the split-K
+attention kernel does not apply.
 
 Per layer the step is nine launches: add+RMSNorm, the fused qkv GEMM, q/k norm + rotary + KV
 write, decode attention over actual lengths, the o GEMM, add+RMSNorm, the fused gate-up GEMM,
@@ -9,7 +16,8 @@ head and sampling plus the slot bookkeeping of `SlotBuffers.sample_next`.
 Prefill of new prompts runs the same kernels over all their tokens, with causal SDPA for
 attention (`prefill`); it is not captured (its shape changes with every batch of prompts).
 
-Fused weights: q/k/v and gate/up are one matrix each, sharing memory with the model's own
+Fused weights: q/k/v and gate/up are one matrix each (and one bias each, when present), sharing
+memory with the model's own
 parameters (a view of the adjacent weights of a packed engine, else a concatenation that the
 parameters then view). `load_weights` copies into those parameters in place, so the
 fused matrices, and every captured graph that reads them, see each new version with no re-fuse.
@@ -32,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamrl.models import CausalLM, KVCache
+from streamrl.models.rope import inverse_frequencies
 from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
 from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
 from streamrl.producers.engine.cuda.sampling import sample_untruncated
@@ -39,36 +48,42 @@ from streamrl.producers.engine.sampling import sample
 from streamrl.producers.engine.slots import SlotBuffers
 
 
-def unsupported_reason(model: CausalLM) -> str | None:
-    """Why the fused decoder cannot run `model`, or None if it can."""
-    if model.config.is_moe:
+def unsupported_reason(model: CausalLM, max_seq_len: int | None = None) -> str | None:
+    """Why the fused decoder cannot run `model` with sequences up to `max_seq_len` (default:
+    the model's `max_position_embeddings`), or None if it can."""
+    c = model.config
+    if c.is_moe:
         return "MoE layers (routing is data-dependent; use decode='eager')"
-    if model.config.attention_bias:
-        return "attention biases (not fused; use decode='eager')"
+    limit = c.max_position_embeddings if max_seq_len is None else max_seq_len
+    if c.sliding_window is not None and c.sliding_window < limit:
+        return (f"a sliding window ({c.sliding_window}) shorter than max_seq_len ({limit}); "
+                "use decode='eager', or max_seq_len <= sliding_window")
     return None
 
 
-def fuse_linears(*linears: torch.nn.Linear) -> Tensor:
-    """The weights of `linears` as one matrix along the output dim, sharing memory with the
-    parameters, so in-place updates of the parameters update the fused matrix. Weights that are
-    already adjacent in one storage (`producers/engine/packing.py` lays them out so) are viewed
-    as one matrix, nothing moves; otherwise they are concatenated and each parameter becomes a
-    view into the result."""
-    weights = [lin.weight.data for lin in linears]
-    if _adjacent(weights):
-        rows, cols = sum(w.shape[0] for w in weights), weights[0].shape[1]
-        return weights[0].as_strided((rows, cols), (cols, 1))  # [sum out, in]
-    fused = torch.cat(weights)  # [sum out, in]
+def fuse_linears(*linears: torch.nn.Linear, attr: str = "weight") -> Tensor:
+    """The weights (or, with attr="bias", the biases) of `linears` as one tensor along the
+    output dim, sharing memory with the parameters, so in-place updates of the parameters
+    update the fused tensor. Tensors already adjacent in one storage
+    (`producers/engine/packing.py` lays them out so) are viewed as one, nothing moves;
+    otherwise they are concatenated and each parameter becomes a view into the result."""
+    params = [getattr(lin, attr) for lin in linears]
+    tensors = [p.data for p in params]
+    if _adjacent(tensors):
+        first = tensors[0]
+        rows = sum(t.shape[0] for t in tensors)
+        return first.as_strided((rows, *first.shape[1:]), first.stride())  # [sum out, (in)]
+    fused = torch.cat(tensors)  # [sum out, (in)]
     offset = 0
-    for lin in linears:
-        rows = lin.weight.shape[0]
-        lin.weight.data = fused[offset : offset + rows]
+    for p in params:
+        rows = p.shape[0]
+        p.data = fused[offset : offset + rows]
         offset += rows
     return fused
 
 
 def _adjacent(weights: list[Tensor]) -> bool:
-    """Whether these 2-D weights follow one another, gapless, in one storage."""
+    """Whether these 1-D or 2-D tensors follow one another, gapless, in one storage."""
     first = weights[0]
     for a, b in itertools.pairwise(weights):
         if not (a.is_contiguous() and b.is_contiguous() and b.dtype == first.dtype
@@ -76,18 +91,30 @@ def _adjacent(weights: list[Tensor]) -> bool:
                 and b.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
                 and a.storage_offset() + a.numel() == b.storage_offset()):
             return False
-    return first.dim() == 2 and first.is_contiguous()
+    return first.dim() in (1, 2) and first.is_contiguous()
+
+
+def _bias(linear: torch.nn.Linear) -> Tensor | None:
+    return None if linear.bias is None else linear.bias.data
 
 
 class _Layer:
-    __slots__ = ("down", "gate_up", "k_norm", "ln_attn", "ln_mlp", "o", "q_norm", "qkv")
+    __slots__ = ("down", "down_b", "gate_up", "gate_up_b", "k_norm", "ln_attn", "ln_mlp", "o",
+                 "o_b", "q_norm", "qkv", "qkv_b")
 
     def __init__(self, layer: torch.nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv_b = (None if attn.q_proj.bias is None
+                      else fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj, attr="bias"))
         self.gate_up = fuse_linears(mlp.gate_proj, mlp.up_proj)
+        self.gate_up_b = (None if mlp.gate_proj.bias is None
+                          else fuse_linears(mlp.gate_proj, mlp.up_proj, attr="bias"))
         self.o, self.down = attn.o_proj.weight, mlp.down_proj.weight
-        self.q_norm, self.k_norm = attn.q_norm.weight, attn.k_norm.weight
+        self.o_b, self.down_b = _bias(attn.o_proj), _bias(mlp.down_proj)
+        # None without q/k norm (Llama, Mistral, Qwen2): the kernel then only rotates.
+        self.q_norm = None if attn.q_norm is None else attn.q_norm.weight
+        self.k_norm = None if attn.k_norm is None else attn.k_norm.weight
         self.ln_attn = layer.input_layernorm.weight
         self.ln_mlp = layer.post_attention_layernorm.weight
 
@@ -97,16 +124,16 @@ class FusedDecoder:
 
     def __init__(self, model: CausalLM, cache: KVCache, buffers: SlotBuffers, *,
                  graphs: bool) -> None:
-        if (reason := unsupported_reason(model)) is not None:
+        if (reason := unsupported_reason(model, cache.max_seq_len)) is not None:
             raise ValueError(f"the fused decoder does not support {reason}")
         c = model.config
         self.model, self.cache, self.buffers = model, cache, buffers
         self.layers = [_Layer(layer) for layer in model.model.layers]
         self.eps, self.num_heads = c.rms_norm_eps, c.num_attention_heads
         device = buffers.tokens.device
-        # Exactly the eager RotaryEmbedding's inverse frequencies (same ops, same rounding).
-        exponent = torch.arange(0, c.head_dim, 2, dtype=torch.float32, device=device) / c.head_dim
-        self.inv_freq = 1.0 / (c.rope_theta**exponent)  # [D/2]
+        # Exactly the eager RotaryEmbedding's inverse frequencies (the same function).
+        self.inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling,
+                                            device)  # [D/2]
         self.version = torch.zeros((), dtype=torch.int64, device=device)
         self._version = 0  # what `self.version` holds
         num_slots = cache.num_slots
@@ -157,16 +184,17 @@ class FusedDecoder:
         delta = None
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
-            q = qk_norm_rope_cache(F.linear(h, layer.qkv), layer.q_norm, layer.k_norm,
-                                   self.inv_freq, self.eps, cache.k[i], cache.v[i], rows,
-                                   positions, Hq)  # [B*T, Hq, D]
+            q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
+                                   layer.k_norm, self.inv_freq, self.eps, cache.k[i],
+                                   cache.v[i], rows, positions, Hq)  # [B*T, Hq, D]
             k, v = cache.k[i][slots, :, :T], cache.v[i][slots, :, :T]  # [B, Hkv, T, D]
             attn = F.scaled_dot_product_attention(
                 q.view(B, T, Hq, -1).transpose(1, 2), k, v, is_causal=True,
                 enable_gqa=Hq != k.shape[1])  # [B, Hq, T, D]
             attn = attn.transpose(1, 2).reshape(B * T, -1)
-            h = add_rmsnorm(x, F.linear(attn, layer.o), layer.ln_mlp, self.eps)
-            delta = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+            h = add_rmsnorm(x, F.linear(attn, layer.o, layer.o_b), layer.ln_mlp, self.eps)
+            delta = F.linear(silu_mul(F.linear(h, layer.gate_up, layer.gate_up_b)), layer.down,
+                             layer.down_b)
         return add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps).view(B, T, -1)
 
     def forward(self, n: int, truncated: bool) -> Tensor:
@@ -181,12 +209,14 @@ class FusedDecoder:
         delta = None
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
-            q = qk_norm_rope_cache(F.linear(h, layer.qkv), layer.q_norm, layer.k_norm,
-                                   self.inv_freq, self.eps, cache.k[i], cache.v[i], rows,
-                                   positions, self.num_heads)  # [n, Hq, D]
+            q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
+                                   layer.k_norm, self.inv_freq, self.eps, cache.k[i],
+                                   cache.v[i], rows, positions, self.num_heads)  # [n, Hq, D]
             attn = decode_attention(q, cache.k[i], cache.v[i], rows, lengths, splits=splits)
-            h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o), layer.ln_mlp, self.eps)
-            delta = F.linear(silu_mul(F.linear(h, layer.gate_up)), layer.down)
+            h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o, layer.o_b), layer.ln_mlp,
+                            self.eps)
+            delta = F.linear(silu_mul(F.linear(h, layer.gate_up, layer.gate_up_b)), layer.down,
+                             layer.down_b)
         h = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps)
         logits = F.linear(h, self.model.lm_head.weight)  # [n, V]
         sampler = sample if truncated else sample_untruncated

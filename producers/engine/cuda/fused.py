@@ -8,7 +8,7 @@ order only, not by a different numeric recipe.
 - `add_rmsnorm`: residual += delta (in place), then RMSNorm of the result: the residual add of
   one sub-layer and the norm of the next in one pass over [n, hidden].
 - `qk_norm_rope_cache`: splits the fused qkv projection into heads, applies Qwen3's per-head
-  q/k RMSNorm and rotary embedding, writes q for attention and k/v straight into the KV cache
+  q/k RMSNorm (skipped for families without it: no weights given) and rotary embedding, writes q for attention and k/v straight into the KV cache
   at each row's position (slot and position read on device).
 - `silu_mul`: SwiGLU's silu(gate) * up from the fused gate-up projection.
 """
@@ -68,6 +68,7 @@ def _qk_norm_rope_cache_kernel(
     QKV, QOut, KCache, VCache, Slots, Pos, QW, KW, InvFreq,
     stride_qkv, stride_qo, stride_cs, stride_ch, stride_ct, eps,
     HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_NORM: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)  # [0, HQ) q heads, [HQ, HQ + HKV) k heads, then v heads
@@ -85,16 +86,17 @@ def _qk_norm_rope_cache_kernel(
         tl.store(dst + i, x1.to(VCache.dtype.element_ty), mask=mask)
         tl.store(dst + HALF + i, x2.to(VCache.dtype.element_ty), mask=mask)
     else:
-        f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
-        inv = tl.rsqrt((tl.sum(f1 * f1, 0) + tl.sum(f2 * f2, 0)) / D + eps)
-        if h < HQ:
-            w1 = tl.load(QW + i, mask=mask, other=0.0).to(tl.float32)
-            w2 = tl.load(QW + HALF + i, mask=mask, other=0.0).to(tl.float32)
-        else:
-            w1 = tl.load(KW + i, mask=mask, other=0.0).to(tl.float32)
-            w2 = tl.load(KW + HALF + i, mask=mask, other=0.0).to(tl.float32)
-        n1 = ((f1 * inv).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
-        n2 = ((f2 * inv).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+        n1, n2 = x1.to(tl.float32), x2.to(tl.float32)
+        if HAS_NORM:
+            inv = tl.rsqrt((tl.sum(n1 * n1, 0) + tl.sum(n2 * n2, 0)) / D + eps)
+            if h < HQ:
+                w1 = tl.load(QW + i, mask=mask, other=0.0).to(tl.float32)
+                w2 = tl.load(QW + HALF + i, mask=mask, other=0.0).to(tl.float32)
+            else:
+                w1 = tl.load(KW + i, mask=mask, other=0.0).to(tl.float32)
+                w2 = tl.load(KW + HALF + i, mask=mask, other=0.0).to(tl.float32)
+            n1 = ((n1 * inv).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+            n2 = ((n2 * inv).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
         angle = pos.to(tl.float32) * tl.load(InvFreq + i, mask=mask, other=0.0)
         cos = tl.cos(angle).to(dtype).to(tl.float32)
         sin = tl.sin(angle).to(dtype).to(tl.float32)
@@ -108,11 +110,12 @@ def _qk_norm_rope_cache_kernel(
 
 
 def qk_norm_rope_cache(
-    qkv: Tensor, q_weight: Tensor, k_weight: Tensor, inv_freq: Tensor, eps: float,
+    qkv: Tensor, q_weight: Tensor | None, k_weight: Tensor | None, inv_freq: Tensor, eps: float,
     k_cache: Tensor, v_cache: Tensor, slots: Tensor, positions: Tensor, num_heads: int,
 ) -> Tensor:
     """Returns normalized, rotated q [n, Hq, D]; writes k (normalized, rotated) and v of each
-    row into `k_cache`/`v_cache` at (slots[row], :, positions[row])."""
+    row into `k_cache`/`v_cache` at (slots[row], :, positions[row]). Without q/k norm weights
+    (None, families without q/k norm) q and k are only rotated."""
     # qkv: [n, (Hq + 2 Hkv) D]; k_cache, v_cache: [num_slots, Hkv, max_seq_len, D]
     # inv_freq: [D/2] fp32 (the eager RotaryEmbedding's); slots, positions: [n] int
     n = qkv.shape[0]
@@ -120,11 +123,16 @@ def qk_norm_rope_cache(
     if qkv.shape[1] != (num_heads + 2 * Hkv) * D or k_cache.stride(3) != 1:
         raise ValueError(f"qkv {list(qkv.shape)} does not match {num_heads} q heads and cache "
                          f"{list(k_cache.shape)}")
+    if (q_weight is None) != (k_weight is None):
+        raise ValueError("q and k norm weights come together or not at all")
     q = torch.empty(n, num_heads, D, dtype=qkv.dtype, device=qkv.device)
+    has_norm = q_weight is not None
     _qk_norm_rope_cache_kernel[(n, num_heads + 2 * Hkv)](
-        qkv, q, k_cache, v_cache, slots, positions, q_weight, k_weight, inv_freq,
+        qkv, q, k_cache, v_cache, slots, positions, q_weight if has_norm else inv_freq,
+        k_weight if has_norm else inv_freq, inv_freq,
         qkv.stride(0), q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps,
-        HQ=num_heads, HKV=Hkv, HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2), num_warps=1,
+        HQ=num_heads, HKV=Hkv, HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2),
+        HAS_NORM=has_norm, num_warps=1,
     )
     return q
 
