@@ -8,8 +8,9 @@ order only, not by a different numeric recipe.
 - `add_rmsnorm`: residual += delta (in place), then RMSNorm of the result: the residual add of
   one sub-layer and the norm of the next in one pass over [n, hidden].
 - `qk_norm_rope_cache`: splits the fused qkv projection into heads, applies Qwen3's per-head
-  q/k RMSNorm (skipped for families without it: no weights given) and rotary embedding, writes q for attention and k/v straight into the KV cache
-  at each row's position (slot and position read on device).
+  q/k RMSNorm (skipped for families without it: no weights given) and rotary embedding,
+  writes q for attention and k/v straight into the KV cache at each row's position (slot and
+  position read on device).
 - `silu_mul`: SwiGLU's silu(gate) * up from the fused gate-up projection.
 """
 
