@@ -241,7 +241,7 @@ class Producer:
         verdict = self._filter(group, results, rewards)
         if verdict is not None and not verdict.keep:
             self.num_started -= len(results)  # never trained: frees admission capacity
-            event = Rejected(run_id=self.ctx.run_id, subject=group_id, reason_code="filtered",
+            event = Rejected(run_id=self.ctx.run_id, subject=group_id, reason_code=verdict.code,
                              detail=verdict.reason)
             appends.append(Append(stream=self.ctx.streams.events, value=encode_event(event)))
         else:

@@ -60,7 +60,8 @@ class FilterInput(msgspec.Struct, kw_only=True, frozen=True):
 
 class FilterOutput(msgspec.Struct, kw_only=True, frozen=True):
     keep: bool
-    reason: str = ""  # recorded in a Rejected event when keep is False
+    reason: str = ""  # recorded in a Rejected event's detail when keep is False
+    code: str = "filtered"  # the Rejected event's stable reason_code, e.g. "zero_variance"
 
 
 SampleFilter = Callable[[FilterInput], FilterOutput]

@@ -142,7 +142,8 @@ class RolloutSection(Section, kw_only=True):
     reward_workers: int = 1
     """Reward worker processes per producer (a group's samples are scored concurrently)."""
     filter: str | None = None
-    """Import path of a `SampleFilter(FilterInput) -> FilterOutput`, or none."""
+    """A `SampleFilter(FilterInput) -> FilterOutput` by name ("zero_variance": DAPO's dynamic
+    sampling, streamrl/recipe/filters.py) or import path, or none."""
     rollout: str = "streamrl.producers.rollout:sample_n"
     """Import path of an async `RolloutFn(RolloutInput) -> list[RolloutSample]`: how a prompt
     becomes its group (the default samples it n times; multi-turn rollouts plug in here)."""

@@ -22,6 +22,7 @@ from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
+from streamrl.recipe.filters import FILTERS
 from streamrl.recipe.rewards import build_reward
 from streamrl.recipe.trainer import ADVANTAGES, LOSSES, hook_path
 from streamrl.staleness import StalenessPolicy, build_policy
@@ -40,7 +41,7 @@ class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     init: ModelInit | None  # model.init (None: model.path is the initial checkpoint)
     reward: RewardFn  # rollout.reward (+ reward_by_source), names built (recipe/rewards.py)
     rollout: RolloutFn  # rollout.rollout
-    filter: SampleFilter | None  # rollout.filter
+    filter: SampleFilter | None  # rollout.filter (a name in FILTERS or a path)
     engine_factory: EngineFactory | None  # rollout.engine_factory (None: the torch engine)
     evaluate: Evaluator | None  # eval.evaluate
     staleness: StalenessPolicy  # [staleness]: the policy instance
@@ -65,8 +66,8 @@ def resolve_hooks(config: RunConfig) -> Hooks:
               if config.model.init is not None else None),
         reward=build_reward(rollout.reward, rollout.reward_by_source),
         rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
-        filter=(resolve(rollout.filter, SampleFilter, what="rollout.filter")
-                if rollout.filter else None),
+        filter=(resolve(hook_path(rollout.filter, FILTERS, what="rollout.filter"),
+                        SampleFilter, what="rollout.filter") if rollout.filter else None),
         engine_factory=(resolve(rollout.engine_factory, EngineFactory,
                                 what="rollout.engine_factory")
                         if rollout.engine_factory else None),
