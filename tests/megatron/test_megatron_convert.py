@@ -1,5 +1,6 @@
-"""HF ↔ megatron-core weight conversion on CPU, without megatron installed: exact round trips,
-the fused QKV layout megatron splits, and clear errors for weights that do not fit."""
+"""HF ↔ megatron-core weight conversion on CPU, without megatron installed: exact round trips
+for every family megatron can express, the fused QKV layout (and bias) megatron splits, and
+clear errors for weights that do not fit and models megatron cannot express."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from streamrl.consumers.trainer.megatron import (
     megatron_shapes,
     megatron_to_hf,
 )
+from streamrl.consumers.trainer.megatron.convert import megatron_unsupported
+from streamrl.consumers.trainer.megatron.model import build_gpt
 from streamrl.models import CausalLM, ModelConfig
 from streamrl.models.checkpoint import to_hf_names
 
@@ -148,3 +151,63 @@ def test_moe_weights_that_do_not_fit_are_named() -> None:
     del mg["decoder.layers.0.mlp.experts.local_experts.3.linear_fc2.weight"]
     with pytest.raises(ValueError, match=r"local_experts\.3\.linear_fc2"):
         megatron_to_hf(mg, MOE)
+
+
+# The other dense families: Qwen2's q/k/v bias, Llama 3.1 (no q/k norm, megatron's built-in
+# llama3 rope scaling) and Mistral without a window; GQA groups of 3.
+LLAMA31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+           "original_max_position_embeddings": 8192}
+FAMILIES = {
+    "qwen2": msgspec.structs.replace(CONFIG, model_type="qwen2"),
+    "llama": msgspec.convert({**msgspec.structs.asdict(CONFIG), "model_type": "llama",
+                              "tie_word_embeddings": False, "rope_scaling": LLAMA31},
+                             ModelConfig),
+    "mistral": msgspec.structs.replace(CONFIG, model_type="mistral"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_round_trip_is_exact_both_ways(name: str) -> None:
+    config = FAMILIES[name]
+    hf = hf_state(config)
+    assert sorted(hf) == sorted(hf_names(config))
+    assert any(n.endswith("q_norm.weight") for n in hf) == config.qk_norm
+    assert any(n.endswith("q_proj.bias") for n in hf) == config.qkv_bias
+    mg = hf_to_megatron(hf, config)
+    assert {n: tuple(t.shape) for n, t in mg.items()} == megatron_shapes(config)
+    back = megatron_to_hf(mg, config)
+    assert sorted(back) == sorted(hf)
+    assert all(torch.equal(back[n], t) for n, t in hf.items())
+    assert megatron_unsupported(config) is None
+
+
+def test_fused_qkv_bias_splits_the_way_megatron_splits_it() -> None:
+    config = FAMILIES["qwen2"]
+    hf = hf_state(config)
+    mg = hf_to_megatron(hf, config)
+    G, D, Q = config.num_key_value_heads, config.head_dim, config.num_attention_heads
+    x = torch.randn(5, config.hidden_size)
+    p, m = "model.layers.0.self_attn.", "decoder.layers.0.self_attention.linear_qkv."
+    mixed = torch.nn.functional.linear(x, mg[m + "weight"], mg[m + "bias"]).view(5, G, -1)
+    q, k, v = mixed.split([Q // G * D, D, D], dim=-1)
+    for got, proj in ((q, "q"), (k, "k"), (v, "v")):
+        want = torch.nn.functional.linear(x, hf[p + f"{proj}_proj.weight"],
+                                          hf[p + f"{proj}_proj.bias"])
+        torch.testing.assert_close(got.reshape(5, -1), want)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (dict(model_type="llama", attention_bias=True), "attention_bias"),
+        (dict(model_type="llama", mlp_bias=True), "mlp_bias"),
+        (dict(model_type="llama", rope_scaling={**LLAMA31, "high_freq_factor": 2.0}),
+         "1/4/8192"),
+        (dict(model_type="mistral", sliding_window=16), "sliding window"),
+    ],
+)
+def test_what_megatron_cannot_express_is_named(fields: dict, reason: str) -> None:
+    config = msgspec.convert({**msgspec.structs.asdict(CONFIG), **fields}, ModelConfig)
+    assert reason in (megatron_unsupported(config) or "")
+    with pytest.raises(ValueError, match="cannot express"):
+        build_gpt(config)  # refused before megatron-core is imported

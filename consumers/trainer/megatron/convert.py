@@ -1,13 +1,16 @@
-"""HF Qwen3 ↔ megatron-core GPTModel weight names and layouts, on plain tensors.
+"""HF ↔ megatron-core GPTModel weight names and layouts, on plain tensors, for every family
+of `streamrl.models` that GPTModel can express (`megatron_unsupported` says what it cannot).
 
 Pure tensor reshuffling: no megatron import, no CUDA, so CI checks it on CPU and a round trip
-is exact (tensors are sliced and concatenated, never recomputed). Dense Qwen3 with the local
-layer spec (`get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")`):
+is exact (tensors are sliced and concatenated, never recomputed). Dense models with the local
+layer spec (`get_gpt_layer_local_spec(qk_layernorm=config.qk_norm, normalization="RMSNorm")`;
+the q/k norms exist only for Qwen3, the q/k/v bias only for Qwen2, `add_qkv_bias`):
 
     HF (model.layers.i. / decoder.layers.i.)   megatron-core
     model.embed_tokens.weight                  embedding.word_embeddings.weight
     input_layernorm.weight                     input_layernorm.weight
     self_attn.{q,k,v}_proj.weight              self_attention.linear_qkv.weight
+    self_attn.{q,k,v}_proj.bias (Qwen2)        self_attention.linear_qkv.bias
     self_attn.{q,k}_norm.weight                self_attention.{q,k}_layernorm.weight
     self_attn.o_proj.weight                    self_attention.linear_proj.weight
     post_attention_layernorm.weight            pre_mlp_layernorm.weight
@@ -27,10 +30,19 @@ shared expert:
     mlp.shared_expert.down_proj.weight         mlp.shared_experts.linear_fc2.weight
     mlp.shared_expert_gate.weight              mlp.shared_experts.gate_weight
 
-linear_qkv interleaves per KV group: for each of the G groups, that group's H/G query heads,
-then its key head, then its value head (rows of head_dim each), which is how megatron splits
-the fused projection. Every linear_fc1 is [gate; up] stacked along rows. HF names are the
-per-expert ones hub checkpoints use (`streamrl.models.checkpoint.to_hf_names` writes them).
+linear_qkv (weight and bias alike) interleaves per KV group: for each of the G groups, that
+group's H/G query heads, then its key head, then its value head (rows of head_dim each), which
+is how megatron splits the fused projection. Every linear_fc1 is [gate; up] stacked along
+rows. HF names are the per-expert ones hub checkpoints use
+(`streamrl.models.checkpoint.to_hf_names` writes them).
+
+Not expressible, so refused: a bias on o_proj or the MLP (Llama's `attention_bias` /
+`mlp_bias`, Qwen3's `attention_bias`; megatron's `add_bias_linear` biases every linear layer
+at once, and no released checkpoint of these families has them); llama3 rope scaling other
+than megatron's built-in (low_freq_factor 1, high_freq_factor 4, original context 8192, as in
+Llama 3.1-3.3; any `factor`); a Mistral sliding window shorter than the model's context
+(Mistral-7B-v0.1's; the local spec's attention has none). The weights of those still convert
+when their tensors exist; `build_gpt` refuses the model.
 """
 
 from __future__ import annotations
@@ -57,8 +69,26 @@ _GLOBAL_RENAMES = {
 
 
 def _check_supported(config: ModelConfig) -> None:
-    if config.attention_bias:
-        raise ValueError("attention_bias = true is not mapped (no Qwen3 checkpoint uses it)")
+    if config.o_bias or config.mlp_bias:
+        raise ValueError(
+            f"{config.model_type} with `attention_bias` or `mlp_bias` is not mapped to megatron: "
+            "its add_bias_linear biases every linear layer at once (use the torch backend)")
+
+
+def megatron_unsupported(config: ModelConfig) -> str | None:
+    """Why megatron-core's GPTModel (local spec) cannot compute `config`'s model, or None."""
+    if config.o_bias or config.mlp_bias:
+        return "biases on o_proj or the MLP (`attention_bias` / `mlp_bias`)"
+    s = config.rope_scaling
+    if s is not None and (s.low_freq_factor, s.high_freq_factor,
+                          s.original_max_position_embeddings) != (1.0, 4.0, 8192):
+        return ("llama3 rope scaling with low_freq_factor/high_freq_factor/"
+                "original_max_position_embeddings other than 1/4/8192 (megatron's fixed values)")
+    if (config.sliding_window is not None
+            and config.sliding_window < config.max_position_embeddings):
+        return (f"a sliding window ({config.sliding_window}) shorter than "
+                f"max_position_embeddings; megatron's local attention has none")
+    return None
 
 
 def hf_to_megatron(hf: Mapping[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
@@ -78,13 +108,18 @@ def hf_to_megatron(hf: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
     per_group = config.num_attention_heads // G
     for i in range(config.num_hidden_layers):
         src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for a, b in _LAYER_RENAMES.items():
+        for a, b in _layer_renames(config):
             out[dst + b] = hf[src + a]
         q = hf[src + "self_attn.q_proj.weight"].reshape(G, per_group * D, -1)
         k = hf[src + "self_attn.k_proj.weight"].reshape(G, D, -1)
         v = hf[src + "self_attn.v_proj.weight"].reshape(G, D, -1)
         out[dst + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(
             G * (per_group + 2) * D, -1)
+        if config.qkv_bias:
+            qb = hf[src + "self_attn.q_proj.bias"].reshape(G, per_group * D)
+            kb = hf[src + "self_attn.k_proj.bias"].reshape(G, D)
+            vb = hf[src + "self_attn.v_proj.bias"].reshape(G, D)
+            out[dst + "self_attention.linear_qkv.bias"] = torch.cat([qb, kb, vb], 1).reshape(-1)
         for hf_mlp, mg_mlp in _mlp_pairs(config, i):
             out[dst + mg_mlp + "linear_fc1.weight"] = torch.cat(
                 [hf[src + hf_mlp + "gate_proj.weight"], hf[src + hf_mlp + "up_proj.weight"]])
@@ -111,13 +146,19 @@ def megatron_to_hf(mg: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
     per_group = config.num_attention_heads // G
     for i in range(config.num_hidden_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        for a, b in _LAYER_RENAMES.items():
+        for a, b in _layer_renames(config):
             out[dst + a] = mg[src + b]
         qkv = mg[src + "self_attention.linear_qkv.weight"].reshape(G, (per_group + 2) * D, -1)
         q, k, v = qkv.split([per_group * D, D, D], dim=1)
         out[dst + "self_attn.q_proj.weight"] = q.reshape(G * per_group * D, -1)
         out[dst + "self_attn.k_proj.weight"] = k.reshape(G * D, -1)
         out[dst + "self_attn.v_proj.weight"] = v.reshape(G * D, -1)
+        if config.qkv_bias:
+            qkv_b = mg[src + "self_attention.linear_qkv.bias"].reshape(G, (per_group + 2) * D)
+            qb, kb, vb = qkv_b.split([per_group * D, D, D], dim=1)
+            out[dst + "self_attn.q_proj.bias"] = qb.reshape(-1)
+            out[dst + "self_attn.k_proj.bias"] = kb.reshape(-1)
+            out[dst + "self_attn.v_proj.bias"] = vb.reshape(-1)
         for hf_mlp, mg_mlp in _mlp_pairs(config, i):
             gate, up = mg[src + mg_mlp + "linear_fc1.weight"].chunk(2, dim=0)
             out[dst + hf_mlp + "gate_proj.weight"], out[dst + hf_mlp + "up_proj.weight"] = gate, up
@@ -125,6 +166,12 @@ def megatron_to_hf(mg: Mapping[str, Tensor], config: ModelConfig) -> dict[str, T
         for a, b in _moe_renames(config, i):
             out[dst + a] = mg[src + b]
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def _layer_renames(config: ModelConfig) -> list[tuple[str, str]]:
+    """(HF, megatron) per-layer names that map one to one (q/k norms only where they exist)."""
+    return [(a, b) for a, b in _LAYER_RENAMES.items()
+            if config.qk_norm or not a.startswith(("self_attn.q_norm", "self_attn.k_norm"))]
 
 
 def _mlp_pairs(config: ModelConfig, layer: int) -> list[tuple[str, str]]:
@@ -151,8 +198,11 @@ def _moe_renames(config: ModelConfig, layer: int) -> list[tuple[str, str]]:
 def hf_names(config: ModelConfig) -> list[str]:
     """Every HF tensor name of the model (no lm_head when tied; experts one by one)."""
     attention = ["input_layernorm.weight", "post_attention_layernorm.weight",
-                 *(f"self_attn.{p}_proj.weight" for p in "qkvo"), "self_attn.q_norm.weight",
-                 "self_attn.k_norm.weight"]
+                 *(f"self_attn.{p}_proj.weight" for p in "qkvo")]
+    if config.qk_norm:
+        attention += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
+    if config.qkv_bias:
+        attention += [f"self_attn.{p}_proj.bias" for p in "qkv"]
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     for i in range(config.num_hidden_layers):
         per_layer = [*attention, *(hf + f"{p}_proj.weight" for hf, _ in _mlp_pairs(config, i)
@@ -176,10 +226,13 @@ def megatron_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"decoder.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (H,),
                    p + "self_attention.linear_qkv.weight": ((Q + 2 * G) * D, H),
-                   p + "self_attention.q_layernorm.weight": (D,),
-                   p + "self_attention.k_layernorm.weight": (D,),
                    p + "self_attention.linear_proj.weight": (H, Q * D),
                    p + "pre_mlp_layernorm.weight": (H,)}
+        if config.qk_norm:
+            shapes |= {p + "self_attention.q_layernorm.weight": (D,),
+                       p + "self_attention.k_layernorm.weight": (D,)}
+        if config.qkv_bias:
+            shapes[p + "self_attention.linear_qkv.bias"] = ((Q + 2 * G) * D,)
         for _, mg_mlp in _mlp_pairs(config, i):
             I = _width(config, mg_mlp)  # noqa: E741 - the usual name of the MLP width
             shapes |= {p + mg_mlp + "linear_fc1.weight": (2 * I, H),

@@ -1,13 +1,16 @@
-"""megatron-core GPTModel for the same HF Qwen3 config, and a learner that trains it with the
-same GRPO step as the torch backend.
+"""megatron-core GPTModel for the same HF config (Qwen3, Qwen3-MoE, Qwen2, Llama 3.x, Mistral;
+`convert.megatron_unsupported` names what it cannot express), and a learner that trains it
+with the same GRPO step as the torch backend.
 
     pip install 'streamrl[megatron]'   # megatron-core; its forward needs CUDA
     initialize()                        # one-rank process group + megatron's model parallel state
     learner = MegatronLearner(model_config, hf_state_dict, LearnerSetup.of_run(config, hooks))
 
 The model uses the local (pure megatron-core, no Transformer Engine) layer spec with
-qk-layernorm, GQA (`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMSNorm, RoPE at
-the config's theta, tied or untied embeddings. Weights move in and out under HF names through
+qk-layernorm where the family has it (Qwen3), the q/k/v bias where it has one (Qwen2,
+`add_qkv_bias`), llama3 rope scaling through GPTModel's `rope_scaling`, GQA
+(`num_query_groups`), SwiGLU (`gated_linear_unit` + silu), RMSNorm, RoPE at the config's
+theta, tied or untied embeddings. Weights move in and out under HF names through
 `convert.py`, so versions are published and digested exactly like the torch backend's.
 Logprobs take megatron's final hidden states through `output_processor` into the same
 `fused_token_logprobs` (no [tokens, vocab] fp32 logits).
@@ -38,7 +41,11 @@ from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer.batch import TrainBatch
 from streamrl.consumers.trainer.compute import autocast
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
-from streamrl.consumers.trainer.megatron.convert import hf_to_megatron, megatron_to_hf
+from streamrl.consumers.trainer.megatron.convert import (
+    hf_to_megatron,
+    megatron_to_hf,
+    megatron_unsupported,
+)
 from streamrl.consumers.trainer.megatron.replay import replaying
 from streamrl.models import CausalLM, ModelConfig, fused_token_logprobs, load_checkpoint
 from streamrl.models.checkpoint import from_hf_names, save_checkpoint, to_hf_names
@@ -77,7 +84,8 @@ def transformer_config(config: ModelConfig, params_dtype: torch.dtype) -> Any:
         num_query_groups=config.num_key_value_heads, kv_channels=config.head_dim,
         ffn_hidden_size=config.intermediate_size, normalization="RMSNorm",
         layernorm_epsilon=config.rms_norm_eps, gated_linear_unit=True, activation_func=F.silu,
-        add_bias_linear=False, add_qkv_bias=False, qk_layernorm=True, hidden_dropout=0.0,
+        add_bias_linear=False, add_qkv_bias=config.qkv_bias, qk_layernorm=config.qk_norm,
+        hidden_dropout=0.0,
         attention_dropout=0.0, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
         attention_softmax_in_fp32=True, **_moe_fields(config))
 
@@ -102,6 +110,9 @@ def _moe_fields(config: ModelConfig) -> dict[str, Any]:
 def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) -> Any:
     """An (initialized, random) megatron GPTModel for `config` on the current CUDA device:
     local-spec layers, MoE ones where `config.moe_layers` says."""
+    if (reason := megatron_unsupported(config)) is not None:
+        raise ValueError(f"the megatron backend cannot express this {config.model_type} model: "
+                         f"{reason}; use [trainer] backend = \"torch\"")
     require_megatron()
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -109,9 +120,10 @@ def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) ->
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-    dense = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
-    moe = get_gpt_layer_local_spec(num_experts=config.num_experts or None, qk_layernorm=True,
-                                   normalization="RMSNorm", moe_grouped_gemm=False)
+    dense = get_gpt_layer_local_spec(qk_layernorm=config.qk_norm, normalization="RMSNorm")
+    moe = get_gpt_layer_local_spec(num_experts=config.num_experts or None,
+                                   qk_layernorm=config.qk_norm, normalization="RMSNorm",
+                                   moe_grouped_gemm=False)
     if config.is_moe:
         moe.submodules.mlp.keywords["submodules"].router = _router_class()
     spec = TransformerBlockSubmodules(
@@ -123,7 +135,8 @@ def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) ->
         vocab_size=config.vocab_size, max_sequence_length=config.max_position_embeddings,
         share_embeddings_and_output_weights=config.tie_word_embeddings,
         position_embedding_type="rope", rotary_base=int(config.rope_theta),
-        rotary_percent=1.0).cuda()
+        rotary_percent=1.0, rope_scaling=config.rope_scaling is not None,
+        rope_scaling_factor=config.rope_scaling.factor if config.rope_scaling else 8.0).cuda()
     # Each router registers its RouterReplay in a class-level list that would keep every model
     # ever built alive; `replay.py` drives a model's own instances instead.
     RouterReplay.global_router_replay_instances.clear()
@@ -223,7 +236,8 @@ class MegatronLearner(Learner):
 
     @classmethod
     def from_checkpoint(cls, path: Path, setup: LearnerSetup) -> MegatronLearner:
-        """The learner `save` wrote: HF weights (any HF Qwen3 checkpoint loads) and, when
+        """The learner `save` wrote: HF weights (any HF checkpoint of a family megatron can
+        express loads) and, when
         present, the AdamW state."""
         model = load_checkpoint(path)
         learner = cls(model.config, to_hf_names(model.state_dict(), model.config), setup)
