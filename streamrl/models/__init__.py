@@ -1,4 +1,5 @@
-"""streamrl's own Qwen3-style decoder models (dense and MoE), shared by producers and trainer.
+"""streamrl's own decoder models, shared by producers and trainer: Llama 3.x, Mistral,
+Qwen2/Qwen2.5, Qwen3 and Qwen3-MoE, one decoder with per-family switches (`config.FAMILIES`).
 
     model = load_checkpoint("path/to/hf_checkpoint")          # CausalLM, fp32 on CPU
     out = model(tokens, positions)                            # out.logits: [B, T, vocab]
