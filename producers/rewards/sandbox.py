@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -185,8 +186,23 @@ def _write(stream: IO[bytes], reply: tuple[str, Any]) -> None:
     stream.flush()
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the producer dies, even in the middle of a hung call
+    (EOF on stdin stops an idle worker anywhere, but a hung one never reads it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the producer died before the prctl: nobody will read our replies
+        os._exit(0)
+
+
 def main() -> None:
     """The worker: load the function, then answer one call after another until EOF."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the producer's to handle
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(1), "wb")

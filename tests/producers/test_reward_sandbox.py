@@ -6,6 +6,7 @@ producer; the worker is restarted and the next call is scored."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from streamrl.recipe.config import load_recipe
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.recipe.rewards import RewardTerm, build_reward
 from streamrl.schemas import Prompt, decode_trajectories, encode_event
-from tests.helpers import TINY
+from tests.helpers import REPO, TINY, child_env
 from tests.producers.reward_hooks import misbehaving
 from tests.run.tiny_task import init
 
@@ -124,3 +125,47 @@ async def test_the_producer_records_failed_rewards_and_keeps_publishing(tmp_path
         assert [dict(r["reward_details"]) for r in by_prompt["q2"]] == [{"timeout": 1.0}] * 2
         assert [r["reward"] for r in by_prompt["q1"] + by_prompt["q2"]] == [0.0] * 4
         assert await log.committed(PRODUCER_GROUP, ctx.streams.prompts, 0) == 3
+
+
+PARENT = """
+import asyncio, sys
+import numpy as np
+from streamrl.hooks.rollout import RewardInput
+from streamrl.producers.rewards.sandbox import RewardSandbox
+from tests.producers.reward_hooks import misbehaving
+
+async def main():
+    rewards = RewardSandbox(misbehaving, timeout_s=600)
+    await rewards.start()
+    print(rewards.workers[0].proc.pid, flush=True)
+    await rewards.score(RewardInput(
+        prompt_id="p", prompt_text=None, prompt_tokens=np.zeros(1, np.int32), response_text="",
+        response_tokens=np.zeros(1, np.int32), finish_reason="stop", metadata={"mode": "hang"}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_killed_producer_leaves_no_hung_reward_worker_behind() -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT, stdout=asyncio.subprocess.PIPE, env=child_env(), cwd=REPO)
+    assert parent.stdout is not None
+    worker = int(await asyncio.wait_for(parent.stdout.readline(), 120))
+    await asyncio.sleep(0.5)  # the worker is spinning in the hung call now
+    assert alive(worker)
+    parent.kill()
+    await parent.wait()
+    deadline = time.monotonic() + 10
+    while alive(worker):
+        assert time.monotonic() < deadline, f"reward worker {worker} outlived its producer"
+        await asyncio.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
