@@ -87,6 +87,9 @@ class RunRecords(msgspec.Struct, kw_only=True):
     # (announced in the parent's weights stream) and may appear in carried trajectories.
     base_version: int = 0
     inherited_versions: frozenset[int] = frozenset()
+    # Every stream numbers its records 0, 1, 2, ... (`Log.contiguous`): false on Kafka, and for
+    # a run imported from Kafka whose offsets were kept.
+    contiguous: bool = True
 
     @property
     def streams(self) -> RunStreams:
@@ -96,7 +99,7 @@ class RunRecords(msgspec.Struct, kw_only=True):
     def contiguous_offsets(self) -> bool:
         """Memory and file logs number records 0, 1, 2, ...; Kafka's transaction markers take
         offsets too, so there only semantic checks (duplicates) can find a gap."""
-        return not self.log_url.startswith("kafka://")
+        return self.contiguous and not self.log_url.startswith("kafka://")
 
     def of(self, kind: StreamKind, cls: type[E]) -> list[tuple[Position, E]]:
         """The decoded events of type `cls` in stream `kind`, with their positions."""
@@ -128,9 +131,11 @@ async def load_run(log: Log, run_id: str) -> RunRecords:
     check_run_id(run_id)
     streams = RunStreams(run_id)
     records: dict[StreamKind, list[Record]] = {}
+    contiguous = True
     for kind, name in streams.all().items():
         try:
             records[kind] = await log.read_all(name)
+            contiguous = contiguous and await log.contiguous(name)
         except StreamNotFoundError:
             records[kind] = []
     if not records[StreamKind.EVENTS]:
@@ -152,7 +157,7 @@ async def load_run(log: Log, run_id: str) -> RunRecords:
     return RunRecords(run_id=run_id, log_url=log.url, ctx=context_from_event(started),
                       started=started, records=records, events=events, rows=rows,
                       rows_at=rows_at, undecodable=undecodable, base_version=base,
-                      inherited_versions=inherited)
+                      inherited_versions=inherited, contiguous=contiguous)
 
 
 async def _foreign_rows(log: Log, events: list[tuple[Position, Event]],

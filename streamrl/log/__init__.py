@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 from streamrl.log.base import (
+    MARKER_HEADER,
     MAX_METADATA_BYTES,
     Append,
     Committed,
@@ -53,6 +54,7 @@ def open_log(url: str, **options: Any) -> Log:
 
 __all__ = [
     "BACKENDS",
+    "MARKER_HEADER",
     "MAX_METADATA_BYTES",
     "Append",
     "Committed",

@@ -123,6 +123,9 @@ class Append(msgspec.Struct, frozen=True, kw_only=True):
     key: bytes | None = None
     headers: Headers = ()
     partition: int | None = None
+    # When the record was first written (ms since the epoch); None means now. Set only by tools
+    # that copy a run's records (`streamrl import`), so arrival times survive the copy.
+    timestamp_ms: int | None = None
 
 
 class LogError(Exception):
@@ -159,6 +162,11 @@ class HistoryDeletedError(LogError):
                          "`streamrl inspect` and docs/fault-tolerance.md")
         self.stream, self.partition = stream, partition
         self.first_missing, self.first_held = first_missing, first_held
+
+
+# A record with this header only holds its offset: readers never see it (the file log's stand-in
+# for a Kafka transaction marker, written when a run copied from Kafka keeps its offsets).
+MARKER_HEADER = "streamrl.marker"
 
 
 def choose_partition(key: bytes | None, num_partitions: int) -> int:
@@ -256,6 +264,13 @@ class Log(abc.ABC):
         (Kafka with a finite retention); reading below it raises `HistoryDeletedError`."""
         await self.num_partitions(stream)  # StreamNotFoundError for an unknown stream
         return 0
+
+    async def contiguous(self, stream: str) -> bool:
+        """Whether `stream`'s offsets number its records 0, 1, 2, ... with no gap: True on the
+        memory and file logs, False on Kafka (transaction markers take offsets) and for a file-log
+        stream whose offsets were kept from Kafka by `streamrl import` (marker records)."""
+        await self.num_partitions(stream)
+        return True
 
     async def retention(self, stream: str) -> str:
         """How long the backend keeps `stream`'s records, in words ("forever" unless the backend

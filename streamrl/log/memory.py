@@ -91,7 +91,7 @@ class MemoryLog(Log):
                     value=bytes(app.value),
                     key=app.key,
                     headers=tuple(app.headers),
-                    timestamp_ms=now_ms,
+                    timestamp_ms=now_ms if app.timestamp_ms is None else app.timestamp_ms,
                 )
             )
             positions.append(Position(app.stream, p, offset))

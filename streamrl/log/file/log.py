@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from streamrl.log.base import (
+    MARKER_HEADER,
     Append,
     Committed,
     Log,
@@ -292,12 +293,39 @@ class FileLog(Log):
 
     async def append_many(self, appends: Sequence[Append]) -> list[Position]:
         self._check_open()
+        if any(app.timestamp_ms is not None for app in appends):
+            return await self._append_copied(appends)
         by_sp, where = self._group(appends)
         if not by_sp:
             return []
         firsts = await self._on_writer(self._guarded, self._append, by_sp, _now_ms())
         self._notify()
         return [Position(sp.stream, sp.partition, firsts[sp] + i) for sp, i in where]
+
+    async def _append_copied(self, appends: Sequence[Append]) -> list[Position]:
+        """Records copied from another log keep their timestamps (a frame holds one per call of
+        the writer, so each run of equal timestamps is written on its own), and marker records
+        mark their stream as having offset gaps (`contiguous`)."""
+        for stream in {a.stream for a in appends if any(k == MARKER_HEADER for k, _ in a.headers)}:
+            self._streams.count(stream)  # StreamNotFoundError first
+            (self.root / stream / MARKERS_FILE).touch()
+        positions: list[Position] = []
+        start = 0
+        for i in range(1, len(appends) + 1):
+            if i == len(appends) or appends[i].timestamp_ms != appends[start].timestamp_ms:
+                by_sp, where = self._group(appends[start:i])
+                ts = appends[start].timestamp_ms
+                firsts = await self._on_writer(self._guarded, self._append, by_sp,
+                                               _now_ms() if ts is None else ts)
+                positions += [Position(sp.stream, sp.partition, firsts[sp] + j) for sp, j in where]
+                start = i
+        self._notify()
+        return positions
+
+    async def contiguous(self, stream: str) -> bool:
+        self._check_open()
+        self._streams.count(stream)
+        return not (self.root / stream / MARKERS_FILE).exists()
 
     def _append(
         self, by_sp: dict[StreamPartition, list[Item]], ts: int
@@ -346,6 +374,12 @@ class FileLog(Log):
         while True:
             appended = self._appended  # taken before reading, so no append slips in between
             records = await asyncio.to_thread(reader.read, offset, max_records, READ_MAX_BYTES)
+            if records and any(k == MARKER_HEADER for r in records for k, _ in r.headers):
+                visible = [r for r in records if r.header(MARKER_HEADER) is None]
+                if not visible:  # only markers here: read on past them
+                    offset = records[-1].offset + 1
+                    continue
+                records = visible
             remaining = deadline - loop.time()
             if records or remaining <= 0:
                 return records
@@ -372,6 +406,9 @@ class FileLog(Log):
         self._check_open()
         positions = {self._sp(*sp): c for sp, c in committed_positions(group, offsets).items()}
         await self._on_writer(self._guarded, self._txns.commit, group, positions)
+
+
+MARKERS_FILE = "MARKERS"  # in a stream's directory: its offsets have gaps (marker records)
 
 
 def _now_ms() -> int:

@@ -224,8 +224,8 @@ class KafkaLog(Log):
         try:
             futures = [
                 await producer.send(
-                    app.stream, app.value, key=app.key, partition=p, headers=list(app.headers)
-                )
+                    app.stream, app.value, key=app.key, partition=p, headers=list(app.headers),
+                    timestamp_ms=app.timestamp_ms)
                 for p, app in targets
             ]
             metas = await asyncio.wait_for(asyncio.gather(*futures), self.config.append_timeout_s)
@@ -340,6 +340,10 @@ class KafkaLog(Log):
         await self._check_partition(stream, partition)
         assert self._readers is not None
         return await (await self._readers.get(stream, partition)).start_offset()
+
+    async def contiguous(self, stream: str) -> bool:
+        await self.num_partitions(stream)
+        return False  # transaction markers take offsets
 
     async def retention(self, stream: str) -> str:
         self._check_open()

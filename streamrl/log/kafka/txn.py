@@ -130,8 +130,8 @@ class TransactionalWriter:
             try:
                 futures = [
                     await producer.send(
-                        app.stream, app.value, key=app.key, partition=p, headers=list(app.headers)
-                    )
+                        app.stream, app.value, key=app.key, partition=p, headers=list(app.headers),
+                        timestamp_ms=app.timestamp_ms)
                     for p, app in sends
                 ]
                 metas = list(await asyncio.gather(*futures))
