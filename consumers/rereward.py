@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from streamrl.hooks import resolve
 from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
-from streamrl.hooks.run import Tokenizer
+from streamrl.hooks.run import Tokenizer, prompt_text
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
 from streamrl.recipe.context import RunContext, load_run_context
@@ -131,7 +131,7 @@ class Scorer:
             finish = rows["finish_reason"][i].as_py()
             answer = response[:-1] if finish == "stop" else response  # as the producer does
             result = self.fn(RewardInput(
-                prompt_id=prompt.prompt_id, prompt_text=prompt.text,
+                prompt_id=prompt.prompt_id, prompt_text=prompt_text(prompt.text, prompt.metadata),
                 prompt_tokens=np.asarray(rows["prompt_tokens"][i].values, dtype=np.int32),
                 response_text=self.tokenizer.decode(answer), response_tokens=response,
                 finish_reason=finish, metadata=dict(prompt.metadata)))

@@ -38,7 +38,7 @@ from streamrl.hooks.rollout import (
     RolloutInput,
     RolloutSample,
 )
-from streamrl.hooks.run import PROMPT_TEXT, stop_token_ids
+from streamrl.hooks.run import prompt_text, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.budget import num_published_samples, started_share
 from streamrl.producers.handover import hand_over
@@ -186,12 +186,9 @@ class Producer:
         prompt = decode_event(record.value, "prompts")
         # Dataset prompts arrive as ids rendered by the driver (chat template applied), their
         # text in the metadata; a hook's prompts arrive as text, encoded here.
-        if prompt.tokens is not None:
-            tokens = np.asarray(prompt.tokens, dtype=np.int32)
-            text = prompt.metadata.get(PROMPT_TEXT)
-            text = text if isinstance(text, str) else None
-        else:
-            tokens, text = self.tokenizer.encode(prompt.text or "", bos=True), prompt.text
+        tokens = (np.asarray(prompt.tokens, dtype=np.int32) if prompt.tokens is not None
+                  else self.tokenizer.encode(prompt.text or "", bos=True))
+        text = prompt_text(prompt.text, prompt.metadata)
         group_id = group_id_for(record.partition, record.offset)
         group = Group(record=record, prompt=prompt, tokens=tokens, text=text)
         self.groups[group_id] = group

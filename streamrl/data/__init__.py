@@ -4,7 +4,7 @@ prompts (prompts.py)."""
 
 from streamrl.data.dataset import DataError, Dataset, Message, Row, read_dataset
 from streamrl.data.prompts import DatasetPrompts, PromptOptions, epoch_order
-from streamrl.data.tokenizer import HFTokenizer, load_tokenizer
+from streamrl.data.tokenizer import HFTokenizer, check_fits, load_tokenizer
 
 __all__ = ["DataError", "Dataset", "DatasetPrompts", "HFTokenizer", "Message", "PromptOptions",
-           "Row", "epoch_order", "load_tokenizer", "read_dataset"]
+           "Row", "check_fits", "epoch_order", "load_tokenizer", "read_dataset"]

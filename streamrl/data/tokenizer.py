@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamrl.hooks.run import Tokenizer, stop_token_ids
+
 
 class HFTokenizer:
     """An HF tokenizer behind the `Tokenizer` protocol, plus its chat template."""
@@ -126,3 +128,17 @@ def _generation_eos(directory: Path) -> list[int]:
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
         raise ValueError(f"{path}: eos_token_id must be an id or a list of ids, got {eos!r}")
     return list(dict.fromkeys(ids))
+
+
+def check_fits(tokenizer: Tokenizer, checkpoint: Path) -> None:
+    """Every id the tokenizer can produce, stop ids included, must be a row of the model's
+    embedding (config.json `vocab_size`, which may be larger): otherwise the engine would refuse
+    the first prompt in the middle of the run."""
+    vocab = json.loads((checkpoint / "config.json").read_text()).get("vocab_size")
+    if not isinstance(vocab, int):
+        return  # a config that nests it (multimodal); the model family's loader checks it
+    largest = max(tokenizer.vocab_size - 1, *stop_token_ids(tokenizer))
+    if largest >= vocab:
+        raise ValueError(f"the tokenizer has ids up to {largest}, but the model in {checkpoint} "
+                         f"has vocab_size {vocab}: use the checkpoint's own tokenizer, or one "
+                         "that fits it")

@@ -12,7 +12,7 @@ Rewards and sample filters are typed in `rollout.py`, advantages, losses and ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,6 +63,15 @@ class ChatTokenizer(Protocol):
 
 
 PROMPT_TEXT = "prompt_text"  # metadata key: the text a prompt given as `tokens` was rendered from
+
+
+def prompt_text(text: str | None, metadata: Mapping[str, Any]) -> str | None:
+    """A published prompt's text: as given, or what its ids were rendered from (a dataset row
+    through the chat template, kept in metadata[PROMPT_TEXT]); None if neither is known."""
+    if text is not None:
+        return text
+    rendered = metadata.get(PROMPT_TEXT)
+    return rendered if isinstance(rendered, str) else None
 
 
 class PromptSpec(msgspec.Struct, kw_only=True, frozen=True):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from streamrl.data.tokenizer import check_fits
 from streamrl.recipe.engine import EngineConfig
 from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
 from streamrl.recipe.rewards import RewardSpec
@@ -298,6 +299,8 @@ def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
     try:
         config = _with_absolute_paths(config)
         hooks = resolve_hooks(config)
+        if config.model.path is not None:
+            check_fits(hooks.tokenizer, Path(config.model.path))
         check_prompts(hooks)  # reads and renders every dataset row: a bad one fails here
         return config, hooks
     except ValueError as error:

@@ -65,6 +65,9 @@ CASES: dict[str, tuple[str, Any, dict[str, str], str]] = {
     "epochs and num_prompts": ("train.jsonl", trl_rows(2),
                                {"data": "epochs = 2\nnum_prompts = 5"},
                                r"data.epochs and data.num_prompts both set"),
+    "a tokenizer larger than the model": (
+        "train.jsonl", trl_rows(2), {"vocab": "100"},
+        r"the tokenizer has ids up to 319, but the model in .* has vocab_size 100"),
     "a missing file": ("missing.jsonl", None, {}, r"data.train '.*missing.jsonl' does not exist"),
 }
 
@@ -81,6 +84,11 @@ def _write(tmp_path: Path, checkpoint: Path, case: str) -> Path:
         (checkpoint / "chat_template.jinja").write_text(
             "{% if messages[0]['role'] != 'system' %}{{ raise_exception('no system role here') }}"
             "{% endif %}")
+    if "vocab" in extra:
+        checkpoint = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
+        config = json.loads((checkpoint / "config.json").read_text())
+        (checkpoint / "config.json").write_text(json.dumps(config | {
+            "vocab_size": int(extra["vocab"])}))
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(data_recipe(checkpoint, train, data=extra.get("data", ""),
                                   model=extra.get("model", "")))
