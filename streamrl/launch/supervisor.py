@@ -85,10 +85,9 @@ class Supervisor:
             version = await latest_version(self.log, self.ctx)
             raise PromptsExhausted(
                 f"prompts exhausted at version {version} (max_versions "
-                f"{self.ctx.config.run.max_versions}): the {self.ctx.config.data.num_prompts} "
-                f"prompts are all generated and fewer than batch_size "
-                f"{self.ctx.config.trainer.batch_size} samples remain untrained; raise "
-                "data.num_prompts or lower run.max_versions")
+                f"{self.ctx.config.run.max_versions}): the run's prompts are all generated and "
+                f"fewer than batch_size {self.ctx.config.trainer.batch_size} samples remain "
+                "untrained; raise data.num_prompts (or data.epochs) or lower run.max_versions")
         self.exhausted = state
 
     async def write_state(self, *, force: bool = False, status: str = "running") -> None:
