@@ -3,8 +3,9 @@
     python bench/reward_overhead.py        # CPU, ~1 min; writes bench/results/ + BENCHMARKS.md
 
 Per call: the same reward in-process and through `RewardSandbox.score` (pickle the RewardInput,
-a pipe each way, one worker, calls one after another), for a trivial reward (`exact`: the
-round trip alone) and for `math` (math-verify on typical answers). Then a group of 8 scored
+a pipe each way, one worker, calls one after another, on uvloop as in the producer), for a
+trivial reward (`exact`: the round trip alone) and for `math` (math-verify on typical answers),
+5 answers of 8 correct. Then a group of 8 scored
 concurrently (what the producer does per group) with 1 and 2 workers, the start of a worker
 (until it has loaded the reward), and the restart a timeout costs the next call. The load average
 is recorded: on a shared 2-core machine the round trip is mostly scheduling latency.
@@ -21,6 +22,7 @@ import time
 import numpy as np
 
 from bench.common import RESULTS, machine_info, replace_section
+from streamrl import aio
 from streamrl.hooks.rollout import RewardFn, RewardInput
 from streamrl.producers.rewards.sandbox import RewardSandbox
 from streamrl.recipe.rewards import RewardTerm, build_reward
@@ -107,4 +109,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    aio.run(main())  # uvloop, as the producer runs

@@ -123,7 +123,8 @@ class _Worker:
         await self.start()
         try:
             self._send(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
-            return await asyncio.wait_for(self._receive(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task per call, unlike wait_for
+                return await self._receive()
         except TimeoutError:
             await self.stop(kill=True)
             return "timeout", None
