@@ -73,9 +73,6 @@ class Learner:
     def __init__(self, model: CausalLM, setup: LearnerSetup) -> None:
         self.setup, self.trainer = setup, setup.trainer
         self.compute = setup.trainer.compute
-        if setup.trainer.algorithm.loss_config.entropy_coef > 0 and self.compute.on_gpu:
-            raise ValueError("loss_config.entropy_coef > 0 needs the CPU learner: the fused GPU "
-                             "log-softmax computes no entropy; set entropy_coef = 0")
         aggregation = self.trainer.algorithm.loss_config.aggregation
         if self.compute.micro_batch_rows is not None and aggregation != "token_mean":
             raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""

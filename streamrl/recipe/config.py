@@ -284,6 +284,18 @@ class RunConfig(Section, kw_only=True):
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")
+        algorithm = self.trainer.algorithm
+        if algorithm.loss_config.entropy_coef > 0 and (compute.on_gpu
+                                                       or self.trainer.backend != "torch"):
+            raise ValueError("trainer.algorithm.loss_config.entropy_coef > 0 needs the CPU torch "
+                             "learner (the fused GPU log-softmax computes no entropy): set "
+                             "entropy_coef = 0 or trainer.compute.device = \"cpu\"")
+        if (algorithm.overlong is not None
+                and algorithm.overlong.buffer_tokens > self.rollout.max_new_tokens):
+            raise ValueError(f"trainer.algorithm.overlong.buffer_tokens "
+                             f"({algorithm.overlong.buffer_tokens}) must be at most "
+                             f"rollout.max_new_tokens ({self.rollout.max_new_tokens}): the "
+                             "penalty ramps over the last buffer_tokens before the cap")
 
 
 def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:

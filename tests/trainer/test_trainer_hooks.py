@@ -82,3 +82,23 @@ def test_a_misspelt_name_is_refused_at_load_with_the_known_names(tmp_path: Path)
                                                  '[trainer.algorithm]\nloss = "gpso"', 1))
     with pytest.raises(ConfigError, match=r"did you mean 'gspo'.*known: cispo, decoupled_ppo"):
         load_config(recipe)
+
+
+@pytest.mark.parametrize(("algorithm", "message"), [
+    ({"overlong": {"buffer_tokens": 99}}, r"overlong.buffer_tokens \(99\) must be at most "
+                                          r"rollout.max_new_tokens \(6\)"),
+    ({"loss_config": {"kl_coef": -0.1}}, "must be >= 0"),
+    ({"loss_config": {"kl_estimator": "k4"}}, "Invalid enum value .k4. - at `\$.trainer.algorithm"),
+    ({"advantage": "grpoo"}, "did you mean 'grpo'"),
+])
+def test_algorithm_mistakes_fail_at_load(algorithm: dict, message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=message):
+        with_algorithm(**algorithm)
+
+
+def test_an_entropy_bonus_on_a_gpu_learner_is_refused_at_load() -> None:
+    data = msgspec.to_builtins(load_config(RECIPE))
+    data["trainer"]["algorithm"] = {"loss_config": {"entropy_coef": 0.01}}
+    data["trainer"]["compute"] = {"device": "cuda"}
+    with pytest.raises(msgspec.ValidationError, match="entropy_coef > 0 needs the CPU torch"):
+        msgspec.convert(data, RunConfig)
