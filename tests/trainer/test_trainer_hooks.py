@@ -88,7 +88,7 @@ def test_a_misspelt_name_is_refused_at_load_with_the_known_names(tmp_path: Path)
     ({"overlong": {"buffer_tokens": 99}}, r"overlong.buffer_tokens \(99\) must be at most "
                                           r"rollout.max_new_tokens \(6\)"),
     ({"loss_config": {"kl_coef": -0.1}}, "must be >= 0"),
-    ({"loss_config": {"kl_estimator": "k4"}}, "Invalid enum value .k4. - at `\$.trainer.algorithm"),
+    ({"loss_config": {"kl_estimator": "k4"}}, r"Invalid enum value 'k4' - at `\$.trainer"),
     ({"advantage": "grpoo"}, "did you mean 'grpo'"),
 ])
 def test_algorithm_mistakes_fail_at_load(algorithm: dict, message: str) -> None:
