@@ -205,4 +205,5 @@ async def _start(log: Log, parent: RunContext, reward: str, new_run: str,
 def _with_reward(config: RunConfig, reward: str) -> RunConfig:
     data = msgspec.to_builtins(config)
     data["rollout"]["reward"] = reward
+    data["rollout"]["reward_by_source"] = {}  # the one function scores every row
     return config_from_builtins(data)
