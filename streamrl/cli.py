@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "audit": "check a run's lineage: exactly-once training, staleness, versions, digests",
     "staleness": "a run's staleness: lag histograms, drops by reason, throughput; PNG + JSON",
     "rereward": "re-score a run's recorded trajectories with another reward function (new run)",
+    "export": "copy a run into a folder of its own: streams, positions, files, Parquet samples",
+    "import": "make a run exported with `streamrl export` a run again (file log or Kafka)",
     "up": "start a run in the background: docker compose (Kafka, trainer, producers) or --local",
     "down": "stop a run started with `streamrl up`",
     "ps": "list a run's processes and their status",
