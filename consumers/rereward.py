@@ -32,12 +32,12 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
-from streamrl.hooks import resolve
 from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
 from streamrl.hooks.run import Tokenizer, prompt_text
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
 from streamrl.recipe.context import RunContext, load_run_context
+from streamrl.recipe.rewards import build_reward
 from streamrl.schemas import (
     DeadLetter,
     DecodeError,
@@ -88,7 +88,7 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
             check_run_id(run_id)
         except ValueError as error:
             raise RerewardError(f"{what} {run_id!r}: {error}") from None
-    fn = resolve(reward, RewardFn, what="--reward")
+    fn = build_reward(reward, {}, what="--reward")  # a built-in name or an import path
     if RunStreams(parent_id).events not in await log.list_streams(parent_id):
         raise RerewardError(f"no run {parent_id!r} in {log.url} (`streamrl inspect` lists runs)")
     parent = await load_run_context(log, parent_id, timeout_s=5.0)

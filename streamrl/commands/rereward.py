@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="the run whose trajectories are re-scored")
-    p.add_argument("--reward", required=True, metavar="MODULE:FUNCTION",
-                   help="import path of a RewardFn(RewardInput) -> RewardOutput "
+    p.add_argument("--reward", required=True, metavar="NAME|MODULE:FUNCTION",
+                   help="a built-in reward (math, gsm8k, exact, regex, format: docs/rewards.md) "
+                        "or the import path of a RewardFn(RewardInput) -> RewardOutput "
                         "(streamrl/hooks/rollout.py), e.g. recipes.arithmetic.task:reward")
     p.add_argument("--as", dest="new_run", default=None, metavar="NEW_RUN",
                    help="id of the new run (default: RUN-rr)")

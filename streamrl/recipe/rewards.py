@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from streamrl.hooks.resolve import resolve
+from streamrl.hooks.resolve import ResolveError, resolve
 from streamrl.hooks.rollout import RewardFn
 
 REWARDS: dict[str, str] = {
@@ -60,10 +60,11 @@ RewardSpec = str | RewardTerm | tuple[RewardTerm, ...]
 """What `rollout.reward` and each `rollout.reward_by_source` value may be."""
 
 
-def build_reward(reward: RewardSpec, by_source: Mapping[str, RewardSpec]) -> RewardFn:
-    """The run's `RewardFn`; a ValueError naming the field for an unknown name, a bad import
-    path or bad options."""
-    default = _build(reward, "rollout.reward")
+def build_reward(reward: RewardSpec, by_source: Mapping[str, RewardSpec], *,
+                 what: str = "rollout.reward") -> RewardFn:
+    """The run's `RewardFn`; a `ResolveError` (a ValueError) naming the field (`what`) for an
+    unknown name, a bad import path or bad options."""
+    default = _build(reward, what)
     if not by_source:
         return default
     table = {source: _build(spec, f"rollout.reward_by_source[{source!r}]")
@@ -76,14 +77,14 @@ def _build(spec: RewardSpec, where: str) -> RewardFn:
         return _one(RewardTerm(name=spec), where)
     terms = (spec,) if isinstance(spec, RewardTerm) else spec
     if not terms:
-        raise ValueError(f"{where} is an empty list: name at least one reward")
+        raise ResolveError(f"{where} is an empty list: name at least one reward")
     if len(terms) == 1 and terms[0].weight == 1.0 and terms[0].label is None:
         return _one(terms[0], where)
     labels = [t.label or t.name.rpartition(":")[2].rpartition(".")[2] for t in terms]
     for i, label in enumerate(labels):
         if label in labels[:i]:
-            raise ValueError(f"{where}: two terms are labelled {label!r} in reward_details; "
-                             f"give one of them a `label`")
+            raise ResolveError(f"{where}: two terms are labelled {label!r} in "
+                               "reward_details; give one of them a `label`")
     fns = [_one(t, f"{where}[{i}]") for i, t in enumerate(terms)]
     weighted = resolve(WEIGHTED, what=where)
     return weighted(terms=tuple(zip(labels, (t.weight for t in terms), fns, strict=True)))
@@ -94,26 +95,26 @@ def _one(term: RewardTerm, where: str) -> RewardFn:
     if ":" not in path and "." not in path:  # a dotted one is a path: `resolve` explains it
         close = difflib.get_close_matches(term.name, REWARDS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"{where}: unknown reward {term.name!r}, neither a built-in name nor "
-                         f"an import path ('package.module:function'); {hint}known: "
-                         f"{', '.join(sorted(REWARDS))}")
+        raise ResolveError(f"{where}: unknown reward {term.name!r}, neither a built-in name nor "
+                           f"an import path ('package.module:function'); {hint}known: "
+                           f"{', '.join(sorted(REWARDS))}")
     target = resolve(path, what=where)
     if inspect.isclass(target):
         try:
             fn = (msgspec.convert(term.options, target) if issubclass(target, msgspec.Struct)
                   else target(**term.options))
         except (msgspec.ValidationError, TypeError, ValueError) as error:
-            raise ValueError(f"{where}: options of reward {term.name!r}: {error}") from None
+            raise ResolveError(f"{where}: options of reward {term.name!r}: {error}") from None
     elif term.options:
-        raise ValueError(f"{where}: reward {term.name!r} is a function and takes no options; "
-                         "remove `options` or name a class")
+        raise ResolveError(f"{where}: reward {term.name!r} is a function and takes no options; "
+                           "remove `options` or name a class")
     else:
         fn = target
     try:
         inspect.signature(fn).bind(None)
     except TypeError:
-        raise ValueError(f"{where}: reward {term.name!r} cannot be called with one RewardInput: "
-                         f"signature is {inspect.signature(fn)}") from None
+        raise ResolveError(f"{where}: reward {term.name!r} cannot be called with one "
+                           f"RewardInput: signature is {inspect.signature(fn)}") from None
     except ValueError:
         pass  # no introspectable signature: trust it
     return fn

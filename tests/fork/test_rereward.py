@@ -119,6 +119,7 @@ async def test_bad_records_are_dead_lettered_and_a_rerun_continues(parent_run: P
     ("nosuch", "tests.fork.rewards:inverted", "x", "no run 'nosuch'"),
     ("parent", "tests.fork.rewards:missing", "x", "has no attribute 'missing'"),
     ("parent", "tests.fork.rewards", "x", "is not an import path"),
+    ("parent", "exakt", "x", "--reward: unknown reward 'exakt'"),
     ("parent", "tests.fork.rewards:inverted", "bad.id", "--as 'bad.id'"),
 ])
 async def test_a_bad_rereward_says_why_and_writes_nothing(
@@ -147,3 +148,13 @@ async def test_an_existing_run_of_another_kind_is_not_overwritten(parent_run: Pa
         with pytest.raises(TypeError, match="returned float, expected RewardOutput"):
             await rereward(log, run.run_id, "tests.fork.rewards:not_a_reward", new_run="x",
                            runs_dir=tmp_path / "runs")
+
+
+async def test_a_built_in_reward_by_name_rescores_the_run(parent_run: ParentRun,
+                                                          tmp_path: Path) -> None:
+    async with open_log(str(parent_run.log)) as log:
+        result = await rereward(log, parent_run.run_id, "format", new_run="by-name",
+                                runs_dir=tmp_path)
+        assert result.num_samples > 0
+        assert result.reward_after == 0.0  # the tiny task answers digits, never a \boxed{}
+        assert (await load_run_context(log, "by-name")).config.rollout.reward == "format"
