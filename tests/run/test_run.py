@@ -111,6 +111,7 @@ def test_a_killed_trainer_resumes_without_training_anything_twice(tmp_path: Path
     (("lr = 1e-3", "lrr = 1e-3"), "unknown field `lrr`"),
     (("batch_size = 8", "batch_size = 6"), "must be a multiple of data.samples_per_prompt"),
     (("tiny_task:reward", "tiny_task:rewards"), "rollout.reward"),
+    (('"tests.run.tiny_task:reward"', '"mathh"'), "unknown reward 'mathh'"),
     (("max_lag = 1", "max_lagg = 1"), "did you mean 'max_lag'"),
     (("lr = 1e-3", 'lr = 1e-3\nbackend = "megatron"'),
      "needs a CUDA device: set trainer.compute.device"),
