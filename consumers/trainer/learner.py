@@ -121,16 +121,18 @@ class Learner:
         state = {k: full_tensor(v) for k, v in self.model.state_dict().items()}
         return to_hf_names(state, self.model.config)
 
-    def logprobs(self, batch: TrainBatch) -> Tensor:
-        """log pi(target) at every position [B, S], replaying recorded MoE routing."""
+    def logprobs(self, batch: TrainBatch, model: CausalLM | None = None) -> Tensor:
+        """log pi(target) at every position [B, S], replaying recorded MoE routing; with
+        `model` (the frozen reference), that model's, computed the same way."""
+        model = self.model if model is None else model
         with autocast(self.compute):
-            out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
-                             routing_mask=batch.routing_mask, return_hidden=True)
+            out = model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
+                        routing_mask=batch.routing_mask, return_hidden=True)
             if not self.compute.on_gpu:  # the CPU path, bit-exact on replay
-                return token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
+                return token_logprobs(out.hidden, model.lm_head.weight, batch.targets,
                                       temperature=self.setup.temperature)[0]
             return fused_token_logprobs(
-                out.hidden, self.model.lm_head.weight, batch.targets,
+                out.hidden, model.lm_head.weight, batch.targets,
                 temperature=self.setup.temperature,
                 chunk_size=self.compute.logprob_chunk_tokens, compiled=self.compute.compile)
 
@@ -209,11 +211,9 @@ class Learner:
                 raise ValueError("loss_config.kl_coef > 0 needs the run's initial checkpoint as "
                                  "the reference: build the learner with LearnerSetup.of_run("
                                  "..., reference=ctx.init_checkpoint)")
-            self._reference = ReferencePolicy(self.setup.reference, self.compute.torch_device,
-                                              self.setup.temperature)
-        return self._reference.logprobs(batch.tokens, batch.positions, batch.targets,
-                                        forced_routing=batch.forced_routing,
-                                        routing_mask=batch.routing_mask)
+            self._reference = ReferencePolicy(self.setup.reference, self.compute.torch_device)
+        with torch.no_grad():
+            return Learner.logprobs(self, batch, self._reference.model)
 
     def _accumulate(self, batch: TrainBatch, rows_mb: slice, proximal: Tensor,
                     advantages: Tensor, version: int,

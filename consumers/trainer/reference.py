@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from streamrl.models import CausalLM, load_checkpoint, token_logprobs
+from streamrl.models import CausalLM, load_checkpoint
 
 
 def kl_estimate(logprobs: Tensor, reference_logprobs: Tensor, estimator: str,
@@ -42,21 +42,12 @@ def kl_estimate(logprobs: Tensor, reference_logprobs: Tensor, estimator: str,
 
 
 class ReferencePolicy:
-    """The frozen initial weights on the learner's device; `logprobs` mirrors the learner's CPU
-    path (same forward, same temperature, same routing replay), so it is bit-exact on replay."""
+    """The frozen initial weights on the learner's device. The learner computes log ref(target)
+    through this model exactly as it computes its own logprobs (same autocast, kernels,
+    temperature and routing replay), so ref = pi bit for bit before the first update and the CPU
+    path stays bit-exact on replay."""
 
-    def __init__(self, checkpoint: Path, device: torch.device, temperature: float) -> None:
+    def __init__(self, checkpoint: Path, device: torch.device) -> None:
         self.checkpoint = Path(checkpoint)
         model: CausalLM = load_checkpoint(self.checkpoint)
         self.model = model.to(device).eval().requires_grad_(False)
-        self.temperature = temperature
-
-    @torch.no_grad()
-    def logprobs(self, tokens: Tensor, positions: Tensor, targets: Tensor, *,
-                 forced_routing: Tensor | None = None,
-                 routing_mask: Tensor | None = None) -> Tensor:
-        """log ref(target) at every position [B, S], float32."""
-        out = self.model(tokens, positions, forced_routing=forced_routing,
-                         routing_mask=routing_mask, return_hidden=True)
-        return token_logprobs(out.hidden, self.model.lm_head.weight, targets,
-                              temperature=self.temperature)[0]
