@@ -38,26 +38,27 @@ STEPS = 300
 
 def build_key(**settings: int) -> str:
     """What the prepared files depend on: the recipe's source and the settings."""
-    h = hashlib.sha256(json.dumps([sorted(settings.items()), NUM_TRAIN, NUM_EVAL]).encode())
+    h = hashlib.sha256(json.dumps([sorted(settings.items()), NUM_EVAL]).encode())
     for module in (task, tokenizer, warmstart):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
 
 def prepare(out_dir: str | Path, *, seed: int = 0, steps: int = STEPS, hidden_size: int = 128,
-            num_layers: int = 3, progress: bool = True) -> Path:
+            num_layers: int = 3, num_train: int = NUM_TRAIN, progress: bool = True) -> Path:
     """Build (or find, cached) the data files and the warm-start checkpoint under `out_dir`.
-    `hidden_size` and `num_layers` size the model (tests make a smaller one)."""
+    `hidden_size`, `num_layers` and `num_train` size the model and the train file (tests make
+    smaller ones)."""
     from transformers import AutoTokenizer  # heavy: only when something is built
 
     out = Path(out_dir)
     settings = dict(seed=seed, steps=steps, hidden_size=hidden_size, num_layers=num_layers)
-    key = build_key(**settings)
+    key = build_key(**settings, num_train=num_train)
     marker = out / "prepared.json"
     if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
         return out
     marker.unlink(missing_ok=True)
-    train = task.make_problems(seed=TRAIN_SEED, num_problems=NUM_TRAIN, split="train")
+    train = task.make_problems(seed=TRAIN_SEED, num_problems=num_train, split="train")
     held_out = eval_problems()
     task.write_parquet(train, out / "train.parquet", split="train")
     task.write_parquet(held_out, out / "eval.parquet", split="eval")
@@ -69,8 +70,8 @@ def prepare(out_dir: str | Path, *, seed: int = 0, steps: int = STEPS, hidden_si
     generation = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
                   "bos_token_id": None}
     (model_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    marker.write_text(json.dumps({"key": key, **settings, "warm_start_s": round(sft_s, 1)},
-                                 indent=2) + "\n")
+    marker.write_text(json.dumps({"key": key, **settings, "num_train": num_train,
+                                  "warm_start_s": round(sft_s, 1)}, indent=2) + "\n")
     return out
 
 
