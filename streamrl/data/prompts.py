@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from streamrl.data.dataset import DataError, Dataset, Row, read_dataset
+from streamrl.data.dataset import DataError, Dataset, Message, Row, read_dataset
 from streamrl.hooks.run import PROMPT_TEXT, ChatTokenizer, PromptRequest, PromptSpec, Tokenizer
 
 
@@ -52,7 +52,9 @@ class DatasetPrompts:
         row that cannot be used."""
         if self._rendered is None:
             dataset = read_dataset(self.path, prompt_key=self.options.prompt_key)
-            specs = tuple(self._render(dataset, row) for row in dataset.rows)
+            texts = self._texts(dataset)
+            specs = tuple(self._spec(dataset, row, text, tokens) for row, text, tokens
+                          in zip(dataset.rows, texts, self._encode(texts), strict=True))
             self._rendered = Rendered(dataset=dataset, specs=specs)
         return self._rendered
 
@@ -69,43 +71,76 @@ class DatasetPrompts:
                                               num_prompts=self.options.num_prompts,
                                               shuffle=self.options.shuffle)]
 
-    def _render(self, dataset: Dataset, row: Row) -> PromptSpec:
-        where = f"dataset {dataset.path} row {row.index}, column {self.options.prompt_key!r}"
-        if PROMPT_TEXT in row.metadata:
-            raise DataError(f"dataset {dataset.path} row {row.index}: column {PROMPT_TEXT!r} is "
-                            "reserved (the rendered prompt's text goes there); rename it")
-        text = self._text(row.prompt, where)
-        tokens = self.tokenizer.encode(text, bos=not self.options.apply_chat_template)
-        if len(tokens) == 0:
-            raise DataError(f"{where}: the prompt encodes to no tokens")
-        return PromptSpec(prompt_id=f"{self.split}-{dataset.digest[:12]}-{row.index}", text=text,
-                          tokens=tuple(int(t) for t in tokens), metadata=row.metadata)
+    def _encode(self, texts: list[str]) -> list[Any]:
+        """Ids of each rendered text; a rendered chat template carries its own specials (bos
+        included where the model wants one), plain text gets the tokenizer's bos."""
+        batch = getattr(self.tokenizer, "encode_batch", None)
+        if self.options.apply_chat_template and batch is not None:
+            return batch(texts)
+        return [self.tokenizer.encode(t, bos=not self.options.apply_chat_template)
+                for t in texts]
 
-    def _text(self, prompt: str | tuple[Any, ...], where: str) -> str:
+    def _spec(self, dataset: Dataset, row: Row, text: str, tokens: Any) -> PromptSpec:
+        if len(tokens) == 0:
+            raise DataError(f"{self._where(dataset, row)}: the prompt encodes to no tokens")
+        return PromptSpec(prompt_id=f"{self.split}-{dataset.digest[:12]}-{row.index}", text=text,
+                          tokens=tuple(np.asarray(tokens).tolist()), metadata=row.metadata)
+
+    def _where(self, dataset: Dataset, row: Row) -> str:
+        return f"dataset {dataset.path} row {row.index}, column {self.options.prompt_key!r}"
+
+    def _texts(self, dataset: Dataset) -> list[str]:
+        """Every row's prompt as text: through the chat template (all rows in one call when the
+        tokenizer can; row by row to name the one that fails), or as it is."""
+        for row in dataset.rows:
+            if PROMPT_TEXT in row.metadata:
+                raise DataError(f"dataset {dataset.path} row {row.index}: column "
+                                f"{PROMPT_TEXT!r} is reserved (the rendered prompt's text goes "
+                                "there); rename it")
         if not self.options.apply_chat_template:
-            if not isinstance(prompt, str):
-                raise DataError(f"{where}: chat messages need the chat template: set "
-                                "data.apply_chat_template = true")
-            return prompt
+            for row in dataset.rows:
+                if not isinstance(row.prompt, str):
+                    raise DataError(f"{self._where(dataset, row)}: chat messages need the chat "
+                                    "template: set data.apply_chat_template = true")
+            return [str(row.prompt) for row in dataset.rows]
         tok = self.tokenizer
         if not isinstance(tok, ChatTokenizer) or not tok.has_chat_template:
-            raise DataError(f"{where}: the tokenizer has no chat template to render prompts "
-                            "with: use a checkpoint whose tokenizer_config.json has "
-                            "chat_template, or set data.apply_chat_template = false for "
+            raise DataError(f"{self._where(dataset, dataset.rows[0])}: the tokenizer has no chat "
+                            "template to render prompts with: use a checkpoint whose tokenizer "
+                            "has chat_template, or set data.apply_chat_template = false for "
                             "string prompts")
+        conversations = [self._messages(row.prompt) for row in dataset.rows]
+        render_all = getattr(tok, "render_chats", None)
+        texts: list[Any] | None = None
+        if render_all is not None:
+            try:
+                texts = list(render_all(conversations))
+            except Exception:  # a template is user code: find the row it fails on, below
+                texts = None
+        if texts is None:
+            texts = [self._render(tok, dataset, row, c)
+                     for row, c in zip(dataset.rows, conversations, strict=True)]
+        for row, text in zip(dataset.rows, texts, strict=True):
+            if not isinstance(text, str) or not text:
+                raise DataError(f"{self._where(dataset, row)}: the chat template rendered "
+                                f"{text!r}, expected text")
+        return texts
+
+    def _messages(self, prompt: str | tuple[Message, ...]) -> list[dict[str, str]]:
         messages = ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
                     else [{"role": m.role, "content": m.content} for m in prompt])
         system = self.options.system_prompt
         if system is not None and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+    def _render(self, tok: ChatTokenizer, dataset: Dataset, row: Row,
+                messages: list[dict[str, str]]) -> str:
         try:
-            text = tok.render_chat(messages)
+            return tok.render_chat(messages)
         except Exception as error:  # a template is user code: name the row
-            raise DataError(f"{where}: the chat template failed to render: "
+            raise DataError(f"{self._where(dataset, row)}: the chat template failed to render: "
                             f"{type(error).__name__}: {error}") from None
-        if not isinstance(text, str) or not text:
-            raise DataError(f"{where}: the chat template rendered {text!r}, expected text")
-        return text
 
 
 def epoch_order(num_rows: int, *, seed: int, epochs: int | None, num_prompts: int | None,

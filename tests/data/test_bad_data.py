@@ -55,8 +55,8 @@ CASES: dict[str, tuple[str, Any, dict[str, str], str]] = {
                                       {"data": "apply_chat_template = false"},
                                       r"chat messages need the chat template"),
     "a template that fails": ("train.jsonl", verl_rows(2), {"template": "broken"},
-                              r"train.jsonl row 0, column 'prompt': the chat template failed "
-                              r"to render: .*no system role here"),
+                              r"train.jsonl row 1, column 'prompt': the chat template failed "
+                              r"to render: .*cannot render this one"),
     "prompts and train": ("train.jsonl", trl_rows(2),
                           {"data": 'prompts = "tests.run.tiny_task:prompts"'},
                           r"\[data\] needs exactly one of train .* and prompts"),
@@ -82,8 +82,9 @@ def _write(tmp_path: Path, checkpoint: Path, case: str) -> Path:
     if extra.get("template") == "broken":
         checkpoint = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
         (checkpoint / "chat_template.jinja").write_text(
-            "{% if messages[0]['role'] != 'system' %}{{ raise_exception('no system role here') }}"
-            "{% endif %}")
+            "{% for m in messages %}{% if '1 + 3' in m['content'] %}"
+            "{{ raise_exception('cannot render this one') }}{% endif %}{{ m['content'] }}"
+            "{% endfor %}")
     if "vocab" in extra:
         checkpoint = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
         config = json.loads((checkpoint / "config.json").read_text())
