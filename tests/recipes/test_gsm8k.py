@@ -100,3 +100,28 @@ def test_the_real_recipe_loads_a_downloaded_model_and_gsm8k(downloaded: Path,
     assert len(specs) == 4
     text = hooks.tokenizer.decode(specs[0].tokens)
     assert "Please reason step by step" in text and "How many apples" in text
+
+
+def test_the_math_reward_and_the_evaluator_agree_on_the_students_answers() -> None:
+    """The run's reward (built-in `math`, by name) and the recipe's evaluator score the worked
+    answer correct and the misread one wrong; garbled output is a status, never an exception."""
+    import numpy as np
+
+    from recipes.gsm8k.evaluate import score
+    from streamrl.hooks.rollout import RewardInput
+    from streamrl.recipe.rewards import build_reward
+
+    reward = build_reward("math", {})
+    sub = next(p for p in make_problems(seed=0, num_problems=50, split="train")
+               if p.operation == "sub")
+    cases = {sub.solution(): ("correct", 1.0), sub.solution(operation="add"): ("wrong", 0.0)}
+    for text, (status, value) in cases.items():
+        sample = RewardInput(prompt_id="p", prompt_text=None,
+                             prompt_tokens=np.zeros(1, np.int32), response_text=text,
+                             response_tokens=np.zeros(1, np.int32), finish_reason="stop",
+                             metadata={"ground_truth": str(sub.answer)})
+        assert (reward(sample).status, reward(sample).reward) == (status, value)
+        assert score(text, str(sub.answer)) == status
+    assert score("\\boxed{7", "7") == score("seven", "7") == "unparsable"
+    assert score("\\boxed{" + "9" * 5000 + "}", "7") == "unparsable"
+    assert score("3 + 4 = 7. \\boxed{7}", "7", finish_reason="length") == "truncated"
