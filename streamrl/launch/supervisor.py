@@ -81,8 +81,9 @@ class Supervisor:
             return
         self.last_exhausted_check = time.monotonic()
         state = await exhausted_state(self.log, self.ctx)
-        if state is not None and state == self.exhausted:
-            version = await latest_version(self.log, self.ctx)
+        if state is not None and state == self.exhausted and (
+                version := await latest_version(self.log, self.ctx)
+        ) < self.ctx.config.run.max_versions:  # else: the trainer is saving its last version
             raise PromptsExhausted(
                 f"prompts exhausted at version {version} (max_versions "
                 f"{self.ctx.config.run.max_versions}): the run's prompts are all generated and "
