@@ -64,7 +64,8 @@ def main() -> None:
         "samples per version, one producer and the trainer with 1 torch thread each, file log "
         "(`python -m recipes.gsm8k.measure`). Held-out: the 256 questions of eval.parquet.", "",
         "| what | value |", "|---|---|",
-        f"| warm start wall (SFT, cached after) | {prepared['warm_start_s']:.0f} s |",
+        f"| warm start wall (SFT, when prepared; cached after) | "
+        f"{prepared['warm_start_s']:.0f} s |",
         f"| RL wall ({len(rewards)} versions, `streamrl run` without its evaluations) | "
         f"{summary['wall_s']:.0f} s |",
         f"| batch reward, first / last {k} versions | {sum(rewards[:k]) / k:.3f} / "
@@ -73,7 +74,7 @@ def main() -> None:
         "|---|---|---|"]
     lines += [f"| {v} | {m['eval greedy accuracy']:.3f} | {m['eval accuracy T=1']:.3f} |"
               for v, m in rows]
-    if "eval after" in summary["evals"]:
+    if "eval after" in summary["evals"] and rows[-1][0] != len(rewards):
         lines.append(f"| {len(rewards)} (final) | {summary['evals']['eval after']:.3f} | |")
     replace_section("gsm8k", "\n".join(lines))
     print("\n".join(lines))
