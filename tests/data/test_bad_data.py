@@ -68,6 +68,8 @@ CASES: dict[str, tuple[str, Any, dict[str, str], str]] = {
     "a tokenizer larger than the model": (
         "train.jsonl", trl_rows(2), {"vocab": "100"},
         r"the tokenizer has ids up to 319, but the model in .* has vocab_size 100"),
+    "a DatasetDict": ("train_dict", "dict", {}, r"train_dict is a DatasetDict: name one of its "
+                                                 r"splits, e.g. .*train_dict/train"),
     "a missing file": ("missing.jsonl", None, {}, r"data.train '.*missing.jsonl' does not exist"),
 }
 
@@ -75,7 +77,12 @@ CASES: dict[str, tuple[str, Any, dict[str, str], str]] = {
 def _write(tmp_path: Path, checkpoint: Path, case: str) -> Path:
     name, rows, extra, _ = CASES[case]
     train = tmp_path / name
-    if isinstance(rows, str):
+    if rows == "dict":
+        import datasets
+
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(trl_rows(2))}).save_to_disk(
+            str(train))
+    elif isinstance(rows, str):
         train.write_text(rows)
     elif rows is not None:
         write_dataset(train, rows)
