@@ -4,6 +4,7 @@ GRPO + decoupled PPO's, and every run replayed bit-exactly from its log.
 
     .venv/bin/python -m bench.algorithms                     # recipe_ci.toml, every case
     .venv/bin/python -m bench.algorithms --cases grpo,gspo --max-versions 20
+    .venv/bin/python -m bench.algorithms --cases grpo_seed1 --append   # added to the table
 
 Each case is a real `streamrl run` of the recipe with a `[trainer.algorithm]` section appended,
 then `streamrl replay RUN` (exit 0: every version's digest reproduced). All runs share one
@@ -40,8 +41,15 @@ CASES: dict[str, str] = {
     "rloo": 'advantage = "rloo"',
     "reinforce_pp": 'advantage = "reinforce_pp"',
     "grpo_kl_entropy": 'loss_config = { kl_coef = 0.01, entropy_coef = 0.001 }',
+    "gspo_token_mean": 'loss = "gspo"',  # default clip range and token_mean aggregation
+    "grpo_seed1": "",
+    "gspo_seed1": 'loss = "gspo"\nloss_config = { clip_low = 3e-4, clip_high = 4e-4, '
+                  'aggregation = "seq_mean" }',
 }
 """Case name -> the lines of its [trainer.algorithm] section."""
+
+SEEDS = {"grpo_seed1": 1, "gspo_seed1": 1}
+"""Cases run with another `[run] seed`: their own warm start, prompts and sampling."""
 
 
 def streamrl(*args: str) -> tuple[int, float, str]:
@@ -54,6 +62,8 @@ def streamrl(*args: str) -> tuple[int, float, str]:
 
 def run_case(name: str, recipe: Path, work: Path, max_versions: int | None) -> dict:
     text = recipe.read_text()
+    if name in SEEDS:
+        text = re.sub(r"(?m)^seed = \d+$", f"seed = {SEEDS[name]}", text, count=1)
     section = CASES[name]
     if section:
         text += f"\n[trainer.algorithm]\n{section}\n"
@@ -82,6 +92,8 @@ def main() -> None:
                    + ", ".join(CASES))
     p.add_argument("--max-versions", type=int, default=None)
     p.add_argument("--workdir", default=None, help="log and run files (default: a temp dir)")
+    p.add_argument("--append", action="store_true",
+                   help="add the cases to those of the saved JSON")
     p.add_argument("--section-only", action="store_true",
                    help="rewrite the BENCHMARKS.md section and PNG from the saved JSON")
     args = p.parse_args()
@@ -93,6 +105,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"info": machine_info(), "recipe": args.recipe, "cases": []}
+    if args.append:
+        result["cases"] = json.loads((RESULTS / f"{NAME}.json").read_text())["cases"]
     for name in args.cases.split(","):
         print(f"{name} ...", flush=True)
         case = run_case(name, ROOT / args.recipe, work, args.max_versions)
