@@ -1,6 +1,7 @@
 """A run is a folder you can archive: a real tiny run on Kafka is exported, its history deleted
 (first records, then the topics and the run's folder), imported to a file log elsewhere, and
-replays 4/4 bit-exactly and audits clean there; its samples read back from Parquet alone."""
+replays 4/4 bit-exactly, audits clean and re-trains as a counterfactual there; its samples read
+back from Parquet alone."""
 
 from __future__ import annotations
 
@@ -70,6 +71,12 @@ def test_a_kafka_run_exported_deleted_and_imported_replays_and_audits(
 
     audited = streamrl("audit", run_id, "--log", log)
     assert audited.returncode == 0, audited.stdout[-4000:] + audited.stderr[-2000:]
+
+    # A counterfactual of the imported run: re-trained under its own policy, same versions.
+    cf = streamrl("replay", run_id, "--log", log, "--as", f"{run_id}-cf",
+                  "--staleness", "MaxLag,max_lag=1,on_stale=requeue")
+    assert cf.returncode == 0, cf.stdout[-3000:] + cf.stderr[-3000:]
+    assert streamrl("audit", f"{run_id}-cf", "--log", log).returncode == 0
 
     again = streamrl("import", str(folder), "--log", log, "--runs-dir", str(runs))
     assert again.returncode == 2 and "already exists" in again.stdout
