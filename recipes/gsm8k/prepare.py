@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from recipes.gsm8k import evaluate as evaluation
 from recipes.gsm8k import task, tokenizer, warmstart
-from recipes.gsm8k.evaluate import evaluate
 from streamrl.models import load_checkpoint
 
 NUM_TRAIN = 4096
@@ -39,7 +39,7 @@ STEPS = 300
 def build_key(**settings: int) -> str:
     """What the prepared files depend on: the recipe's source and the settings."""
     h = hashlib.sha256(json.dumps([sorted(settings.items()), NUM_EVAL]).encode())
-    for module in (task, tokenizer, warmstart):
+    for module in (task, tokenizer, warmstart, evaluation):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -98,7 +98,8 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(out / "model"))
     model = load_checkpoint(out / "model")
     for temperature in (0.0, 1.0):
-        report = evaluate(model, tok, eval_problems(), temperature=temperature, num_samples=4)
+        report = evaluation.evaluate(model, tok, eval_problems(), temperature=temperature,
+                                     num_samples=4)
         print(f"warm start, held-out accuracy at temperature {temperature}: "
               f"{report.accuracy:.3f} {report.statuses}")
 
