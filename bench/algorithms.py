@@ -142,15 +142,20 @@ def plot(result: dict, path: Path) -> Path:
 
 def write_section(result: dict, png: Path) -> None:
     info = result["info"]
-    base = next((c for c in result["cases"] if c["name"] == "grpo" and "evals" in c), None)
-    base_after = base["evals"].get("eval after") if base else None
+    after = {c["name"]: c["evals"].get("eval after") for c in result["cases"] if "evals" in c}
+
+    def baseline(name: str) -> float | None:  # GRPO's run of the same seed
+        seed = re.search(r"_seed\d+$", name)
+        return after.get("grpo" + (seed[0] if seed else ""))
     lines = [
         f"<!-- {NAME}:start -->", f"## {NAME}", "",
         f"{info['date']} · {info['machine']} · Python {info['python']} · GPU: {info['card']}",
         "", f"`{result['recipe']}`, one `streamrl run` per case with the `[trainer.algorithm]` "
         "lines shown, then `streamrl replay` of that run (`bench/algorithms.py`; held-out "
-        "accuracy by the recipe's evaluator, greedy; one seed each, so differences of a few "
-        "points are noise). Pass: eval after within 0.05 of GRPO's.", "",
+        "accuracy by the recipe's evaluator, greedy; `_seed1` cases use `[run] seed = 1`, their "
+        "own warm start, and compare with grpo_seed1; one run per row, so a few points are "
+        "noise; run times depend on what else shares the 2 cores). Pass: eval after within "
+        "0.05 of GRPO's.", "",
         "| case | [trainer.algorithm] | eval before | eval after | vs grpo | replay bit-exact "
         "| run |", "|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
@@ -158,9 +163,10 @@ def write_section(result: dict, png: Path) -> None:
         if "error" in c:
             lines.append(f"| {c['name']} | {section} | failed | | | | |")
             continue
-        before, after = c["evals"].get("eval before"), c["evals"].get("eval after")
-        delta = "" if base_after is None or after is None else f"{after - base_after:+.3f}"
-        lines.append(f"| {c['name']} | {section} | {before:.3f} | {after:.3f} | {delta} | "
+        before, final, base = (c["evals"].get("eval before"), c["evals"].get("eval after"),
+                               baseline(c["name"]))
+        delta = "" if base is None or final is None else f"{final - base:+.3f}"
+        lines.append(f"| {c['name']} | {section} | {before:.3f} | {final:.3f} | {delta} | "
                      f"{'yes' if c['replay_exact'] else 'NO'} ({c['replay_s']:.0f} s) | "
                      f"{c['wall_s']:.0f} s |")
     lines += ["", f"![{NAME}]({png.relative_to(ROOT)})", f"<!-- {NAME}:end -->"]
