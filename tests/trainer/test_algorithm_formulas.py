@@ -92,7 +92,7 @@ def test_gspo_centres_on_prox_and_weights_sequences_by_prox_over_mu() -> None:
     w = np.minimum(np.exp([0.3, -0.1]), 1.2)  # exp(mean log prox/mu), capped at C
     loss0, grad0 = gspo_numpy(LOGP[:1], prox[:1], ADV[:1], MASK[:1], 0.8, 1.2)
     loss1, grad1 = gspo_numpy(LOGP[1:], prox[1:], ADV[1:], MASK[1:], 0.8, 1.2)
-    assert float(out.loss) == pytest.approx((w[0] * loss0 + w[1] * loss1) / 2, rel=1e-6)
+    assert float(out.loss.detach()) == pytest.approx((w[0] * loss0 + w[1] * loss1) / 2, rel=1e-6)
     np.testing.assert_allclose(logp.grad.numpy(),
                                np.concatenate([w[0] * grad0, w[1] * grad1]) / 2, rtol=1e-5)
     assert out.metrics["truncated_fraction"] == pytest.approx(0.6)  # sequence 0's 3 tokens of 5
