@@ -10,8 +10,8 @@
                                tokenizer.json, tokenizer_config.json (chat template)
 
 A second call with the same settings and recipe code returns at once (`prepared.json` records
-what was built); a changed setting or source file rebuilds. The warm start takes ~2 minutes on
-an idle 2-core machine (README.md has the measured figures).
+what was built); a changed setting or source file rebuilds. The warm start takes ~3 CPU-minutes
+(240 s on a 2-core machine at load average ~2; README.md has the measured figures).
 """
 
 from __future__ import annotations
