@@ -1,5 +1,6 @@
 # The two commands a new user needs (see README.md):
-#   make run    set up, then run the main job on the embedded default (file log)
+#   make run    set up, then run the main job on the embedded default (file log): the gsm8k
+#               recipe in real formats (HF checkpoint + tokenizer, veRL parquet, math reward)
 #   make test   set up, start the local Kafka broker, run the test suite
 .PHONY: setup run demo test lint kafka-start kafka-stop bench
 
@@ -7,7 +8,8 @@ setup:
 	scripts/setup.sh
 
 run: setup
-	.venv/bin/streamrl run recipes/arithmetic/recipe.toml
+	.venv/bin/python -m recipes.gsm8k.prepare runs/gsm8k
+	.venv/bin/streamrl run recipes/gsm8k/recipe.toml
 
 demo: setup
 	.venv/bin/streamrl demo
