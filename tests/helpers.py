@@ -65,3 +65,24 @@ def wait_until(ok: Callable[[], object], what: str, timeout_s: float = 300.0,
     while not ok():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(every_s)
+
+
+async def publish_partition(producer, log) -> None:
+    """Start every prompt of partition 0 of the producer's run and step its engine until each
+    group is published: a producer's main loop for one partition, without weight updates."""
+    from streamrl.producers.resume import PartitionProgress
+
+    await producer.rewards.start()
+    try:
+        producer.progress[0] = PartitionProgress(0)
+        prompts = producer.ctx.streams.prompts
+        for record in producer.progress[0].take(await log.read(prompts, 0, 0)):
+            producer._start(record)
+        while producer.groups:
+            producer._raise_failed_rollouts()
+            if producer.client.has_work():
+                await producer.client.step()
+            else:
+                await asyncio.sleep(0.01)
+    finally:
+        await producer.rewards.close()

@@ -4,14 +4,12 @@ rendered prompt text."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from streamrl.data import load_tokenizer
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.producers.engine.engine import TorchEngine
-from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.worker import Producer
 from streamrl.recipe.config import load_recipe
 from streamrl.run.driver import start_run
@@ -19,6 +17,7 @@ from streamrl.schemas import decode_trajectories
 from streamrl.schemas.ids import group_id_for
 from tests.data.conftest import data_recipe
 from tests.data.tiny_checkpoint import verl_rows, write_dataset
+from tests.helpers import publish_partition
 
 
 async def test_the_producer_generates_from_rendered_ids_and_rewards_see_the_row(
@@ -37,19 +36,7 @@ async def test_the_producer_generates_from_rendered_ids_and_rewards_see_the_row(
         producer = Producer(log, ctx, engine, 0, 1)
         assert producer._params(group_id_for(0, 0), 0).stop_token_ids == tok.stop_token_ids
         assert len(tok.stop_token_ids) == 2
-        await producer.rewards.start()
-        try:
-            producer.progress[0] = PartitionProgress(0)
-            for record in producer.progress[0].take(await log.read(ctx.streams.prompts, 0, 0)):
-                producer._start(record)
-            while producer.groups:
-                producer._raise_failed_rollouts()
-                if producer.client.has_work():
-                    await producer.client.step()
-                else:
-                    await asyncio.sleep(0.01)
-        finally:
-            await producer.rewards.close()
+        await publish_partition(producer, log)
         rows = [row for r in await log.read_all(ctx.streams.trajectories)
                 for row in decode_trajectories(r.value).to_pylist()]
     assert len(rows) == 2 * 4

@@ -4,7 +4,6 @@ transaction that commits past its prompt; the other groups are published as usua
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from streamrl.hooks.rollout import FilterInput
@@ -13,12 +12,11 @@ from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.producers.engine.engine import TorchEngine
 from streamrl.producers.filters import zero_variance
-from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.worker import Producer
 from streamrl.recipe.config import load_recipe
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.schemas import Prompt, decode_event, decode_trajectories, encode_event
-from tests.helpers import TINY
+from tests.helpers import TINY, publish_partition
 from tests.run.tiny_task import init
 
 
@@ -54,19 +52,7 @@ async def test_flat_groups_are_rejected_as_zero_variance(tmp_path: Path) -> None
                 run_id=ctx.run_id, prompt_id=f"q{i}", text="12=", metadata={"mode": mode})),
                 partition=0)
         producer = Producer(log, ctx, engine, 0, 1)
-        await producer.rewards.start()
-        try:
-            producer.progress[0] = PartitionProgress(0)
-            for record in producer.progress[0].take(await log.read(ctx.streams.prompts, 0, 0)):
-                producer._start(record)
-            while producer.groups:
-                producer._raise_failed_rollouts()
-                if producer.client.has_work():
-                    await producer.client.step()
-                else:
-                    await asyncio.sleep(0.01)
-        finally:
-            await producer.rewards.close()
+        await publish_partition(producer, log)
         published = {decode_trajectories(r.value).to_pylist()[0]["prompt_id"]
                      for r in await log.read_all(ctx.streams.trajectories)}
         rejected = [e for r in await log.read_all(ctx.streams.events)

@@ -18,14 +18,13 @@ from streamrl.hooks.run import ModelInitRequest
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.producers.engine.engine import TorchEngine
-from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.rewards.sandbox import RewardSandbox, RewardSandboxError
 from streamrl.producers.worker import Producer
 from streamrl.recipe.config import load_recipe
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
 from streamrl.recipe.rewards import RewardTerm, build_reward
 from streamrl.schemas import Prompt, decode_trajectories, encode_event
-from tests.helpers import REPO, TINY, child_env
+from tests.helpers import REPO, TINY, child_env, publish_partition
 from tests.producers.reward_hooks import misbehaving
 from tests.run.tiny_task import init
 
@@ -103,19 +102,7 @@ async def test_the_producer_records_failed_rewards_and_keeps_publishing(tmp_path
                 run_id=ctx.run_id, prompt_id=f"q{i}", text="12=", metadata={"mode": mode})),
                 partition=0)
         producer = Producer(log, ctx, engine, 0, 1)
-        await producer.rewards.start()
-        try:
-            producer.progress[0] = PartitionProgress(0)
-            for record in producer.progress[0].take(await log.read(ctx.streams.prompts, 0, 0)):
-                producer._start(record)
-            while producer.groups:
-                producer._raise_failed_rollouts()
-                if producer.client.has_work():
-                    await producer.client.step()
-                else:
-                    await asyncio.sleep(0.01)
-        finally:
-            await producer.rewards.close()
+        await publish_partition(producer, log)
         rows = [decode_trajectories(r.value).to_pylist()
                 for r in await log.read_all(ctx.streams.trajectories)]
         by_prompt = {group[0]["prompt_id"]: group for group in rows}
