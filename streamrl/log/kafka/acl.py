@@ -39,6 +39,7 @@ class Op(IntEnum):  # Kafka's AclOperation codes
     READ = 3
     WRITE = 4
     DESCRIBE = 8
+    DESCRIBE_CONFIGS = 10
 
 
 LITERAL, PREFIXED, ALLOW = 3, 4, 3
@@ -76,6 +77,10 @@ def run_acls(run_id: str, *, producer: str, trainer: str, producer_group: str,
         (trainer, group, trainer_group, Op.READ),
         (trainer, tid, f"{run_id}-trainer", Op.WRITE),
         (trainer, tid, f"{run_id}-trainer", Op.DESCRIBE),
+        # Every process checks at start that the streams it uses keep their history
+        # (KafkaLog.ensure_stream reads their retention settings).
+        *[(role, topic, name, Op.DESCRIBE_CONFIGS) for role in (producer, trainer)
+          for name in (s.prompts, s.trajectories, s.weights, s.events, s.dlq)],
     ]
     acls = [Acl(principal=p, resource=r, name=n, operation=o) for p, r, n, o in rules]
     # One transactional id per producer: <run>-producer-<index>.

@@ -106,9 +106,12 @@ class KafkaAdmin:
         resp = (await self._admin.describe_configs([resource]))[0].to_object()
         (found,) = resp["resources"]
         if found["error_code"]:
+            error = kerr.for_code(found["error_code"])
+            hint = (" (a principal that uses a stream needs DescribeConfigs on it, to check that "
+                    "it keeps its history: `streamrl.log.kafka.acl.run_acls` grants it)"
+                    if error is kerr.TopicAuthorizationFailedError else "")
             raise LogError(f"reading the configs of stream {name!r} failed: "
-                           f"{kerr.for_code(found['error_code']).__name__}: "
-                           f"{found['error_message']}")
+                           f"{error.__name__}: {found['error_message']}{hint}")
         return {e["config_names"]: e["config_value"] for e in found["config_entries"]
                 if e["config_value"] is not None}
 
