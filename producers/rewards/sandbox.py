@@ -7,8 +7,10 @@ Why processes: a thread cannot be stopped, and a signal alarm only interrupts th
 between bytecodes, never C code that does not return to the interpreter (a huge integer power,
 a user's C extension). A child process can always be killed. So the reward function is pickled
 once (by reference for a module-level function or class: an unpicklable one is refused when the
-sandbox is made) and unpickled in each worker, which imports its module; each call sends the
-`RewardInput` over a pipe and waits for the reply at most `timeout_s`.
+sandbox is made) and unpickled in each worker, which imports its module. That pickle is the
+producer's own resolved hook, never data read from the log. Each call sends the `RewardInput`
+over a pipe as typed msgpack (`_Request`; token ids as int32 bytes) and waits at most `timeout_s`
+for the typed reply (`_Reply`), so neither side unpickles a sample or a result.
 
 Guarantees of `score`: it returns, for every input, either the function's own output (checked:
 a `RewardOutput` with a finite reward and finite details), or reward 0 with status
@@ -31,13 +33,57 @@ import pickle
 import signal
 import struct
 import sys
-from typing import IO, Any
+from typing import IO, Any, Literal
+
+import msgspec
+import numpy as np
 
 from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
 
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. on a loaded 2-core machine
 _LENGTH = struct.Struct(">I")
 log = logging.getLogger(__name__)
+
+
+class _Request(msgspec.Struct, kw_only=True, frozen=True):
+    """A `RewardInput` on the wire: the token arrays as little-endian int32 bytes."""
+
+    prompt_id: str
+    prompt_text: str | None
+    prompt_tokens: bytes
+    response_text: str
+    response_tokens: bytes
+    finish_reason: str
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, sample: RewardInput) -> _Request:
+        return cls(prompt_id=sample.prompt_id, prompt_text=sample.prompt_text,
+                   prompt_tokens=_int32(sample.prompt_tokens), response_text=sample.response_text,
+                   response_tokens=_int32(sample.response_tokens),
+                   finish_reason=sample.finish_reason, metadata=sample.metadata)
+
+    def sample(self) -> RewardInput:
+        return RewardInput(prompt_id=self.prompt_id, prompt_text=self.prompt_text,
+                           prompt_tokens=np.frombuffer(self.prompt_tokens, dtype="<i4"),
+                           response_text=self.response_text,
+                           response_tokens=np.frombuffer(self.response_tokens, dtype="<i4"),
+                           finish_reason=self.finish_reason, metadata=self.metadata)
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    kind: Literal["ready", "failed", "ok", "error"]
+    output: RewardOutput | None = None  # "ok"
+    message: str = ""  # "failed", "error"
+
+
+def _int32(tokens: Any) -> bytes:
+    return np.asarray(tokens, dtype="<i4").tobytes()
+
+
+_ENCODE = msgspec.msgpack.Encoder()
+_REQUEST = msgspec.msgpack.Decoder(_Request)
+_REPLY = msgspec.msgpack.Decoder(_Reply)
 
 
 class RewardSandboxError(RuntimeError):
@@ -122,7 +168,7 @@ class _Worker:
         """("ok", RewardOutput) | ("error", message) | ("timeout", None)."""
         await self.start()
         try:
-            self._send(pickle.dumps(sample, protocol=pickle.HIGHEST_PROTOCOL))
+            self._send(_ENCODE.encode(_Request.of(sample)))
             async with asyncio.timeout(timeout_s):  # no task per call, unlike wait_for
                 return await self._receive()
         except TimeoutError:
@@ -142,7 +188,8 @@ class _Worker:
     async def _receive(self) -> tuple[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
         (size,) = _LENGTH.unpack(await self.proc.stdout.readexactly(_LENGTH.size))
-        return pickle.loads(await self.proc.stdout.readexactly(size))
+        reply = _REPLY.decode(await self.proc.stdout.readexactly(size))
+        return reply.kind, reply.output if reply.kind == "ok" else reply.message
 
     async def stop(self, *, kill: bool = False) -> int | None:
         """End the process (EOF on its stdin, or SIGKILL) and return its exit code."""
@@ -181,8 +228,8 @@ def _read(stream: IO[bytes]) -> bytes | None:
     return stream.read(size)
 
 
-def _write(stream: IO[bytes], reply: tuple[str, Any]) -> None:
-    data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+def _write(stream: IO[bytes], reply: _Reply) -> None:
+    data = _ENCODE.encode(reply)
     stream.write(_LENGTH.pack(len(data)) + data)
     stream.flush()
 
@@ -212,15 +259,15 @@ def main() -> None:
     try:
         fn = pickle.loads(_read(requests) or b"")
     except Exception as error:
-        _write(replies, ("failed", f"{type(error).__name__}: {error}"))
+        _write(replies, _Reply("failed", message=f"{type(error).__name__}: {error}"))
         return
-    _write(replies, ("ready", None))
+    _write(replies, _Reply("ready"))
     while (frame := _read(requests)) is not None:
-        sample = pickle.loads(frame)
+        sample = _REQUEST.decode(frame).sample()
         try:
-            reply: tuple[str, Any] = ("ok", _checked(fn(sample)))
+            reply = _Reply("ok", output=_checked(fn(sample)))
         except Exception as error:
-            reply = ("error", f"{type(error).__name__}: {error}"[:1000])
+            reply = _Reply("error", message=f"{type(error).__name__}: {error}"[:1000])
         _write(replies, reply)
     with contextlib.suppress(OSError):
         replies.close()
