@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import streamrl
+
 REPO = Path(__file__).resolve().parents[2]
-# The checkout's folders that install as streamrl.<folder> (setup.py).
-FOLDERS = {"streamrl": "streamrl", "schemas": "streamrl.schemas",
-           "producers": "streamrl.producers", "consumers": "streamrl.consumers"}
+# The package and the checkout's folders that install as streamrl.<folder> (setup.py).
+FOLDERS = {"streamrl": "streamrl"} | {f: f"streamrl.{f}" for f in streamrl.FOLDERS}
 
 LIBRARY, COMPONENT, APPLICATION = 0, 1, 2
 NAMES = {LIBRARY: "library", COMPONENT: "component", APPLICATION: "application"}
