@@ -4,7 +4,7 @@ whose fields are typed by the hooks' protocols.
     hooks = resolve_hooks(config)        # raises ConfigError naming the field on a bad path
     hooks.reward(RewardInput(...))
 
-`load_config` resolves them to check a recipe before anything starts and hands the result to
+`load_recipe` resolves them to check a recipe before anything starts and hands the result to
 the run context (`RunContext.hooks`), which every component reads; a component that rebuilds its
 context from the log resolves them once, on first use. Nothing else resolves a recipe's hooks.
 """
