@@ -39,15 +39,11 @@ def make_group_normalized(*, scale_by_std: bool = True, eps: float = 1e-6) -> Ad
     def group_normalized(inp: AdvantageInput) -> Tensor:
         r = _rewards(inp)
         index, num_groups = _group_index(inp.group_ids, r.device)
-        count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
-            0, index, torch.ones_like(r))
-        mean = torch.zeros_like(count).index_add_(0, index, r) / count
-        centered = r - mean[index]
+        count, total = _group_count_sum(r, index, num_groups)
+        centered = r - (total / count)[index]
         # Exact zero for single-sample and uniform groups: a mean of equal floats may differ
         # from them by rounding, and dividing that residue by eps would invent a signal.
-        lo = torch.full_like(count, torch.inf).scatter_reduce(0, index, r, "amin")
-        hi = torch.full_like(count, -torch.inf).scatter_reduce(0, index, r, "amax")
-        silent = ((count < 2) | (lo == hi))[index]
+        silent = _varies(r, index, num_groups) == 0
         if scale_by_std:
             sq = torch.zeros_like(count).index_add_(0, index, centered.square())
             std = (sq / (count - 1).clamp(min=1)).sqrt()
@@ -83,9 +79,7 @@ def rloo(inp: AdvantageInput) -> Tensor:
     A group of one sample, or of equal rewards, gets 0."""
     r = _rewards(inp)
     index, num_groups = _group_index(inp.group_ids, r.device)
-    count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
-        0, index, torch.ones_like(r))
-    total = torch.zeros_like(count).index_add_(0, index, r)
+    count, total = _group_count_sum(r, index, num_groups)
     k = count[index]
     others = (total[index] - r) / (k - 1).clamp(min=1)
     return _per_token(inp, torch.where(k < 2, torch.zeros_like(r), r - others)
@@ -110,10 +104,8 @@ def make_batch_normalized(*, group_baseline: bool = False, eps: float = 1e-6) ->
         r = _rewards(inp)
         if group_baseline:
             index, num_groups = _group_index(inp.group_ids, r.device)
-            count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
-                0, index, torch.ones_like(r))
-            mean = torch.zeros_like(count).index_add_(0, index, r) / count
-            r = (r - mean[index]) * _varies(r, index, num_groups)
+            count, total = _group_count_sum(r, index, num_groups)
+            r = (r - (total / count)[index]) * _varies(r, index, num_groups)
         per_token = _per_token(inp, r).to(torch.float64)
         mask = inp.loss_mask
         values = per_token[mask]
@@ -151,6 +143,13 @@ def overlong_penalty(num_response_tokens: Tensor, *, max_new_tokens: int, buffer
     ramp = (start - n) / buffer_tokens * penalty
     return torch.where(n <= start, torch.zeros_like(n),
                        torch.where(n <= max_new_tokens, ramp, torch.full_like(n, -penalty)))
+
+
+def _group_count_sum(r: Tensor, index: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """[G] number of samples and sum of rewards of each group."""
+    count = torch.zeros(num_groups, dtype=r.dtype, device=r.device).index_add_(
+        0, index, torch.ones_like(r))
+    return count, torch.zeros_like(count).index_add_(0, index, r)
 
 
 def _varies(r: Tensor, index: Tensor, num_groups: int) -> Tensor:
