@@ -181,10 +181,15 @@ def _exp_ratio(a: Tensor, b: Tensor, config: LossConfig) -> Tensor:
 def _behavior_weight(ref: Tensor, old: Tensor, inp: LossInput) -> tuple[Tensor, Tensor, Tensor]:
     """(g = ref/mu, w = g capped at C, whether the cap was hit), all without grad."""
     g = _exp_ratio(ref.detach(), old, inp.config)
-    capped = g > inp.config.importance_cap
-    over = (torch.full_like(g, inp.config.importance_cap) if inp.config.cap_mode == "truncate"
+    return g, *_capped(g, inp.config)
+
+
+def _capped(g: Tensor, config: LossConfig) -> tuple[Tensor, Tensor]:
+    """(g capped at C as `cap_mode` says, whether the cap was hit)."""
+    capped = g > config.importance_cap
+    over = (torch.full_like(g, config.importance_cap) if config.cap_mode == "truncate"
             else torch.zeros_like(g))
-    return g, torch.where(capped, over, g), capped
+    return torch.where(capped, over, g), capped
 
 
 def _sequence_behavior_weight(p: _Prepared, seg: Tensor, num: int,
@@ -196,10 +201,7 @@ def _sequence_behavior_weight(p: _Prepared, seg: Tensor, num: int,
         return ones, torch.zeros_like(ones, dtype=torch.bool)
     log_g = _sample_mean(p.prox - p.old, p.mask, seg, num)
     g = torch.exp(log_g.clamp(-inp.config.max_log_ratio, inp.config.max_log_ratio))
-    capped = g > inp.config.importance_cap
-    over = (torch.full_like(g, inp.config.importance_cap) if inp.config.cap_mode == "truncate"
-            else torch.zeros_like(g))
-    return torch.where(capped, over, g), capped
+    return _capped(g, inp.config)
 
 
 def _sample_index(inp: LossInput, mask: Tensor) -> tuple[Tensor, int]:
