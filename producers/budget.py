@@ -32,10 +32,18 @@ async def num_published_samples(log: Log, stream: str) -> int:
     """Samples in the trajectories `stream` (every partition); an undecodable record counts 0."""
     total = 0
     for partition in range(await log.num_partitions(stream)):
-        offset = await log.start_offset(stream, partition)
-        while page := await log.read(stream, partition, offset, max_records=1000):
-            total += sum(_num_rows(record.value) for record in page)
-            offset = page[-1].offset + 1
+        total += await num_samples_from(log, stream, partition,
+                                        await log.start_offset(stream, partition))
+    return total
+
+
+async def num_samples_from(log: Log, stream: str, partition: int, offset: int) -> int:
+    """Samples in trajectories `stream`[`partition`] at and after `offset` (Arrow headers only);
+    an undecodable record counts 0."""
+    total = 0
+    while page := await log.read(stream, partition, offset, max_records=1000):
+        total += sum(_num_rows(record.value) for record in page)
+        offset = page[-1].offset + 1
     return total
 
 

@@ -15,9 +15,8 @@ prompt lands a moment after the trainer read the samples it judged).
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from streamrl.log import Log
+from streamrl.producers.budget import num_samples_from
 from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP, RunContext
 from streamrl.schemas import TrainStep, decode_event
 
@@ -41,9 +40,7 @@ async def exhausted_state(log: Log, ctx: RunContext) -> tuple[int, ...] | None:
     for p in range(await log.num_partitions(trajectories)):
         offset = await log.committed(TRAINER_GROUP, trajectories, p) or 0
         ends.append(offset)
-        while page := await log.read(trajectories, p, offset, max_records=1000):
-            num_unconsumed += sum(_num_rows(r.value) for r in page)
-            offset = page[-1].offset + 1
+        num_unconsumed += await num_samples_from(log, trajectories, p, offset)
     if num_unconsumed >= ctx.config.trainer.batch_size:
         return None
     return (*ends, num_unconsumed)
@@ -57,10 +54,3 @@ async def latest_version(log: Log, ctx: RunContext) -> int:
                 event := decode_event(record.value, "events"), TrainStep):
             version = max(version, event.version)
     return version
-
-
-def _num_rows(value: bytes) -> int:
-    try:
-        return pa.ipc.open_stream(value).read_next_batch().num_rows
-    except (pa.ArrowInvalid, StopIteration, OSError):
-        return 0
