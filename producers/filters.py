@@ -1,5 +1,5 @@
 """Built-in sample filters (`rollout.filter`), each a `SampleFilter(FilterInput) -> FilterOutput`
-named in the recipe by a short name of `streamrl.recipe.config.FILTERS` or by import path.
+named in the recipe by a short name of `streamrl.recipe.filters.FILTERS` or by import path.
 
 A filtered group is never published: the producer records `Rejected(subject=group id,
 reason_code=FilterOutput.code)` in the same transaction that commits past its prompt, frees its
