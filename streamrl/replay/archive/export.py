@@ -55,10 +55,16 @@ async def export_run(log: Log, run_id: str, folder: Path, *, on_stream: OnStream
                 total = sum([await log.end_offset(name, p)
                              for p in range(await log.num_partitions(name))])
                 on_stream(name, total)
-            ends = await copy_stream(log, out, name, on_records=on_records)
+            counts: list[int] = []  # records per page, counted as they are copied
+
+            def copied(n: int, counts: list[int] = counts) -> None:
+                counts.append(n)
+                if on_records is not None:
+                    on_records(n)
+
+            ends = await copy_stream(log, out, name, on_records=copied)
             infos.append(StreamInfo(name=name, num_partitions=len(ends),
-                                    num_records=len(await out.read_all(name)),
-                                    end_offsets=tuple(ends)))
+                                    num_records=sum(counts), end_offsets=tuple(ends)))
             positions += await _copy_groups(log, out, run_id, name, len(ends))
         num_samples = await _write_parquet(out, streams, folder / PARQUET)
     recipe = await asyncio.to_thread(_copy_files, ctx.run_dir, ctx.init_checkpoint,
