@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine_info
+from bench.common import machine_info, replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -148,7 +148,6 @@ def write_section(result: dict, png: Path) -> None:
         seed = re.search(r"_seed\d+$", name)
         return after.get("grpo" + (seed[0] if seed else ""))
     lines = [
-        f"<!-- {NAME}:start -->", f"## {NAME}", "",
         f"{info['date']} · {info['machine']} · Python {info['python']} · GPU: {info['card']}",
         "", f"`{result['recipe']}`, one `streamrl run` per case with the `[trainer.algorithm]` "
         "lines shown, then `streamrl replay` of that run (`bench/algorithms.py`; held-out "
@@ -169,14 +168,8 @@ def write_section(result: dict, png: Path) -> None:
         lines.append(f"| {c['name']} | {section} | {before:.3f} | {final:.3f} | {delta} | "
                      f"{'yes' if c['replay_exact'] else 'NO'} ({c['replay_s']:.0f} s) | "
                      f"{c['wall_s']:.0f} s |")
-    lines += ["", f"![{NAME}]({png.relative_to(ROOT)})", f"<!-- {NAME}:end -->"]
-    section = "\n".join(lines)
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    pattern = re.compile(rf"<!-- {NAME}:start -->.*?<!-- {NAME}:end -->", re.S)
-    text = (pattern.sub(lambda _: section, text) if pattern.search(text)
-            else text.rstrip() + "\n\n" + section + "\n")
-    path.write_text(text)
+    lines += ["", f"![{NAME}]({png.relative_to(ROOT)})"]
+    replace_section(NAME, "\n".join(lines))
 
 
 if __name__ == "__main__":
