@@ -11,9 +11,15 @@ for seeds, the logprob convention and which forward pass each recorded MoE routi
 from. `TorchEngine` satisfies `streamrl.hooks.engine.Engine`, what a producer drives.
 """
 
+from streamrl.hooks.generation import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Timing,
+    seed_from_request_id,
+)
 from streamrl.producers.engine.engine import TorchEngine
-from streamrl.producers.engine.request import GenerationRequest, GenerationResult, Timing
-from streamrl.producers.engine.sampling import SamplingParams, sample, seed_from_request_id
+from streamrl.producers.engine.sampling import sample
 from streamrl.recipe.engine import EngineConfig
 
 __all__ = [

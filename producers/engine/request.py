@@ -1,5 +1,5 @@
 """Request checks shared by the engines. The request and result types themselves are plain data
-of the library layer (`streamrl.hooks.generation`, re-exported here): see its docstring for the
+of the library layer (`streamrl.hooks.generation`): see its docstring for the
 seed, logprob and routing-record conventions every engine follows.
 """
 
@@ -8,16 +8,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from streamrl.hooks.generation import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    Timing,
-)
-
-__all__ = ["FinishReason", "GenerationRequest", "GenerationResult", "SamplingParams", "Timing",
-           "checked_prompt"]
+from streamrl.hooks.generation import GenerationRequest
 
 
 def checked_prompt(

@@ -25,10 +25,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from streamrl.hooks.generation import SamplingParams, seed_from_request_id
-
-__all__ = ["SamplingParams", "request_uniforms", "sample", "seed_from_request_id"]
-
 _UNIFORM_CHUNK = 256  # uniforms are drawn in fixed chunks so u_i never depends on the total drawn
 
 
