@@ -48,7 +48,7 @@ from streamrl.hooks.generation import (
 )
 from streamrl.models import CausalLM, KVCache
 from streamrl.producers.engine.packing import pack_weights
-from streamrl.producers.engine.request import checked_prompt
+from streamrl.producers.engine.request import checked_prompt, run_to_completion
 from streamrl.producers.engine.sampling import sample
 from streamrl.producers.engine.slots import Sampler, SlotBuffers
 from streamrl.producers.engine.weights import copy_hf_weights
@@ -186,14 +186,7 @@ class TorchEngine:
         """Run `requests` to completion on an idle engine; results in request order."""
         if self.has_unfinished():
             raise ValueError("generate() needs an idle engine; use add_request/step instead")
-        order = []
-        for request in requests:
-            self.add_request(request)
-            order.append(request.request_id)
-        done: dict[str, GenerationResult] = {}
-        while self.has_unfinished():
-            done.update((r.request_id, r) for r in self.step())
-        return [done[request_id] for request_id in order]
+        return run_to_completion(self, requests)
 
     def _decode(self) -> list[GenerationResult]:
         # Rows are the leading block of slots up to the last busy one (admission fills the lowest

@@ -5,10 +5,27 @@ seed, logprob and routing-record conventions every engine follows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import numpy.typing as npt
 
-from streamrl.hooks.generation import GenerationRequest
+from streamrl.hooks.engine import Engine
+from streamrl.hooks.generation import GenerationRequest, GenerationResult
+
+
+def run_to_completion(engine: Engine, requests: Iterable[GenerationRequest]
+                      ) -> list[GenerationResult]:
+    """Add `requests` to `engine` and step it until nothing is unfinished; results in request
+    order (each engine's `generate`)."""
+    order = []
+    for request in requests:
+        engine.add_request(request)
+        order.append(request.request_id)
+    done: dict[str, GenerationResult] = {}
+    while engine.has_unfinished():
+        done.update((r.request_id, r) for r in engine.step())
+    return [done[request_id] for request_id in order]
 
 
 def checked_prompt(

@@ -38,7 +38,7 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import ModelConfig
-from streamrl.producers.engine.request import checked_prompt
+from streamrl.producers.engine.request import checked_prompt, run_to_completion
 from streamrl.producers.sglang import convert
 from streamrl.producers.sglang.http import SGLangError, SGLangHTTP
 from streamrl.producers.sglang.weights import PauseMode, push_tensors, update_session
@@ -161,14 +161,7 @@ class SGLangEngine:
 
     def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
         """Run `requests` to completion; results in request order."""
-        order = []
-        for request in requests:
-            self.add_request(request)
-            order.append(request.request_id)
-        done: dict[str, GenerationResult] = {}
-        while self.has_unfinished():
-            done.update((r.request_id, r) for r in self.step())
-        return [done[rid] for rid in order]
+        return run_to_completion(self, requests)
 
     def close(self) -> None:
         """Abort what is still running on the server (best effort: it may be gone), then wait
