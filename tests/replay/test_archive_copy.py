@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from streamrl.log import Append, Log, open_log
-from streamrl.replay.archive.copy import copy_stream
+from streamrl.replay.archive.copy import copy_stream, marker_written
 
 
 def seen(records: list) -> list[tuple[int, bytes, bytes | None, int]]:
@@ -21,7 +21,9 @@ async def write_with_gaps(log: Log, stream: str) -> None:
     await log.append_many([Append(stream=stream, value=b"v%d" % i, key=b"k") for i in range(2)])
     await log.transact("copy-test", {}, [Append(stream=stream, value=b"t1a"),
                                          Append(stream=stream, value=b"t1b")])
+    await marker_written(log, stream, 0, 5)  # Kafka writes the marker after the commit returns
     await log.transact("copy-test", {}, [Append(stream=stream, value=b"t2")])
+    await marker_written(log, stream, 0, 7)
     await log.append(stream, b"last")
 
 

@@ -12,12 +12,15 @@ Records keep their timestamps (the staleness audit and time-based policies read 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from streamrl.log import MARKER_HEADER, Append, HistoryDeletedError, Log, Record
 
 Rewrite = Callable[[Record], bytes]
 PAGE = 500
+MARKER_WAIT_S = 30.0
 
 
 class OffsetsNotKept(ValueError):
@@ -130,3 +133,17 @@ class _KafkaWriter:
                                  f"{positions[-1].offset}, expected {self.next - 1}")
         self.run = []
         self.next = offset
+        await marker_written(self.dst, self.stream, self.partition, offset)
+
+
+async def marker_written(log: Log, stream: str, partition: int, end: int) -> None:
+    """Wait until a committed transaction's marker holds its offset (`end` - 1). Kafka writes
+    commit markers after the commit returns, so a record appended at once could take the
+    marker's offset and shift every later one."""
+    deadline = time.monotonic() + MARKER_WAIT_S
+    while (now := await log.end_offset(stream, partition)) < end:
+        if time.monotonic() >= deadline:
+            raise OffsetsNotKept(f"{stream}[{partition}]: the transaction's commit marker did not "
+                                 f"reach offset {end - 1} within {MARKER_WAIT_S:.0f} s "
+                                 f"(end offset {now})")
+        await asyncio.sleep(0.01)
