@@ -28,6 +28,7 @@ from streamrl.schemas.events import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
+    EvalResult,
     Event,
     LogPosition,
     ProducerJoined,
@@ -55,7 +56,8 @@ from streamrl.schemas.trajectory import (
 __all__ = [
     "DEFAULT_LIMITS", "FINISH_REASONS", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "SCHEMA_VERSION",
     "TRAJECTORY_SCHEMA", "BatchFormed", "CheckpointSaved", "DeadLetter", "DecodeError",
-    "DecodeLimits", "DlqEvent", "Event", "EventDecodeError", "EventsStreamEvent", "LogPosition",
+    "DecodeLimits", "DlqEvent", "EvalResult", "Event", "EventDecodeError", "EventsStreamEvent",
+    "LogPosition",
     "ProducerJoined", "ProducerLeft", "Prompt", "PromptStreamEvent", "Rejected", "RunParent",
     "RunStarted",
     "Sample", "ScaleRequested", "SchemaIncompatibleError", "Staleness", "StreamKind", "TrainStep",

@@ -16,6 +16,7 @@ from streamrl.schemas.events import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
+    EvalResult,
     Event,
     ProducerJoined,
     ProducerLeft,
@@ -33,7 +34,7 @@ PromptStreamEvent: TypeAlias = Prompt
 WeightsStreamEvent: TypeAlias = WeightVersionAnnounced
 EventsStreamEvent: TypeAlias = (
     RunStarted | WeightVersionLoaded | BatchFormed | TrainStep | CheckpointSaved
-    | ProducerJoined | ProducerLeft | Rejected | ScaleRequested
+    | ProducerJoined | ProducerLeft | Rejected | ScaleRequested | EvalResult
 )
 DlqEvent: TypeAlias = DeadLetter
 

@@ -11,6 +11,7 @@ construction and on decode and raises `EventDecodeError`.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any
@@ -220,6 +221,33 @@ class Rejected(Event, tag="rejected"):
     reason_code: str
     detail: str = ""
 
+
+class EvalResult(Event, tag="eval_result"):
+    """The policy at `version` on the run's eval file (`[eval] every_versions`): every prompt
+    sampled `num_samples` times (seeded by run seed, version and prompt), scored with the run's
+    reward. Evaluation only: none of these samples is written to the trajectories stream."""
+
+    producer_id: str
+    version: int
+    num_prompts: int
+    num_samples: int  # n: samples per prompt
+    mean_reward: float  # mean@n: the mean reward over all samples
+    pass_at: dict[int, float]  # k -> unbiased pass@k (Codex paper), 1 <= k <= num_samples
+    pass_threshold: float = 1.0  # a sample passes when its reward >= this
+    num_reward_failures: int = 0  # samples whose reward call timed out or raised (reward 0)
+    duration_ms: int = 0  # wall time of the evaluation, generation and rewards
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "version", "num_reward_failures", "duration_ms")
+        check_that(self.num_prompts >= 1 and self.num_samples >= 1, self, "num_samples",
+                   "num_prompts and num_samples must be >= 1", "bad_eval")
+        check_that(math.isfinite(self.mean_reward), self, "mean_reward", "must be finite",
+                   "bad_eval")
+        check_that(all(1 <= k <= self.num_samples for k in self.pass_at), self, "pass_at",
+                   f"k must be in 1..num_samples ({self.num_samples})", "bad_eval")
+        check_that(all(0.0 <= v <= 1.0 for v in self.pass_at.values()), self, "pass_at",
+                   "values must be in [0, 1]", "bad_eval")
 
 # --- dlq stream -------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     DeadLetter,
+    EvalResult,
     Event,
     EventDecodeError,
     LogPosition,
@@ -58,6 +59,8 @@ EVENTS: list[tuple[StreamKind, Event]] = [
     ("events", ProducerLeft(run_id=RUN, producer_id="p0", host="h1", pid=4242, reason="crash")),
     ("events", Rejected(run_id=RUN, subject="s9", reason_code="too_stale", detail="lag 5 > 4")),
     ("events", ScaleRequested(run_id=RUN, num_producers=4, requested_by="streamrl scale")),
+    ("events", EvalResult(run_id=RUN, producer_id="producer-0", version=10, num_prompts=32,
+                          num_samples=4, mean_reward=0.5, pass_at={1: 0.5, 4: 0.75})),
     ("dlq", DeadLetter(run_id=RUN, reason_code="nonfinite_float", detail="row 0 ...",
                        component="trainer", source=LogPosition("trajectories", 2, 99),
                        original=b"\x00\xff raw")),
@@ -117,6 +120,8 @@ def deeply_nested() -> bytes:
     (raw(type="weight_version_announced", version=3, parent=2, digest="abc", num_bytes=1,
          locator="x", transport="shm"), "weights", "bad_digest", "WeightVersionAnnounced.digest"),
     (raw(type="prompt", prompt_id="p"), "prompts", "bad_prompt", "Prompt.tokens"),
+    (raw(type="eval_result", producer_id="p0", version=2, num_prompts=1, num_samples=2,
+         mean_reward=0.5, pass_at={4: 0.5}), "events", "bad_eval", "EvalResult.pass_at"),
     (raw(type="batch_formed", batch_id="b", positions=[["t", 0, 1]], sample_ids=[],
          policy_version=1, staleness={"min": 0, "max": 0, "mean": 0.0}), "events",
      "length_mismatch", "BatchFormed.positions"),
@@ -165,7 +170,7 @@ WIRE_TAGS = {
     RunStarted: "run_started", WeightVersionLoaded: "weight_version_loaded",
     BatchFormed: "batch_formed", TrainStep: "train_step", CheckpointSaved: "checkpoint_saved",
     ProducerJoined: "producer_joined", ProducerLeft: "producer_left", Rejected: "rejected",
-    DeadLetter: "dead_letter", ScaleRequested: "scale_requested",
+    DeadLetter: "dead_letter", ScaleRequested: "scale_requested", EvalResult: "eval_result",
 }
 
 
