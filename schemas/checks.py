@@ -20,6 +20,7 @@ from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits
 from streamrl.schemas.routing_read import check_packed
 from streamrl.schemas.trajectory import (
     FINISH_REASONS,
+    OPTIONAL_PER_TOKEN_COLUMNS,
     PER_TOKEN_COLUMNS,
     REQUIRED_COLUMNS,
     ROUTING_COLUMNS,
@@ -28,7 +29,8 @@ from streamrl.schemas.trajectory import (
 ID_COLUMNS = ("run_id", "sample_id", "group_id", "prompt_id", "producer_id")
 _YEAR_10000_US = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z in microseconds
 _INT32_LIMIT = 1 << 31
-LIST_COLUMNS = (*PER_TOKEN_COLUMNS, "prompt_tokens", *ROUTING_COLUMNS)
+LIST_COLUMNS = (*PER_TOKEN_COLUMNS, "prompt_tokens", *ROUTING_COLUMNS,
+                *OPTIONAL_PER_TOKEN_COLUMNS)
 _FINISH_REASON_DICTIONARY = pa.array(FINISH_REASONS, pa.string())
 _ALL_FINISH_REASONS_ALLOWED = np.ones(len(FINISH_REASONS), np.bool_)
 _ALL_FINISH_REASONS_ALLOWED.flags.writeable = False
@@ -107,6 +109,12 @@ def _check_lists(parts: dict[str, ListParts], limits: DecodeLimits) -> None:
         if row is not None:
             raise _fail(f"{name} has {parts[name].lengths[row]} entries but response_tokens has "
                         f"{expected[row]}", f"row {row}, column {name!r}", "length_mismatch")
+    for name in OPTIONAL_PER_TOKEN_COLUMNS:  # null rows have length 0 and are skipped
+        p = parts[name]
+        row = _first_row(p.valid & (p.lengths != expected)) if p.num_valid else None
+        if row is not None:
+            raise _fail(f"{name} has {p.lengths[row]} entries but response_tokens has "
+                        f"{expected[row]}", f"row {row}, column {name!r}", "length_mismatch")
 
 
 def _check_token_ids(parts: dict[str, ListParts], vocab_size: int | None) -> None:
@@ -132,6 +140,11 @@ def _check_values(columns: Columns, parts: dict[str, ListParts],
                        "logprob is NaN or infinite", "nonfinite_float")
         _fail_at_value(parts["logprobs"], logprobs > 0, "logprobs", "logprob is > 0",
                        "positive_logprob")
+    for name in OPTIONAL_PER_TOKEN_COLUMNS:
+        values = parts[name].values.to_numpy()
+        if values.size and not np.isfinite(values.sum()):
+            _fail_at_value(parts[name], ~np.isfinite(values), name,
+                           f"{name} value is NaN or infinite", "nonfinite_float")
     row = _first_row(~np.isfinite(columns["reward"].to_numpy()))
     if row is not None:
         raise _fail("reward is NaN or infinite", f"row {row}, column 'reward'", "nonfinite_float")

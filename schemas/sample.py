@@ -30,6 +30,7 @@ from streamrl.schemas.routing import routing_columns
 from streamrl.schemas.routing_read import routing_arrays
 from streamrl.schemas.trajectory import (
     FINISH_REASONS,
+    OPTIONAL_PER_TOKEN_COLUMNS,
     ROUTING_COLUMNS,
     TIMESTAMP_TYPE,
     TRAJECTORY_SCHEMA,
@@ -88,6 +89,10 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     # The model's routed expert count. None: the writer stores the smallest count that holds the
     # batch's ids, which is what a decoded sample then carries.
     moe_num_experts: int | None = None
+    # [num_response_tokens] log ref(token) under the initial weights, scored by the producer.
+    reference_logprobs: npt.NDArray[np.float32] | None = None
+    # [num_response_tokens] per-token (process) rewards from the reward hook.
+    token_rewards: npt.NDArray[np.float32] | None = None
 
 
 def _micros(value: datetime, field: str, sample_id: str) -> int:
@@ -208,6 +213,8 @@ def samples_to_batch(samples: Sequence[Sample]) -> pa.RecordBatch:
         "seed": _scalar(samples, "seed", scalars),
         "started_at": _timestamps(samples, "started_at", scalars),
         "finished_at": _timestamps(samples, "finished_at", scalars),
+        **{name: list_array([getattr(s, name) for s in samples], np.float32, name, ids)
+           for name in OPTIONAL_PER_TOKEN_COLUMNS},
     }
     return pa.RecordBatch.from_arrays(list(columns.values()), schema=TRAJECTORY_SCHEMA)
 
@@ -225,7 +232,8 @@ def batch_to_samples(batch: pa.RecordBatch) -> list[Sample]:
         "policy_version", "reward", "reward_details", "finish_reason",
         "moe_num_experts", "seed", "started_at", "finished_at")}
     lists = {name: list_views(batch.column(name)) for name in (
-        "response_versions", "prompt_tokens", "response_tokens", "logprobs", "loss_mask")}
+        "response_versions", "prompt_tokens", "response_tokens", "logprobs", "loss_mask",
+        *OPTIONAL_PER_TOKEN_COLUMNS)}
     num_tokens = ListParts(batch.column("response_tokens")).lengths
     routing = routing_arrays({name: batch.column(name) for name in (
         "moe_num_layers", "moe_top_k", "moe_num_experts", *ROUTING_COLUMNS)}, num_tokens)
@@ -242,5 +250,7 @@ def batch_to_samples(batch: pa.RecordBatch) -> list[Sample]:
             reward_details=None if details is None else dict(details),
             finish_reason=col["finish_reason"][i], seed=col["seed"][i],
             started_at=col["started_at"][i], finished_at=col["finished_at"][i],
-            routed_experts=routing[i], moe_num_experts=col["moe_num_experts"][i]))
+            routed_experts=routing[i], moe_num_experts=col["moe_num_experts"][i],
+            reference_logprobs=lists["reference_logprobs"][i],
+            token_rewards=lists["token_rewards"][i]))
     return samples

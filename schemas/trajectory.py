@@ -6,7 +6,8 @@ Optional columns (nullable, may also be absent from an older writer's batch and 
 `reward_details` (null = no breakdown) and the MoE routing group `moe_num_layers`, `moe_top_k`,
 `moe_num_experts`, `routed_experts`, `routed_experts_wide`, `routed_experts_packed` (null for dense
 models, or when routing was not recorded; `streamrl.schemas.routing` says which column a writer
-picks).
+picks), `reference_logprobs` (null unless the producer scored a KL reference) and
+`token_rewards` (null unless the reward hook returned per-token rewards).
 
 List children are declared nullable (Arrow's default, so hand-built batches match the type) but the
 decoder rejects nulls inside any list: a null token has no meaning.
@@ -71,6 +72,11 @@ TRAJECTORY_FIELDS: tuple[pa.Field, ...] = (
     _required("seed", pa.uint64()),
     _required("started_at", TIMESTAMP_TYPE),
     _required("finished_at", TIMESTAMP_TYPE),
+    # [num_response_tokens] log ref(token) under the run's initial weights at the sampler's
+    # temperature, scored by the producer (`[trainer.algorithm.kl] reference = "producer"`).
+    _optional("reference_logprobs", pa.list_(pa.float32())),
+    # [num_response_tokens] per-token (process) rewards from the reward hook, if it gave any.
+    _optional("token_rewards", pa.list_(pa.float32())),
 )
 
 TRAJECTORY_SCHEMA: pa.Schema = pa.schema(
@@ -84,5 +90,7 @@ OPTIONAL_COLUMNS: frozenset[str] = frozenset(f.name for f in TRAJECTORY_FIELDS i
 # Columns whose every row is one entry per response token.
 PER_TOKEN_COLUMNS: tuple[str, ...] = (
     "response_tokens", "logprobs", "loss_mask", "response_versions")
+# Optional columns that, when set, hold one entry per response token.
+OPTIONAL_PER_TOKEN_COLUMNS: tuple[str, ...] = ("reference_logprobs", "token_rewards")
 ROUTING_COLUMNS: tuple[str, ...] = (
     "routed_experts", "routed_experts_wide", "routed_experts_packed")
