@@ -217,6 +217,28 @@ class EvalSection(Section, kw_only=True):
     evaluate: str | None = None
     """Import path of an `Evaluator(EvalRequest) -> dict[str, float]`, run by the driver on the
     initial and the final weights (the before/after figures)."""
+    every_versions: int = 0
+    """Evaluate on `data.eval` every N weight versions (0: never): producer 0 samples each eval
+    prompt `samples` times with the version it loaded and records mean@k and pass@k as an
+    `EvalResult` event (producers/evaluate.py, docs/rewards.md). Never trained on."""
+    samples: int = 4
+    """k: samples per eval prompt (pass@1 and pass@k are reported)."""
+    temperature: float | None = None
+    """Sampling temperature of the eval samples (default: rollout.temperature)."""
+    max_prompts: int | None = None
+    """Evaluate the first N rows of data.eval only (default: every row): keeps each evaluation
+    short next to training."""
+    pass_threshold: float = 1.0
+    """A sample passes (for pass@k) when its reward is at least this."""
+
+    def __post_init__(self) -> None:
+        if self.every_versions < 0:
+            raise ValueError(f"eval.every_versions ({self.every_versions}) must be >= 0 "
+                             "(0 turns periodic evaluation off)")
+        if self.samples < 1 or (self.max_prompts is not None and self.max_prompts < 1):
+            raise ValueError("eval.samples and eval.max_prompts must be >= 1")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"eval.temperature ({self.temperature}) must be >= 0")
 
 
 class PlacementSection(Section, kw_only=True):
@@ -263,6 +285,10 @@ class RunConfig(Section, kw_only=True):
         if not 1 <= self.rollout.num_producers <= self.rollout.max_producers:
             raise ValueError(f"rollout.num_producers ({self.rollout.num_producers}) must be in "
                              f"[1, rollout.max_producers ({self.rollout.max_producers})]")
+        if self.eval.every_versions and self.data.eval is None:
+            raise ValueError(f"eval.every_versions = {self.eval.every_versions} needs the prompts "
+                             "to evaluate on: set data.eval to a dataset file (like "
+                             "data.train), or eval.every_versions = 0")
         w = self.weights
         if (w.slots is not None or w.dtype is not None) and w.transport != "cuda_ipc":
             raise ValueError(f"weights.slots and weights.dtype apply to the cuda_ipc transport "
