@@ -15,14 +15,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from streamrl.models.config import ModelConfig
+from streamrl.models.grouped import grouped_swiglu
 from streamrl.models.layers import MLP
 
 
 class Experts(nn.Module):
-    """All routed experts of one layer, stacked so one parameter holds every expert."""
+    """All routed experts of one layer, stacked so one parameter holds every expert.
+
+    `impl` picks how they run: "grouped" (default; `streamrl.models.grouped`: one launch per
+    projection for all experts, no host synchronisation, CUDA-graph capturable) or "loop" (one
+    GEMM per expert from Python with a host synchronisation per layer; the reference the
+    grouped path is tested and benchmarked against). `backend` pins the grouped backend
+    ("grouped_mm" or "padded"); None picks per device and dtype."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
+        self.impl = "grouped"
+        self.backend: str | None = None
         E, H, Im = num_experts, hidden_size, intermediate_size
         self.gate_proj = nn.Parameter(torch.empty(E, Im, H))
         self.up_proj = nn.Parameter(torch.empty(E, Im, H))
@@ -35,6 +44,12 @@ class Experts(nn.Module):
         N, k = ids.shape
         if N == 0:
             return x.new_zeros(0, x.shape[-1])
+        if self.impl == "grouped":
+            y = grouped_swiglu(x, ids, self.gate_proj, self.up_proj, self.down_proj,
+                               self.backend)  # [N*k, H] in assignment order
+            return (y.view(N, k, -1) * weights[..., None]).sum(dim=1)
+        if self.impl != "loop":
+            raise ValueError(f"unknown expert impl {self.impl!r}; expected 'grouped' or 'loop'")
         flat = ids.reshape(-1)  # [N*k], assignment a = token a // k, rank a % k
         # Stable sort groups assignments by expert in a fixed order: deterministic on any device.
         order = torch.argsort(flat, stable=True)
@@ -109,4 +124,19 @@ class MoE(nn.Module):
         ids = forced_ids.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_experts):
             raise ValueError(f"forced routing ids must lie in [0, {self.num_experts})")
+        # A token's k experts are distinct, as top-k makes them (the padded grouped backend
+        # sizes each expert's buffer for at most one row per token).
+        if self.top_k > 1 and ids.numel() and bool((ids.sort(-1).values.diff(dim=-1) == 0).any()):
+            raise ValueError("forced routing repeats an expert within one token's top-k")
         return ids
+
+
+def set_expert_impl(model: nn.Module, impl: str, backend: str | None = None) -> int:
+    """Run every MoE layer of `model` with `impl` ("grouped" or "loop") and, for "grouped",
+    `backend` (None: per device). Returns how many layers were set."""
+    if impl not in ("grouped", "loop"):
+        raise ValueError(f"unknown expert impl {impl!r}; expected 'grouped' or 'loop'")
+    layers = [m for m in model.modules() if isinstance(m, Experts)]
+    for m in layers:
+        m.impl, m.backend = impl, backend
+    return len(layers)
