@@ -10,6 +10,9 @@
 #   scripts/kafka.sh acl ARGS    Kafka's AclCommand against this broker as the SASL admin
 #                                (e.g. acl --list); only with STREAMRL_KAFKA_SASL_USERS
 #   scripts/kafka.sh tls-client NAME  a client certificate signed by the TLS mode's CA (mutual TLS)
+#   scripts/kafka.sh cluster [N]  a replicated loopback cluster of N nodes [3] on ports 19092...
+#                                (cluster-status, cluster-stop, cluster-node-start|stop I,
+#                                cluster-wipe; see scripts/kafka/cluster.sh)
 #
 # Environment (defaults in brackets):
 #   STREAMRL_KAFKA_VERSION          Kafka release [4.1.1]
@@ -194,6 +197,8 @@ PROTOCOL=PLAINTEXT
 [[ -n "$TLS" ]] && PROTOCOL="${PROTOCOL/PLAINTEXT/SSL}"
 # shellcheck source=kafka/tls.sh
 source "$HERE/kafka/tls.sh"
+# shellcheck source=kafka/cluster.sh
+source "$HERE/kafka/cluster.sh"
 
 # What a client puts in its log URL for this broker.
 client_hint() {
@@ -334,8 +339,14 @@ case "${1:-}" in
     wipe) cmd_wipe ;;
     acl) shift; cmd_acl "$@" ;;
     tls-client) cmd_tls_client "${2:-}" ;;
+    cluster) cmd_cluster "${2:-3}" ;;
+    cluster-status) cmd_cluster_status ;;
+    cluster-stop) cmd_cluster_stop ;;
+    cluster-node-start) cmd_cluster_node_start "${2:-}" ;;
+    cluster-node-stop) cmd_cluster_node_stop "${2:-}" ;;
+    cluster-wipe) cmd_cluster_wipe ;;
     *)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 2
         ;;
 esac

@@ -1,12 +1,13 @@
 """Exit 0 once a Kafka broker at HOST:PORT serves metadata with at least one live broker.
 
-    python3 scripts/kafka/ready.py 127.0.0.1 9092 [timeout_s]
+    python3 scripts/kafka/ready.py 127.0.0.1 9092 [timeout_s [min_brokers]]
 
 Used by scripts/kafka.sh start. Standard library only (it runs before any project venv exists)
 and fast (no JVM start per poll). An open port is not enough: the socket server listens before
 the broker has registered with the controller, and a client that connects then gets an empty
 cluster. So this sends a Metadata request (v4: in every Kafka from 1.0 through 4.x) for no topics
-and waits until the answer lists a broker.
+and waits until the answer lists a broker (`min_brokers` of them: a replicated cluster is ready
+when every broker has registered).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def _recv(sock: socket.socket, n: int) -> bytes:
 def main() -> int:
     host, port = sys.argv[1], int(sys.argv[2])
     deadline = time.monotonic() + (float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+    min_brokers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     while True:
         try:
-            if live_brokers(host, port) > 0:
+            if live_brokers(host, port) >= min_brokers:
                 return 0
         except (OSError, struct.error):
             pass
