@@ -10,6 +10,7 @@ log alone.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import msgspec
 from streamrl.data.tokenizer import check_fits
 from streamrl.recipe.engine import EngineConfig
 from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
+from streamrl.recipe.megatron import MegatronConfig
 from streamrl.recipe.rewards import RewardSpec
 from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
 from streamrl.staleness import StalenessConfig
@@ -191,6 +193,10 @@ class TrainerSection(Section, kw_only=True):
     """The learner's model: "torch" (streamrl/models) or "megatron" (a megatron-core GPTModel
     built from the same HF config, consumers/trainer/megatron/; needs CUDA and megatron-core).
     Same loss, optimizer and checkpoints in HF format; routing replay through RouterReplay."""
+    megatron: MegatronConfig = msgspec.field(default_factory=MegatronConfig)
+    """The megatron-core parallel layout (tensor, pipeline, expert sizes, recompute), which
+    `streamrl plan` sizes; `streamrl run` trains on one GPU so far and refuses sizes above 1
+    (streamrl/recipe/megatron.py)."""
 
 
 class WeightsSection(Section, kw_only=True):
@@ -335,6 +341,7 @@ def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from None
     try:
+        _check_runnable(config)
         config = _with_absolute_paths(config)
         hooks = resolve_hooks(config)
         if config.model.path is not None:
@@ -343,6 +350,29 @@ def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
         return config, hooks
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _check_runnable(config: RunConfig) -> None:
+    """What a recipe may describe but this repository cannot run yet: a multi-GPU megatron
+    layout (`streamrl plan` sizes it)."""
+    m = config.trainer.megatron
+    if not m.is_single_gpu:
+        raise ValueError(f"trainer.megatron sets tensor_parallel={m.tensor_parallel}, "
+                         f"pipeline_parallel={m.pipeline_parallel}, expert_parallel="
+                         f"{m.expert_parallel}: the megatron backend trains on one GPU so far, "
+                         "so this recipe can be planned (`streamrl plan`) but not run; set "
+                         "them to 1 to run on one GPU")
+
+
+def _check_model_type(checkpoint: Path) -> None:
+    """A checkpoint whose architecture the model code does not implement is refused here, before
+    anything is written, rather than when the first process loads it."""
+    from streamrl.models.config import FAMILIES
+    model_type = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"model.path {str(checkpoint)!r} is a {model_type!r} model, which "
+                         f"streamrl's model code does not implement yet (it runs "
+                         f"{', '.join(FAMILIES)}); `streamrl plan` still sizes it")
 
 
 def _with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -360,6 +390,8 @@ def _with_absolute_paths(config: RunConfig) -> RunConfig:
         if name == "model.path" and not (where / "config.json").is_file():
             raise ValueError(f"model.path {value!r} is not an HF checkpoint directory: no "
                              f"config.json in {where}")
+        if name == "model.path":
+            _check_model_type(where)
         absolute[name.split(".")[1]] = str(where)
     model = msgspec.structs.replace(config.model, path=absolute.get("path", config.model.path))
     data = msgspec.structs.replace(config.data, train=absolute.get("train", config.data.train),
