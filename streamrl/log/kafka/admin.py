@@ -68,8 +68,10 @@ class KafkaAdmin:
     # -- topics ---------------------------------------------------------------------------------
     async def create_topic(self, name: str, num_partitions: int) -> None:
         """Create `name` unless it exists (another writer may create it at the same moment)."""
-        topic = NewTopic(name, num_partitions, self._config.replication_factor,
-                         topic_configs=self._config.new_topic_configs())
+        replication_factor, min_isr = self._config.replication(await self.num_brokers())
+        topic = NewTopic(name, num_partitions, replication_factor,
+                         topic_configs={**self._config.new_topic_configs(),
+                                        "min.insync.replicas": str(min_isr)})
         resp = await self._admin.create_topics([topic])
         for _name, code, *rest in resp.topic_errors:
             if code in (0, kerr.TopicAlreadyExistsError.errno):
@@ -99,10 +101,30 @@ class KafkaAdmin:
                 return len(info["partitions"]) if known else None
             await asyncio.sleep(0.05)
 
-    async def retention_configs(self, name: str) -> dict[str, str]:
-        """The topic's effective retention settings (`options.RETENTION_KEYS`; a broker default
-        counts as the topic's own)."""
-        resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(RETENTION_KEYS))
+    async def num_brokers(self) -> int:
+        """Brokers of the cluster: those registered now plus any that a partition's replica list
+        names (a broker that is down drops out of the metadata's broker list, not out of its
+        partitions' replica lists), so a cluster with a broker down still counts it."""
+        resp = await self._metadata_response(None)
+        nodes = {b["node_id"] for b in resp["brokers"]}
+        for topic in resp["topics"]:
+            for partition in topic["partitions"]:
+                nodes.update(partition["replicas"])
+        return len(nodes)
+
+    async def replication_of(self, name: str) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of an existing topic; the factor is its
+        smallest partition's."""
+        (info,) = [t for t in await self._metadata([name]) if t["topic"] == name]
+        replication_factor = min(len(p["replicas"]) for p in info["partitions"])
+        configs = await self.retention_configs(name, ("min.insync.replicas",))
+        return replication_factor, int(configs.get("min.insync.replicas", "1"))
+
+    async def retention_configs(self, name: str,
+                                keys: tuple[str, ...] = RETENTION_KEYS) -> dict[str, str]:
+        """The topic's effective settings of `keys` (default: `options.RETENTION_KEYS`; a
+        broker default counts as the topic's own)."""
+        resource = ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(keys))
         resp = (await self._admin.describe_configs([resource]))[0].to_object()
         (found,) = resp["resources"]
         if found["error_code"]:
@@ -119,11 +141,14 @@ class KafkaAdmin:
         return [t["topic"] for t in await self._metadata(None) if not t["is_internal"]]
 
     async def _metadata(self, topics: list[str] | None) -> list[dict]:
+        return (await self._metadata_response(topics))["topics"]
+
+    async def _metadata_response(self, topics: list[str] | None) -> dict:
         # allow_auto_topic_creation=False: asking about a missing stream must not create it,
         # whatever the broker's auto.create.topics.enable says.
         request = MetadataRequest(topics, allow_auto_topic_creation=False)
         resp = await self._client.send(self._client.get_random_node(), request)
-        return resp.to_object()["topics"]
+        return resp.to_object()
 
     # -- consumer-group offsets -----------------------------------------------------------------
     async def commit_offsets(

@@ -54,8 +54,16 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     created with `max.message.bytes` a little above it; readers fetch at least this much). The
     broker's `message.max.bytes` must allow it too (scripts/kafka.sh sets 65 MiB)."""
 
-    replication_factor: int = 1
-    """For streams this log creates. 1 suits the single-node dev broker; use 3 in production."""
+    replication_factor: int | None = None
+    """Copies of every partition of the streams this log creates. Unset (the default): min(3,
+    brokers in the cluster), so 1 on a single dev broker and 3 on a production cluster. In
+    durable mode 1 is refused on a cluster of several brokers (`options.check_replication`)."""
+
+    min_insync_replicas: int | None = None
+    """The `min.insync.replicas` of the streams this log creates: how many copies an acks=all
+    write needs before it is acknowledged (fewer in sync: writes are refused, not acknowledged).
+    Unset (the default): min(2, replication factor). In durable mode 1 is refused on a cluster of
+    several brokers: a write held by one copy is lost with that broker."""
 
     retention_ms: int = -1
     """How long Kafka keeps the records of streams this log creates; -1 (the default) keeps them
@@ -144,8 +152,7 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
             raise ValueError(
                 f"max_record_bytes must be at least 1 MiB, got {self.max_record_bytes}"
             )
-        if self.replication_factor < 1:
-            raise ValueError(f"replication_factor must be >= 1, got {self.replication_factor}")
+        self._check_replication_options()
         if self.retention_ms == 0 or self.retention_ms < -1:
             raise ValueError(f"retention_ms must be -1 (keep forever) or > 0, got "
                              f"{self.retention_ms}")
@@ -155,6 +162,29 @@ class KafkaLogConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
         opts.check_retention("streams this log creates", self.new_topic_configs(),
                              durable=self.durable)
         self._check_security()
+
+    def _check_replication_options(self) -> None:
+        rf, min_isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and rf < 1:
+            raise ValueError(f"replication_factor must be >= 1 (or left unset), got {rf}")
+        if min_isr is not None and min_isr < 1:
+            raise ValueError(f"min_insync_replicas must be >= 1 (or left unset), got {min_isr}")
+        if rf is not None and min_isr is not None and min_isr > rf:
+            raise ValueError(f"min_insync_replicas={min_isr} > replication_factor={rf}: no "
+                             "write could ever be acknowledged; lower min_insync_replicas")
+        if "min.insync.replicas" in self.topic_configs:
+            raise ValueError("topic_configs sets min.insync.replicas: use the log option "
+                             "min_insync_replicas instead (?min_insync_replicas=2), which the "
+                             "durability guard checks")
+
+    def replication(self, num_brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) of a stream created on a cluster of
+        `num_brokers`, after the durability guard (`options.check_replication`)."""
+        rf = self.replication_factor or min(3, max(1, num_brokers))
+        min_isr = self.min_insync_replicas or min(2, rf)
+        opts.check_replication("streams this log creates", num_brokers, rf, min_isr,
+                               durable=self.durable)
+        return rf, min_isr
 
     def _check_security(self) -> None:
         sasl = self.security_protocol.startswith("SASL_")

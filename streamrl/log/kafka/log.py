@@ -58,7 +58,7 @@ from streamrl.log.base import (
 from streamrl.log.kafka.admin import KafkaAdmin, NotAuthenticatedError, probe_connection
 from streamrl.log.kafka.config import KafkaLogConfig
 from streamrl.log.kafka.dedup import end_offsets, find_committed
-from streamrl.log.kafka.options import check_retention, describe_retention
+from streamrl.log.kafka.options import check_replication, check_retention, describe_retention
 from streamrl.log.kafka.reader import ReaderPool
 from streamrl.log.kafka.txn import (
     NotAuthorizedError,
@@ -172,6 +172,9 @@ class KafkaLog(Log):
             check_retention(f"existing stream {stream!r}",
                             await self._admin.retention_configs(stream),
                             durable=self.config.durable)
+            check_replication(f"existing stream {stream!r}", await self._admin.num_brokers(),
+                              *await self._admin.replication_of(stream),
+                              durable=self.config.durable)
             self._num_partitions[stream] = count
             return count
         await self._admin.create_topic(stream, num_partitions)

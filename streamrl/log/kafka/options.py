@@ -15,7 +15,10 @@ refused with the reason, not silently overridden: a user who wrote `acks=1` beli
 effect. `durable=false` lets them through for throwaway benchmarks. The same holds for retention:
 run topics are created to keep every record (`KEEP_FOREVER`); a finite `retention_ms` (or
 retention in `topic_configs`), or an existing run topic that deletes records, is refused in
-durable mode and warned about otherwise (`check_retention`), naming the setting.
+durable mode and warned about otherwise (`check_retention`), naming the setting. So is
+replication: on a cluster of several brokers a run topic with replication factor 1 or
+`min.insync.replicas` 1, to be created or existing, keeps an acknowledged write on one broker
+only (`check_replication`).
 """
 
 from __future__ import annotations
@@ -207,6 +210,42 @@ def check_retention(what: str, configs: Mapping[str, str], *, durable: bool) -> 
                "(or `streamrl export` the run before it expires)")
     if durable:
         raise FiniteRetention(message + "; pass durable=false to accept the risk")
+    log.warning("%s", message)
+
+
+# -- replication ----------------------------------------------------------------------------------
+# acks=all means "every in-sync replica has it", and min.insync.replicas is how few that may be.
+# On one broker there is one copy whatever the settings; on a cluster, one copy (replication
+# factor 1, or min.insync.replicas 1 once the followers fall behind) means a write acknowledged
+# as durable is lost with the one broker that held it.
+
+
+class UnreplicatedStream(UnsafeKafkaSetting):
+    """A run topic on a cluster of several brokers that keeps (or acknowledges) one copy."""
+
+
+def check_replication(what: str, num_brokers: int, replication_factor: int,
+                      min_insync_replicas: int, *, durable: bool) -> None:
+    """Refuse (durable mode) or warn about (otherwise) a stream on a cluster of `num_brokers`
+    whose acknowledged writes may live on one broker only. `what` names it."""
+    if num_brokers <= 1:
+        return
+    if replication_factor == 1:
+        problem = (f"replication_factor=1 on a cluster of {num_brokers} brokers: each partition "
+                   "has one copy, so losing its broker loses acknowledged records; leave "
+                   "replication_factor unset (min(3, brokers)) or set it to 3")
+    elif min_insync_replicas == 1:
+        problem = (f"min.insync.replicas=1 with replication factor {replication_factor}: a "
+                   "write is acknowledged once the leader alone holds it, and lost if that "
+                   "leader fails before a follower copies it; leave min_insync_replicas unset "
+                   "(min(2, replication factor)) or set it to 2 (for an existing topic: "
+                   "kafka-configs.sh --alter --entity-type topics --entity-name <topic> "
+                   "--add-config min.insync.replicas=2)")
+    else:
+        return
+    message = f"{what}: {problem}"
+    if durable:
+        raise UnreplicatedStream(message + "; pass durable=false to accept the risk")
     log.warning("%s", message)
 
 
