@@ -230,16 +230,15 @@ class TorchEngine:
         T = int(lengths.max())
         last = lengths - 1  # [n] position of each prompt's last token
         idx = torch.arange(len(slots), device=rows.device)
-        routed = None
         if self._fused is not None:
-            hidden = self._fused.prefill(rows, b.tokens[rows, :T])  # [n, T, H]
+            hidden, routed = self._fused.prefill(rows, b.tokens[rows, :T])  # [n, T, H]
         else:
             positions = torch.arange(T, device=rows.device).expand(len(slots), T)  # [n, T]
             out = self.model(
                 b.tokens[rows, :T], positions, kv_cache=self.cache, slots=rows, return_hidden=True
             )
-            hidden = out.hidden
-            routed = None if out.routed_experts is None else out.routed_experts[idx, last]
+            hidden, routed = out.hidden, out.routed_experts
+        routed = None if routed is None else routed[idx, last]  # [n, num_moe_layers, k]
         logits = self.model.logits(hidden[idx, last])  # [n, V]
         status = b.sample_next(rows, last, logits, routed, self._version, self._sampler())
         now = time.time()

@@ -93,12 +93,22 @@ def test_weight_updates_reach_the_fused_weights(dense: Tiny, dense_next: Tiny) -
         assert a.response_tokens.tolist() == b.response_tokens.tolist()
 
 
-def test_fused_decode_refuses_what_it_cannot_run(moe: Tiny, dense: Tiny) -> None:
-    with pytest.raises(ValueError, match="MoE"):
-        engine(moe)
-    assert engine(moe, decode="auto")._fused is None  # auto falls back to the eager model
+def test_fused_moe_decode_samples_and_routes_as_the_eager_model(moe: Tiny) -> None:
+    # Grouped experts inside the fused (on CUDA: graph-captured) step: same tokens and the same
+    # recorded routing, prompt's last token and every decode step, as the eager model.
+    reqs = requests(NUM // 2)
+    eager = engine(moe, decode="eager").generate(reqs)
+    fused = engine(moe)
+    assert fused._fused is not None
+    for a, b in zip(eager, fused.generate(reqs), strict=True):
+        assert a.routed_experts is not None and len(a.routed_experts) == a.num_response_tokens
+        assert_same_output(a, b)
+
+
+def test_auto_decode_is_eager_on_cpu(moe: Tiny, dense: Tiny) -> None:
     if not CUDA:
-        assert engine(dense, decode="auto")._fused is None  # auto is eager on CPU
+        assert engine(dense, decode="auto")._fused is None
+    assert (engine(moe, decode="auto")._fused is not None) == CUDA  # MoE fuses like dense
 
 
 @needs_cuda

@@ -4,9 +4,14 @@ Qwen2, Qwen3), as few launches as possible, replayed from CUDA graphs.
 Family switches: q/k norm runs only where the model has it (Qwen3), biases (Qwen2's q/k/v,
 Llama's `attention_bias`/`mlp_bias`) ride in the GEMMs (`F.linear(x, w, b)`), and the rotary
 frequencies are the eager model's own (`streamrl.models.rope`, llama3 scaling included). Not
-covered (`unsupported_reason`; `decode="auto"` then decodes eagerly): MoE layers, and a sliding
-window shorter than the engine's `max_seq_len` (Mistral v0.1's 4096), which the split-K
-attention kernel does not apply.
+covered (`unsupported_reason`; `decode="auto"` then decodes eagerly): a sliding window shorter
+than the engine's `max_seq_len` (Mistral v0.1's 4096), which the split-K attention kernel does
+not apply.
+
+MoE layers (Qwen3-MoE, Qwen2-MoE) run the model's own `MoE` module: router, top-k and the
+grouped experts of `streamrl.models.grouped`, whose shapes depend only on the batch, never on
+the routing, and which never synchronise with the host, so they are captured like the rest.
+Each step's routed ids go to the slot buffers as in the eager path.
 
 Per layer the step is nine launches: add+RMSNorm, the fused qkv GEMM, q/k norm + rotary + KV
 write, decode attention over actual lengths, the o GEMM, add+RMSNorm, the fused gate-up GEMM,
@@ -40,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamrl.models import CausalLM, KVCache
+from streamrl.models.moe import MoE
 from streamrl.models.rope import inverse_frequencies
 from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
 from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
@@ -52,8 +58,6 @@ def unsupported_reason(model: CausalLM, max_seq_len: int | None = None) -> str |
     """Why the fused decoder cannot run `model` with sequences up to `max_seq_len` (default:
     the model's `max_position_embeddings`), or None if it can."""
     c = model.config
-    if c.is_moe:
-        return "MoE layers (routing is data-dependent; use decode='eager')"
     limit = c.max_position_embeddings if max_seq_len is None else max_seq_len
     if c.sliding_window is not None and c.sliding_window < limit:
         return (f"a sliding window ({c.sliding_window}) shorter than max_seq_len ({limit}); "
@@ -99,24 +103,35 @@ def _bias(linear: torch.nn.Linear) -> Tensor | None:
 
 
 class _Layer:
-    __slots__ = ("down", "down_b", "gate_up", "gate_up_b", "k_norm", "ln_attn", "ln_mlp", "o",
-                 "o_b", "q_norm", "qkv", "qkv_b")
+    __slots__ = ("down", "down_b", "gate_up", "gate_up_b", "k_norm", "ln_attn", "ln_mlp", "moe",
+                 "o", "o_b", "q_norm", "qkv", "qkv_b")
 
     def __init__(self, layer: torch.nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
         self.qkv_b = (None if attn.q_proj.bias is None
                       else fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj, attr="bias"))
-        self.gate_up = fuse_linears(mlp.gate_proj, mlp.up_proj)
-        self.gate_up_b = (None if mlp.gate_proj.bias is None
-                          else fuse_linears(mlp.gate_proj, mlp.up_proj, attr="bias"))
-        self.o, self.down = attn.o_proj.weight, mlp.down_proj.weight
-        self.o_b, self.down_b = _bias(attn.o_proj), _bias(mlp.down_proj)
+        self.o, self.o_b = attn.o_proj.weight, _bias(attn.o_proj)
+        self.moe = mlp if isinstance(mlp, MoE) else None
+        if self.moe is None:
+            self.gate_up = fuse_linears(mlp.gate_proj, mlp.up_proj)
+            self.gate_up_b = (None if mlp.gate_proj.bias is None
+                              else fuse_linears(mlp.gate_proj, mlp.up_proj, attr="bias"))
+            self.down, self.down_b = mlp.down_proj.weight, _bias(mlp.down_proj)
         # None without q/k norm (Llama, Mistral, Qwen2): the kernel then only rotates.
         self.q_norm = None if attn.q_norm is None else attn.q_norm.weight
         self.k_norm = None if attn.k_norm is None else attn.k_norm.weight
         self.ln_attn = layer.input_layernorm.weight
         self.ln_mlp = layer.post_attention_layernorm.weight
+
+    def mlp(self, h: Tensor, routed: list[Tensor]) -> Tensor:
+        """The MLP's output for normed rows `h` [n, H]; an MoE layer appends its ids [n, k]."""
+        if self.moe is not None:
+            out, ids = self.moe(h[None])  # [1, n, H], [1, n, k]
+            routed.append(ids[0])
+            return out[0]
+        return F.linear(silu_mul(F.linear(h, self.gate_up, self.gate_up_b)), self.down,
+                        self.down_b)
 
 
 class FusedDecoder:
@@ -170,10 +185,11 @@ class FusedDecoder:
         graph.replay()
         return self.rows[:n], status
 
-    def prefill(self, slots: Tensor, tokens: Tensor) -> Tensor:
+    def prefill(self, slots: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
         """New prompts, right-padded, at positions 0..T-1 of `slots`: the same fused kernels
         over all B*T tokens (the eager model's norms and rotary cost ~3x more at this size),
-        causal SDPA over the freshly written cache. Returns final-norm hidden [B, T, H]; pad
+        causal SDPA over the freshly written cache. Returns final-norm hidden [B, T, H] and,
+        for an MoE model, the routed ids [B, T, num_moe_layers, k] (else None); pad
         positions hold garbage and write k/v that those rows' decode steps overwrite."""
         # slots: [B]; tokens: [B, T]
         B, T = tokens.shape
@@ -181,7 +197,7 @@ class FusedDecoder:
         rows = slots.repeat_interleave(T)  # [B*T] each token's slot
         positions = torch.arange(T, device=tokens.device).repeat(B)  # [B*T]
         x = F.embedding(tokens.reshape(-1), self.model.model.embed_tokens.weight)  # [B*T, H]
-        delta = None
+        delta, routed = None, []
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
             q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
@@ -193,9 +209,9 @@ class FusedDecoder:
                 enable_gqa=Hq != k.shape[1])  # [B, Hq, T, D]
             attn = attn.transpose(1, 2).reshape(B * T, -1)
             h = add_rmsnorm(x, F.linear(attn, layer.o, layer.o_b), layer.ln_mlp, self.eps)
-            delta = F.linear(silu_mul(F.linear(h, layer.gate_up, layer.gate_up_b)), layer.down,
-                             layer.down_b)
-        return add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps).view(B, T, -1)
+            delta = layer.mlp(h, routed)
+        hidden = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps).view(B, T, -1)
+        return hidden, (torch.stack(routed, 1).view(B, T, len(routed), -1) if routed else None)
 
     def forward(self, n: int, truncated: bool) -> Tensor:
         """One decode step of rows 0..n-1, launched kernel by kernel; returns their status."""
@@ -206,7 +222,7 @@ class FusedDecoder:
         tokens = b.tokens[:n].gather(1, positions[:, None])[:, 0]  # [n]
         x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [n, H] residual stream
         splits = self._splits[n]
-        delta = None
+        delta, routed = None, []
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
             q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
@@ -215,9 +231,9 @@ class FusedDecoder:
             attn = decode_attention(q, cache.k[i], cache.v[i], rows, lengths, splits=splits)
             h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o, layer.o_b), layer.ln_mlp,
                             self.eps)
-            delta = F.linear(silu_mul(F.linear(h, layer.gate_up, layer.gate_up_b)), layer.down,
-                             layer.down_b)
+            delta = layer.mlp(h, routed)
         h = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps)
         logits = F.linear(h, self.model.lm_head.weight)  # [n, V]
         sampler = sample if truncated else sample_untruncated
-        return b.sample_next(rows, positions, logits, None, self.version, sampler=sampler)
+        routed_ids = torch.stack(routed, 1) if routed else None  # [n, num_moe_layers, k]
+        return b.sample_next(rows, positions, logits, routed_ids, self.version, sampler=sampler)
