@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         except compose.NoDockerEngine as error:
             print(f"error: run {run_id} runs under docker compose, but {error}", file=sys.stderr)
             return 2
-        return compose.compose("down", *(["--volumes"] if args.volumes else []))
+        return compose.compose("down", *(["--volumes"] if args.volumes else []),
+                               env=compose.compose_env(up))
     return stop_local(runs_dir, run_id, up, args.timeout)
 
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         except compose.NoDockerEngine as error:
             print(f"error: run {run_id} runs under docker compose, but {error}", file=sys.stderr)
             return 2
-        return compose.compose("ps")
+        return compose.compose("ps", env=compose.compose_env(up))
     state = processes(runs_dir, run_id)
     if state is None:
         print(f"error: run {run_id} has no {runs_dir / run_id / 'processes.json'}: it was not "

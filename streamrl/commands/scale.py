@@ -18,7 +18,8 @@ from pathlib import Path
 
 from streamrl import aio
 from streamrl.launch import compose
-from streamrl.launch.state import add_run_arguments, chosen_run, processes, up_info
+from streamrl.launch.state import UP_FILE, add_run_arguments, chosen_run, processes, up_info
+from streamrl.launch.supervisor import write_json
 from streamrl.log import open_log
 from streamrl.recipe.context import load_run_context
 from streamrl.schemas import ScaleRequested, encode_event
@@ -51,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         # the producers' --num-producers changes: compose replaces every replica (each hands
         # its partitions over on SIGUSR1, the service's stop signal); the trainer keeps going
+        up = {**up, "producers": args.producers}
+        write_json(runs_dir / run_id / UP_FILE, up)  # later compose calls see the new count
         return compose.compose("up", "-d", "--no-deps", "--scale", f"producer={args.producers}",
-                               "producer", env=compose.compose_env(
-                                   run_id, up["recipe"], args.producers))
+                               "producer", env=compose.compose_env(up))
     print(f"run {run_id}: asked for {args.producers} producers (log {log_url})")
     if args.no_wait:
         return 0

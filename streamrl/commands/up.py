@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", help="where run files go (default: runs)")
     p.add_argument("--local", action="store_true",
                    help="local processes instead of docker compose (no Docker engine needed)")
+    p.add_argument("--build-local", action="store_true",
+                   help="compose: build the images here without a registry (scripts/images.sh) "
+                        "and run on them")
+    p.add_argument("--ca", action="store_true",
+                   help="with --build-local: trust this machine's extra CA certificates "
+                        "(/usr/local/share/ca-certificates) inside the images")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,14 +72,18 @@ def _up_compose(args: argparse.Namespace, run_id: str, runs_dir: Path, console: 
                       f"instead:\n  streamrl up --local --recipe {args.recipe}"
                       + (f" --producers {args.producers}" if args.producers else ""))
         return 2
-    if args.max_versions is not None:
-        console.print("[yellow]--max-versions is ignored under compose[/yellow]")
-    num_producers = args.producers or 1
-    code = compose.compose("up", "-d", "--build", "--scale", f"producer={num_producers}",
-                           env=compose.compose_env(run_id, args.recipe, num_producers))
+    up = {"mode": "compose", "run_id": run_id, "log": compose.HOST_LOG, "recipe": args.recipe,
+          "producers": args.producers or 1, "max_versions": args.max_versions,
+          "images": compose.LOCAL_IMAGES if args.build_local else {}}
+    if args.build_local and (code := compose.build_local_images(args.ca)) != 0:
+        console.print("[red]building the local images failed (scripts/images.sh)[/red]")
+        return code
+    # local images are built already; official ones are pulled, and the streamrl image built
+    build = [] if args.build_local else ["--build"]
+    code = compose.compose("up", "-d", *build, "--scale", f"producer={up['producers']}",
+                           env=compose.compose_env(up))
     if code == 0:
-        _remember(runs_dir, run_id, {"mode": "compose", "run_id": run_id,
-                                     "log": compose.HOST_LOG, "recipe": args.recipe})
+        _remember(runs_dir, run_id, up)
         console.print(f"run {run_id} is up (compose); `streamrl ps`, `streamrl down`")
     return code
 

@@ -33,19 +33,46 @@ def check_engine() -> None:
         raise NoDockerEngine(f"`docker info` found no Docker engine: {reason}")
 
 
+def compose_command() -> list[str]:
+    """Compose v2 (`docker compose`) where the plugin is installed, else v1 (`docker-compose`,
+    Debian's package); both run compose/docker-compose.yml."""
+    v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20)
+    if v2.returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose") is not None:
+        return ["docker-compose"]
+    raise NoDockerEngine("neither `docker compose` (v2 plugin) nor `docker-compose` (v1) is "
+                         "installed")
+
+
 def compose(*args: str, env: dict[str, str] | None = None) -> int:
-    """`docker compose -p streamrl -f compose/docker-compose.yml ARGS`, output to the terminal."""
-    cmd = ["docker", "compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
+    """`docker compose -p streamrl -f compose/docker-compose.yml ARGS`, output to the terminal.
+    `env`: what the file interpolates (`compose_env`); every call of one run passes the same."""
+    cmd = [*compose_command(), "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
     return subprocess.run(cmd, env={**os.environ, **(env or {})}).returncode
 
 
 HOST_LOG = "kafka://127.0.0.1:19092"  # the compose broker's listener for the host
 
+# The images scripts/images.sh builds without a registry (`streamrl up --build-local`).
+LOCAL_IMAGES = {"STREAMRL_KAFKA_IMAGE": "streamrl/kafka:local", "STREAMRL_IMAGE": "streamrl:local",
+                "STREAMRL_BASE_IMAGE": "streamrl/debian:bookworm", "STREAMRL_TORCH_INDEX_URL": ""}
+IMAGES_SCRIPT = COMPOSE_FILE.parents[1] / "scripts" / "images.sh"
 
-def compose_env(run_id: str, recipe: str, num_producers: int) -> dict[str, str]:
-    """What compose/docker-compose.yml interpolates."""
-    return {"STREAMRL_RUN": run_id, "STREAMRL_RECIPE": recipe,
-            "STREAMRL_PRODUCERS": str(num_producers)}
+
+def compose_env(up: dict) -> dict[str, str]:
+    """What compose/docker-compose.yml interpolates, from what `streamrl up` recorded (the run,
+    recipe, number of producers, version cap and image variables)."""
+    env = {"STREAMRL_RUN": up["run_id"], "STREAMRL_RECIPE": up["recipe"],
+           "STREAMRL_PRODUCERS": str(up["producers"])}
+    if up.get("max_versions") is not None:
+        env["STREAMRL_MAX_VERSIONS"] = str(up["max_versions"])
+    return {**env, **up.get("images", {})}
+
+
+def build_local_images(ca: bool) -> int:
+    """scripts/images.sh: the base, Kafka and streamrl images, built without a registry."""
+    return subprocess.run([str(IMAGES_SCRIPT), *(["--ca"] if ca else []), "all"]).returncode
 
 
 class ExternalProducers(LocalLauncher):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_the_schema_catches_a_broken_compose_file(path: tuple[str, ...], value: 
 
 def test_kafka_runs_in_kraft_mode_from_the_official_image_with_a_health_check() -> None:
     kafka = COMPOSE["services"]["kafka"]
-    assert kafka["image"] == "apache/kafka:4.1.1"
+    # the official image by default; a variable names another (scripts/images.sh builds one)
+    assert kafka["image"] == "${STREAMRL_KAFKA_IMAGE:-apache/kafka:4.1.1}"
     env = kafka["environment"]
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft
     assert "ZOOKEEPER" not in json.dumps(env).upper()
@@ -79,13 +81,14 @@ def test_the_trainer_waits_for_a_healthy_broker_and_producers_are_scaled_by_comp
     assert set(COMPOSE["volumes"]) == {"kafka-data", "runs"}
 
 
-def _interpolate(args: list[str]) -> list[str]:
-    env = compose.compose_env("compose-run", "recipes/arithmetic/recipe.toml", 3)
+def _interpolate(args: list[str], max_versions: int | None = None) -> list[str]:
+    env = compose.compose_env({"run_id": "compose-run", "recipe": "recipes/arithmetic/recipe.toml",
+                               "producers": 3, "max_versions": max_versions})
     out = []
     for a in args:
-        for name, value in env.items():
-            if a.startswith("${" + name):
-                a = value
+        if m := re.fullmatch(r"\$\{(\w+)(?::?([-?])(.*))?\}", a):  # ${X}, ${X:-d}, ${X:?msg}
+            name, kind, default = m.groups()
+            a = env[name] if name in env or kind != "-" else default
         out.append(a)
     return out
 
@@ -96,6 +99,9 @@ def test_the_services_commands_are_ones_streamrl_accepts() -> None:
     args = build_parser(trainer[1:]).parse_args(trainer[1:])
     assert args.external_producers and args.log == "kafka://kafka:9092"
     assert args.run == "compose-run" and args.runs_dir == "/data/runs"
+    assert args.max_versions is None  # the recipe's, unless `streamrl up --max-versions N`
+    capped = _interpolate(COMPOSE["services"]["trainer"]["command"], max_versions=7)
+    assert build_parser(capped[1:]).parse_args(capped[1:]).max_versions == 7
     producer = _interpolate(COMPOSE["services"]["producer"]["command"])
     assert producer[:3] == ["python", "-m", "streamrl.producers"]
     args = producer_parser().parse_args(producer[3:])
