@@ -14,6 +14,7 @@ under the run's streams.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -31,7 +32,7 @@ from streamrl.launch import Launcher
 from streamrl.launch.exhaustion import PromptsExhausted
 from streamrl.log import open_log
 from streamrl.recipe.config import ConfigError, RunConfig, load_recipe
-from streamrl.recipe.context import RunContext
+from streamrl.recipe.context import RunContext, load_run_context
 from streamrl.recipe.hooks import Hooks
 from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
 from streamrl.run.fork import ForkError, parse_fork_spec
@@ -43,16 +44,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default=None, help="run id (default: <recipe name>-<time>)")
     p.add_argument("--runs-dir", default="runs", help="where run files go (default: runs)")
     p.add_argument("--producers", type=int, default=None, help="override rollout.num_producers")
-    p.add_argument("--max-versions", type=int, default=None, help="override run.max_versions")
+    p.add_argument("--max-versions", type=_max_versions, default=None,
+                   help="override run.max_versions (\"recipe\": keep the recipe's)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the trainer and producers as Ray actors (placement from the "
                         "recipe's [placement]); ADDRESS of a cluster, or none for a local Ray")
     p.add_argument("--external-producers", action="store_true",
                    help="start only the trainer: producers are started elsewhere (docker "
                         "compose replicas, compose/docker-compose.yml)")
+    p.add_argument("--resume", action="store_true",
+                   help="if the run already exists in the log, continue it (the trainer resumes "
+                        "from the log) instead of refusing: compose restarts the trainer so")
     p.add_argument("--fork", default=None, metavar="RUN@VERSION",
                    help="start from run RUN's weight version VERSION and its place in the log "
                         "(nothing of RUN's past is generated again); docs/fork-and-rereward.md")
+
+
+def _max_versions(text: str) -> int | None:
+    """An int, or "recipe" for the recipe's own value (compose passes one or the other)."""
+    return None if text == "recipe" else int(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +99,12 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
             ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe,
                                       fork=args.fork, hooks=hooks)
         except RunExists as error:
-            console.print(f"[red]{error}[/red]: choose another --run")
-            return 2
+            if not args.resume:
+                console.print(f"[red]{error}[/red]: choose another --run")
+                return 2
+            # a restarted trainer container: the log holds the run, the trainer resumes from it
+            ctx, v0 = await load_run_context(log, run_id), contextlib.nullcontext()
+            console.print(f"run {run_id} exists in {log.url}: resuming it from the log")
         except (ForkError, ResumeError) as error:
             console.print(f"[red]error: {error}[/red]")
             return 2
