@@ -72,7 +72,9 @@ def optimizer(model: CausalLM, config: ComputeConfig, *, lr: float,
     # fused AdamW is one kernel launch set per step on CUDA; the CPU path keeps the default
     # (foreach/for-loop) implementation, whose results replay bit-exactly.
     extra = {"fused": True} if config.on_gpu else {}
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **extra)
+    # Only what trains gets optimizer state (a LoRA run's adapters, not its frozen base).
+    trained = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay, **extra)
 
 
 def full_tensor(t: Tensor) -> Tensor:

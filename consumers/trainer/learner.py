@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from streamrl.checkpoints import OPTIMIZER_FILE
+from streamrl.consumers.trainer import lora
 from streamrl.consumers.trainer.advantages import overlong_penalty
 from streamrl.consumers.trainer.batch import TrainBatch, build_batch
 from streamrl.consumers.trainer.compute import (
@@ -79,7 +80,11 @@ class Learner:
                              f" (got {aggregation!r}): only a token mean splits exactly over "
                              "micro-batches; unset micro_batch_rows or change the aggregation")
         self.model_config = model.config  # the HF-style config, whatever wraps the model
+        if self.trainer.lora is not None:  # adapters on a frozen base (lora.py)
+            lora.attach(model, self.trainer.lora)
         self.model = place(model, self.compute)
+        if self.trainer.lora is not None:
+            lora.store_base(self.model, self.compute)
         self.advantage_fn, self.loss_fn = setup.advantage, setup.loss
         self.optimizer = optimizer(self.model, self.compute, lr=self.trainer.lr,
                                    weight_decay=self.trainer.weight_decay)
@@ -87,6 +92,8 @@ class Learner:
     @classmethod
     def from_checkpoint(cls, path: Path, setup: LearnerSetup) -> Learner:
         learner = cls(load_checkpoint(path), setup)
+        if setup.trainer.lora is not None:
+            lora.load_saved_adapter(learner.model, path)
         learner.load_optimizer(path)
         return learner
 
@@ -113,11 +120,15 @@ class Learner:
 
     def save(self, path: Path) -> None:
         """Model in HF format plus optimizer state: everything a resume needs."""
-        save_checkpoint(self.model, path)
+        save_checkpoint(self.model, path)  # a LoRA model's state is its base alone
+        if self.trainer.lora is not None:
+            lora.save_adapter(self.model, self.trainer.lora, path)
         torch.save(self.optimizer.state_dict(), path / OPTIMIZER_FILE)
 
     def hf_state_dict(self) -> dict[str, Tensor]:
-        """The weights under HF names, as producers load them."""
+        """The weights under HF names, as producers load them (a LoRA run's: the adapter)."""
+        if self.trainer.lora is not None:
+            return {k: full_tensor(v) for k, v in lora.adapter_tensors(self.model).items()}
         state = {k: full_tensor(v) for k, v in self.model.state_dict().items()}
         return to_hf_names(state, self.model.config)
 
@@ -142,6 +153,7 @@ class Learner:
         `sample_weights` (from the staleness policy, one per sample in row order) scale each
         sample's advantages. Returns the metrics of the step."""
         started = time.perf_counter()
+        self._version, self._num_policy_passes = version, 0  # seeds LoRA dropout per pass
         batch = build_batch(rows, self.trainer.algorithm.batch)
         metrics: dict[str, float] = {}
         advantage_input, shaping = batch.advantage_input(), None
@@ -182,6 +194,15 @@ class Learner:
 
     def _policy(self, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         """log pi(target) [B, S] with grad, and the entropy when asked (CPU path only)."""
+        if self.trainer.lora is not None and self.trainer.lora.dropout > 0:
+            self._num_policy_passes += 1
+            with lora.seeded_dropout(self.trainer.lora, self._version, self._num_policy_passes,
+                                     self.compute):
+                return self._policy_pass(batch, with_entropy=with_entropy)
+        return self._policy_pass(batch, with_entropy=with_entropy)
+
+    def _policy_pass(self, batch: TrainBatch, *,
+                     with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         if not with_entropy:
             return self.logprobs(batch), None
         out = self.model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,

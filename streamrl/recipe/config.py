@@ -21,7 +21,7 @@ from streamrl.recipe.engine import EngineConfig
 from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
 from streamrl.recipe.megatron import MegatronConfig
 from streamrl.recipe.rewards import RewardSpec
-from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig, LoraConfig
 from streamrl.staleness import StalenessConfig
 from streamrl.streams import check_run_id
 
@@ -197,6 +197,8 @@ class TrainerSection(Section, kw_only=True):
     """The megatron-core parallel layout (tensor, pipeline, expert sizes, recompute), which
     `streamrl plan` sizes; `streamrl run` trains on one GPU so far and refuses sizes above 1
     (streamrl/recipe/megatron.py)."""
+    lora: LoraConfig | None = None
+    """Train a LoRA adapter on the frozen base (torch backend only; docs/lora.md)."""
 
 
 class WeightsSection(Section, kw_only=True):
@@ -313,6 +315,10 @@ class RunConfig(Section, kw_only=True):
             raise ValueError("trainer.backend = \"megatron\" does not take trainer.compute's "
                              "compile, fsdp or activation_checkpointing (the torch backend's); "
                              "unset them")
+        if self.trainer.lora is not None and (self.trainer.backend != "torch" or compute.fsdp):
+            raise ValueError("trainer.lora needs trainer.backend = \"torch\" without "
+                             "compute.fsdp (the megatron backend and FSDP do not train LoRA "
+                             "adapters here); remove [trainer.lora] or use the torch backend")
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")
