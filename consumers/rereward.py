@@ -38,6 +38,7 @@ from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
 from streamrl.recipe.context import RunContext, load_run_context
 from streamrl.recipe.rewards import build_reward
+from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     DeadLetter,
     DecodeError,
@@ -47,11 +48,11 @@ from streamrl.schemas import (
     RunStarted,
     TrajectoryDecodeError,
     decode_event,
-    decode_trajectories,
     encode_event,
     encode_trajectories,
 )
 from streamrl.schemas.ids import group_id_for
+from streamrl.schemas.integrity import digest_headers
 from streamrl.streams import RunStreams, check_run_id
 
 
@@ -146,7 +147,7 @@ def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
               result: RerewardResult) -> Append:
     """The record with new rewards for the new run's trajectories, or its dead letter."""
     try:
-        rows = decode_trajectories(record.value)
+        rows = decode_trajectory_record(record)
         scores = scorer.score(rows)
     except DecodeError as error:
         result.num_dead_lettered += 1
@@ -168,8 +169,9 @@ def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
     }
     columns = [replaced.get(name, rows[name]) for name in rows.schema.names]
     batch = pa.RecordBatch.from_arrays(columns, schema=rows.schema)
-    return Append(stream=ctx.streams.trajectories, value=encode_trajectories(batch),
-                  key=record.key)
+    value = encode_trajectories(batch)
+    return Append(stream=ctx.streams.trajectories, value=value, key=record.key,
+                  headers=digest_headers(value))
 
 
 async def _prompts(log: Log, parent: RunContext) -> dict[str, Prompt]:

@@ -18,9 +18,15 @@ import pyarrow as pa
 from streamrl.schemas.checks import check_batch, check_columns
 from streamrl.schemas.compat import check_compatible, conform, conform_columns, has_v1_columns
 from streamrl.schemas.errors import DecodeError, TrajectoryDecodeError
+from streamrl.schemas.integrity import check_payload_digest
 from streamrl.schemas.ipc_scan import scan_stream
 from streamrl.schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from streamrl.schemas.trajectory import TRAJECTORY_FIELDS, TRAJECTORY_SCHEMA
+from streamrl.schemas.trajectory import (
+    LIST_SHAPES,
+    META_SHAPE,
+    TRAJECTORY_FIELDS,
+    TRAJECTORY_SCHEMA,
+)
 
 _READ_OPTIONS = pa.ipc.IpcReadOptions(use_threads=False)
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression=None)  # readers reject compressed bodies
@@ -63,7 +69,7 @@ def encode_trajectories(batch: pa.RecordBatch, *, validate: bool = True,
     # only build an equal schema object (and lose Arrow's cached comparisons of this one).
     if not (list(existing.items()) == _V1_METADATA_ITEMS
             and batch.schema.equals(TRAJECTORY_SCHEMA, check_metadata=True)):
-        batch = batch.replace_schema_metadata({**existing, **_V1_METADATA})
+        batch = _stamped(batch, {**existing, **_V1_METADATA})
     if validate:
         check_batch(batch if has_v1_columns(batch.schema) else conform(batch), limits=limits)
     sink = pa.BufferOutputStream()
@@ -78,12 +84,23 @@ def encode_trajectories(batch: pa.RecordBatch, *, validate: bool = True,
     return data
 
 
+def _stamped(batch: pa.RecordBatch, metadata: dict[bytes, bytes]) -> pa.RecordBatch:
+    """`batch` with the v1 schema marker and each known list column's shape (`LIST_SHAPES`) in
+    its field metadata, so a hand-built batch is written as `samples_to_batch` writes one."""
+    fields = [f.with_metadata({**(f.metadata or {}), META_SHAPE: LIST_SHAPES[f.name].encode()})
+              if f.name in LIST_SHAPES else f for f in batch.schema]
+    return pa.RecordBatch.from_arrays(batch.columns, schema=pa.schema(fields, metadata=metadata))
+
+
 def decode_trajectories(data: bytes | bytearray | memoryview, *, vocab_size: int | None = None,
-                        limits: DecodeLimits = DEFAULT_LIMITS) -> pa.RecordBatch:
+                        limits: DecodeLimits = DEFAULT_LIMITS,
+                        digest: bytes | None = None) -> pa.RecordBatch:
     """Decode untrusted bytes into a batch with exactly `TRAJECTORY_SCHEMA`.
 
     Unknown columns are dropped and optional columns missing from an older writer are null-filled.
-    With `vocab_size`, token ids must also be < vocab_size. Raises `TrajectoryDecodeError` or
+    With `vocab_size`, token ids must also be < vocab_size. With `digest` (the record's
+    `streamrl-digest` header, `schemas/integrity.py`) the bytes must hash to it, checked before
+    anything is decoded (`digest_mismatch`). Raises `TrajectoryDecodeError` or
     `SchemaIncompatibleError` (both `DecodeError`) for anything else.
     """
     if vocab_size is not None and vocab_size <= 0:
@@ -96,6 +113,7 @@ def decode_trajectories(data: bytes | bytearray | memoryview, *, vocab_size: int
     if size > limits.max_message_bytes:
         raise TrajectoryDecodeError(f"message is {size} bytes, limit {limits.max_message_bytes}",
                                     where="message", reason_code="too_large")
+    check_payload_digest(data, digest)
     with _stage("IPC stream", "malformed_ipc"):
         buf = pa.py_buffer(data)
         schema_message = scan_stream(buf, limits)

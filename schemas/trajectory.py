@@ -30,6 +30,18 @@ FINISH_REASON_TYPE = pa.dictionary(pa.int8(), pa.string())
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 # The routing column for models with at most 256 routed experts; `routed_experts_wide` otherwise.
 NARROW_EXPERT_LIMIT = 256
+# The shape of one row of every list column, also written into its Arrow field metadata under
+# META_SHAPE, so a reader in any language sees it (routing rows are flattened in C order).
+META_SHAPE = b"streamrl.shape"
+_PER_TOKEN = "[num_response_tokens]"
+_ROUTED = "[num_response_tokens, moe_num_layers, moe_top_k]"
+LIST_SHAPES: dict[str, str] = {
+    "response_versions": _PER_TOKEN, "prompt_tokens": "[num_prompt_tokens]",
+    "response_tokens": _PER_TOKEN, "logprobs": _PER_TOKEN, "loss_mask": _PER_TOKEN,
+    "routed_experts": _ROUTED, "routed_experts_wide": _ROUTED,
+    "routed_experts_packed": "[ceil(num_response_tokens * moe_num_layers * bits / 8)]",
+    "reference_logprobs": _PER_TOKEN, "token_rewards": _PER_TOKEN,
+}
 
 
 def _required(name: str, type_: pa.DataType) -> pa.Field:
@@ -38,6 +50,11 @@ def _required(name: str, type_: pa.DataType) -> pa.Field:
 
 def _optional(name: str, type_: pa.DataType) -> pa.Field:
     return pa.field(name, type_, nullable=True)
+
+
+def _with_shape(field: pa.Field) -> pa.Field:
+    shape = LIST_SHAPES.get(field.name)
+    return field if shape is None else field.with_metadata({META_SHAPE: shape.encode()})
 
 
 TRAJECTORY_FIELDS: tuple[pa.Field, ...] = (
@@ -80,7 +97,7 @@ TRAJECTORY_FIELDS: tuple[pa.Field, ...] = (
 )
 
 TRAJECTORY_SCHEMA: pa.Schema = pa.schema(
-    TRAJECTORY_FIELDS,
+    [_with_shape(f) for f in TRAJECTORY_FIELDS],
     metadata={META_SCHEMA: SCHEMA_NAME.encode(), META_VERSION: str(SCHEMA_VERSION).encode()},
 )
 

@@ -31,13 +31,13 @@ from streamrl.consumers.trainer.learner import Learner
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.context import TRAINER_GROUP, RunContext
+from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     Event,
     TrainStep,
     decode_event,
-    decode_trajectories,
     encode_event,
 )
 from streamrl.schemas.ids import parse_group_id, reissued_event_id
@@ -115,7 +115,7 @@ class TrainerLoop:
                 continue
             record = self._buffer.pop(0)
             decoded = await self.dlq.decode_or_reject(
-                record, lambda data: decode_trajectories(data, vocab_size=self.vocab_size))
+                record, lambda _, r=record: decode_trajectory_record(r, vocab_size=self.vocab_size))
             self.former.add(record, decoded, self.version, self.source.clock(record, self.version))
         return self.former.take()
 

@@ -18,13 +18,13 @@ from streamrl.consumers.trainer.backends import learner_class
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.log import Log
 from streamrl.recipe.context import RunContext
+from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     Rejected,
     WeightVersionAnnounced,
     decode_event,
-    decode_trajectories,
 )
 from streamrl.weights import weights_digest
 
@@ -67,7 +67,7 @@ async def batch_rows(log: Log, batch: BatchFormed) -> list[pa.RecordBatch]:
     for position in dict.fromkeys(batch.positions):  # unique, in order
         [record] = await log.read(position.stream, position.partition, position.offset,
                                   max_records=1)
-        data = decode_trajectories(record.value)
+        data = decode_trajectory_record(record)
         keep = pa.array([sid in wanted for sid in data["sample_id"].to_pylist()])
         rows.append(data.filter(keep))
     return rows

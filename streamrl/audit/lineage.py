@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from streamrl.log import Log, Position, Record, StreamNotFoundError
 from streamrl.recipe.context import RunContext, context_from_event
+from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     BatchFormed,
     DecodeError,
@@ -24,7 +25,6 @@ from streamrl.schemas import (
     RunStarted,
     WeightVersionAnnounced,
     decode_event,
-    decode_trajectories,
 )
 from streamrl.streams import RunStreams, StreamKind, check_run_id
 
@@ -203,7 +203,7 @@ def _decode_trajectories(records: list[Record],
     out: dict[Position, list[SampleRow]] = {}
     for record in records:
         try:
-            batch = decode_trajectories(record.value)
+            batch = decode_trajectory_record(record)
         except DecodeError as error:
             undecodable.append(Undecodable(position=record.position,
                                            reason_code=error.reason_code, what=str(error)))

@@ -36,15 +36,16 @@ import pyarrow.compute as pc
 from streamrl.consumers.trainer.resume import History
 from streamrl.log import Append, Log, StreamPartition
 from streamrl.recipe.context import PRODUCER_GROUP, ForkPoint, RunContext
+from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     DecodeError,
     Prompt,
     decode_event,
-    decode_trajectories,
     encode_event,
     encode_trajectories,
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
+from streamrl.schemas.integrity import digest_headers
 
 
 class ForkPosition(msgspec.Struct, kw_only=True):
@@ -87,7 +88,7 @@ async def plan_position(log: Log, parent: RunContext, history: History,
     num_undecodable = 0
     for record in await log.read_all(parent.streams.trajectories, 0):
         try:
-            data = decode_trajectories(record.value)
+            data = decode_trajectory_record(record)
         except DecodeError:
             num_undecodable += 1
             continue
@@ -161,9 +162,10 @@ async def write_position(log: Log, ctx: RunContext, position: ForkPosition) -> N
     if committed:
         await log.commit(PRODUCER_GROUP, committed)
     await log.append_many([
-        Append(stream=ctx.streams.trajectories, key=group_id.encode(),
-               value=encode_trajectories(_renamed(rows, ctx.run_id, group_id)))
-        for group_id, (_, rows) in zip(expected, position.carried, strict=True)])
+        Append(stream=ctx.streams.trajectories, key=group_id.encode(), value=value,
+               headers=digest_headers(value))
+        for group_id, (_, rows) in zip(expected, position.carried, strict=True)
+        for value in [encode_trajectories(_renamed(rows, ctx.run_id, group_id))]])
 
 
 def _renamed(rows: pa.RecordBatch, run_id: str, group_id: str) -> pa.RecordBatch:

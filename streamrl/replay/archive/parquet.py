@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamrl.log import Record
-from streamrl.schemas import BatchFormed, DecodeError, decode_trajectories
+from streamrl.records import decode_trajectory_record
+from streamrl.schemas import BatchFormed, DecodeError
 
 
 def write_samples(records: list[Record], batches: list[BatchFormed], path: Path) -> int:
@@ -20,7 +21,7 @@ def write_samples(records: list[Record], batches: list[BatchFormed], path: Path)
     tables = []
     for record in records:
         try:
-            batch = decode_trajectories(record.value)
+            batch = decode_trajectory_record(record)
         except DecodeError:
             continue
         table = pa.Table.from_batches([batch])
