@@ -59,6 +59,7 @@ from streamrl.schemas import (
     samples_to_batch,
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
+from streamrl.schemas.integrity import digest_headers
 from streamrl.staleness import THROTTLED, AdmissionState
 from streamrl.streams import owned_partitions
 
@@ -246,7 +247,7 @@ class Producer:
                        for k, (res, rew) in enumerate(zip(results, rewards, strict=True))]
             data = encode_trajectories(samples_to_batch(samples))
             appends.append(Append(stream=self.ctx.streams.trajectories, value=data,
-                                  key=group_id.encode()))
+                                  key=group_id.encode(), headers=digest_headers(data)))
         async with self.publish_lock:
             progress = self.progress[group.record.partition]
             position = progress.finishing([group.record.offset])
