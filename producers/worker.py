@@ -42,6 +42,7 @@ from streamrl.hooks.run import prompt_text, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.budget import num_published_samples, started_share
 from streamrl.producers.handover import hand_over
+from streamrl.producers.reference import ReferenceScorer
 from streamrl.producers.resume import PartitionProgress
 from streamrl.producers.rewards.sandbox import RewardSandbox
 from streamrl.producers.rollout import EngineClient
@@ -87,6 +88,11 @@ class Producer:
         self.client = EngineClient(engine)
         self.rollout = self.hooks.rollout
         r = ctx.config.rollout
+        self.reference = None  # the KL reference, when producers score it (reference.py)
+        if ctx.config.trainer.algorithm.kl.reference == "producer":
+            self.reference = ReferenceScorer(
+                ctx.init_checkpoint, temperature=r.temperature or 1.0,
+                device=r.engine.torch_device, dtype=r.engine.torch_dtype)
         self.rewards = RewardSandbox(self.hooks.reward, timeout_s=r.reward_timeout_s,
                                      num_workers=r.reward_workers)  # rewards/sandbox.py
         self.groups: dict[str, Group] = {}  # started, until their commit happened
@@ -243,8 +249,10 @@ class Producer:
                              detail=verdict.reason)
             appends.append(Append(stream=self.ctx.streams.events, value=encode_event(event)))
         else:
-            samples = [self._sample(group_id, group, k, res, rew)
-                       for k, (res, rew) in enumerate(zip(results, rewards, strict=True))]
+            reference = ([None] * len(results) if self.reference is None  # off the loop:
+                         else await asyncio.to_thread(self.reference.score, results))
+            samples = [self._sample(group_id, group, k, res, rew, ref) for k, (res, rew, ref)
+                       in enumerate(zip(results, rewards, reference, strict=True))]
             data = encode_trajectories(samples_to_batch(samples))
             appends.append(Append(stream=self.ctx.streams.trajectories, value=data,
                                   key=group_id.encode(), headers=digest_headers(data)))
@@ -271,14 +279,21 @@ class Producer:
         response = result.response_tokens
         if result.finish_reason == "stop":
             response = response[:-1]  # the stop token is not part of the answer
-        return await self.rewards.score(RewardInput(
+        out = await self.rewards.score(RewardInput(
             prompt_id=group.prompt.prompt_id, prompt_text=group.text,
             prompt_tokens=group.tokens, response_text=self.tokenizer.decode(response),
             response_tokens=result.response_tokens, finish_reason=result.finish_reason,
             metadata=dict(group.prompt.metadata)))
+        token_rewards = out.token_rewards
+        if token_rewards is not None and (len(token_rewards) != len(result.response_tokens)
+                                          or not np.isfinite(token_rewards).all()):
+            return RewardOutput(reward=0.0, status=(
+                f"bad_token_rewards: {len(token_rewards)} values for "
+                f"{len(result.response_tokens)} response tokens, or not finite"))
+        return out
 
     def _sample(self, group_id: str, group: Group, k: int, res: RolloutSample,
-                reward: RewardOutput) -> Sample:
+                reward: RewardOutput, reference: np.ndarray | None = None) -> Sample:
         versions = res.response_versions
         return Sample(
             run_id=self.ctx.run_id, sample_id=sample_id_for(group_id, k), group_id=group_id,
@@ -290,4 +305,7 @@ class Producer:
             finish_reason=res.finish_reason, seed=res.seed,
             started_at=res.started_at, finished_at=res.finished_at,
             response_versions=versions, routed_experts=res.routed_experts,
-            moe_num_experts=None if res.routed_experts is None else self.engine.num_experts)
+            moe_num_experts=None if res.routed_experts is None else self.engine.num_experts,
+            reference_logprobs=reference,
+            token_rewards=None if reward.token_rewards is None
+            else np.asarray(reward.token_rewards, np.float32))

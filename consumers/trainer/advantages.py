@@ -8,8 +8,9 @@ spreads it over that sample's trained tokens; every other position gets exactly 
 Groups are the samples sharing a `group_id` (one prompt's samples). A group of one sample, or a
 group whose rewards are all equal, carries no learning signal and gets advantage 0, never NaN.
 
-Per-token (process) rewards are not supported: the trajectory schema records one reward per
-sample (`reward`, `reward_details`), and a per-token reward would need a new column.
+Per-token (process) rewards (`RewardOutput.token_rewards`, the trajectory's `token_rewards`
+column) reach `AdvantageInput.token_rewards`; `process` turns them into per-token advantages.
+The sample-level estimators read `rewards` only.
 """
 
 from __future__ import annotations
@@ -123,6 +124,74 @@ reinforce_pp: AdvantageFn = make_batch_normalized()
 
 reinforce_pp_baseline: AdvantageFn = make_batch_normalized(group_baseline=True)
 """REINFORCE++-baseline: group-mean baseline, then normalized over the batch's tokens."""
+
+
+def process(inp: AdvantageInput, *, eps: float = 1e-6) -> Tensor:
+    """Per-token advantages from per-token (process) rewards: the reward-to-go of each token,
+    normalized over its group's trained tokens (GRPO's group normalization, token-weighted):
+
+        G_it = sum_{t' >= t} r_it'                       (undiscounted return, Williams 1992)
+        A_it = (G_it - mean_g(G)) / (std_g(G) + eps)     mean, population std over the trained
+                                                         tokens of every sample of group g
+
+    r_it is `inp.token_rewards` (every response token's reward, trained or not, enters the
+    sums); without it each sample's reward sits on its last trained token, so G_it = r_i on
+    every trained token and this is GRPO weighted by length. With `[trainer.algorithm.kl]
+    penalty = "reward"` r_it carries -kl_coef * KL_it, so G_it is the KL-penalized return of
+    PPO-RLHF and REINFORCE++. A group whose returns are all equal gets exactly 0."""
+    mask = inp.loss_mask
+    segments = inp.segments if inp.segments is not None else torch.arange(
+        mask.shape[0], device=mask.device)[:, None].expand(mask.shape)
+    r = inp.token_rewards
+    if r is None:
+        r = _at_last(_rewards(inp), segments, mask)
+    r = torch.where(segments >= 0, r.to(torch.float64), 0.0)
+    flat_seg = segments.reshape(-1)
+    real = flat_seg >= 0
+    seg = flat_seg.clamp(min=0)
+    num_samples = len(inp.group_ids)
+    before = (r.cumsum(dim=1) - r).reshape(-1)  # exclusive prefix sum along the row
+    index = torch.arange(flat_seg.numel(), device=r.device)
+    first = torch.full((num_samples,), flat_seg.numel(), device=r.device).scatter_reduce(
+        0, seg[real], index[real], "amin")
+    total = torch.zeros(num_samples, dtype=torch.float64, device=r.device).index_add_(
+        0, seg[real], r.reshape(-1)[real])
+    base = before[first.clamp(max=flat_seg.numel() - 1)]
+    returns = total[seg] - (before - base[seg])  # [B*S]: the sample's sum from t on
+    trained = mask.reshape(-1) & real
+    group, num_groups = _group_index(inp.group_ids, r.device)
+    g = group[seg][trained]
+    values = returns[trained]
+    count = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(
+        0, g, torch.ones_like(values))
+    mean = torch.zeros_like(count).index_add_(0, g, values) / count.clamp(min=1)
+    var = torch.zeros_like(count).index_add_(0, g, (values - mean[g]).square()) / count.clamp(
+        min=1)
+    lo = torch.full_like(count, torch.inf).scatter_reduce(0, g, values, "amin")
+    hi = torch.full_like(count, -torch.inf).scatter_reduce(0, g, values, "amax")
+    adv = torch.where((lo != hi)[g], (values - mean[g]) / (var.sqrt()[g] + eps), 0.0)
+    out = torch.zeros(flat_seg.numel(), dtype=torch.float64, device=r.device)
+    out[trained] = adv
+    return out.reshape(mask.shape).to(torch.float32)
+
+
+def at_last_response(values: Tensor, segments: Tensor, versions: Tensor) -> Tensor:
+    """[B, S] `values` [N] placed on each sample's last response target (`versions >= 0`
+    marks response targets in a TrainBatch), 0 elsewhere; a sample without response tokens
+    places nothing."""
+    return _at_last(values, segments, versions >= 0)
+
+
+def _at_last(values: Tensor, segments: Tensor, where: Tensor) -> Tensor:
+    flat = segments.reshape(-1)
+    pick = where.reshape(-1) & (flat >= 0)
+    index = torch.arange(flat.numel(), device=values.device)
+    last = torch.full((values.numel(),), -1, device=values.device).scatter_reduce(
+        0, flat[pick], index[pick], "amax")
+    out = torch.zeros(flat.numel(), dtype=values.dtype, device=values.device)
+    has = last >= 0
+    out[last[has]] = values[has]
+    return out.reshape(segments.shape)
 
 
 def overlong_penalty(num_response_tokens: Tensor, *, max_new_tokens: int, buffer_tokens: int,

@@ -57,6 +57,13 @@ class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     sample_ids: list[str]  # [N]
     forced_routing: Tensor | None = None  # [B, S, num_moe_layers, top_k] int32, or None
     routing_mask: Tensor | None = None  # [B, S] bool, True where forced_routing was recorded
+    # [B, S] float32 log ref(target) recorded by the producer, 0 where not a response; None
+    # unless every sample has the column (`no_reference` lists those that lack it).
+    reference_logprobs: Tensor | None = None
+    no_reference: tuple[str, ...] = ()
+    # [B, S] float32 per-token rewards at response targets, 0 elsewhere; None unless some sample
+    # recorded `token_rewards`. A sample that did not has its reward on its last response token.
+    token_rewards: Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -65,7 +72,8 @@ class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     def advantage_input(self) -> AdvantageInput:
         """What an advantage estimator sees of this batch."""
         return AdvantageInput(rewards=self.rewards, group_ids=self.group_ids,
-                              loss_mask=self.loss_mask, segments=self.segments)
+                              loss_mask=self.loss_mask, segments=self.segments,
+                              token_rewards=self.token_rewards)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         def move(t: Tensor | None) -> Tensor | None:
@@ -73,7 +81,8 @@ class TrainBatch(msgspec.Struct, kw_only=True, frozen=True, eq=False):
         return msgspec.structs.replace(self, **{
             name: move(getattr(self, name)) for name in (
                 "tokens", "positions", "targets", "loss_mask", "old_logprobs", "versions",
-                "segments", "rewards", "forced_routing", "routing_mask")})
+                "segments", "rewards", "forced_routing", "routing_mask",
+                "reference_logprobs", "token_rewards")})
 
 
 def build_batch(rows: Sequence[pa.RecordBatch] | Sequence[Sample],
@@ -115,6 +124,10 @@ def build_batch(rows: Sequence[pa.RecordBatch] | Sequence[Sample],
         placeholder = np.broadcast_to(np.arange(routing_shape[1], dtype=np.int32), routing_shape)
         routing = np.broadcast_to(placeholder, (B, S, *routing_shape)).copy()
         routing_mask = np.zeros((B, S), np.bool_)
+    no_reference = tuple(s.sample_id for s in samples if s.reference_logprobs is None)
+    reference = np.zeros((B, S), np.float32) if not no_reference else None
+    token_rewards = (np.zeros((B, S), np.float32)
+                     if any(s.token_rewards is not None for s in samples) else None)
 
     for i, (s, (row, o), n) in enumerate(zip(samples, placement, lengths, strict=True)):
         P, R = len(s.prompt_tokens), len(s.response_tokens)
@@ -132,6 +145,13 @@ def build_batch(rows: Sequence[pa.RecordBatch] | Sequence[Sample],
         if routing is not None and routing_mask is not None and s.routed_experts is not None:
             routing[row, resp] = s.routed_experts
             routing_mask[row, resp] = True
+        if reference is not None:
+            reference[row, resp] = s.reference_logprobs
+        if token_rewards is not None and R:
+            if s.token_rewards is not None:
+                token_rewards[row, resp] = s.token_rewards
+            else:
+                token_rewards[row, o + P + R - 2] = s.reward
     for row in range(B):
         # Padding continues the row's last positions, which causal attention already hides.
         start = fill[row]
@@ -146,7 +166,10 @@ def build_batch(rows: Sequence[pa.RecordBatch] | Sequence[Sample],
         rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
         group_ids=[s.group_id for s in samples], sample_ids=[s.sample_id for s in samples],
         forced_routing=None if routing is None else torch.from_numpy(routing),
-        routing_mask=None if routing_mask is None else torch.from_numpy(routing_mask))
+        routing_mask=None if routing_mask is None else torch.from_numpy(routing_mask),
+        reference_logprobs=None if reference is None else torch.from_numpy(reference),
+        no_reference=no_reference,
+        token_rewards=None if token_rewards is None else torch.from_numpy(token_rewards))
 
 
 def _check_samples(samples: list[Sample]) -> None:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer import lora
-from streamrl.consumers.trainer.advantages import overlong_penalty
+from streamrl.consumers.trainer.advantages import at_last_response, overlong_penalty
 from streamrl.consumers.trainer.batch import TrainBatch, build_batch
 from streamrl.consumers.trainer.compute import (
     autocast,
@@ -36,7 +36,7 @@ from streamrl.consumers.trainer.compute import (
     optimizer,
     place,
 )
-from streamrl.consumers.trainer.reference import ReferencePolicy
+from streamrl.consumers.trainer.reference import ReferencePolicy, kl_reward
 from streamrl.hooks.train import AdvantageFn, LossFn, LossInput
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
@@ -154,21 +154,18 @@ class Learner:
         sample's advantages. Returns the metrics of the step."""
         started = time.perf_counter()
         self._version, self._num_policy_passes = version, 0  # seeds LoRA dropout per pass
-        batch = build_batch(rows, self.trainer.algorithm.batch)
+        cpu_batch = build_batch(rows, self.trainer.algorithm.batch)
         metrics: dict[str, float] = {}
-        advantage_input, shaping = batch.advantage_input(), None
-        if self.trainer.algorithm.overlong is not None:
-            shaping = self._overlong(batch)
-            advantage_input = msgspec.structs.replace(
-                advantage_input, rewards=(batch.rewards.double() + shaping).float())
-        advantages = self.advantage_fn(advantage_input)
-        advantages = advantages * _per_position(batch, sample_weights)
-        if self.compute.on_gpu:
-            batch = batch.to(self.compute.torch_device)
-            advantages = advantages.to(self.compute.torch_device)
+        batch = cpu_batch.to(self.compute.torch_device) if self.compute.on_gpu else cpu_batch
         with torch.no_grad():
             proximal = self.logprobs(batch)
         reference = self._reference_logprobs(batch)
+        shaping: dict[str, float] = {}
+        advantages = self._advantages(cpu_batch, proximal, reference, shaping)
+        advantages = advantages * _per_position(cpu_batch, sample_weights)
+        advantages = advantages.to(self.compute.torch_device)
+        if self.trainer.algorithm.kl.penalty == "reward":
+            reference = None  # it acted through the rewards; the loss adds no KL term
         for rows_mb in _split(batch.tokens.shape[0], self.trainer.minibatches):
             self.optimizer.zero_grad(set_to_none=True)
             step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version,
@@ -183,8 +180,7 @@ class Learner:
         n = self.trainer.minibatches
         metrics = {k: v / n for k, v in metrics.items()}
         metrics["reward_mean"] = float(batch.rewards.float().mean())
-        if shaping is not None:
-            metrics["overlong_penalty_mean"] = float(shaping.mean())
+        metrics.update(shaping)
         # Throughput, for people (the GPU run's training tok/s): the clock never feeds the
         # weights, so replay stays exact; `step_ms` is the one metric that differs on replay.
         metrics["train_tokens"] = float(batch.positions.numel() - int((batch.segments < 0).sum()))
@@ -210,6 +206,37 @@ class Learner:
         return token_logprobs(out.hidden, self.model.lm_head.weight, batch.targets,
                               temperature=self.setup.temperature, with_entropy=True)
 
+    def _advantages(self, batch: TrainBatch, proximal: Tensor, reference: Tensor | None,
+                    metrics: dict[str, float]) -> Tensor:
+        """[B, S] advantages of the CPU `batch`, after the reward shaping the recipe asks for:
+        DAPO's overlong penalty on each sample's reward (and its last token's), and with
+        `kl.penalty = "reward"` -kl_coef * KL(prox || ref) on every trained token (summed per
+        sample for sample-level estimators). Shaping metrics go to `metrics`."""
+        algorithm = self.trainer.algorithm
+        inp = batch.advantage_input()
+        if algorithm.overlong is not None:
+            shaping = self._overlong(batch)
+            metrics["overlong_penalty_mean"] = float(shaping.mean())
+            inp = msgspec.structs.replace(inp, rewards=(batch.rewards.double() + shaping).float(),
+                                          token_rewards=None if inp.token_rewards is None else
+                                          inp.token_rewards + at_last_response(
+                                              shaping.float(), batch.segments, batch.versions))
+        if algorithm.kl.penalty == "reward":
+            assert reference is not None  # a kl section needs kl_coef > 0 (AlgorithmConfig)
+            config = algorithm.loss_config
+            kl = kl_reward(proximal.cpu(), reference.cpu(), batch.loss_mask,
+                           estimator=config.kl_estimator, max_log_ratio=config.max_log_ratio)
+            num = batch.loss_mask.sum().clamp(min=1)
+            metrics["kl_reward_mean"] = float(kl.double().sum() / num)
+            token_rewards = (inp.token_rewards if inp.token_rewards is not None
+                             else at_last_response(inp.rewards, batch.segments, batch.versions))
+            per_sample = torch.zeros(batch.num_samples, dtype=torch.float64).index_add_(
+                0, batch.segments.clamp(min=0).reshape(-1), kl.double().reshape(-1))
+            inp = msgspec.structs.replace(
+                inp, rewards=(inp.rewards.double() - config.kl_coef * per_sample).float(),
+                token_rewards=token_rewards - config.kl_coef * kl)
+        return self.advantage_fn(inp)
+
     def _overlong(self, batch: TrainBatch) -> Tensor:
         """[N] DAPO's overlong penalty per sample, from its number of response tokens."""
         overlong = self.trainer.algorithm.overlong
@@ -224,9 +251,19 @@ class Learner:
                                 buffer_tokens=overlong.buffer_tokens, penalty=overlong.penalty)
 
     def _reference_logprobs(self, batch: TrainBatch) -> Tensor | None:
-        """log ref(target) [B, S] from the frozen initial weights, or None without a KL term."""
+        """log ref(target) [B, S] from the frozen initial weights, or None without a KL term:
+        the producer's recorded `reference_logprobs` under `kl.reference = "producer"`, else
+        this learner's own forward through the reference model."""
         if self.trainer.algorithm.loss_config.kl_coef <= 0:
             return None
+        if self.trainer.algorithm.kl.reference == "producer":
+            if batch.reference_logprobs is None:
+                raise ValueError(
+                    f"[trainer.algorithm.kl] reference = \"producer\" but sample "
+                    f"{batch.no_reference[0]!r} has no reference_logprobs: its producer did not "
+                    "score the reference (a run recorded without this setting, or an engine "
+                    "that does not); set reference = \"trainer\" to compute it in the learner")
+            return batch.reference_logprobs
         if self._reference is None:
             if self.setup.reference is None:
                 raise ValueError("loss_config.kl_coef > 0 needs the run's initial checkpoint as "

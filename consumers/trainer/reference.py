@@ -41,6 +41,17 @@ def kl_estimate(logprobs: Tensor, reference_logprobs: Tensor, estimator: str,
     return torch.exp(x) - 1 - x
 
 
+def kl_reward(logprobs: Tensor, reference_logprobs: Tensor, loss_mask: Tensor, *,
+              estimator: str, max_log_ratio: float) -> Tensor:
+    """[B, S] the per-token KL estimate of `[trainer.algorithm.kl] penalty = "reward"`, no grad,
+    0 where loss_mask is False. The learner subtracts kl_coef times it from the rewards before
+    the advantage (the PPO-RLHF penalty r_t - beta * KL_t; REINFORCE++ folds it into the return),
+    with `logprobs` the proximal policy's (the trainer's weights when the batch was formed)."""
+    kl = kl_estimate(logprobs.detach().float(), reference_logprobs.float(), estimator,
+                     max_log_ratio)
+    return torch.where(loss_mask, kl, torch.zeros_like(kl))
+
+
 class ReferencePolicy:
     """The frozen initial weights on the learner's device. The learner computes log ref(target)
     through this model exactly as it computes its own logprobs (same autocast, kernels,

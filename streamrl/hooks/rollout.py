@@ -46,6 +46,10 @@ class RewardOutput(msgspec.Struct, kw_only=True, frozen=True):
     reward: float
     details: dict[str, float] = {}  # named components, recorded in the trajectory
     status: str = "ok"  # why the reward is what it is, e.g. "unparsable", "wrong", "correct"
+    # Per-token (process) rewards, one per response token (stop token included), recorded in
+    # the trajectory's `token_rewards` column; None for an outcome reward only. A list of the
+    # wrong length or with a NaN scores the sample 0 with status "bad_token_rewards".
+    token_rewards: tuple[float, ...] | None = None
 
 
 RewardFn = Callable[[RewardInput], RewardOutput]

@@ -29,7 +29,12 @@ class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     loss_mask: Tensor  # [B, S] bool
     segments: Tensor | None = None
     """[B, S] int64 sample index of each position (-1 = padding); None means row b is sample b."""
-
+    token_rewards: Tensor | None = None
+    """[B, S] float per-token rewards at the response positions (0 elsewhere), or None when no
+    sample of the batch has any and the KL is not a reward penalty. A sample without recorded
+    `token_rewards` has its (shaped) reward on its last response token; with
+    `[trainer.algorithm.kl] penalty = "reward"` every response token also carries
+    -kl_coef * KL. Sample-level estimators ignore it; "process" reads it."""
 
 
 AdvantageFn = Callable[[AdvantageInput], Tensor]

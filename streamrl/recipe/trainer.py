@@ -1,6 +1,6 @@
 """The trainer's config sections: `ComputeConfig` (device, precision), `AlgorithmConfig` (the
-advantage and loss by name or import path, with `LossConfig`, `OverlongConfig` and
-`BatchConfig`). They are part of the recipe (`RunConfig.trainer`), so they live in the library
+advantage and loss by name or import path, with `LossConfig`, `OverlongConfig`, `KLConfig`
+and `BatchConfig`). They are part of the recipe (`RunConfig.trainer`), so they live in the library
 layer; the trainer reads them and `streamrl.recipe.hooks` resolves the names and import paths,
 once per process. The built-in algorithms and their papers: docs/algorithms.md.
 """
@@ -25,6 +25,7 @@ ADVANTAGES: dict[str, str] = {
     "rloo": f"{_ADVANTAGES}:rloo",
     "reinforce_pp": f"{_ADVANTAGES}:reinforce_pp",
     "reinforce_pp_baseline": f"{_ADVANTAGES}:reinforce_pp_baseline",
+    "process": f"{_ADVANTAGES}:process",
 }
 """`[trainer.algorithm] advantage` short names -> import paths (advantages.py)."""
 
@@ -196,10 +197,29 @@ class OverlongConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
                              f"and overlong.penalty ({self.penalty}) >= 0")
 
 
+class KLConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Where the KL(pi || ref) of `loss_config.kl_coef` comes from and where it acts."""
+
+    reference: Literal["trainer", "producer"] = "trainer"
+    """Who computes log ref: "trainer" (default) loads the initial checkpoint a second time in
+    the learner and runs one no-grad forward per version; "producer" makes every producer keep a
+    frozen torch copy of the initial weights and record `reference_logprobs` with each sample,
+    so the learner holds no second model. "trainer" is the default because it works with every
+    engine (an SGLang producer has no torch model to score with), costs no memory on the
+    producers (there are many; the learner is one) and uses the learner's own kernels, so KL is
+    exactly 0 before the first update and replays bit-exactly. A batch without the column under
+    "producer" is refused with the sample it lacks it in."""
+    penalty: Literal["loss", "reward"] = "loss"
+    """"loss": kl_coef * KL is a term of every trained token's loss (GRPO). "reward": it is a
+    per-token reward -kl_coef * KL(log prox, log ref) added before the advantage (PPO-RLHF,
+    REINFORCE++): sample-level estimators see the reward minus kl_coef times the sequence's KL
+    sum, the "process" estimator each token's penalty; no KL term is added to the loss."""
+
+
 class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     advantage: str = DEFAULT_ADVANTAGE
     """A name in `ADVANTAGES` ("grpo", "dr_grpo", "reinforce_baseline", "rloo",
-    "reinforce_pp", "reinforce_pp_baseline") or the import path of an
+    "reinforce_pp", "reinforce_pp_baseline", "process") or the import path of an
     `AdvantageFn(AdvantageInput) -> Tensor [B, S]`."""
     loss: str = DEFAULT_LOSS
     """A name in `LOSSES` ("decoupled_ppo", "ppo_tis", "gspo", "gspo_token", "cispo") or the
@@ -208,12 +228,17 @@ class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     """Knobs every built-in loss reads: clip range, importance cap, aggregation, KL, entropy."""
     overlong: OverlongConfig | None = None
     """DAPO's overlong reward shaping (None = off)."""
+    kl: KLConfig = msgspec.field(default_factory=KLConfig)
+    """Where the KL reference is computed and where the KL acts (needs loss_config.kl_coef)."""
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     """Batch assembly: packing and padding."""
 
     def __post_init__(self) -> None:
         hook_path(self.advantage, ADVANTAGES, what="trainer.algorithm.advantage")
         hook_path(self.loss, LOSSES, what="trainer.algorithm.loss")
+        if self.kl != KLConfig() and self.loss_config.kl_coef <= 0:
+            raise ValueError("[trainer.algorithm.kl] is set but loss_config.kl_coef is 0: set "
+                             "loss_config.kl_coef > 0 (e.g. 0.01) or remove the kl section")
 
 
 class LoraConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
