@@ -10,7 +10,7 @@
 #   scripts/kafka.sh acl ARGS    Kafka's AclCommand against this broker as the SASL admin
 #                                (e.g. acl --list); only with STREAMRL_KAFKA_SASL_USERS
 #   scripts/kafka.sh tls-client NAME  a client certificate signed by the TLS mode's CA (mutual TLS)
-#   scripts/kafka.sh cluster [N]  a replicated loopback cluster of N nodes [3] on ports 19092...
+#   scripts/kafka.sh cluster [N]  a replicated loopback cluster of N nodes [3] on ports 29092...
 #                                (cluster-status, cluster-stop, cluster-node-start|stop I,
 #                                cluster-wipe; see scripts/kafka/cluster.sh)
 #

@@ -10,15 +10,15 @@
 #
 # Node I (1-based) serves clients on 127.0.0.1:$((CLUSTER_PORT + I - 1)) and its controller on
 # $((CLUSTER_CONTROLLER_PORT + I - 1)); its data, config, pid and log are in $CLUSTER_DATA/nodeI.
-# Far from the single broker's 9092/9093, which this never touches.
+# Away from the single broker's 9092/9093 (never touched) and docker compose's 19092.
 #
 #   STREAMRL_KAFKA_CLUSTER_DATA             [$STREAMRL_CACHE/kafka-cluster]
-#   STREAMRL_KAFKA_CLUSTER_PORT             node 1's client port [19092]
+#   STREAMRL_KAFKA_CLUSTER_PORT             node 1's client port [29092]
 #   STREAMRL_KAFKA_CLUSTER_CONTROLLER_PORT  node 1's controller port [client port + 100]
 #   STREAMRL_KAFKA_CLUSTER_HEAP             each JVM's max heap [512m]
 
 CLUSTER_DATA="${STREAMRL_KAFKA_CLUSTER_DATA:-$CACHE/kafka-cluster}"
-CLUSTER_PORT="${STREAMRL_KAFKA_CLUSTER_PORT:-19092}"
+CLUSTER_PORT="${STREAMRL_KAFKA_CLUSTER_PORT:-29092}"
 CLUSTER_CONTROLLER_PORT="${STREAMRL_KAFKA_CLUSTER_CONTROLLER_PORT:-$((CLUSTER_PORT + 100))}"
 CLUSTER_HEAP="${STREAMRL_KAFKA_CLUSTER_HEAP:-512m}"
 MAX_CLUSTER_SIZE=9

@@ -14,7 +14,7 @@ from streamrl.log.kafka.config import KafkaLogConfig
 from streamrl.log.kafka.options import UnreplicatedStream
 from tests.log.helpers import OpenKafka
 
-URL = "kafka://127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+URL = "kafka://127.0.0.1:29092,127.0.0.1:29093,127.0.0.1:29094"
 
 
 @pytest.mark.parametrize(("num_brokers", "expected"), [(1, (1, 1)), (2, (2, 2)), (3, (3, 2)),
