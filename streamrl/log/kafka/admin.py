@@ -11,6 +11,7 @@ its metadata string (OffsetCommit/OffsetFetch have a field for it; the broker re
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -144,11 +145,29 @@ class KafkaAdmin:
         return (await self._metadata_response(topics))["topics"]
 
     async def _metadata_response(self, topics: list[str] | None) -> dict:
+        """Asks the known brokers in turn: on a cluster with a broker down, the one a random
+        pick finds may be the dead one (metadata lists it until it is fenced). Retries for at
+        most `unavailable_s` while none answers."""
         # allow_auto_topic_creation=False: asking about a missing stream must not create it,
         # whatever the broker's auto.create.topics.enable says.
         request = MetadataRequest(topics, allow_auto_topic_creation=False)
-        resp = await self._client.send(self._client.get_random_node(), request)
-        return resp.to_object()
+        deadline = time.monotonic() + max(self._config.request_timeout_s,
+                                          self._config.unavailable_s)
+        while True:
+            nodes = sorted(b.nodeId for b in self._client.cluster.brokers())
+            random.shuffle(nodes)
+            for node in nodes:
+                try:
+                    return (await self._client.send(node, request)).to_object()
+                except _TRANSIENT as exc:
+                    last = type(exc).__name__
+            if not nodes:
+                last = "no broker known"
+            if time.monotonic() >= deadline:
+                err = LogError(f"no kafka broker answered a metadata request: {last}")
+                err.retriable = True
+                raise err
+            await asyncio.sleep(0.1)
 
     # -- consumer-group offsets -----------------------------------------------------------------
     async def commit_offsets(
