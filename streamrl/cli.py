@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "down": "stop a run started with `streamrl up`",
     "ps": "list a run's processes and their status",
     "scale": "change the number of producers of a running run (local, Ray or compose)",
+    "plan": "parameters, memory per GPU and traffic of a recipe's placement (config.json only)",
 }
 
 DEFAULT_LOG = "runs/log"

@@ -1,0 +1,207 @@
+"""Memory per GPU of the trainer (megatron-core layout) and of a rollout engine, in bytes, as
+pure functions of the parameter counts, the parallel sizes and the recipe's lengths.
+
+Trainer, per GPU of the heaviest pipeline stage (t = tensor, p = pipeline, e = expert, d = data
+parallel size; expert parameters are split over e ranks whole, expert tensor parallel 1, so their
+data-parallel size is d_e = t*d/e):
+
+    P_gpu       = (attention + dense MLP + shared experts + embedding/LM head of the stage) / t
+                  + norms + routers (replicated) + routed experts / e
+    weights     = 2 * P_gpu                                   bf16 parameters
+    gradients   = g * P_gpu                                   g = 4 (fp32 main grads) or 2 (bf16)
+    optimizer   = 12 * (P_dense / d + P_expert / d_e)         fp32 master + Adam m and v, sharded
+                                                              over data parallel (distributed
+                                                              optimizer)
+    activations = m * L_s * A_layer                           without recompute
+                = m * L_s * 2*h*T/t + A_layer                 with full recompute (each layer's
+                                                              input kept; one layer rebuilt at a
+                                                              time in backward)
+    logits      = min(T, chunk) * V/t * 8                     the LM-head chunk: bf16 logits,
+                                                              their fp32 log-softmax, bf16 grad
+
+with T = rows * seq_len tokens per micro-batch, L_s the stage's layers, m = min(p, micro-batches)
+micro-batches in flight on the first stage (1F1B), and A_layer the bf16 tensors a layer keeps for
+backward, per token and divided by t (sequence parallel):
+
+    GQA attention   2*h (norm in, out) + H*d (q) + 2*K*d (k, v) + H*d (output)
+    MLA attention   2*h + 2*r_q + H*(d_nope + d_rope) (q) + (r_kv + d_rope) + r_kv
+                    + H*(d_nope + d_rope) (k) + 2*H*d_v (v, output)
+    dense MLP       2*h + 3*I (gate, up, silu*up)
+    MoE MLP         2*h + 4*E (fp32 router logits) + k*(2*h + 3*I_e) (each routed copy: input,
+                    gate, up, product, output; balanced routing) + 3*I_s (shared expert)
+
+Engine, per GPU of a tensor-parallel group of size t_e (bf16):
+
+    weights     = 2 * P_total / t_e
+    KV cache    = batch * seq_len * L * kv_bytes_per_token_layer
+                  GQA: 2 (k, v) * ceil(K / t_e) * d * 2
+                  MLA: (r_kv + d_rope) * 2, the latent and the rotary key, on every rank
+
+The one-GPU trainer of this repository (torch or megatron backend) keeps fp32 master weights
+under bf16 autocast: 4 (fp32 weights) + 4 (grads) + 8 (Adam) + 2 (bf16 copies held for
+backward) = 18 bytes per parameter, the same as 2 + 4 + 12 above at d = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import msgspec
+
+from streamrl.plan.params import LayerParams, ParamCounts
+from streamrl.plan.shape import ModelShape
+
+BF16 = 2
+OPTIMIZER_BYTES = 12  # fp32 master + exp_avg + exp_avg_sq
+LOGIT_BYTES = 8
+
+
+class Parallel(msgspec.Struct, kw_only=True, frozen=True):
+    tensor: int = 1
+    pipeline: int = 1
+    expert: int = 1
+    data: int = 1
+
+    @property
+    def world(self) -> int:
+        return self.tensor * self.pipeline * self.data
+
+    @property
+    def expert_data(self) -> int:
+        """Data-parallel size of the routed experts (expert tensor parallel 1)."""
+        return self.tensor * self.data // self.expert
+
+
+class TrainerMemory(msgspec.Struct, kw_only=True, frozen=True):
+    stage: int
+    """The pipeline stage these figures are for (the heaviest)."""
+    params: int
+    """Parameters held on one GPU of that stage."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+
+
+class EngineMemory(msgspec.Struct, kw_only=True, frozen=True):
+    weights: int
+    kv_cache: int
+    kv_bytes_per_token: int
+    """KV bytes one token takes on one GPU, all layers."""
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache
+
+
+def check_parallel(shape: ModelShape, par: Parallel) -> None:
+    """ValueError with how to fix it, for sizes megatron-core would refuse."""
+    if min(par.tensor, par.pipeline, par.expert, par.data) < 1:
+        raise ValueError(f"parallel sizes must be at least 1, got {par}")
+    if par.pipeline > shape.num_layers:
+        raise ValueError(f"pipeline parallel {par.pipeline} > the model's {shape.num_layers} "
+                         "layers: lower trainer.megatron.pipeline_parallel")
+    kv_split = shape.num_kv_heads % par.tensor and par.tensor % shape.num_kv_heads
+    if shape.num_heads % par.tensor or kv_split:
+        raise ValueError(f"tensor parallel {par.tensor} must divide the {shape.num_heads} "
+                         f"attention heads (and {shape.num_kv_heads} kv heads, or be a "
+                         "multiple of them)")
+    if par.expert > 1 and not shape.is_moe:
+        raise ValueError("expert parallel > 1 on a dense model: set "
+                         "trainer.megatron.expert_parallel = 1")
+    if shape.is_moe and shape.num_experts % par.expert:
+        raise ValueError(f"expert parallel {par.expert} must divide the {shape.num_experts} "
+                         "routed experts")
+    if (par.tensor * par.data) % par.expert:
+        raise ValueError(f"expert parallel {par.expert} must divide tensor x data parallel "
+                         f"({par.tensor} x {par.data}): give the trainer more GPUs or lower "
+                         "trainer.megatron.expert_parallel")
+
+
+def activation_widths(shape: ModelShape, layer: LayerParams) -> int:
+    """Bytes one token of one layer keeps for backward at t = 1 (the A_layer of the module doc)."""
+    h, heads = shape.hidden_size, shape.num_heads
+    if shape.attention == "mla":
+        qk = shape.qk_nope_head_dim + shape.qk_rope_head_dim
+        attention = (2 * h + 2 * (shape.q_lora_rank or 0) + heads * qk
+                     + shape.kv_lora_rank + shape.qk_rope_head_dim + shape.kv_lora_rank
+                     + heads * qk + 2 * heads * shape.v_head_dim)
+    else:
+        attention = 2 * h + 2 * heads * shape.head_dim + 2 * shape.num_kv_heads * shape.head_dim
+    if layer.routed:
+        mlp = (2 * h + 2 * shape.num_experts
+               + shape.top_k * (2 * h + 3 * shape.moe_intermediate_size)
+               + 3 * shape.shared_intermediate_size)
+    else:
+        mlp = 2 * h + 3 * shape.intermediate_size
+    return BF16 * (attention + mlp)
+
+
+def stage_layers(num_layers: int, pipeline: int) -> list[range]:
+    """Contiguous layer ranges per stage, the first stages taking one more when uneven."""
+    base, extra = divmod(num_layers, pipeline)
+    bounds = [0]
+    for stage in range(pipeline):
+        bounds.append(bounds[-1] + base + (stage < extra))
+    return [range(a, b) for a, b in pairwise(bounds)]
+
+
+def trainer_memory(shape: ModelShape, params: ParamCounts, par: Parallel, *, rows: int,
+                   seq_len: int, num_microbatches: int, recompute: bool,
+                   grad_bytes: int = 4, logprob_chunk_tokens: int = 4096) -> TrainerMemory:
+    """The heaviest pipeline stage's memory per GPU (module doc for every term)."""
+    check_parallel(shape, par)
+    t, tokens = par.tensor, rows * seq_len
+    stages = stage_layers(shape.num_layers, par.pipeline)
+    in_flight = min(par.pipeline, num_microbatches)
+    best: TrainerMemory | None = None
+    for index, layers in enumerate(stages):
+        chunk = [params.layers[i] for i in layers]
+        sharded = sum(x.attention + x.mlp + x.shared for x in chunk)
+        replicated = sum(x.norms + x.router for x in chunk)
+        routed = sum(x.routed for x in chunk)
+        first, last = index == 0, index == len(stages) - 1
+        sharded += params.embedding * first + params.lm_head * last
+        replicated += params.final_norm * last
+        dense = sharded / t + replicated
+        expert = routed / par.expert
+        per_layer = [activation_widths(shape, x) * tokens / t for x in chunk]
+        if recompute:
+            activations = in_flight * len(chunk) * BF16 * shape.hidden_size * tokens / t
+            activations += max(per_layer, default=0)
+        else:
+            activations = in_flight * sum(per_layer)
+        logits = (min(tokens, logprob_chunk_tokens) * shape.vocab_size / t * LOGIT_BYTES
+                  if last else 0)
+        held = dense + expert
+        memory = TrainerMemory(
+            stage=index, params=round(held), weights=round(BF16 * held),
+            gradients=round(grad_bytes * held),
+            optimizer=round(OPTIMIZER_BYTES * (dense / par.data + expert / par.expert_data)),
+            activations=round(activations), logits=round(logits))
+        if best is None or memory.total > best.total:
+            best = memory
+    assert best is not None
+    return best
+
+
+def kv_bytes_per_token(shape: ModelShape, tensor: int = 1) -> int:
+    """KV-cache bytes of one token over all layers on one GPU of a tensor-parallel group (bf16)."""
+    if shape.attention == "mla":
+        per_layer = (shape.kv_lora_rank + shape.qk_rope_head_dim) * BF16
+    else:
+        per_layer = 2 * math.ceil(shape.num_kv_heads / tensor) * shape.head_dim * BF16
+    return per_layer * shape.num_layers
+
+
+def engine_memory(shape: ModelShape, params: ParamCounts, *, tensor: int, batch: int,
+                  seq_len: int) -> EngineMemory:
+    per_token = kv_bytes_per_token(shape, tensor)
+    return EngineMemory(weights=math.ceil(BF16 * params.total / tensor),
+                        kv_cache=batch * seq_len * per_token, kv_bytes_per_token=per_token)
