@@ -41,6 +41,7 @@ from streamrl.hooks.rollout import (
 from streamrl.hooks.run import prompt_text, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.budget import num_published_samples, started_share
+from streamrl.producers.evaluate import Evaluation, last_evaluated
 from streamrl.producers.handover import hand_over
 from streamrl.producers.reference import ReferenceScorer
 from streamrl.producers.resume import PartitionProgress
@@ -108,6 +109,11 @@ class Producer:
         self.stopping = asyncio.Event()
         self.hand_over = False  # set with `stopping` when the membership changes (handover.py)
         self.tasks: set[asyncio.Task] = set()  # every rollout task, publishing ones included
+        # Producer 0 evaluates on data.eval every eval.every_versions (producers/evaluate.py).
+        self.evaluation = (Evaluation(ctx, self.producer_id, generate=self.client.generate,
+                                      score=self.rewards.score)
+                           if index == 0 and ctx.config.eval.every_versions else None)
+        self.eval_task: asyncio.Task | None = None
 
     async def run(self) -> None:
         try:
@@ -119,7 +125,9 @@ class Producer:
         await asyncio.gather(self._join(), self.rewards.start())  # workers load meanwhile
         try:
             while not self.stopping.is_set():
-                await self.weights.apply(self.engine)
+                if self.eval_task is None:  # an evaluation holds the version it evaluates
+                    await self.weights.apply(self.engine)
+                    self._evaluate_if_due()
                 await self.admit_prompts()
                 if self.client.has_work():
                     await self.client.step()
@@ -130,6 +138,9 @@ class Producer:
             for group in self.groups.values():
                 if group.task is not None and not group.publishing:
                     group.task.cancel()
+            if self.eval_task is not None:
+                self.eval_task.cancel()
+                await asyncio.gather(self.eval_task, return_exceptions=True)
             # rollouts already publishing finish their transaction: never cut one in the middle
             await asyncio.gather(*self.tasks, return_exceptions=True)
             unfinished = [(g.record, g.prompt) for g in self.groups.values()]  # not committed
@@ -153,6 +164,8 @@ class Producer:
         await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
             run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
             pid=os.getpid())))
+        if self.evaluation is not None:
+            self.evaluation.last_done = await last_evaluated(self.log, self.ctx.streams.events)
         while self.weights.latest is None and not self.stopping.is_set():
             await self.weights.poll(timeout_s=1.0)  # version 0 is announced by the driver
         await self.weights.apply(self.engine)
@@ -226,8 +239,21 @@ class Producer:
         await self.publish(group_id, group, samples)
         del self.groups[group_id]
 
+    def _evaluate_if_due(self) -> None:
+        if self.evaluation is not None and self.evaluation.due(self.engine.version):
+            self.eval_task = asyncio.create_task(self._evaluate(self.engine.version))
+
+    async def _evaluate(self, version: int) -> None:
+        event = await self.evaluation.run(version)  # type: ignore[union-attr]
+        await self.log.append(self.ctx.streams.events, encode_event(event),
+                              key=self.producer_id.encode())
+
     def _raise_failed_rollouts(self) -> None:
-        """A rollout function that raised is a bug: stop the producer with its error."""
+        """A rollout function (or an evaluation) that raised is a bug: stop the producer with
+        its error."""
+        if self.eval_task is not None and self.eval_task.done():
+            task, self.eval_task = self.eval_task, None
+            task.result()
         for group in self.groups.values():
             if group.task is not None and group.task.done() and group.task.exception():
                 raise group.task.exception()  # type: ignore[misc]

@@ -36,7 +36,7 @@ from streamrl.recipe.context import RunContext, load_run_context
 from streamrl.recipe.hooks import Hooks
 from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
 from streamrl.run.fork import ForkError, parse_fork_spec
-from streamrl.run.monitor import plot_reward
+from streamrl.run.monitor import eval_metrics, plot_reward
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,13 +130,17 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
         if evaluate is not None:
             evals["eval after"] = _headline(evaluate(EvalRequest(
                 checkpoint_dir=final, version=config.run.max_versions)))
-    png = plot_reward(monitor.stats.steps, ctx.run_dir / "reward.png", run_id, evals)
+    png = plot_reward(monitor.stats.steps, ctx.run_dir / "reward.png", run_id, evals,
+                      periodic=monitor.stats.evals)
     summary = {"run_id": run_id, "wall_s": wall, "evals": evals,
                "parent": msgspec.to_builtins(ctx.parent), "first_version": ctx.first_version,
                "rejected": dict(monitor.stats.rejected),
-               "batch_reward": [s.metrics.get("reward_mean") for s in monitor.stats.steps]}
+               "batch_reward": [s.metrics.get("reward_mean") for s in monitor.stats.steps],
+               "periodic_evals": [{"version": e.version, **eval_metrics(e),
+                                   "duration_ms": e.duration_ms} for e in monitor.stats.evals]}
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected))
+    console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected,
+                           monitor.stats.evals))
     console.print(f"reward curve: {png}\nTensorBoard: tensorboard --logdir {ctx.run_dir}")
     console.print(f"inspect: streamrl inspect {run_id} --log {args.log}")
     return 0
@@ -161,7 +165,8 @@ def _headline(metrics: dict[str, float]) -> float:
     return next(iter(metrics.values()))
 
 
-def _summary(steps: list, evals: dict[str, float], wall: float, rejected: dict) -> Table:
+def _summary(steps: list, evals: dict[str, float], wall: float, rejected: dict,
+             periodic: list) -> Table:
     table = Table(title="run summary", title_justify="left")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -172,6 +177,9 @@ def _summary(steps: list, evals: dict[str, float], wall: float, rejected: dict) 
         table.add_row(f"mean batch reward, last {k} versions", f"{sum(rewards[-k:]) / k:.3f}")
     for name, value in evals.items():
         table.add_row(name, f"{value:.3f}")
+    for event in periodic:  # [eval] every_versions, in the order they were recorded
+        table.add_row(f"eval at version {event.version}", ", ".join(
+            f"{name} {value:.3f}" for name, value in eval_metrics(event).items()))
     table.add_row("versions trained", str(len(steps)))
     table.add_row("wall time", f"{wall:.0f} s")
     for code, n in sorted(rejected.items()):

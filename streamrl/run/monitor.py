@@ -10,13 +10,14 @@ import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamrl.log import Log
-from streamrl.schemas import Rejected, TrainStep, WeightVersionLoaded, decode_event
+from streamrl.schemas import EvalResult, Rejected, TrainStep, WeightVersionLoaded, decode_event
 
 
 class RunStats(msgspec.Struct):
     steps: list[TrainStep] = msgspec.field(default_factory=list)
     rejected: Counter[str] = msgspec.field(default_factory=Counter)
     loads: int = 0
+    evals: list[EvalResult] = msgspec.field(default_factory=list)  # [eval] every_versions
 
 
 class Monitor:
@@ -30,7 +31,8 @@ class Monitor:
         self.progress = Progress(
             TextColumn("[bold]trainer versions"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.description}"))
-        self.task = self.progress.add_task("waiting for the first batch", total=max_versions)
+        self.train_text = "waiting for the first batch"
+        self.task = self.progress.add_task(self.train_text, total=max_versions)
 
     async def poll(self, timeout_s: float = 0.5) -> None:
         for record in await self.log.read(self.stream, 0, self.offset, timeout_s=timeout_s):
@@ -43,22 +45,44 @@ class Monitor:
                 self.stats.steps.append(event)
                 for name, value in metrics.items():
                     self.writer.add_scalar(f"train/{name}", value, version)
-                self.progress.update(self.task, completed=version, description=(
-                    f"reward {metrics.get('reward_mean', float('nan')):.3f}  "
-                    f"staleness {metrics.get('staleness_mean', 0):.2f}  "
-                    f"rejected {sum(self.stats.rejected.values())}"))
+                self.train_text = (f"reward {metrics.get('reward_mean', float('nan')):.3f}  "
+                                   f"staleness {metrics.get('staleness_mean', 0):.2f}  "
+                                   f"rejected {sum(self.stats.rejected.values())}")
+                self.progress.update(self.task, completed=version, description=self._line())
+            case EvalResult(version=version):
+                self.stats.evals.append(event)
+                for name, value in eval_metrics(event).items():
+                    self.writer.add_scalar(f"eval/{name}", value, version)
+                self.progress.update(self.task, description=self._line())
             case Rejected(reason_code=code):
                 self.stats.rejected[code] += 1
             case WeightVersionLoaded():
                 self.stats.loads += 1
 
+    def _line(self) -> str:
+        """The progress line: the newest step's figures, then the newest evaluation's."""
+        if not self.stats.evals:
+            return self.train_text
+        last = self.stats.evals[-1]
+        k = last.num_samples
+        return (f"{self.train_text}  eval v{last.version}: mean@{k} {last.mean_reward:.3f} "
+                f"pass@{k} {last.pass_at.get(k, float('nan')):.3f}")
+
     def close(self) -> None:
         self.writer.close()
 
 
+def eval_metrics(event: EvalResult) -> dict[str, float]:
+    """An evaluation's figures by name: mean@k and pass@j for each j recorded."""
+    return {f"mean@{event.num_samples}": event.mean_reward,
+            **{f"pass@{k}": value for k, value in sorted(event.pass_at.items())}}
+
+
 def plot_reward(steps: list[TrainStep], path: Path, title: str,
-                evals: dict[str, float] | None = None) -> Path:
-    """Mean training reward per weight version (and the eval figures, if any) as a PNG."""
+                evals: dict[str, float] | None = None,
+                periodic: list[EvalResult] | None = None) -> Path:
+    """Mean training reward per weight version, the periodic evaluations' mean@k and pass@k
+    at their versions, and the before/after eval figures (if any) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +92,13 @@ def plot_reward(steps: list[TrainStep], path: Path, title: str,
     versions = [s.version for s in steps]
     ax.plot(versions, [s.metrics.get("reward_mean", float("nan")) for s in steps], marker=".",
             label="mean reward of each batch")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for event in periodic or []:
+        for name, value in eval_metrics(event).items():
+            series.setdefault(name, []).append((event.version, value))
+    for (name, points), marker in zip(series.items(), ("o", "s", "^", "v"), strict=False):
+        ax.plot([v for v, _ in points], [y for _, y in points], marker=marker,
+                linestyle=":", label=f"eval {name}")
     for (name, value), color in zip((evals or {}).items(), ("tab:gray", "tab:green", "tab:red"),
                                     strict=False):
         ax.axhline(value, linestyle="--", color=color, label=f"{name} = {value:.3f}")

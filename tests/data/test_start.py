@@ -5,6 +5,7 @@ dataset in RunStarted; `streamrl run` then trains on it end to end."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -76,13 +77,18 @@ def test_the_log_records_rendered_ids_metadata_and_digests(checkpoint: Path,
 def test_streamrl_run_trains_from_a_checkpoint_and_a_dataset(checkpoint: Path,
                                                              tmp_path: Path) -> None:
     train = write_dataset(tmp_path / "train_saved", verl_rows(8))  # a save_to_disk directory
+    evals = write_dataset(tmp_path / "eval.jsonl", verl_rows(2))
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(data_recipe(checkpoint, train, data="epochs = 4"))
+    recipe.write_text(data_recipe(checkpoint, train, data=f'epochs = 4\neval = "{evals}"')
+                      + "\n[eval]\nevery_versions = 2\nsamples = 2\n")
     log_url = str(tmp_path / "log")
     out = streamrl("run", str(recipe), "--log", log_url, "--run", "from-ckpt", "--runs-dir",
                    str(tmp_path / "runs"), OMP_NUM_THREADS="1")
     assert out.returncode == 0, out.stderr[-4000:] + out.stdout[-2000:]
     assert "versions trained" in out.stdout
+    assert "eval at version 0" in out.stdout  # periodic evaluation (tests/data/test_periodic_eval)
+    summary = json.loads((tmp_path / "runs" / "from-ckpt" / "summary.json").read_text())
+    assert summary["periodic_evals"][0]["version"] == 0
 
     async def check() -> None:
         async with open_log(log_url) as log:
