@@ -11,6 +11,7 @@ from streamrl.log import Log
 from streamrl.schemas import WeightVersionAnnounced, WeightVersionLoaded, decode_event, encode_event
 from streamrl.streams import RunStreams
 from streamrl.weights import WeightTransport, WeightVersionUnavailable, open_transport
+from streamrl.weights.inline import INLINE, load_inline
 
 
 class WeightSync:
@@ -50,15 +51,18 @@ class WeightSync:
         if target is None or target.version <= engine.version:
             return
         t0 = time.perf_counter()
-        transport = self._transport(target.transport)
-        try:
-            tensors = await asyncio.to_thread(transport.load, target.locator,
-                                              expected_digest=target.digest)
-        except WeightVersionUnavailable:
-            return  # released already: a newer announcement is on its way
-        engine.load_weights(tensors, target.version)
-        del tensors
-        transport.done(target.locator)  # cuda_ipc: the ring slot may be reused now
+        if target.transport == INLINE:  # the tensors are in the announcement (a LoRA adapter)
+            engine.load_weights(await asyncio.to_thread(load_inline, target), target.version)
+        else:
+            transport = self._transport(target.transport)
+            try:
+                tensors = await asyncio.to_thread(transport.load, target.locator,
+                                                  expected_digest=target.digest)
+            except WeightVersionUnavailable:
+                return  # released already: a newer announcement is on its way
+            engine.load_weights(tensors, target.version)
+            del tensors
+            transport.done(target.locator)  # cuda_ipc: the ring slot may be reused now
         load_ms = int((time.perf_counter() - t0) * 1000)
         await self.log.append(RunStreams(self.run_id).events, encode_event(WeightVersionLoaded(
             run_id=self.run_id, producer_id=self.producer_id, version=target.version,

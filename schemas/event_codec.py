@@ -49,6 +49,8 @@ _DECODERS = {kind: msgspec.msgpack.Decoder(union) for kind, union in STREAM_UNIO
 _ENCODER = msgspec.msgpack.Encoder()
 
 MAX_EVENT_BYTES = 16 * MiB
+# A weight announcement may carry its tensors inline (a LoRA adapter): up to a Kafka record.
+MAX_WEIGHTS_EVENT_BYTES = 64 * MiB
 # A dead letter carries the rejected message, which may be a trajectory batch of up to 256 MiB.
 MAX_DLQ_EVENT_BYTES = 257 * MiB
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
@@ -75,7 +77,8 @@ def decode_event(data: bytes | bytearray | memoryview, stream_kind: StreamKind, 
     if not isinstance(data, bytes | bytearray | memoryview):
         raise EventDecodeError(f"expected bytes, got {type(data).__name__}", where="message",
                                reason_code="not_bytes")
-    limit = max_bytes or (MAX_DLQ_EVENT_BYTES if stream_kind == "dlq" else MAX_EVENT_BYTES)
+    limit = max_bytes or {"dlq": MAX_DLQ_EVENT_BYTES, "weights": MAX_WEIGHTS_EVENT_BYTES}.get(
+        stream_kind, MAX_EVENT_BYTES)
     size = memoryview(data).nbytes
     if size > limit:
         raise EventDecodeError(f"event is {size} bytes, limit {limit}", where="message",

@@ -90,6 +90,7 @@ class WeightVersionAnnounced(Event, tag="weight_version_announced"):
     locator: str
     transport: str  # "shm", "file", "cuda_ipc", "nccl", ...
     batch_ids: tuple[str, ...] = ()  # the BatchFormed batches trained into this version
+    payload: bytes | None = None  # transport "inline": the tensors as safetensors bytes
 
     def __post_init__(self) -> None:
         super().__post_init__()

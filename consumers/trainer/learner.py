@@ -128,7 +128,8 @@ class Learner:
     def hf_state_dict(self) -> dict[str, Tensor]:
         """The weights under HF names, as producers load them (a LoRA run's: the adapter)."""
         if self.trainer.lora is not None:
-            return {k: full_tensor(v) for k, v in lora.adapter_tensors(self.model).items()}
+            adapter = lora.adapter_tensors(self.model, self.trainer.lora)
+            return {k: full_tensor(v) for k, v in adapter.items()}
         state = {k: full_tensor(v) for k, v in self.model.state_dict().items()}
         return to_hf_names(state, self.model.config)
 

@@ -42,6 +42,7 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.ids import parse_group_id, reissued_event_id
 from streamrl.weights import WeightTransport
+from streamrl.weights.inline import publish_version
 
 
 def wall_clock(record: Record, version: int) -> int:
@@ -121,8 +122,10 @@ class TrainerLoop:
 
     async def publish(self, batch: FormedBatch, metrics: dict[str, float]) -> None:
         new = self.version + 1
-        published = await asyncio.to_thread(self.transport.publish, new,
-                                            self.learner.hf_state_dict())
+        published = await asyncio.to_thread(
+            publish_version, self.transport, new, self.learner.hf_state_dict(),
+            inline_max_bytes=self.ctx.config.weights.inline_max_bytes
+            if self.ctx.config.trainer.lora is not None else 0)
         batch_id = f"batch-{new:06d}"
         metrics |= {"num_samples": float(len(batch.sample_ids)),
                     "num_rejected": float(len(batch.rejected)),

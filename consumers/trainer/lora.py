@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 
 from streamrl.models import CausalLM
-from streamrl.models.lora import add_lora, load_lora, lora_layers, lora_state_dict
+from streamrl.models.lora import (
+    adapter_version,
+    add_lora,
+    load_lora,
+    lora_layers,
+    lora_state_dict,
+)
 from streamrl.models.lora_files import ADAPTER_WEIGHTS, load_peft, save_peft, starting_adapter
 from streamrl.recipe.trainer import ComputeConfig, LoraConfig
 
@@ -44,9 +50,9 @@ def store_base(model: CausalLM, compute: ComputeConfig) -> None:
                 p.data = p.data.to(torch.bfloat16)
 
 
-def adapter_tensors(model: CausalLM) -> dict[str, Tensor]:
-    """The weight version of a LoRA learner: its adapter."""
-    return lora_state_dict(model)
+def adapter_tensors(model: CausalLM, lora: LoraConfig) -> dict[str, Tensor]:
+    """The weight version of a LoRA learner: its adapter (A, B and the scale)."""
+    return adapter_version(model, lora.spec())
 
 
 def save_adapter(model: CausalLM, lora: LoraConfig, path: Path) -> None:

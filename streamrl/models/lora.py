@@ -38,6 +38,9 @@ from streamrl.models.config import ModelConfig
 from streamrl.models.model import CausalLM
 
 ALL_LINEAR = "all-linear"
+SCALE_KEY = "lora.scale"
+"""A weight version of a LoRA run carries its scale alpha/rank as this 0-d fp32 tensor, so an
+engine serves adapters of runs with different alphas from their tensors alone."""
 
 
 class LoraSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -143,7 +146,7 @@ def initial_adapter(config: ModelConfig, spec: LoraSpec) -> dict[str, Tensor]:
         assert isinstance(m, nn.Linear)
         A, B = fresh_adapter(name, m.in_features, m.out_features, spec)
         out[f"{name}.lora_A.weight"], out[f"{name}.lora_B.weight"] = A, B
-    return out
+    return {**out, SCALE_KEY: torch.tensor(spec.scale, dtype=torch.float32)}
 
 
 def _seed(seed: int, name: str) -> int:
@@ -194,9 +197,15 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def adapter_version(model: nn.Module, spec: LoraSpec) -> dict[str, Tensor]:
+    """A LoRA run's weight version: the adapter's A and B plus its scale (`SCALE_KEY`)."""
+    return {**lora_state_dict(model), SCALE_KEY: torch.tensor(spec.scale, dtype=torch.float32)}
+
+
 def is_adapter(tensors: Mapping[str, Tensor]) -> bool:
     """Whether a weight version's tensors are a LoRA adapter rather than full weights."""
-    return bool(tensors) and all(".lora_A." in k or ".lora_B." in k for k in tensors)
+    return SCALE_KEY in tensors and all(
+        ".lora_A." in k or ".lora_B." in k or k == SCALE_KEY for k in tensors)
 
 
 def load_lora(model: nn.Module, adapter: Mapping[str, Tensor]) -> None:
@@ -204,6 +213,7 @@ def load_lora(model: nn.Module, adapter: Mapping[str, Tensor]) -> None:
     a missing, extra or misshapen tensor raises ValueError naming it)."""
     layers = lora_layers(model)
     expected = {f"{n}.lora_{ab}.weight" for n in layers for ab in "AB"}
+    adapter = {k: v for k, v in adapter.items() if k != SCALE_KEY}
     if set(adapter) != expected:
         missing, extra = sorted(expected - set(adapter)), sorted(set(adapter) - expected)
         raise ValueError(f"adapter does not fit this model's LoRA layers: missing "
@@ -218,10 +228,10 @@ def load_lora(model: nn.Module, adapter: Mapping[str, Tensor]) -> None:
                 param.copy_(t)
 
 
-def set_adapters(model: nn.Module, adapters: Sequence[Mapping[str, Tensor] | None],
-                 scales: Sequence[float]) -> None:
-    """Stack serving adapters: slot i holds `adapters[i]` (None: an empty slot, zeros) scaled
-    by `scales[i]`. Ranks may differ between slots (smaller ones are zero-padded)."""
+def set_adapters(model: nn.Module, adapters: Sequence[Mapping[str, Tensor] | None]) -> None:
+    """Stack serving adapters (weight versions of LoRA runs, `adapter_version`): slot i holds
+    `adapters[i]` (None: an empty slot). Ranks may differ between slots (smaller ones are
+    zero-padded, which adds exact zeros)."""
     layers = lora_layers(model)
     present = [a for a in adapters if a is not None]
     rank = max((a[f"{n}.lora_A.weight"].shape[0] for a in present for n in layers), default=1)
@@ -236,7 +246,8 @@ def set_adapters(model: nn.Module, adapters: Sequence[Mapping[str, Tensor] | Non
             A[i, : a_t.shape[0]] = a_t.to(device=dev, dtype=dt)
             B[i, :, : b_t.shape[1]] = b_t.to(device=dev, dtype=dt)
         m.slots_A, m.slots_B = A, B
-        m.slots_scale = torch.tensor(list(scales), dtype=torch.float32, device=dev)
+        m.slots_scale = torch.tensor([0.0 if a is None else float(a[SCALE_KEY]) for a in adapters],
+                                     dtype=torch.float32, device=dev)
 
 
 def adapter_ids(model: nn.Module, ids: Tensor | None) -> None:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from streamrl.models.config import ModelConfig
-from streamrl.models.lora import LoraSpec, initial_adapter
+from streamrl.models.lora import SCALE_KEY, LoraSpec, initial_adapter
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -28,6 +28,7 @@ def save_peft(adapter: Mapping[str, Tensor], spec: LoraSpec, path: str | Path, *
     """Write `adapter` (our names, from `lora_state_dict`) as a PEFT adapter directory."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    adapter = {k: v for k, v in adapter.items() if k != SCALE_KEY}
     modules = sorted({k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapter})
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank,
@@ -70,7 +71,7 @@ def load_peft(path: str | Path) -> tuple[dict[str, Tensor], LoraSpec]:
     spec = LoraSpec(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
                     dropout=float(config.get("lora_dropout", 0.0)),
                     target_modules=targets if isinstance(targets, str) else tuple(targets))
-    return tensors, spec
+    return {**tensors, SCALE_KEY: torch.tensor(spec.scale, dtype=torch.float32)}, spec
 
 
 def starting_adapter(config: ModelConfig, spec: LoraSpec,
@@ -91,6 +92,16 @@ def starting_adapter(config: ModelConfig, spec: LoraSpec,
         raise ValueError(f"trainer.lora.init {str(init)!r} does not fit this model: its layers "
                          "or shapes differ from the targeted ones")
     return tensors
+
+
+def run_adapter(checkpoint: str | Path, config: ModelConfig, spec: LoraSpec,
+                init: str | Path | None = None) -> dict[str, Tensor]:
+    """The adapter a LoRA run starts from at `checkpoint` (its initial checkpoint): the
+    adapter saved there (a fork's starting state), else `starting_adapter`. The driver
+    announces it as the run's first version and producers put it on their base model."""
+    if (Path(checkpoint) / ADAPTER_WEIGHTS).is_file():
+        return load_peft(checkpoint)[0]
+    return starting_adapter(config, spec, init)
 
 
 def _targets(targets: str | tuple[str, ...]) -> str | tuple[str, ...]:

@@ -219,6 +219,11 @@ class WeightsSection(Section, kw_only=True):
     dtype: Literal["bfloat16", "float16", "float32"] | None = None
     """"cuda_ipc" only: cast the published tensors to the engine's dtype (e.g. "bfloat16"):
     half the bytes to copy; the announced digest stays that of the trainer's tensors."""
+    inline_max_bytes: int = 32 * 1024 * 1024
+    """LoRA runs: a version (the adapter) of at most this many tensor bytes rides inside its
+    announcement in the weights stream, so the log alone holds the run's weight history;
+    larger ones go through `transport`. 0 sends every version through `transport`. At most
+    60 MiB (a weights-stream record is at most 64 MiB)."""
 
 
 class EvalSection(Section, kw_only=True):
@@ -305,6 +310,9 @@ class RunConfig(Section, kw_only=True):
             raise ValueError(f"weights.slots ({w.slots}) must be at least 2 and at least "
                              f"weights.keep_versions ({w.keep_versions}): a slot holds one "
                              "version, and the trainer writes one while engines read another")
+        if not 0 <= w.inline_max_bytes <= 60 * 1024 * 1024:
+            raise ValueError(f"weights.inline_max_bytes ({w.inline_max_bytes}) must be in "
+                             "[0, 60 MiB]: an announcement is at most 64 MiB")
         compute = self.trainer.compute
         if self.trainer.backend == "megatron" and not compute.on_gpu:
             raise ValueError("trainer.backend = \"megatron\" needs a CUDA device: set "

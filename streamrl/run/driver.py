@@ -19,6 +19,8 @@ from streamrl.hooks.run import PROMPT_TEXT, PromptRequest, PromptSpec
 from streamrl.launch.base import Launcher
 from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
+from streamrl.models.config import ModelConfig
+from streamrl.models.lora_files import run_adapter
 from streamrl.recipe.config import DEFAULT_NUM_PROMPTS, RunConfig
 from streamrl.recipe.context import RunContext
 from streamrl.recipe.hooks import Hooks, resolve_hooks
@@ -28,6 +30,7 @@ from streamrl.run.monitor import Monitor
 from streamrl.schemas import Prompt, encode_event
 from streamrl.streams import RunStreams
 from streamrl.weights import Published, TransportConfig, WeightTransport
+from streamrl.weights.inline import publish_version
 
 
 class RunExists(RuntimeError):
@@ -119,9 +122,16 @@ async def _store_initial_weights(ctx: RunContext) -> tuple[WeightTransport, Publ
     if config.kind == "broadcast":  # the driver is no rank of the weight group: v0 goes as files
         config = TransportConfig(kind="file", keep_last=1, directory=str(ctx.run_dir / "weights"))
     transport = config.open()
+    lora = ctx.config.trainer.lora
     try:
-        tensors = await asyncio.to_thread(read_safetensors, ctx.init_checkpoint)
-        published = await asyncio.to_thread(transport.publish, ctx.first_version, tensors)
+        if lora is None:
+            tensors = await asyncio.to_thread(read_safetensors, ctx.init_checkpoint)
+        else:  # a LoRA run's versions are its adapters, the first one included (docs/lora.md)
+            tensors = run_adapter(ctx.init_checkpoint, ModelConfig.from_file(ctx.init_checkpoint),
+                                  lora.spec(), lora.init)
+        published = await asyncio.to_thread(
+            publish_version, transport, ctx.first_version, tensors,
+            inline_max_bytes=0 if lora is None else ctx.config.weights.inline_max_bytes)
     except BaseException:
         transport.close()
         raise

@@ -94,6 +94,7 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     digest: str  # weights_digest of the published tensors
     num_bytes: int  # tensor data bytes, tied tensors counted once; equal on every transport
     transport: str
+    payload: bytes | None = None  # the tensors themselves, when the version travels inline
 
     def announce(self, *, run_id: str, parent: int | None,
                  batch_ids: tuple[str, ...] = ()) -> WeightVersionAnnounced:
@@ -101,7 +102,7 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
         return WeightVersionAnnounced(run_id=run_id, version=self.version, parent=parent,
                                       digest=self.digest, num_bytes=self.num_bytes,
                                       locator=self.locator, transport=self.transport,
-                                      batch_ids=batch_ids)
+                                      batch_ids=batch_ids, payload=self.payload)
 
 
 _LOCATOR = re.compile(r"^(?P<scheme>[a-z_]+)://(?P<rest>.+)$")

@@ -15,7 +15,7 @@ from streamrl.consumers.trainer.batch import build_batch
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.losses import decoupled_ppo
 from streamrl.models.checkpoint import load_checkpoint, save_checkpoint
-from streamrl.models.lora import initial_adapter
+from streamrl.models.lora import SCALE_KEY, initial_adapter, is_adapter
 from streamrl.recipe.config import ConfigError, TrainerSection, load_config
 from streamrl.recipe.trainer import LoraConfig
 from streamrl.weights import weights_digest
@@ -52,8 +52,8 @@ def test_lora_trains_the_adapter_alone_on_a_frozen_base(init: Path) -> None:
     with torch.no_grad():
         assert torch.equal(learner.logprobs(batch), full.logprobs(batch))
     v0 = {k: v.clone() for k, v in learner.hf_state_dict().items()}
-    assert all(".lora_A." in k or ".lora_B." in k for k in v0)
-    assert len(v0) == 2 * 7 * 2  # A and B of 7 linear layers in each of 2 decoder layers
+    assert is_adapter(v0) and float(v0[SCALE_KEY]) == 2.0  # alpha / rank
+    assert len(v0) == 2 * 7 * 2 + 1  # A and B of 7 linear layers in 2 decoder layers, scale
     for version in (1, 2):
         learner.step(rows(version), [1.0] * 4, version=version)
     after = learner.hf_state_dict()
@@ -61,9 +61,9 @@ def test_lora_trains_the_adapter_alone_on_a_frozen_base(init: Path) -> None:
     # the base did not move, and only the adapter has optimizer state
     assert all(torch.equal(v, base[k]) for k, v in learner.model.state_dict().items())
     trained = {id(p) for p in learner.model.parameters() if p.requires_grad}
-    assert len(trained) == len(v0)
+    assert len(trained) == len(v0) - 1
     assert {id(p) for g in learner.optimizer.param_groups for p in g["params"]} == trained
-    assert len(learner.optimizer.state) == len(v0)
+    assert len(learner.optimizer.state) == len(trained)
     # and the version is far smaller than the model
     version_bytes = sum(t.numel() * t.element_size() for t in after.values())
     model_bytes = sum(t.numel() * t.element_size() for t in full.hf_state_dict().values())
@@ -92,7 +92,7 @@ def test_resumed_lora_learner_is_bit_exact_with_dropout(init: Path, tmp_path: Pa
     resumed = Learner.from_checkpoint(tmp_path / "v1", setup(lora))
     resumed.step(rows(2), [1.0] * 4, version=2)
     assert weights_digest(resumed.hf_state_dict()) == weights_digest(learner.hf_state_dict())
-    assert len(learner.hf_state_dict()) == 2 * 2 * 2
+    assert len(learner.hf_state_dict()) == 2 * 2 * 2 + 1
     # the checkpoint's base is the initial one, unchanged
     saved, initial = load_checkpoint(tmp_path / "v1"), load_checkpoint(init)
     assert weights_digest(saved.state_dict()) == weights_digest(initial.state_dict())
