@@ -20,9 +20,11 @@ Backends (`expert_backend`):
 
 Exactness: on CPU in fp32 both backends equal the per-expert Python loop within rounding
 (tests/models/test_moe_grouped.py). On GPU the grouped kernels sum in a different order than
-cuBLAS does for the loop, so grouped and loop differ by bf16 rounding; each backend is
-deterministic run to run (no atomics: the un-permute is a copy, the sum over k a fixed-order
-reduction), and routing, being chosen before the experts run, is unaffected by the backend.
+cuBLAS does for the loop, so grouped and loop differ by bf16 rounding. Each backend is
+deterministic run to run, forward and backward, as far as its GEMMs are: every gather and
+scatter moves rows one to one (no two writes to a row, so no atomics race), and the k outputs of
+a token, like the k gradients of its input, are summed in a fixed order. Routing is chosen
+before the experts run, so it never depends on the backend.
 """
 
 from __future__ import annotations
@@ -68,7 +70,10 @@ def grouped_swiglu(x: Tensor, ids: Tensor, gate: Tensor, up: Tensor, down: Tenso
     if backend not in BACKENDS:
         raise ValueError(f"unknown expert backend {backend!r}; expected one of {BACKENDS}")
     order, sorted_ids, ends = sort_by_expert(ids, E)
-    xs = x.index_select(0, order // k)  # [N*k, H] sorted by expert
+    # Gather from the k-fold copy, not `x.index_select(0, order // k)`: every source row is then
+    # read once, so the backward's index_add has no colliding rows (deterministic despite
+    # atomics) and the k gradients of a token meet in a fixed-order sum over the expand.
+    xs = x.unsqueeze(1).expand(N, k, x.shape[-1]).reshape(N * k, -1).index_select(0, order)
     if backend == "grouped_mm":
         h = (F.silu(torch._grouped_mm(xs, gate.transpose(1, 2), offs=ends))
              * torch._grouped_mm(xs, up.transpose(1, 2), offs=ends))  # [N*k, I]

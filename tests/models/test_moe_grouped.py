@@ -65,8 +65,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @cuda
 @pytest.mark.parametrize("backend", [None, "padded"])
 def test_grouped_experts_never_sync_and_capture_in_a_graph(moe_sparse_step: Tiny, backend) -> None:
-    """bf16 on the GPU: no host sync in forward or backward, one CUDA graph replays the layer
-    for any routing, and grouped vs loop agree to bf16 rounding (summation order differs)."""
+    """bf16 on the GPU: no host sync in forward or backward, a deterministic backward, one CUDA
+    graph replays the layer for any routing, and grouped vs loop agree to bf16 rounding (they
+    sum in different orders)."""
     model = load_checkpoint(moe_sparse_step.path).to("cuda", torch.bfloat16)
     layer = next(m for m in model.modules() if isinstance(m, MoE))
     x = torch.randn(4, 16, model.config.hidden_size, device="cuda", dtype=torch.bfloat16,
@@ -80,6 +81,11 @@ def test_grouped_experts_never_sync_and_capture_in_a_graph(moe_sparse_step: Tiny
         out.float().square().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    grads = [x.grad.clone(), layer.gate.weight.grad.clone()]
+    for _ in range(2):  # backward again: bitwise the same (no atomics race)
+        x.grad, layer.gate.weight.grad = None, None
+        layer(x)[0].float().square().sum().backward()
+        assert torch.equal(x.grad, grads[0]) and torch.equal(layer.gate.weight.grad, grads[1])
     set_expert_impl(model, "loop")
     ref, ref_ids = layer(x)
     assert torch.equal(ids, ref_ids)
