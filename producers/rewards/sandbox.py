@@ -217,7 +217,11 @@ def _checked(out: object) -> RewardOutput:
     if not math.isfinite(reward) or not all(math.isfinite(v) for v in details.values()):
         raise ValueError(f"the reward function returned a non-finite reward or detail "
                          f"(reward {reward}, details {details})")
-    return RewardOutput(reward=reward, details=details, status=str(out.status))
+    tokens = None if out.token_rewards is None else tuple(float(v) for v in out.token_rewards)
+    if tokens is not None and not all(math.isfinite(v) for v in tokens):
+        raise ValueError("the reward function returned a non-finite token reward")
+    return RewardOutput(reward=reward, details=details, status=str(out.status),
+                        token_rewards=tokens)
 
 
 def _read(stream: IO[bytes]) -> bytes | None:

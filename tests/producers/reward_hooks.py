@@ -24,5 +24,10 @@ def misbehaving(sample: RewardInput) -> RewardOutput:
             return RewardOutput(reward=0.5, status="printed")
         case "exit":
             os._exit(3)
+        case "tokens":  # per-token (process) rewards, one per response token
+            return RewardOutput(reward=1.0, status="tokens",
+                                token_rewards=tuple(0.25 * i for i in range(4)))
+        case "nan_tokens":
+            return RewardOutput(reward=1.0, token_rewards=(0.0, float("nan"), 0.0, 0.0))
         case _:
             return RewardOutput(reward=float(sample.response_text == "right"), status="scored")

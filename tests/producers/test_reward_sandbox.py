@@ -36,6 +36,16 @@ def sample(response: str = "right", **metadata: object) -> RewardInput:
         metadata=dict(metadata))
 
 
+async def test_token_rewards_cross_the_pipe_and_a_nan_among_them_costs_the_sample() -> None:
+    async with RewardSandbox(misbehaving, timeout_s=5.0) as rewards:
+        out = await rewards.score(sample(mode="tokens"))
+        assert out.token_rewards == (0.0, 0.25, 0.5, 0.75)
+        bad = await rewards.score(sample(mode="nan_tokens"))
+        assert bad.reward == 0 and bad.token_rewards is None
+        assert bad.status.startswith("error: ValueError: the reward function returned a "
+                                     "non-finite token reward")
+
+
 async def test_a_misbehaving_user_reward_costs_its_sample_never_the_worker() -> None:
     async with RewardSandbox(misbehaving, timeout_s=1.0) as rewards:
         ok = await rewards.score(sample())
