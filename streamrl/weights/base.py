@@ -17,6 +17,13 @@ tests/multigpu/test_broadcast.py against the other two:
   a released version raises `WeightVersionUnavailable(released=True)`; a reader that gets it
   should move on to the newest announced version. A load that already started is unaffected.
 - `close()` releases every version this instance still holds; it is idempotent.
+- `begin_publish(version, tensors)` returns once the version's bytes are copied out of
+  `tensors` (the caller may change them from then on) and computes the digest on a background
+  thread; `finish_publish(pending)` waits for it and returns what `publish` would have. The
+  version is loadable, and may be announced, only after `finish_publish`. At most one version is
+  pending: the next `begin_publish` (or `close`) finishes it first. `publish` is the two at
+  once. This keeps the digest off the trainer's critical path (the hashing of one version
+  overlaps the next training step) without changing the digest or what readers check.
 
 Calls are synchronous (a load is a memcpy-bound burst between decoding steps); async callers use
 `asyncio.to_thread`. An instance is used by one thread at a time. Transports that need a
@@ -29,7 +36,10 @@ from __future__ import annotations
 
 import abc
 import collections
+import concurrent.futures
+import dataclasses
 import re
+import time
 import warnings
 from collections.abc import Mapping
 from types import TracebackType
@@ -108,6 +118,35 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
 _LOCATOR = re.compile(r"^(?P<scheme>[a-z_]+)://(?P<rest>.+)$")
 
 
+@dataclasses.dataclass(eq=False)
+class PendingVersion:
+    """A version copied out of the publisher's tensors whose digest is still being computed
+    (`WeightTransport.begin_publish`). `copy_ms`: what `begin_publish` cost the caller;
+    `digest_ms`: from the end of the copy until the digest was known (None while pending);
+    `digested_at`: when it was known (seconds since the epoch)."""
+
+    version: int
+    future: concurrent.futures.Future[Published]
+    copy_ms: float
+    digest_ms: float | None = None
+    digested_at: float | None = None
+
+    def __post_init__(self) -> None:
+        copied = time.perf_counter()
+
+        def stamp(_: concurrent.futures.Future[Published]) -> None:
+            self.digest_ms = (time.perf_counter() - copied) * 1e3
+            self.digested_at = time.time()
+
+        self.future.add_done_callback(stamp)
+
+
+def done_future(published: Published) -> concurrent.futures.Future[Published]:
+    future: concurrent.futures.Future[Published] = concurrent.futures.Future()
+    future.set_result(published)
+    return future
+
+
 class WeightTransport(abc.ABC):
     """Publishes weight versions and loads them by locator. Subclasses implement `_publish`,
     `_read` and `_release`; retention, digest checks and device placement live here."""
@@ -120,6 +159,7 @@ class WeightTransport(abc.ABC):
         self.keep_last = keep_last
         self._retained: collections.deque[Published] = collections.deque()
         self._last_version: int | None = None
+        self._pending: PendingVersion | None = None
         self._closed = False
 
     @classmethod
@@ -140,6 +180,9 @@ class WeightTransport(abc.ABC):
         if self._closed:
             return
         try:
+            if self._pending is not None:  # its digest thread still reads the version's bytes
+                self._pending.future.exception()
+                self._pending = None
             while self._retained:
                 self.release(self._retained[0].locator)
         finally:
@@ -161,17 +204,36 @@ class WeightTransport(abc.ABC):
     # --- the contract ---------------------------------------------------------------------------
     def publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published:
         """Make `tensors` loadable as `version`, then release versions beyond `keep_last`."""
+        return self.finish_publish(self.begin_publish(version, tensors))
+
+    def begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> PendingVersion:
+        """Copy `tensors` out as `version`; its digest follows on a background thread where the
+        transport supports it (file, shm, cuda_ipc), at once otherwise. Finishes the pending
+        version first, if any."""
         self._check_open(f"{self.name}://")
+        if self._pending is not None:
+            self.finish_publish(self._pending)
         if version < 0 or (self._last_version is not None and version <= self._last_version):
             raise ValueError(f"version {version} must be >= 0 and newer than the last published "
                              f"version {self._last_version}")
         if not tensors:
             raise ValueError(f"weight version {version} has no tensors")
-        published = self._publish(version, tensors)
-        self._retained.append(published)
+        t0 = time.perf_counter()
+        future = self._begin_publish(version, tensors)
         self._last_version = version
-        while len(self._retained) > self.keep_last:
-            self.release(self._retained[0].locator)
+        self._pending = PendingVersion(version, future, (time.perf_counter() - t0) * 1e3)
+        return self._pending
+
+    def finish_publish(self, pending: PendingVersion) -> Published:
+        """Wait for `pending`'s digest (raising what computing it raised), then make it
+        loadable and release versions beyond `keep_last`. Idempotent."""
+        mine, self._pending = self._pending is pending, (
+            None if self._pending is pending else self._pending)
+        published = pending.future.result()
+        if mine:
+            self._retained.append(published)
+            while len(self._retained) > self.keep_last:
+                self.release(self._retained[0].locator)
         return published
 
     def load(self, locator: str, *, expected_digest: str | None = None,
@@ -209,6 +271,12 @@ class WeightTransport(abc.ABC):
     # --- for subclasses -------------------------------------------------------------------------
     @abc.abstractmethod
     def _publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published: ...
+
+    def _begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor]
+                       ) -> concurrent.futures.Future[Published]:
+        """Copy the version out of `tensors` before returning; the future gives its Published
+        once the digest is known. Default: all of `_publish` now."""
+        return done_future(self._publish(version, tensors))
 
     @abc.abstractmethod
     def _read(self, locator: str, *, zero_copy: bool) -> tuple[int, dict[str, torch.Tensor]]:

@@ -79,15 +79,16 @@ def _plan(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
 
 def write(path: str, version: int, tensors: Mapping[str, torch.Tensor], *, fsync: bool,
-          mode: int = 0o644) -> Written:
+          mode: int = 0o644, digest: bool = True) -> Written:
     """Write `tensors` to a new file at `path` (which must not exist). Not atomic by itself:
-    callers write to a temporary name and rename."""
+    callers write to a temporary name and rename. `digest=False` leaves `Written.digest` ""
+    (the caller hashes the written file later, off its critical path)."""
     stored, aliases = _plan(tensors)
     # Hash on other threads while this one writes: both run without the GIL, so publish costs
     # about max(hash, write) instead of their sum. (Splitting the write over threads measured
     # no faster on a 16-core host: writes to one file serialize on its inode lock.)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        digest_future = pool.submit(weights_digest, tensors)
+        digest_future = pool.submit(weights_digest, tensors) if digest else None
         header, data_bytes = _header(stored, aliases, version)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
@@ -106,8 +107,7 @@ def write(path: str, version: int, tensors: Mapping[str, torch.Tensor], *, fsync
                 os.fsync(fd)
         finally:
             os.close(fd)
-        digest = digest_future.result()
-    return Written(data_bytes, digest)
+    return Written(data_bytes, "" if digest_future is None else digest_future.result())
 
 
 def _header(stored: Mapping[str, torch.Tensor], aliases: dict[str, str], version: int

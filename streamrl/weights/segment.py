@@ -10,6 +10,7 @@ bytes.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -28,6 +29,7 @@ from streamrl.weights.base import (
     WeightTransportError,
     WeightVersionUnavailable,
 )
+from streamrl.weights.digest import weights_digest
 
 _NAME = re.compile(r"^(?P<prefix>.*?)v(?P<version>\d{8,})(?P<suffix>\.safetensors)?"
                    r"(?P<tmp>\.tmp-[0-9a-f-]+)?$")
@@ -43,6 +45,7 @@ class SegmentTransport(WeightTransport):
         super().__init__(keep_last=keep_last)
         self.directory = directory
         self.prefix = prefix
+        self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @abc.abstractmethod
     def _locator_of(self, path: Path) -> str: ...
@@ -56,6 +59,38 @@ class SegmentTransport(WeightTransport):
         """Where this instance publishes; ValueError saying which option to set if it can't."""
 
     def _publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published:
+        locator, written, _ = self._write(version, tensors, digest=True)
+        return Published(version=version, locator=locator, digest=written.digest,
+                         num_bytes=written.num_bytes, transport=self.name)
+
+    def _begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor]
+                       ) -> concurrent.futures.Future[Published]:
+        """Write the segment now; hash it (the file, not `tensors`, which the caller may change
+        from now on) on this instance's digest thread."""
+        locator, written, path = self._write(version, tensors, digest=False)
+
+        def digest() -> Published:
+            segment = layout.read(str(path), zero_copy=True)  # the mapping outlives an unlink
+            return Published(version=version, locator=locator,
+                             digest=weights_digest(segment.tensors),
+                             num_bytes=written.num_bytes, transport=self.name)
+
+        if self._digest_pool is None:
+            self._digest_pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self.name}-digest")
+        return self._digest_pool.submit(digest)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._digest_pool is not None:
+                self._digest_pool.shutdown(wait=True)
+                self._digest_pool = None
+
+    def _write(self, version: int, tensors: Mapping[str, torch.Tensor], *, digest: bool
+               ) -> tuple[str, layout.Written, Path]:
+        """Write the version's segment under its final name: (locator, written, path)."""
         final = self._publish_dir() / f"{self.prefix}v{version:08d}{self.suffix}"
         locator = self._locator_of(final)
         # Refuse to replace: a locator must never name two different sets of tensors. A leftover
@@ -68,7 +103,7 @@ class SegmentTransport(WeightTransport):
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
             written = layout.write(str(tmp), version, tensors, fsync=self.fsync,
-                                   mode=self.file_mode)
+                                   mode=self.file_mode, digest=digest)
             os.rename(tmp, final)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -85,8 +120,7 @@ class SegmentTransport(WeightTransport):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        return Published(version=version, locator=locator, digest=written.digest,
-                         num_bytes=written.num_bytes, transport=self.name)
+        return locator, written, final
 
     def _read(self, locator: str, *, zero_copy: bool) -> tuple[int, dict[str, torch.Tensor]]:
         path = self._path_of(locator)
