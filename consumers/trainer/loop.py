@@ -3,12 +3,16 @@
     while version < max_versions:
         batch = await next_batch()            # read, dead-letter, judge staleness, gather
         metrics = learner.step(batch)         # advantages, off-policy loss, optimizer
-        await publish(batch, metrics)         # tensors via transport; one transaction for
+        await publish(batch, metrics)         # tensors copied to the transport; then, once
+                                              # their digest is known, one transaction for
                                               # BatchFormed + TrainStep + Rejected + announce
                                               # + requeued prompts + the consumed position
 
 The transaction is the commit point: a crash before it loses nothing (the batch is formed again
-from the same records after resume), a crash after it repeats nothing.
+from the same records after resume), a crash after it repeats nothing. The digest of a version
+(a full pass over its bytes) is computed on the transport's thread while the next step already
+trains, so the commit of version V may land during step V+1: at most one version is in flight,
+and `settle()` waits for it before any later commit, a checkpoint event, or the end of `run`.
 
 A counterfactual replay (`streamrl/replay/`) runs this same loop over another run's recorded
 trajectories: a `TrajectorySource` names that stream, its own consumer group (never the parent's),
@@ -42,7 +46,8 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.ids import parse_group_id, reissued_event_id
 from streamrl.weights import WeightTransport
-from streamrl.weights.inline import publish_version
+from streamrl.weights.base import PendingVersion, done_future
+from streamrl.weights.inline import publish_version, tensor_bytes
 
 
 def wall_clock(record: Record, version: int) -> int:
@@ -81,16 +86,20 @@ class TrainerLoop:
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model_config.vocab_size
         self._buffer: list[Record] = []
+        self._commit: asyncio.Task[None] | None = None  # the version in flight
 
     async def run(self) -> None:
         """Train until `max_versions`; raises SourceExhausted when a finite source ends first
         (its pending rejections are committed before)."""
-        while self.version < self.ctx.config.run.max_versions:
-            batch = await self.next_batch()
-            metrics = await asyncio.to_thread(self.learner.step, batch.rows, batch.weights,
-                                              self.version)
-            await self.publish(batch, metrics | self.hook_metrics(batch, metrics))
-            await self.maybe_checkpoint()
+        try:
+            while self.version < self.ctx.config.run.max_versions:
+                batch = await self.next_batch()
+                metrics = await asyncio.to_thread(self.learner.step, batch.rows, batch.weights,
+                                                  self.version)
+                await self.publish(batch, metrics | self.hook_metrics(batch, metrics))
+                await self.maybe_checkpoint()
+        finally:
+            await self.settle()
 
     def hook_metrics(self, batch: FormedBatch, metrics: dict[str, float]) -> dict[str, float]:
         step = TrainStepInput(
@@ -121,36 +130,61 @@ class TrainerLoop:
         return self.former.take()
 
     async def publish(self, batch: FormedBatch, metrics: dict[str, float]) -> None:
+        """Copy version+1 out to the transport, then commit it in the background once its digest
+        is known (the caller's next step runs meanwhile)."""
+        await self.settle()
         new = self.version + 1
-        published = await asyncio.to_thread(
-            publish_version, self.transport, new, self.learner.hf_state_dict(),
-            inline_max_bytes=self.ctx.config.weights.inline_max_bytes
-            if self.ctx.config.trainer.lora is not None else 0)
+        pending = await asyncio.to_thread(self.begin_publish, new)
+        self.version = new
+        self._commit = asyncio.create_task(self._commit_version(pending, batch, metrics))
+
+    def begin_publish(self, version: int) -> PendingVersion:
+        tensors = self.learner.hf_state_dict()
+        inline = (self.ctx.config.weights.inline_max_bytes
+                  if self.ctx.config.trainer.lora is not None else 0)
+        if tensor_bytes(tensors) <= inline:  # rides in its announcement: nothing to overlap
+            return PendingVersion(version, done_future(publish_version(
+                self.transport, version, tensors, inline_max_bytes=inline)), 0.0)
+        return self.transport.begin_publish(version, tensors)
+
+    async def _commit_version(self, pending: PendingVersion, batch: FormedBatch,
+                              metrics: dict[str, float]) -> None:
+        published = await asyncio.to_thread(self.transport.finish_publish, pending)
+        new = pending.version
         batch_id = f"batch-{new:06d}"
         metrics |= {"num_samples": float(len(batch.sample_ids)),
                     "num_rejected": float(len(batch.rejected)),
                     "staleness_mean": batch.staleness.mean,
-                    "staleness_max": float(batch.staleness.max)}
+                    "staleness_max": float(batch.staleness.max),
+                    # the trainer's critical path, and the digest after it (off that path)
+                    "weights_copy_ms": pending.copy_ms,
+                    "weights_digest_ms": pending.digest_ms or 0.0}
         events: list[Event] = [
             BatchFormed(run_id=self.ctx.run_id, batch_id=batch_id,
                         positions=tuple(batch.positions), sample_ids=tuple(batch.sample_ids),
-                        policy_version=self.version, staleness=batch.staleness,
+                        policy_version=new - 1, staleness=batch.staleness,
                         sample_weights=tuple(batch.weights)),
             TrainStep(run_id=self.ctx.run_id, step=new, version=new, metrics=metrics),
             *batch.rejected,
         ]
         appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in events]
-        announce = published.announce(run_id=self.ctx.run_id, parent=self.version,
+        announce = published.announce(run_id=self.ctx.run_id, parent=new - 1,
                                       batch_ids=(batch_id,))
         appends.append(Append(stream=self.streams.weights, value=encode_event(announce)))
         appends += [await self._requeued(group_id) for group_id in batch.requeue]
         offsets = {StreamPartition(self.source.stream, 0): batch.next_offset}
         await self.log.transact(self.source.group, offsets, appends)
-        self.version = new
         self.last_digest = published.digest
+
+    async def settle(self) -> None:
+        """Wait until the version in flight is committed; raises what its commit raised."""
+        if self._commit is not None:
+            commit, self._commit = self._commit, None
+            await commit
 
     async def commit_decisions(self) -> None:
         """Caught up without a full batch: commit the rejections and requeues judged so far."""
+        await self.settle()
         rejected, requeue, offset = self.former.take_decisions()
         appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in rejected]
         appends += [await self._requeued(group_id) for group_id in requeue]
@@ -176,6 +210,7 @@ class TrainerLoop:
             return
         path = checkpoint_dir(self.ctx.run_dir, self.version)
         await asyncio.to_thread(self.learner.save, path)
+        await self.settle()  # its event names the version's digest
         await self.log.append(self.streams.events, encode_event(CheckpointSaved(
             run_id=self.ctx.run_id, version=self.version, path=str(path),
             digest=self.last_digest)))
