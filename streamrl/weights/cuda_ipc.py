@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -79,6 +80,23 @@ _NAME = re.compile(r"^streamrl-[A-Za-z0-9_-]+-v(?P<version>\d{8,})\.ipc$")
 _EXPORTED: dict[tuple[str, int], torch.Tensor] = {}
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Copied:
+    """A version copied into its slot whose manifest is not written yet."""
+
+    version: int
+    final: Path
+    locator: str
+    slot: int
+    generation: int
+    buffer: torch.Tensor
+    handle: list
+    entries: list
+    slot_bytes: torch.Tensor
+    num_bytes: int
+    snapshot: tuple[torch.Tensor, list] | None  # (uncast bytes, their entries) when casting
+
+
 class CudaIpcTransport(WeightTransport):
     name = "cuda_ipc"
 
@@ -112,6 +130,9 @@ class CudaIpcTransport(WeightTransport):
         self._written: list[int] = []  # slots, least recently written first
         self._in_slot: dict[int, str] = {}  # slot -> locator of the version it holds
         self._host = HostStaging()  # pinned buffers for digests, reused
+        self._snapshot: torch.Tensor | None = None  # begin_publish's uncast copy, when casting
+        self._digest_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._digest_stream: torch.cuda.Stream | None = None
         self._token = reader_token()
         self._holding: Held | None = None  # what `done` releases
         self._verifying: concurrent.futures.Future[str] | None = None
@@ -131,6 +152,44 @@ class CudaIpcTransport(WeightTransport):
 
     # --- publisher ------------------------------------------------------------------------------
     def _publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published:
+        copied = self._copy_in(version, tensors, snapshot=False)
+        return self._finish(copied, *self._digests(copied.slot_bytes, copied.entries, tensors))
+
+    def _begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor]
+                       ) -> concurrent.futures.Future[Published]:
+        """Copy into the slot now (and, when publishing casts, the uncast tensors into a device
+        snapshot, whose digest is the announced one); the device-to-host copies (on a side
+        stream, so they queue behind none of the trainer's kernels), the hashing and the
+        manifest follow on this instance's digest thread. The snapshot costs one more copy of
+        the weights in device memory."""
+        copied = self._copy_in(version, tensors, snapshot=self.dtype is not None)
+
+        def digest() -> Published:
+            t0 = time.perf_counter()
+            if self._digest_stream is None:
+                self._digest_stream = torch.cuda.Stream(copied.slot_bytes.device)
+            with torch.cuda.stream(self._digest_stream):
+                slot_view = unpack(self._host.copy(copied.slot_bytes, "slot"), copied.entries)
+                if copied.snapshot is None:
+                    digest = source_digest = weights_digest(slot_view)
+                else:
+                    host = self._host.copy(copied.snapshot[0], "source")
+                    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                        slot_digest = pool.submit(weights_digest, slot_view)
+                        source_digest = weights_digest(unpack(host, copied.snapshot[1]))
+                        digest = slot_digest.result()
+            self.last_timings["digest_ms"] = (time.perf_counter() - t0) * 1e3
+            return self._finish(copied, digest, source_digest)
+
+        if self._digest_pool is None:
+            self._digest_pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="cuda_ipc-digest")
+        return self._digest_pool.submit(digest)
+
+    def _copy_in(self, version: int, tensors: Mapping[str, torch.Tensor], *,
+                 snapshot: bool) -> _Copied:
+        """Wait for the slot's readers to let go, copy (and cast) `tensors` into it; with
+        `snapshot`, also copy them uncast into a device buffer kept for the next version."""
         if self.namespace is None:
             raise ValueError("this CudaIpcTransport has no namespace to publish under; set "
                              "namespace (normally the run id)")
@@ -161,27 +220,45 @@ class CudaIpcTransport(WeightTransport):
         with torch.no_grad():
             dst = [buffer[o : o + n].view(dt).view(t.shape) for t, o, n, dt in sources]
             torch._foreach_copy_(dst, [t.detach().to(device) for t, _, _, _ in sources])
+            kept = self._snapshot_of(tensors, device) if snapshot else None
         torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
-        digest, source_digest = self._digests(buffer[:nbytes], entries, tensors)
-        self.last_timings = {"wait_ms": (t1 - t0) * 1e3, "copy_ms": (t2 - t1) * 1e3,
-                             "digest_ms": (time.perf_counter() - t2) * 1e3}
-        head = {"version": version, "ring": ring.path.name, "slot": slot,
-                "generation": generation, "gpu": gpu_uuid(device), "nbytes": buffer.numel(),
-                "handle": [b64(x) for x in handle], "digest": digest,
-                "source_digest": source_digest}
-        body = json.dumps(entries)
+        self.last_timings = {"wait_ms": (t1 - t0) * 1e3,
+                             "copy_ms": (time.perf_counter() - t1) * 1e3}
+        num_bytes = sum(t.numel() * t.element_size() for t, _, _, _ in sources)
+        return _Copied(version=version, final=final, locator=locator, slot=slot,
+                       generation=generation, buffer=buffer, handle=handle, entries=entries,
+                       slot_bytes=buffer[:nbytes], num_bytes=num_bytes, snapshot=kept)
+
+    def _snapshot_of(self, tensors: Mapping[str, torch.Tensor], device: torch.device
+                     ) -> tuple[torch.Tensor, list]:
+        """`tensors` uncast in a reused device buffer: (its bytes, their manifest entries)."""
+        entries, sources = layout(tensors, None)
+        nbytes = max((o + n for _, o, n, _ in sources), default=0)
+        if self._snapshot is None or self._snapshot.numel() < nbytes or \
+                self._snapshot.device != device:
+            self._snapshot = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+        dst = [self._snapshot[o : o + n].view(dt).view(t.shape) for t, o, n, dt in sources]
+        torch._foreach_copy_(dst, [t.detach().to(device) for t, _, _, _ in sources])
+        return self._snapshot[:nbytes], entries
+
+    def _finish(self, c: _Copied, digest: str, source_digest: str) -> Published:
+        """Write the version's manifest: from now on it is loadable."""
+        assert self._ring is not None
+        head = {"version": c.version, "ring": self._ring.path.name, "slot": c.slot,
+                "generation": c.generation, "gpu": gpu_uuid(c.buffer.device),
+                "nbytes": c.buffer.numel(), "handle": [b64(x) for x in c.handle],
+                "digest": digest, "source_digest": source_digest}
+        body = json.dumps(c.entries)
         head["layout"] = hashlib.sha256(body.encode()).hexdigest()[:16]
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp = c.final.with_name(f"{c.final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         tmp.write_text(json.dumps(head) + "\n" + body)
         os.chmod(tmp, 0o600)
-        os.rename(tmp, final)
-        self._written.remove(slot)
-        self._written.append(slot)
-        self._in_slot[slot] = locator
-        num_bytes = sum(t.numel() * t.element_size() for t, _, _, _ in sources)
-        return Published(version=version, locator=locator, digest=source_digest,
-                         num_bytes=num_bytes, transport=self.name)
+        os.rename(tmp, c.final)
+        self._written.remove(c.slot)
+        self._written.append(c.slot)
+        self._in_slot[c.slot] = c.locator
+        return Published(version=c.version, locator=c.locator, digest=source_digest,
+                         num_bytes=c.num_bytes, transport=self.name)
 
     def _slot_buffer(self, slot: int, nbytes: int, device: torch.device
                      ) -> tuple[torch.Tensor, list]:
@@ -199,6 +276,14 @@ class CudaIpcTransport(WeightTransport):
                  tensors: Mapping[str, torch.Tensor]) -> tuple[str, str]:
         """(digest of the slot's tensors, digest of the tensors as passed); the same string
         unless publishing casts. The two hashes run on two threads."""
+        t0 = time.perf_counter()
+        try:
+            return self._digests_now(slot_bytes, entries, tensors)
+        finally:
+            self.last_timings["digest_ms"] = (time.perf_counter() - t0) * 1e3
+
+    def _digests_now(self, slot_bytes: torch.Tensor, entries: list,
+                     tensors: Mapping[str, torch.Tensor]) -> tuple[str, str]:
         slot_view = unpack(self._host.copy(slot_bytes, "slot"), entries)
         if self.dtype is None:
             digest = weights_digest(slot_view)
@@ -229,6 +314,9 @@ class CudaIpcTransport(WeightTransport):
             self._views.clear()
             if self._verify_pool is not None:
                 self._verify_pool.shutdown(wait=True)
+            if self._digest_pool is not None:
+                self._digest_pool.shutdown(wait=True)
+            self._snapshot = None
             self._host.clear()
 
     def remove_stale(self) -> list[Path]:
