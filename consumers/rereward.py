@@ -14,8 +14,11 @@ resolve); the new run has no prompts, weights or batches of its own.
 
 The reward function is the recipe hook (`streamrl/hooks/rollout.py`: `RewardFn(RewardInput) ->
 RewardOutput`), called with the input the producer gave it: the prompt (text, metadata) from the
-parent's prompts stream and the response decoded the same way. This is the one place a consumer
-imports a producer-side type: it plays the producer's scoring step again.
+parent's prompts stream and the response decoded the same way. It runs as in the producer: in
+reward worker processes bounded by the parent's `rollout.reward_timeout_s` (a call that hangs
+or raises, or returns something else, scores 0 with its status, counted in
+`num_reward_failures`). The workers (`producers/rewards/sandbox.py`) are handed in by the caller
+(`workers=RewardSandbox`), since a consumer never imports a producer module.
 
 Exactly once, resumable: each page of re-scored records is appended in one transaction with the
 parent position it covers (consumer group `<NEW_RUN>.rereward`), so running the same command
@@ -25,14 +28,16 @@ record that does not decode goes to the new run's dead-letter stream, in the sam
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
-from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
+from streamrl.hooks.rollout import RewardInput, RewardOutput
 from streamrl.hooks.run import Tokenizer, prompt_text
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
@@ -68,6 +73,18 @@ class RerewardError(ValueError):
     """A re-reward that cannot run as asked; the message says what and how to fix it."""
 
 
+class RewardWorkers(Protocol):
+    """The producers' reward sandbox as re-scoring uses it: `score` returns the function's
+    output, or reward 0 with status "timeout: ..." / "error: ..." (never raises for a sample)."""
+
+    async def start(self) -> None: ...
+    async def score(self, sample: RewardInput) -> RewardOutput: ...
+    async def close(self) -> None: ...
+
+
+RewardWorkersFactory = Callable[..., RewardWorkers]  # (fn, *, timeout_s, num_workers)
+
+
 class RerewardResult(msgspec.Struct, kw_only=True):
     run_id: str
     num_records: int = 0  # parent records re-scored by this call
@@ -77,13 +94,17 @@ class RerewardResult(msgspec.Struct, kw_only=True):
     reward_before: float = 0.0  # mean over the re-scored samples
     reward_after: float = 0.0
     resumed_at: int = 0  # the parent offset this call started from
+    num_reward_failures: int = 0  # samples scored 0 because the call timed out or failed
+    first_failure: str = ""  # the status of the first one
 
 
 async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_dir: Path,
+                   workers: RewardWorkersFactory,
                    on_progress: Callable[[int, int], None] | None = None) -> RerewardResult:
     """Re-score every recorded trajectory of `parent_id` with the hook at import path `reward`
     into run `new_run` (created, or continued if it is a re-reward of the same run with the same
-    function). `on_progress(done, total)` is called after each page."""
+    function), each call in `workers(fn, timeout_s=..., num_workers=...)` with the parent's
+    reward settings. `on_progress(done, total)` is called after each page."""
     for what, run_id in (("RUN", parent_id), ("--as", new_run)):
         try:
             check_run_id(run_id)
@@ -97,17 +118,23 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     source = parent.streams.trajectories
     start = await log.committed(progress_group(new_run), source, 0) or 0
     end = await log.end_offset(source, 0)
-    scorer = Scorer(fn, parent.hooks.tokenizer, await _prompts(log, parent))
+    r = parent.config.rollout
+    sandbox = workers(fn, timeout_s=r.reward_timeout_s, num_workers=r.reward_workers)
+    scorer = Scorer(sandbox, parent.hooks.tokenizer, await _prompts(log, parent))
     result = RerewardResult(run_id=new_run, resumed_at=start)
     offset = start
-    while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):
-        appends = [_rescored(record, ctx, scorer, result) for record in records]
-        offset = records[-1].offset + 1
-        await log.transact(progress_group(new_run), {StreamPartition(source, 0): offset},
-                           appends)
-        result.num_records += len(records)
-        if on_progress is not None:
-            on_progress(offset, end)
+    await sandbox.start()
+    try:
+        while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):
+            appends = [await _rescored(record, ctx, scorer, result) for record in records]
+            offset = records[-1].offset + 1
+            await log.transact(progress_group(new_run), {StreamPartition(source, 0): offset},
+                               appends)
+            result.num_records += len(records)
+            if on_progress is not None:
+                on_progress(offset, end)
+    finally:
+        await sandbox.close()
     if result.num_samples:  # sums so far
         result.reward_before /= result.num_samples
         result.reward_after /= result.num_samples
@@ -115,13 +142,17 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
 
 
 class Scorer:
-    """The producer's scoring step for recorded rows: same `RewardInput`, another function."""
+    """The producer's scoring step for recorded rows: same `RewardInput`, another function, in
+    the same reward workers."""
 
-    def __init__(self, fn: RewardFn, tokenizer: Tokenizer, prompts: dict[str, Prompt]) -> None:
-        self.fn, self.tokenizer, self.prompts = fn, tokenizer, prompts
+    def __init__(self, workers: RewardWorkers, tokenizer: Tokenizer,
+                 prompts: dict[str, Prompt]) -> None:
+        self.workers, self.tokenizer, self.prompts = workers, tokenizer, prompts
 
-    def score(self, rows: pa.RecordBatch) -> list[RewardOutput]:
-        out = []
+    async def score(self, rows: pa.RecordBatch) -> list[RewardOutput]:
+        """Every row's reward (a row whose group names no parent prompt raises a DecodeError
+        before anything is scored)."""
+        inputs = []
         for i, group_id in enumerate(rows["group_id"].to_pylist()):
             prompt = self.prompts.get(group_id)
             if prompt is None:
@@ -131,24 +162,20 @@ class Scorer:
             response = np.asarray(rows["response_tokens"][i].values, dtype=np.int32)
             finish = rows["finish_reason"][i].as_py()
             answer = response[:-1] if finish == "stop" else response  # as the producer does
-            result = self.fn(RewardInput(
+            inputs.append(RewardInput(
                 prompt_id=prompt.prompt_id, prompt_text=prompt_text(prompt.text, prompt.metadata),
                 prompt_tokens=np.asarray(rows["prompt_tokens"][i].values, dtype=np.int32),
                 response_text=self.tokenizer.decode(answer), response_tokens=response,
                 finish_reason=finish, metadata=dict(prompt.metadata)))
-            if not isinstance(result, RewardOutput):
-                raise TypeError(f"the reward function returned {type(result).__name__}, "
-                                "expected RewardOutput")
-            out.append(result)
-        return out
+        return list(await asyncio.gather(*(self.workers.score(x) for x in inputs)))
 
 
-def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
-              result: RerewardResult) -> Append:
+async def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
+                    result: RerewardResult) -> Append:
     """The record with new rewards for the new run's trajectories, or its dead letter."""
     try:
         rows = decode_trajectory_record(record)
-        scores = scorer.score(rows)
+        scores = await scorer.score(rows)
     except DecodeError as error:
         result.num_dead_lettered += 1
         letter = DeadLetter(run_id=ctx.run_id, reason_code=error.reason_code,
@@ -158,6 +185,9 @@ def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
     new = pa.array([s.reward for s in scores], pa.float32())
     old_np, new_np = rows["reward"].to_numpy(), new.to_numpy()
     result.num_samples += rows.num_rows
+    failed = [s.status for s in scores if s.details.get("timeout") or s.details.get("error")]
+    result.num_reward_failures += len(failed)
+    result.first_failure = result.first_failure or (failed[0] if failed else "")
     result.num_changed += int((old_np != new_np).sum())
     result.reward_before += float(old_np.sum())
     result.reward_after += float(new_np.sum())

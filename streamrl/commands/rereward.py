@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from streamrl.consumers.rereward import RerewardError, rereward  # heavy imports only when run
+    from streamrl.producers.rewards.sandbox import RewardSandbox
 
     new_run = args.new_run or f"{args.run}-rr"
     runs_dir = Path(args.runs_dir).absolute()
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             with progress:
                 result = await rereward(
                     log, args.run, args.reward, new_run=new_run,
-                    runs_dir=runs_dir,
+                    runs_dir=runs_dir, workers=RewardSandbox,
                     on_progress=lambda done, total: progress.update(task, completed=done,
                                                                     total=total))
         console.print(_summary(result, args))
@@ -76,6 +77,9 @@ def _summary(result: RerewardResult, args: argparse.Namespace) -> Table:
     table.add_row("records re-scored", str(result.num_records))
     table.add_row("samples re-scored", str(result.num_samples))
     table.add_row("rewards changed", str(result.num_changed))
+    if result.num_reward_failures:
+        table.add_row("reward calls failed (scored 0)",
+                      f"{result.num_reward_failures}, first: {result.first_failure}")
     table.add_row("mean reward before", f"{result.reward_before:.3f}")
     table.add_row("mean reward after", f"{result.reward_after:.3f}")
     table.add_row("dead-lettered records", str(result.num_dead_lettered))

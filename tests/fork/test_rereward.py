@@ -13,6 +13,7 @@ import pytest
 from streamrl import aio
 from streamrl.consumers.rereward import RerewardError, progress_group, rereward
 from streamrl.log import open_log
+from streamrl.producers.rewards.sandbox import RewardSandbox
 from streamrl.recipe.context import load_run_context
 from streamrl.schemas import (
     DeadLetter,
@@ -88,7 +89,7 @@ async def test_bad_records_are_dead_lettered_and_a_rerun_continues(parent_run: P
         source = parent.streams.trajectories
         num_records = await log.end_offset(source, 0)
         first = await rereward(log, run.run_id, "tests.fork.rewards:inverted", new_run="rr",
-                               runs_dir=tmp_path / "runs")
+                               runs_dir=tmp_path / "runs", workers=RewardSandbox)
         assert first.num_records == num_records and first.num_dead_lettered == 0
         # The parent records more: garbage, a group whose prompt does not exist, a good one.
         # Running the same re-reward again continues after what it did, exactly once.
@@ -102,7 +103,7 @@ async def test_bad_records_are_dead_lettered_and_a_rerun_continues(parent_run: P
         await log.append(source, encode_trajectories(orphan))
         await log.append(source, last.value)
         again = await rereward(log, run.run_id, "tests.fork.rewards:inverted", new_run="rr",
-                               runs_dir=tmp_path / "runs")
+                               runs_dir=tmp_path / "runs", workers=RewardSandbox)
         assert (again.resumed_at, again.num_records) == (num_records, 3)
         assert again.num_dead_lettered == 2 and again.num_samples == orphan.num_rows
         new = await load_run_context(log, "rr")
@@ -128,7 +129,8 @@ async def test_a_bad_rereward_says_why_and_writes_nothing(
     async with open_log(str(parent_run.log)) as log:
         streams = await log.list_streams()
         with pytest.raises(ValueError, match=re.escape(message)):
-            await rereward(log, run, reward, new_run=new_run, runs_dir=tmp_path)
+            await rereward(log, run, reward, new_run=new_run, runs_dir=tmp_path,
+                           workers=RewardSandbox)
         assert await log.list_streams() == streams
 
 
@@ -144,17 +146,20 @@ async def test_an_existing_run_of_another_kind_is_not_overwritten(parent_run: Pa
     async with open_log(str(run.log)) as log:
         with pytest.raises(RerewardError, match=r"already exists .* not a re-reward"):
             await rereward(log, run.run_id, "tests.fork.rewards:inverted", new_run=run.run_id,
-                           runs_dir=tmp_path / "runs")
-        with pytest.raises(TypeError, match="returned float, expected RewardOutput"):
-            await rereward(log, run.run_id, "tests.fork.rewards:not_a_reward", new_run="x",
-                           runs_dir=tmp_path / "runs")
+                           runs_dir=tmp_path / "runs", workers=RewardSandbox)
+        # as in the producer: every sample scored 0 with the reason, and counted
+        result = await rereward(log, run.run_id, "tests.fork.rewards:not_a_reward", new_run="x",
+                                runs_dir=tmp_path / "runs", workers=RewardSandbox)
+        assert result.num_reward_failures == result.num_samples > 0
+        assert "returned float, expected RewardOutput" in result.first_failure
+        assert result.reward_after == 0.0
 
 
 async def test_a_built_in_reward_by_name_rescores_the_run(parent_run: ParentRun,
                                                           tmp_path: Path) -> None:
     async with open_log(str(parent_run.log)) as log:
         result = await rereward(log, parent_run.run_id, "format", new_run="by-name",
-                                runs_dir=tmp_path)
+                                runs_dir=tmp_path, workers=RewardSandbox)
         assert result.num_samples > 0
         assert result.reward_after == 0.0  # the tiny task answers digits, never a \boxed{}
         assert (await load_run_context(log, "by-name")).config.rollout.reward == "format"
