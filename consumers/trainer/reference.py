@@ -6,7 +6,10 @@ With `loss_config.kl_coef > 0` the learner loads the run's initial checkpoint (t
 log ref(target) for every batch without grad. The reference is read from that checkpoint, never
 copied from the live model, so a restarted trainer, `streamrl replay` and a counterfactual all
 rebuild the same reference whatever version they resume from. A fork's initial checkpoint is the
-parent's weights at the fork version: a fork's reference is where it started.
+parent's weights at the fork version: a fork's reference is where it started. With
+`[trainer.algorithm.kl] reference = "producer"` the producers score log ref instead
+(producers/reference.py) and the learner reads the batch's `reference_logprobs`; with
+`penalty = "reward"` the KL estimate (`kl_reward`) shapes the rewards instead of the loss.
 
 KL(pi || ref) is estimated per token from x = log ref(y) - log pi(y), y sampled (Schulman, 2020,
 "Approximating KL divergence"):
