@@ -30,6 +30,7 @@ from streamrl.log.kafka.options import RETENTION_KEYS
 from streamrl.log.kafka.tls import tls_problem
 
 GROUP_COORDINATOR = 0
+INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
 
 # Errors after which asking again (after finding the coordinator anew) can succeed: the
 # coordinator moved, is loading its partition after a restart, or the connection dropped.
@@ -69,7 +70,7 @@ class KafkaAdmin:
     # -- topics ---------------------------------------------------------------------------------
     async def create_topic(self, name: str, num_partitions: int) -> None:
         """Create `name` unless it exists (another writer may create it at the same moment)."""
-        replication_factor, min_isr = self._config.replication(await self.num_brokers())
+        replication_factor, min_isr = self._config.replication(await self.num_brokers(name))
         topic = NewTopic(name, num_partitions, replication_factor,
                          topic_configs={**self._config.new_topic_configs(),
                                         "min.insync.replicas": str(min_isr)})
@@ -102,11 +103,12 @@ class KafkaAdmin:
                 return len(info["partitions"]) if known else None
             await asyncio.sleep(0.05)
 
-    async def num_brokers(self) -> int:
-        """Brokers of the cluster: those registered now plus any that a partition's replica list
-        names (a broker that is down drops out of the metadata's broker list, not out of its
-        partitions' replica lists), so a cluster with a broker down still counts it."""
-        resp = await self._metadata_response(None)
+    async def num_brokers(self, *streams: str) -> int:
+        """Brokers of the cluster: those registered now plus any that the replica lists of the
+        internal topics (or `streams`) name: a broker that is down drops out of the metadata's
+        broker list, not out of its partitions' replica lists, so it still counts. Not every
+        topic is asked about: a shared broker may hold thousands."""
+        resp = await self._metadata_response([*INTERNAL_TOPICS, *streams])
         nodes = {b["node_id"] for b in resp["brokers"]}
         for topic in resp["topics"]:
             for partition in topic["partitions"]:

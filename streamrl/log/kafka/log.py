@@ -172,7 +172,8 @@ class KafkaLog(Log):
             check_retention(f"existing stream {stream!r}",
                             await self._admin.retention_configs(stream),
                             durable=self.config.durable)
-            check_replication(f"existing stream {stream!r}", await self._admin.num_brokers(),
+            check_replication(f"existing stream {stream!r}",
+                              await self._admin.num_brokers(stream),
                               *await self._admin.replication_of(stream),
                               durable=self.config.durable)
             self._num_partitions[stream] = count
