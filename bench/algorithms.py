@@ -42,6 +42,9 @@ CASES: dict[str, str] = {
     "reinforce_pp": 'advantage = "reinforce_pp"',
     "grpo_kl_entropy": 'loss_config = { kl_coef = 0.01, entropy_coef = 0.001 }',
     "gspo_token_mean": 'loss = "gspo"',  # default clip range and token_mean aggregation
+    "process": 'advantage = "process"',  # outcome reward only: length-weighted GRPO
+    "grpo_kl_reward_producer": 'loss_config = { kl_coef = 0.01 }\n'
+                               'kl = { reference = "producer", penalty = "reward" }',
     "grpo_seed1": "",
     "gspo_seed1": 'loss = "gspo"\nloss_config = { clip_low = 3e-4, clip_high = 4e-4, '
                   'aggregation = "seq_mean" }',

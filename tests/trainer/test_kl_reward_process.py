@@ -220,3 +220,15 @@ def test_producer_reference_in_bf16_on_cuda_is_close_to_the_learners(tmp_path: P
     learner = Learner.from_checkpoint(init, LearnerSetup(
         trainer=trainer, temperature=1.0, advantage=grpo, loss=decoupled_ppo, reference=init))
     assert 0 <= learner.step(rows, [1.0] * 4, version=1)["kl_ref"] < 1e-2
+
+
+def test_every_advantage_and_loss_name_resolves_to_its_hook() -> None:
+    from streamrl.hooks.resolve import resolve
+    from streamrl.hooks.train import LossFn
+    from streamrl.recipe.trainer import ADVANTAGES, LOSSES
+
+    assert resolve(ADVANTAGES["process"], AdvantageFn, what="advantage") is process
+    for path in ADVANTAGES.values():
+        assert callable(resolve(path, AdvantageFn, what="advantage"))
+    for path in LOSSES.values():
+        assert callable(resolve(path, LossFn, what="loss"))
