@@ -108,9 +108,11 @@ def sweep_attention(batch: int, context: int, bandwidth: float) -> list[dict]:
 
     c = SHAPE
     Hkv, D = c["num_key_value_heads"], c["head_dim"]
-    k = torch.randn(batch, Hkv, context + 128, D, device="cuda", dtype=torch.bfloat16)
+    bs, per_seq = 16, -(-(context + 128) // 16)  # paged: the engine's default block size
+    k = torch.randn(batch * per_seq, bs, Hkv, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     q = torch.randn(batch, c["num_attention_heads"], D, device="cuda", dtype=torch.bfloat16)
+    tables = torch.randperm(batch * per_seq, device="cuda").view(batch, per_seq)
     slots = torch.arange(batch, device="cuda")
     lengths = torch.full((batch,), context, device="cuda")
     nbytes = 2 * batch * Hkv * context * D * 2
@@ -119,14 +121,15 @@ def sweep_attention(batch: int, context: int, bandwidth: float) -> list[dict]:
                                    (128, 8, 2), (128, 8, 3)]:
         attention.CONFIG.update(BLOCK_N=block_n, num_warps=warps, num_stages=stages)
         ms = triton.testing.do_bench(
-            lambda: attention.decode_attention(q, k, v, slots, lengths), return_mode="median")
+            lambda: attention.decode_attention(q, k, v, tables, slots, lengths),
+            return_mode="median")
         rows.append({"BLOCK_N": block_n, "num_warps": warps, "num_stages": stages, "ms": ms,
                      "bandwidth_frac": nbytes / (ms / 1e3) / bandwidth})
     best = min(rows, key=lambda r: r["ms"])
     attention.CONFIG.update({k: best[k] for k in ("BLOCK_N", "num_warps", "num_stages")})
     for splits in (2, 4):  # the engine uses 1 at this batch; splits add a merge launch
         ms = triton.testing.do_bench(
-            lambda s=splits: attention.decode_attention(q, k, v, slots, lengths, splits=s),
+            lambda s=splits: attention.decode_attention(q, k, v, tables, slots, lengths, splits=s),
             return_mode="median")
         rows.append({**attention.CONFIG, "splits": splits, "ms": ms,
                      "bandwidth_frac": nbytes / (ms / 1e3) / bandwidth})

@@ -25,6 +25,7 @@ from streamrl import aio
 from streamrl.hooks.engine import Engine
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
+from streamrl.models.lora_files import run_adapter
 from streamrl.producers.engine import TorchEngine
 from streamrl.producers.worker import Producer
 from streamrl.recipe.context import load_run_context
@@ -46,6 +47,10 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
         if not isinstance(engine, Engine):
             raise TypeError(f"rollout.engine_factory returned a {type(engine).__name__}, which "
                             "lacks members of the Engine protocol (streamrl/hooks/engine.py)")
+        lora = ctx.config.trainer.lora
+        if lora is not None and isinstance(engine, TorchEngine):  # the run's first version
+            engine.load_adapter(run_adapter(ctx.init_checkpoint, engine.model.config,
+                                            lora.spec(), lora.init))
         producer = Producer(log, ctx, engine, index, num_producers)
         if on_start is not None:
             on_start(producer)

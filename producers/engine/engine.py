@@ -1,4 +1,4 @@
-"""`TorchEngine`: continuous-batching generation with streamrl's own model on a static KV cache.
+"""`TorchEngine`: continuous-batching generation with streamrl's own model on a paged KV cache.
 
     engine = TorchEngine(load_checkpoint(path), EngineConfig(max_batch_size=8, max_seq_len=1024))
     engine.add_request(GenerationRequest(request_id="r0", prompt_tokens=[...], params=...))
@@ -8,12 +8,14 @@
         if new_weights_arrived:
             engine.load_weights(state_dict, version)   # between steps; in-flight ones continue
 
-One `step()` (1) decodes one token for every sequence already running, (2) frees the slots of
-those that finished, (3) admits queued requests into free slots and prefills them, which samples
-their first token. So every running sequence gains exactly one token per step, and a request
-joins as soon as a slot frees up. Decode runs before prefill because the decode batch is a fixed
-block of leading slots whose idle rows write scratch k/v at position 0 of their (free) slot;
-prefill afterwards overwrites it for any sequence admitted there.
+One `step()` (1) plans the step (`scheduler.py`: KV blocks for every running sequence,
+preempting the newest when the pool runs dry; prefill chunks within a per-step token budget;
+queued requests admitted while slots and blocks last, samples of one prompt sharing its
+blocks), (2) decodes one token for every running sequence, (3) prefills the planned chunks,
+sampling the first token of each prompt that completes. So every running sequence gains
+exactly one token per step, a long prompt is prefilled a chunk per step beside them instead of
+stalling them, and a request joins as soon as a slot and blocks are free. Rows of a decode
+batch that hold no running sequence write their k/v into the scratch block (`blocks.py`).
 
 Weight updates: `load_weights` copies new tensors into the model in place between steps.
 Sequences in flight keep their KV cache, computed by the older weights, and continue with the
@@ -32,7 +34,6 @@ executor and applies weights between calls).
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -47,9 +48,11 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import CausalLM, KVCache
+from streamrl.producers.engine.blocks import BlockPool
 from streamrl.producers.engine.packing import pack_weights
 from streamrl.producers.engine.request import checked_prompt, run_to_completion
 from streamrl.producers.engine.sampling import sample
+from streamrl.producers.engine.scheduler import Chunk, Plan, Scheduler, Seq
 from streamrl.producers.engine.slots import Sampler, SlotBuffers
 from streamrl.producers.engine.weights import copy_hf_weights
 from streamrl.recipe.engine import EngineConfig
@@ -81,12 +84,20 @@ class TorchEngine:
         # decoder views q|k|v and gate|up in place. Before anything captures their addresses.
         pack_weights(self.model)
         mc = model.config
+        num_blocks = kv_blocks(config, mc)
         self.cache = KVCache.for_model(
             mc,
             num_slots=config.max_batch_size,
             max_seq_len=config.max_seq_len,
+            num_blocks=num_blocks,
+            block_size=config.kv_block_size,
             dtype=config.torch_dtype,
             device=config.torch_device,
+        )
+        self.scheduler = Scheduler(
+            BlockPool(num_blocks), block_size=config.kv_block_size,
+            num_slots=config.max_batch_size, max_step_tokens=config.max_step_tokens,
+            share_prefixes=config.prefix_sharing,
         )
         self.buffers = SlotBuffers(
             num_slots=config.max_batch_size,
@@ -99,8 +110,6 @@ class TorchEngine:
         )
         self._fused = _fused_decoder(self.model, self.cache, self.buffers, config)
         self._version = version
-        self._slots: list[_Entry | None] = [None] * config.max_batch_size
-        self._waiting: deque[_Entry] = deque()
         self._aborted: list[GenerationResult] = []  # handed out by the next step()
         self._ids: set[str] = set()
         self._closed = False
@@ -124,20 +133,32 @@ class TorchEngine:
         prompt = checked_prompt(request, self.model.config.vocab_size, self.config.max_seq_len)
         seed = request.params.seed
         seed = seed_from_request_id(request.request_id) if seed is None else seed
-        self._waiting.append(_Entry(request, prompt, seed))
+        self.scheduler.add(Seq(_Entry(request, prompt, seed), prompt.tobytes(), len(prompt)))
         self._ids.add(request.request_id)
 
     def has_unfinished(self) -> bool:
         """True while some request has not been returned by `step()` yet."""
         return bool(self._ids)
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since the engine started: prompt tokens prefilled (recomputed ones
+        included), preemptions, the most sequences resident in the KV cache at once, and the
+        pool's size in blocks (`kv_block_size` tokens each, block 0 is scratch)."""
+        s = self.scheduler
+        return {"num_prefill_tokens": s.num_prefill_tokens, "num_preemptions": s.num_preemptions,
+                "max_running": s.max_running, "num_kv_blocks": s.pool.num_blocks}
+
     def step(self) -> list[GenerationResult]:
-        """Decode one token for every running sequence, admit and prefill waiting requests;
-        returns the requests that finished (or were aborted) since the last step."""
+        """Decode one token for every running sequence, prefill the step's chunks and admit
+        waiting requests; returns the requests that finished (or were aborted) since the last
+        step."""
         with torch.inference_mode():
             finished, self._aborted = self._aborted, []
-            finished += self._decode()
-            finished += self._prefill(self._admit())
+            plan = self.scheduler.schedule()
+            self._apply(plan)
+            finished += self._decode(plan.decode)
+            finished += self._prefill(plan.chunks)
         for result in finished:
             self._ids.discard(result.request_id)
         return finished
@@ -145,16 +166,16 @@ class TorchEngine:
     def abort(self, request_id: str) -> bool:
         """Stop a queued or running request; the next `step()` returns it with finish_reason
         "abort" and the tokens sampled so far. False if no such unfinished request."""
-        for entry in self._waiting:
-            if entry.request.request_id == request_id:
-                self._waiting.remove(entry)
+        for seq in self.scheduler.waiting:
+            if seq.entry.request.request_id == request_id:
+                self.scheduler.waiting.remove(seq)
                 # Aborted while queued: it never got a slot, its response is empty.
                 empty = self.buffers.empty_response()
-                self._aborted.append(self._result(entry, empty, "abort"))
+                self._aborted.append(self._result(seq.entry, empty, "abort"))
                 return True
-        for slot, entry in enumerate(self._slots):
-            if entry is not None and entry.request.request_id == request_id:
-                self._aborted += self._finish([(slot, "abort")])
+        for seq in self.scheduler.busy():
+            if seq.entry.request.request_id == request_id:
+                self._aborted += self._finish([(seq.slot, "abort")])
                 return True
         return False
 
@@ -175,10 +196,9 @@ class TorchEngine:
         if self._closed:
             return
         self._closed = True
-        self._waiting.clear()
+        self.scheduler.waiting.clear()
         self._aborted.clear()
         self._ids.clear()
-        self._slots = [None] * self.config.max_batch_size
         self._fused = None
         del self.cache, self.buffers
 
@@ -188,69 +208,95 @@ class TorchEngine:
             raise ValueError("generate() needs an idle engine; use add_request/step instead")
         return run_to_completion(self, requests)
 
-    def _decode(self) -> list[GenerationResult]:
-        # Rows are the leading block of slots up to the last busy one (admission fills the lowest
-        # free slot first, so it stays compact); a CUDA-graph version pads it to a captured size.
-        busy = [s for s, entry in enumerate(self._slots) if entry is not None]
-        if not busy:
+    def _apply(self, plan: Plan) -> None:
+        """Put the plan's bookkeeping on the device: new sequences' slot buffers, block-table
+        rows, prompt blocks copied for sharing, preempted rows stopped."""
+        if plan.admitted:
+            e = [seq.entry for seq in plan.admitted]
+            self.buffers.admit([seq.slot for seq in plan.admitted], [x.prompt for x in e],
+                               [x.request.params for x in e], [x.seed for x in e])
+            now = time.time()
+            for x in e:
+                x.started_at = now
+        if plan.tables:
+            self._write_tables(plan.tables)
+        if plan.copies:
+            src, dst = zip(*plan.copies, strict=True)
+            device = self.cache.k.device
+            self.cache.copy_blocks(torch.tensor(src, device=device),
+                                   torch.tensor(dst, device=device))
+        if plan.preempted:
+            self.buffers.release(plan.preempted)
+
+    def _write_tables(self, tables: dict[int, list[int]]) -> None:
+        rows = np.zeros((len(tables), self.cache.blocks_per_seq), np.int64)  # 0: scratch
+        for i, blocks in enumerate(tables.values()):
+            rows[i, : len(blocks)] = blocks
+        device = self.cache.block_tables.device
+        slots = torch.tensor(list(tables), device=device)
+        self.cache.block_tables[slots] = torch.from_numpy(rows).to(device)
+
+    def _decode(self, slots: list[int]) -> list[GenerationResult]:
+        # A CUDA-graph step runs the leading block of rows up to the last running slot (padded
+        # to a captured size; rows without a running sequence write to the scratch block); the
+        # eager one runs exactly the running rows.
+        if not slots:
             return []
         if self._fused is not None:
-            rows, status = self._fused.step(busy[-1] + 1, self._version, self._truncated())
+            rows, status = self._fused.step(slots[-1] + 1, self._version, self._truncated())
             return self._collect(rows, status)
         b = self.buffers
-        rows = torch.arange(busy[-1] + 1, device=b.tokens.device)  # [n]
-        positions = torch.where(b.active[rows], b.length[rows] - 1, 0)  # [n] last token
+        rows = torch.tensor(slots, device=b.tokens.device)  # [n]
+        positions = b.length[rows] - 1  # [n] last token
         tokens = b.tokens[rows, positions]  # [n]
         out = self.model(tokens[:, None], positions[:, None], kv_cache=self.cache, slots=rows)
         routed = None if out.routed_experts is None else out.routed_experts[:, 0]
         status = b.sample_next(rows, positions, out.logits[:, 0], routed, self._version)
         return self._collect(rows, status)
 
-    def _admit(self) -> list[int]:
-        slots, entries = [], []
-        for slot, entry in enumerate(self._slots):
-            if entry is None and self._waiting:
-                entry = self._slots[slot] = self._waiting.popleft()
-                entry.started_at = time.time()
-                slots.append(slot)
-                entries.append(entry)
-        if slots:
-            self.buffers.admit(slots, [e.prompt for e in entries],
-                               [e.request.params for e in entries], [e.seed for e in entries])
-        return slots
-
-    def _prefill(self, slots: list[int]) -> list[GenerationResult]:
-        # One right-padded forward over the new prompts; pad tokens write k/v past their row's
-        # end, which that row's decode steps overwrite before reading (see kv_cache.py).
-        if not slots:
+    def _prefill(self, chunks: list[Chunk]) -> list[GenerationResult]:
+        # One right-padded forward over the step's chunks: row i holds positions
+        # [start, end) of its sequence; pad tokens continue the positions (capped at the last
+        # one) and write k/v in the row's own future positions or the scratch block.
+        if not chunks:
             return []
         b = self.buffers
-        rows = torch.tensor(slots, device=b.tokens.device)  # [n]
-        lengths = b.length[rows]  # [n]
-        T = int(lengths.max())
-        last = lengths - 1  # [n] position of each prompt's last token
-        idx = torch.arange(len(slots), device=rows.device)
+        device = b.tokens.device
+        T = max(c.end - c.start for c in chunks)
+        starts = np.array([c.start for c in chunks])
+        pos = np.minimum(starts[:, None] + np.arange(T), self.config.max_seq_len - 1)  # [n, T]
+        rows = torch.tensor([c.slot for c in chunks], device=device)  # [n]
+        positions = torch.from_numpy(pos).to(device)  # [n, T]
+        tokens = b.tokens[rows[:, None], positions]  # [n, T]
         if self._fused is not None:
-            hidden, routed = self._fused.prefill(rows, b.tokens[rows, :T])  # [n, T, H]
+            hidden, routed = self._fused.prefill(rows, tokens, positions)  # [n, T, H]
         else:
-            positions = torch.arange(T, device=rows.device).expand(len(slots), T)  # [n, T]
-            out = self.model(
-                b.tokens[rows, :T], positions, kv_cache=self.cache, slots=rows, return_hidden=True
-            )
+            out = self.model(tokens, positions, kv_cache=self.cache, slots=rows,
+                             return_hidden=True)
             hidden, routed = out.hidden, out.routed_experts
-        routed = None if routed is None else routed[idx, last]  # [n, num_moe_layers, k]
-        logits = self.model.logits(hidden[idx, last])  # [n, V]
-        status = b.sample_next(rows, last, logits, routed, self._version, self._sampler())
+        done = [i for i, c in enumerate(chunks) if c.done]
+        if done:
+            b.active[rows[done]] = True  # prompt (or recomputed context) complete: decode on
+        pick = [i for i, c in enumerate(chunks) if c.sample]
+        if not pick:
+            return []
+        idx = torch.tensor(pick, device=device)
+        last = torch.tensor([chunks[i].end - chunks[i].start - 1 for i in pick], device=device)
+        routed = None if routed is None else routed[idx, last]  # [k, num_moe_layers, top_k]
+        logits = self.model.logits(hidden[idx, last])  # [k, V]
+        sampled = rows[idx]
+        ends = torch.tensor([chunks[i].end - 1 for i in pick], device=device)  # prompt's last
+        status = b.sample_next(sampled, ends, logits, routed, self._version, self._sampler())
         now = time.time()
-        for slot in slots:
-            self._slots[slot].first_token_at = now  # type: ignore[union-attr]
-        return self._collect(rows, status)
+        for i in pick:
+            self.scheduler.slots[chunks[i].slot].entry.first_token_at = now  # type: ignore[union-attr]
+        return self._collect(sampled, status)
 
     def _truncated(self) -> bool:
         """Whether some running request samples with top-k or top-p."""
         return any(
-            e is not None and (e.request.params.top_k > 0 or e.request.params.top_p < 1)
-            for e in self._slots
+            s.entry.request.params.top_k > 0 or s.entry.request.params.top_p < 1
+            for s in self.scheduler.busy()
         )
 
     def _sampler(self) -> Sampler:
@@ -272,14 +318,12 @@ class TorchEngine:
         if not done:
             return []
         slots = [slot for slot, _ in done]
-        entries = [self._slots[slot] for slot in slots]
-        assert all(entries), f"slots {slots} hold no sequence"
-        fields = self.buffers.responses(slots, [len(e.prompt) for e in entries])  # type: ignore[union-attr]
-        results = [self._result(entry, f, reason)  # type: ignore[arg-type]
+        entries = [self.scheduler.finish(slot).entry for slot in slots]
+        fields = self.buffers.responses(slots, [len(e.prompt) for e in entries])
+        results = [self._result(entry, f, reason)
                    for entry, f, (_, reason) in zip(entries, fields, done, strict=True)]
-        for slot in slots:
-            self._slots[slot] = None
         self.buffers.release(slots)
+        self._write_tables({s: [] for s in slots})  # back to scratch: their blocks are free
         return results
 
     def _result(self, entry: _Entry, fields: dict, reason: FinishReason) -> GenerationResult:
@@ -320,6 +364,28 @@ def _fused_decoder(model: CausalLM, cache: KVCache, buffers: SlotBuffers, config
             "under Triton's interpreter (TRITON_INTERPRET=1), which is for tests"
         )
     return FusedDecoder(model, cache, buffers, graphs=config.cuda_graphs)
+
+
+def kv_blocks(config: EngineConfig, model_config) -> int:
+    """Blocks in the KV pool, scratch block included: `kv_blocks`, or `kv_memory_fraction` of
+    the device's free memory now, or by default enough for every slot at `max_seq_len` (no
+    preemption ever; the memory of a static cache)."""
+    per_seq = -(-config.max_seq_len // config.kv_block_size)
+    if config.kv_blocks is not None:
+        num = config.kv_blocks
+    elif config.kv_memory_fraction is not None:
+        free, _ = torch.cuda.mem_get_info(config.torch_device)
+        per_block = KVCache.bytes_per_block(model_config, config.kv_block_size, config.torch_dtype)
+        num = int(free * config.kv_memory_fraction) // per_block
+    else:
+        return config.max_batch_size * per_seq + 1
+    if num < per_seq + 1:
+        raise ValueError(
+            f"the KV pool holds {num} blocks of {config.kv_block_size} tokens, fewer than one "
+            f"sequence of max_seq_len={config.max_seq_len} needs ({per_seq}) plus the scratch "
+            "block: raise kv_blocks / kv_memory_fraction or lower max_seq_len"
+        )
+    return num
 
 
 def _check_version(version: int) -> None:

@@ -6,6 +6,9 @@ length P and current length N is `[P:N]` of each. Everything a step does to them
 tensor op over the step's rows; Python only touches a sequence when it is admitted or finishes.
 That keeps the decode step fixed-shape and free of host work per token, as a CUDA graph needs.
 Stale rows of freed slots are never cleared: `admit` overwrites whatever a sequence will read.
+Column `max_seq_len` of each per-position buffer is scratch: rows of a decode batch that hold no
+running sequence (free, still prefilling, preempted) record their garbage sample there, so a
+fixed-shape step never touches their tokens.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class SlotBuffers:
         num_experts: int,
         device: torch.device,
     ) -> None:
-        S, L = num_slots, max_seq_len
+        S, L = num_slots, max_seq_len + 1  # + the scratch column
         zeros = lambda *shape, dtype: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
         self.tokens = zeros(S, L, dtype=torch.int64)  # [S, L] prompt + response so far
         self.length = zeros(S, dtype=torch.int64)  # [S] prompt + response tokens so far
@@ -68,11 +71,11 @@ class SlotBuffers:
         Everything is assembled on the host and lands in a few batched writes (admitting 128
         requests one by one cost ~100 ms of small device ops on a GPU)."""
         # prompts: n x [P_i] integer arrays
-        n, L = len(slots), self.tokens.shape[1]
+        n, L = len(slots), self.tokens.shape[1] - 1
         lengths = [len(p) for p in prompts]
         limits = [min(P + q.max_new_tokens, L) for P, q in zip(lengths, params, strict=True)]
         tokens = np.zeros((n, max(lengths)), np.int64)
-        uniforms = torch.zeros(n, L)
+        uniforms = torch.zeros(n, L + 1)
         stop_rows: list[int] = []
         stop_ids: list[int] = []
         for i, (prompt, P, limit, q) in enumerate(zip(prompts, lengths, limits, params,
@@ -94,7 +97,7 @@ class SlotBuffers:
         if stop_rows:
             self.stop[stop_rows, stop_ids] = True
         self.uniforms[rows] = uniforms.to(device)
-        self.active[rows] = True
+        self.active[rows] = False  # until its prefill completes
 
     def sample_next(
         self,
@@ -110,7 +113,8 @@ class SlotBuffers:
         `version` may be a device scalar, so that a captured CUDA graph reads it on replay."""
         # rows, positions: [n]; logits: [n, V] computed at `positions`
         # routed: [n, num_moe_layers, top_k] of that same forward pass, or None -> status: [n]
-        new = positions + 1  # [n] position of the sampled token
+        active = self.active[rows]
+        new = torch.where(active, positions + 1, self.tokens.shape[1] - 1)  # [n] its position
         u = self.uniforms[rows, new]
         tok, logp = sampler(logits, self.temperature[rows], self.top_k[rows], self.top_p[rows], u)
         self.tokens[rows, new] = tok
@@ -118,10 +122,10 @@ class SlotBuffers:
         self.versions[rows, new] = version
         if self.routed is not None and routed is not None:
             self.routed[rows, new] = routed.to(self.routed.dtype)
-        self.length[rows] = new + 1
+        self.length[rows] = torch.where(active, new + 1, self.length[rows])
         stopped = self.stop[rows, tok]  # [n]
         ended = stopped | (new + 1 >= self.limit[rows])
-        return (ended & self.active[rows]).long() * (1 + stopped.long())
+        return (ended & active).long() * (1 + stopped.long())
 
     def responses(
         self, slots: list[int], prompt_lens: list[int]

@@ -89,6 +89,10 @@ class GenerationRequest(msgspec.Struct, kw_only=True, frozen=True):
     """[num_prompt_tokens] token ids, at least one."""
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
     """How to sample this request."""
+    adapter: str | None = None
+    """The LoRA adapter to generate with, by the id it was loaded under
+    (`TorchEngine.load_adapter`); None: the engine's current weights (a LoRA run's own
+    adapter). Requests of different adapters share one batch."""
 
 
 class Timing(msgspec.Struct, kw_only=True, frozen=True):

@@ -1,31 +1,38 @@
-"""A preallocated static KV cache addressed by (slot, position), for batched decode.
+"""A paged KV cache: k/v in fixed-size blocks of one pool per layer, addressed through
+per-sequence block tables, for batched prefill and decode.
 
-Design: the cache holds `num_slots` independent sequences. Each sequence owns one slot, and the
-key/value of its token at position p is stored at index p of that slot:
+    k, v: [num_layers, num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: [num_slots, max_blocks_per_seq] int64 block ids, on the cache's device
 
-    k, v: [num_layers, num_slots, num_kv_heads, max_seq_len, head_dim]
+Sequence slot s keeps the k/v of its token at position p in block `block_tables[s, p // bs]`
+at offset `p % bs` (bs = block_size). Who owns which block is the caller's business: the
+rollout engine hands blocks out from a free list, shares a prompt's blocks between the samples
+of a group and takes them back on preemption (`producers/engine/blocks.py`); `for_model`
+without `num_blocks` gives every slot its own contiguous run of blocks, a static cache with
+the same behaviour (used by evaluation scripts and tests).
 
 A forward pass with a cache takes `tokens: [B, T]`, `positions: [B, T]` (each token's position
-in its own sequence) and optionally `slots: [B]` (which slot each row belongs to; default row b
--> slot b). Every new token's k/v is written first, then each query at position p attends to
-cache indices 0..p of its slot. Consequences:
+in its own sequence) and optionally `slots: [B]` (default row b -> slot b). Every new token's
+k/v is written first, then each query at position p attends to positions 0..p of its slot,
+gathered through the block table. Consequences:
 
 - Sequences of different lengths need no left padding: each row carries its own positions. A
-  prefill batch is right-padded; pad tokens get positions past their row's real length, write
-  k/v there, and are overwritten by that row's later decode steps before anyone attends to
-  them. Their outputs are garbage and the caller ignores them.
-- A slot never needs clearing: a new sequence starting at position 0 can only see indices it
-  has already written itself, so slots are reusable (continuous batching) at no cost.
-- Writes never collide as long as positions within a row are distinct, so the scatter is
-  deterministic.
+  prefill batch is right-padded; pad tokens write k/v at positions past their row's end (in
+  the row's own blocks, or where the table holds the caller's scratch block), which the row
+  overwrites before anyone attends to them. Their outputs are garbage and the caller ignores
+  them.
+- A block never needs clearing: a sequence only attends to positions it has written itself
+  (or, for a shared prompt, that its group's first sample wrote).
+- Writes never collide as long as positions within a row are distinct and rows do not share
+  a block they write (the engine shares only full prompt blocks, written once before sharing).
 
 Fresh prefill: when every row's positions are exactly 0..T-1 (new sequences, right-padded),
 what a query may attend to is exactly the batch's own new k/v under a plain causal mask, so
 attention skips the cache read and the explicit mask (`CacheStep.fresh`), and SDPA may pick a
 flash kernel. The cache is still written for the decode steps that follow.
 
-The engine's CUDA decode does not go through this class's read path: its Triton kernels write
-and read the same `k`/`v` tensors directly (`producers/engine/cuda/`).
+The engine's fused CUDA decode does not go through `CacheStep`: its Triton kernels write and
+read the same pool through the same block tables (`producers/engine/cuda/`).
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from streamrl.models.config import ModelConfig
 
 
 class KVCache:
-    """Static k/v storage for `num_slots` sequences of up to `max_seq_len` tokens each."""
+    """Paged k/v storage for `num_slots` sequences of up to `max_seq_len` tokens each, in a pool
+    of `num_blocks` blocks of `block_size` tokens."""
 
     def __init__(
         self,
@@ -47,14 +55,28 @@ class KVCache:
         max_seq_len: int,
         num_kv_heads: int,
         head_dim: int,
+        num_blocks: int | None = None,
+        block_size: int = 16,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (num_layers, num_slots, num_kv_heads, max_seq_len, head_dim)
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.blocks_per_seq = -(-max_seq_len // block_size)
+        static = num_blocks is None
+        if num_blocks is None:
+            num_blocks = num_slots * self.blocks_per_seq
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_tables = torch.zeros(num_slots, self.blocks_per_seq, dtype=torch.int64,
+                                        device=device)  # [num_slots, max_blocks_per_seq]
+        if static:  # slot s owns blocks s * blocks_per_seq ... (s + 1) * blocks_per_seq - 1
+            self.block_tables.copy_(torch.arange(num_blocks, device=device).view(num_slots, -1))
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
+        self.num_blocks = num_blocks
+        self.block_size = block_size
 
     @classmethod
     def for_model(
@@ -63,9 +85,14 @@ class KVCache:
         *,
         num_slots: int,
         max_seq_len: int,
+        num_blocks: int | None = None,
+        block_size: int = 16,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> KVCache:
+        """A cache shaped for `config`. Without `num_blocks`, each slot owns blocks for
+        `max_seq_len` tokens (a static cache); with it, the block tables start all zero and the
+        caller assigns blocks."""
         if max_seq_len > config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len ({max_seq_len}) exceeds the model's max_position_embeddings "
@@ -77,9 +104,36 @@ class KVCache:
             max_seq_len=max_seq_len,
             num_kv_heads=config.num_key_value_heads,
             head_dim=config.head_dim,
+            num_blocks=num_blocks,
+            block_size=block_size,
             dtype=dtype,
             device=device,
         )
+
+    @staticmethod
+    def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """k and v of one block over all layers."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads \
+            * config.head_dim * elem
+
+    def addresses(self, slots: Tensor, positions: Tensor) -> Tensor:
+        """Flat token index (block * block_size + offset) of each (slot, position)."""
+        # slots: [B]; positions: [B, T] -> [B, T] int64
+        bs = self.block_size
+        blocks = self.block_tables[slots[:, None], positions // bs]
+        return blocks * bs + positions % bs
+
+    def flat(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Layer `layer`'s k and v pools as [num_blocks * block_size, Hkv, D] views."""
+        k, v = self.k[layer], self.v[layer]
+        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
+
+    def copy_blocks(self, src: Tensor, dst: Tensor) -> None:
+        """Copy blocks `src` onto blocks `dst` in every layer (copy-on-write of shared prefixes)."""
+        # src, dst: [n] block ids
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
 
     def step(self, positions: Tensor, slots: Tensor | None, kv_len: int | None = None) -> CacheStep:
         """Bind one forward pass's rows to their slots; checks positions fit the cache."""
@@ -120,28 +174,26 @@ class CacheStep:
         self.kv_len = kv_len
         self.fresh = fresh
         """Every row's positions are 0..T-1: attend causally over the new k/v (`store`)."""
-        # Contiguous leading slots can be read as a view instead of a gather.
-        B = slots.shape[0]
-        self.identity = bool(torch.equal(slots, torch.arange(B, device=slots.device)))
+        self.dest = cache.addresses(slots, positions)  # [B, T] where the new k/v go
+        self._read: Tensor | None = None  # [B, kv_len] addresses of positions 0..kv_len-1
 
     def store(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Write the new tokens' k/v at their (slot, position)."""
         # k, v: [B, T, Hkv, D]
-        k_all, v_all = self.cache.k[layer], self.cache.v[layer]  # [N, Hkv, S, D]
-        # Advanced indices around a slice put [B, T] first: the target is [B, T, Hkv, D].
-        rows = self.slots[:, None]
-        k_all[rows, :, self.positions] = k.to(k_all.dtype)
-        v_all[rows, :, self.positions] = v.to(v_all.dtype)
+        k_all, v_all = self.cache.flat(layer)  # [N * bs, Hkv, D]
+        k_all[self.dest] = k.to(k_all.dtype)
+        v_all[self.dest] = v.to(v_all.dtype)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store the new k/v and return every cached k/v the batch's queries may attend to."""
         # k, v: [B, T, Hkv, D] -> returns k, v: [B, Hkv, kv_len, D]
         self.store(layer, k, v)
-        k_all, v_all = self.cache.k[layer], self.cache.v[layer]  # [N, Hkv, S, D]
-        if self.identity:
+        if self._read is None:
             B = self.slots.shape[0]
-            return k_all[:B, :, : self.kv_len], v_all[:B, :, : self.kv_len]
-        return k_all[self.slots, :, : self.kv_len], v_all[self.slots, :, : self.kv_len]
+            j = torch.arange(self.kv_len, device=self.slots.device).expand(B, -1)
+            self._read = self.cache.addresses(self.slots, j)
+        k_all, v_all = self.cache.flat(layer)
+        return k_all[self._read].transpose(1, 2), v_all[self._read].transpose(1, 2)
 
     def attention_mask(self, window: int | None = None) -> Tensor | None:
         """True where a query may attend: cache index j <= the query's position (and, with a

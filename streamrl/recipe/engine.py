@@ -13,8 +13,8 @@ Decode = Literal["auto", "eager", "fused"]
 
 class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_batch_size: int = 8
-    """Sequences decoded concurrently; one KV-cache slot each. Further requests wait in a queue
-    and join as running ones finish (continuous batching)."""
+    """Sequences decoded concurrently (slots). Further requests wait in a queue and join as
+    running ones finish and KV blocks free up (continuous batching)."""
     max_seq_len: int = 2048
     """Longest prompt + response, in tokens. A response is cut with finish_reason "length" when
     it reaches this; longer prompts are rejected at `add_request`. Must not exceed the model's
@@ -34,7 +34,40 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     """With fused decode on CUDA, capture each decode step as a CUDA graph (one per batch-size
     bucket, on first use) and replay it. False launches the same kernels one by one."""
 
+    kv_block_size: int = 16
+    """Tokens per KV-cache block (paged cache: each sequence holds the blocks its length needs,
+    through a block table)."""
+    kv_blocks: int | None = None
+    """KV-cache blocks in the pool (block 0 is scratch). None: `kv_memory_fraction` if set,
+    else enough for `max_batch_size` sequences at `max_seq_len` (never preempts; the memory of
+    a static cache). Fewer admit sequences by the blocks they need and preempt (recompute)
+    the newest when a long tail runs the pool dry."""
+    kv_memory_fraction: float | None = None
+    """CUDA only: give the KV pool this fraction of the device memory free when the engine
+    starts (after its weights are loaded), like vLLM's gpu_memory_utilization but of free,
+    not total, memory. Leave room for a colocated trainer."""
+    max_step_tokens: int = 4096
+    """Token budget of one step: one per decoding sequence, the rest for prefill. A longer
+    prompt is prefilled in chunks over several steps while running sequences keep decoding."""
+    prefix_sharing: bool = True
+    """Samples of one prompt share its KV blocks: the prompt is prefilled once per group (the
+    block holding its last token is copied per sample)."""
+
     def __post_init__(self) -> None:
+        if self.kv_block_size <= 0 or self.max_step_tokens <= 0:
+            raise ValueError(
+                f"kv_block_size and max_step_tokens must be positive, got "
+                f"{self.kv_block_size} and {self.max_step_tokens}"
+            )
+        if self.kv_blocks is not None and self.kv_memory_fraction is not None:
+            raise ValueError("set kv_blocks or kv_memory_fraction, not both")
+        if self.kv_memory_fraction is not None and (
+            not 0 < self.kv_memory_fraction <= 1 or not self.device.startswith("cuda")
+        ):
+            raise ValueError(
+                f"kv_memory_fraction must lie in (0, 1] and needs a CUDA device (got "
+                f"{self.kv_memory_fraction} on {self.device!r}); on CPU set kv_blocks"
+            )
         if self.max_batch_size <= 0:
             raise ValueError(f"max_batch_size must be positive, got {self.max_batch_size}")
         if self.max_seq_len < 2:

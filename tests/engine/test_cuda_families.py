@@ -47,18 +47,19 @@ def test_rotary_without_norm_and_with_llama3_frequencies() -> None:
     scaling = Llama3Rope(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                          original_max_position_embeddings=16)
     qkv = torch.randn(n, (Hq + 2 * Hkv) * D, generator=g).to(DEVICE)
-    slots, positions = (torch.tensor(x, device=DEVICE) for x in ([2, 0, 3], [0, 33, 69]))
-    k_cache = torch.full((S, Hkv, L, D), float("nan"), device=DEVICE)
+    positions = torch.tensor([0, 33, 69], device=DEVICE)
+    dest = torch.tensor([2 * L + 0, 0 * L + 33, 3 * L + 69], device=DEVICE)  # paged: S blocks
+    k_cache = torch.full((S, L, Hkv, D), float("nan"), device=DEVICE)
     v_cache = k_cache.clone()
     inv_freq = inverse_frequencies(D, 5e5, scaling, DEVICE)
     assert not torch.equal(inv_freq, inverse_frequencies(D, 5e5, None, DEVICE))
-    q = qk_norm_rope_cache(qkv, None, None, inv_freq, 1e-6, k_cache, v_cache, slots, positions,
+    q = qk_norm_rope_cache(qkv, None, None, inv_freq, 1e-6, k_cache, v_cache, dest, positions,
                            Hq)
     cos, sin = RotaryEmbedding(D, 5e5, scaling)(positions[:, None], torch.float32)
     q_ref, k_ref, _ = qkv[:, None].split([Hq * D, Hkv * D, Hkv * D], dim=-1)
     torch.testing.assert_close(q, apply_rotary(q_ref.view(n, 1, Hq, D), cos, sin)[:, 0],
                                rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(k_cache[slots, :, positions],
+    torch.testing.assert_close(k_cache.flatten(0, 1)[dest],
                                apply_rotary(k_ref.view(n, 1, Hkv, D), cos, sin)[:, 0],
                                rtol=1e-5, atol=1e-5)
 

@@ -40,29 +40,39 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("splits", [1, 2, 4])
 def test_decode_attention_matches_reference_over_actual_lengths(dtype, splits) -> None:
+    # Paged: each sequence's blocks are scattered over the pool in a random order, and two
+    # sequences share their first blocks (a group's prompt).
     g = torch.Generator().manual_seed(splits)
-    S, Hkv, L, D, Hq = 6, 2, 160, 16, 6  # GQA group of 3: not a power of two
-    k = torch.randn(S, Hkv, L, D, generator=g).to(DEVICE, dtype)
-    v = torch.randn(S, Hkv, L, D, generator=g).to(DEVICE, dtype)
-    # Lengths 1 (only its own token), exactly one block, odd, the whole cache.
+    S, Hkv, L, D, Hq, BS = 6, 2, 160, 16, 6, 16  # GQA group of 3: not a power of two
+    per_seq = L // BS
+    num_blocks = S * per_seq + 1
+    k = torch.randn(num_blocks, BS, Hkv, D, generator=g).to(DEVICE, dtype)
+    v = torch.randn(num_blocks, BS, Hkv, D, generator=g).to(DEVICE, dtype)
+    tables = (1 + torch.randperm(S * per_seq, generator=g)).view(S, per_seq).to(DEVICE)
+    tables[5, :3] = tables[4, :3]  # rows 0 and 2 below share three blocks
+    # Lengths 1 (only its own token), exactly one tile, odd, the whole sequence.
     lengths = torch.tensor([1, 64, 97, 160, 33], device=DEVICE)
-    slots = torch.tensor([4, 0, 5, 1, 3], device=DEVICE)
-    q = torch.randn(len(slots), Hq, D, generator=g).to(DEVICE, dtype)
-    # Garbage past each length must not matter: poison it.
-    for s, n in zip(slots.tolist(), lengths.tolist(), strict=True):
-        k[s, :, n:] = float("nan")
-        v[s, :, n:] = float("nan")
+    rows = torch.tensor([4, 0, 5, 1, 3], device=DEVICE)
+    q = torch.randn(len(rows), Hq, D, generator=g).to(DEVICE, dtype)
+    # Garbage past each length must not matter: poison it (blocks nobody reads: all of them).
+    used = set()
+    for r, n in zip(rows.tolist(), lengths.tolist(), strict=True):
+        used |= {(int(tables[r, p // BS]), p % BS) for p in range(n)}
+    for b in range(num_blocks):
+        for o in range(BS):
+            if (b, o) not in used:
+                k[b, o] = v[b, o] = float("nan")
     out = torch.full_like(q, float("nan"))
-    decode_attention(q, k, v, slots, lengths, splits=splits, out=out)
-    assert rel_err(out, reference_attention(q, k, v, slots, lengths)) < REL[dtype]
+    decode_attention(q, k, v, tables, rows, lengths, splits=splits, out=out)
+    assert rel_err(out, reference_attention(q, k, v, tables, rows, lengths)) < REL[dtype]
 
 
 def test_decode_attention_rejects_mismatched_heads() -> None:
     q = torch.zeros(1, 3, 16, device=DEVICE)
-    cache = torch.zeros(1, 2, 8, 16, device=DEVICE)
+    cache = torch.zeros(2, 8, 2, 16, device=DEVICE)
+    zero = torch.zeros(1, dtype=torch.long, device=DEVICE)
     with pytest.raises(ValueError, match="multiple of Hkv"):
-        decode_attention(q, cache, cache, torch.zeros(1, dtype=torch.long, device=DEVICE),
-                         torch.ones(1, dtype=torch.long, device=DEVICE))
+        decode_attention(q, cache, cache, zero[None], zero, torch.ones_like(zero))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -85,21 +95,22 @@ def test_fused_layers_match_the_eager_model(dtype) -> None:
         qn.weight.copy_(1 + 0.3 * rnd(D))
         kn.weight.copy_(1 + 0.3 * rnd(D))
     qkv = rnd(n, (Hq + 2 * Hkv) * D)
-    slots = torch.tensor([2, 0, 3], device=DEVICE)
+    # Paged pool of S blocks of L tokens: each row's k/v go to flat index dest = block*L + off.
+    dest = torch.tensor([2 * L + 0, 0 * L + 7, 3 * L + 19], device=DEVICE)
     positions = torch.tensor([0, 7, 19], device=DEVICE)
-    k_cache = torch.full((S, Hkv, L, D), float("nan"), dtype=dtype, device=DEVICE)
+    k_cache = torch.full((S, L, Hkv, D), float("nan"), dtype=dtype, device=DEVICE)
     v_cache = k_cache.clone()
     rope = RotaryEmbedding(D, 1e6)
     inv_freq = 1.0 / (1e6 ** (torch.arange(0, D, 2, dtype=torch.float32, device=DEVICE) / D))
-    q = qk_norm_rope_cache(qkv, qn.weight, kn.weight, inv_freq, eps, k_cache, v_cache, slots,
+    q = qk_norm_rope_cache(qkv, qn.weight, kn.weight, inv_freq, eps, k_cache, v_cache, dest,
                            positions, Hq)
     cos, sin = rope(positions[:, None], dtype)  # [n, 1, D]
     q_ref, k_ref, v_ref = qkv[:, None].split([Hq * D, Hkv * D, Hkv * D], dim=-1)
     q_ref = apply_rotary(qn(q_ref.view(n, 1, Hq, D)), cos, sin)[:, 0]
     k_ref = apply_rotary(kn(k_ref.view(n, 1, Hkv, D)), cos, sin)[:, 0]
     assert rel_err(q, q_ref) < REL[dtype]
-    assert rel_err(k_cache[slots, :, positions], k_ref) < REL[dtype]
-    assert torch.equal(v_cache[slots, :, positions], v_ref.reshape(n, Hkv, D))
+    assert rel_err(k_cache.flatten(0, 1)[dest], k_ref) < REL[dtype]
+    assert torch.equal(v_cache.flatten(0, 1)[dest], v_ref.reshape(n, Hkv, D))
     assert k_cache.isnan().sum() == k_cache.numel() - n * Hkv * D  # nothing else written
 
     gate_up = rnd(n, 2 * H)

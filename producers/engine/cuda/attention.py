@@ -1,17 +1,21 @@
-"""Split-K decode attention over the static KV cache, reading each sequence's length on device.
+"""Split-K decode attention over the paged KV cache, reading each sequence's length and block
+table on device.
 
-One query token per sequence attends to positions [0, length) of its KV-cache slot, nothing
-more: the work per sequence follows its actual length instead of `max_seq_len`, and since the
-lengths are read from a device tensor the launch has fixed shapes and a CUDA graph can capture
-it. Grid: (sequence, kv head, split). One program serves all query heads of a GQA group, so
-each k/v block is read from memory once per group; it walks its split of the sequence in blocks
-with an online softmax (flash-decoding). With one split the program writes the output directly;
-with several, a second small kernel merges the splits' partial results by their log-sum-exp.
+One query token per sequence attends to positions [0, length) of its sequence, found through
+its block table (`streamrl/models/kv_cache.py`: position p lives in block table[p // bs] at
+offset p % bs), nothing more: the work per sequence follows its actual length instead of
+`max_seq_len`, and since lengths and tables are read from device tensors the launch has fixed
+shapes and a CUDA graph can capture it. Grid: (sequence, kv head, split). One program serves
+all query heads of a GQA group, so each k/v tile is read from memory once per group; it walks
+its split of the sequence in tiles of BLOCK_N positions (each position's block looked up in
+the table) with an online softmax (flash-decoding). With one split the program writes the
+output directly; with several, a second small kernel merges the splits' partial results by
+their log-sum-exp.
 
 Splits exist for small batches: at batch 128 x 8 kv heads there are already ~8 programs per
 SM, so one split avoids the merge; at batch 1 the sequence is cut into pieces to fill the GPU.
 
-    out = decode_attention(q, k_cache, v_cache, slots, lengths)   # q: [n, Hq, D]
+    out = decode_attention(q, k_cache, v_cache, tables, rows, lengths)   # q: [n, Hq, D]
 """
 
 from __future__ import annotations
@@ -33,16 +37,17 @@ CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
 
 @triton.jit
 def _decode_attention_kernel(
-    Q, K, V, Slots, Lengths, Out, PartAcc, PartML,
-    stride_qb, stride_qh, stride_ks, stride_kh, stride_kt, stride_ob, stride_oh,
+    Q, K, V, Tables, Rows, Lengths, Out, PartAcc, PartML,
+    stride_qb, stride_qh, stride_tb, stride_kt, stride_kh, stride_ob, stride_oh,
     scale_log2,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b = tl.program_id(0)
     g = tl.program_id(1)
     split = tl.program_id(2)
-    slot = tl.load(Slots + b).to(tl.int64)
+    table = Tables + tl.load(Rows + b).to(tl.int64) * stride_tb
     length = tl.load(Lengths + b).to(tl.int32)
     # Each split takes an equal share of this sequence's own length, in whole blocks.
     chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_N) * BLOCK_N
@@ -62,11 +67,12 @@ def _decode_attention_kernel(
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     ll = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-    kv_off = slot * stride_ks + g * stride_kh
     for start in range(lo, hi, BLOCK_N):
         t = start + tl.arange(0, BLOCK_N)
         tmask = t < hi
-        offs = kv_off + t[:, None].to(tl.int64) * stride_kt + d[None, :]
+        block = tl.load(table + t // BS, mask=tmask, other=0).to(tl.int64)  # [N]
+        addr = block * BS + t % BS  # [N] flat token index in the pool
+        offs = addr[:, None] * stride_kt + g * stride_kh + d[None, :]
         lmask = tmask[:, None] & dmask[None, :]
         k = tl.load(K + offs, mask=lmask, other=0.0)  # [N, BLOCK_D]
         v = tl.load(V + offs, mask=lmask, other=0.0)
@@ -121,16 +127,18 @@ def num_splits(num_rows: int, num_kv_heads: int, max_seq_len: int, num_sms: int)
 
 
 def decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor,
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, tables: Tensor, rows: Tensor, lengths: Tensor,
     *, splits: int = 1, out: Tensor | None = None,
 ) -> Tensor:
-    """Softmax(q k^T / sqrt(D)) v for one query per row over positions [0, lengths[row]) of
-    cache slot `slots[row]`. Every length must be >= 1 (a row's own token is always cached)."""
-    # q: [n, Hq, D]; k_cache, v_cache: [num_slots, Hkv, max_seq_len, D] (last dim contiguous)
-    # slots, lengths: [n] int -> out: [n, Hq, D], q's dtype
+    """Softmax(q k^T / sqrt(D)) v for one query per row over positions [0, lengths[row]) of the
+    sequence whose block table is `tables[rows[row]]`. Every length must be >= 1 (a row's own
+    token is always cached)."""
+    # q: [n, Hq, D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D] (contiguous)
+    # tables: [num_slots, max_blocks_per_seq] int; rows, lengths: [n] int -> out: [n, Hq, D]
     n, Hq, D = q.shape
-    Hkv = k_cache.shape[1]
-    if Hq % Hkv or k_cache.shape != v_cache.shape or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+    Hkv = k_cache.shape[2]
+    if (Hq % Hkv or k_cache.shape != v_cache.shape or not k_cache.is_contiguous()
+            or not v_cache.is_contiguous() or q.stride(-1) != 1):
         raise ValueError(f"decode_attention: q {list(q.shape)} and cache {list(k_cache.shape)} "
                          f"must have Hq a multiple of Hkv and contiguous head_dim")
     if splits < 1 or splits & (splits - 1):
@@ -144,11 +152,12 @@ def decode_attention(
     precision = "ieee" if q.dtype == torch.float32 or INTERPRET else "tf32"
     block_d = triton.next_power_of_2(D)
     _decode_attention_kernel[(n, Hkv, splits)](
-        q, k_cache, v_cache, slots, lengths, out, part_acc, part_ml,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q, k_cache, v_cache, tables, rows, lengths, out, part_acc, part_ml,
+        q.stride(0), q.stride(1), tables.stride(0), k_cache.stride(1), k_cache.stride(2),
         out.stride(0), out.stride(1),
         math.log2(math.e) / math.sqrt(D),
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=D, BLOCK_D=block_d,
+        BS=k_cache.shape[1], GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=D,
+        BLOCK_D=block_d,
         BLOCK_N=CONFIG["BLOCK_N"], SPLITS=splits, PRECISION=precision,
         UPCAST=INTERPRET,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
@@ -160,16 +169,20 @@ def decode_attention(
 
 
 def reference_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, slots: Tensor, lengths: Tensor
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, tables: Tensor, rows: Tensor, lengths: Tensor
 ) -> Tensor:
     """The same function in float64 with plain torch ops, one row at a time (for tests)."""
     n, Hq, D = q.shape
-    group = Hq // k_cache.shape[1]
+    bs = k_cache.shape[1]
+    group = Hq // k_cache.shape[2]
     out = torch.empty(n, Hq, D, dtype=torch.float64, device=q.device)
     for i in range(n):
         L = int(lengths[i])
-        k = k_cache[int(slots[i]), :, :L].double().repeat_interleave(group, 0)  # [Hq, L, D]
-        v = v_cache[int(slots[i]), :, :L].double().repeat_interleave(group, 0)
+        p = torch.arange(L, device=q.device)
+        addr = tables[int(rows[i]), p // bs] * bs + p % bs  # [L]
+        k = k_cache.flatten(0, 1)[addr].transpose(0, 1).double()  # [Hkv, L, D]
+        v = v_cache.flatten(0, 1)[addr].transpose(0, 1).double()
+        k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)  # [Hq, L, D]
         w = torch.softmax((k @ q[i].double()[:, :, None])[..., 0] / math.sqrt(D), -1)  # [Hq, L]
         out[i] = (w[:, None, :] @ v)[:, 0]
     return out

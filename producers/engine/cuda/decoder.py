@@ -18,8 +18,9 @@ write, decode attention over actual lengths, the o GEMM, add+RMSNorm, the fused 
 silu*mul, the down GEMM (the residual add rides in the next norm). Then the final norm, the LM
 head and sampling plus the slot bookkeeping of `SlotBuffers.sample_next`.
 
-Prefill of new prompts runs the same kernels over all their tokens, with causal SDPA for
-attention (`prefill`); it is not captured (its shape changes with every batch of prompts).
+Prefill of prompt chunks runs the same kernels over all their tokens, with SDPA for attention
+over k/v gathered through the block tables (`prefill`); it is not captured (its shape changes
+with every batch of chunks).
 
 Fused weights: q/k/v and gate/up are one matrix each (and one bias each, when present), sharing
 memory with the model's own
@@ -28,12 +29,12 @@ parameters then view). `load_weights` copies into those parameters in place, so 
 fused matrices, and every captured graph that reads them, see each new version with no re-fuse.
 
 Graphs: the step reads everything from device tensors (the slot buffers' tokens, lengths and
-active flags, the KV cache, a device scalar holding the weight version), so a graph needs no
-input copies. One graph per (batch bucket, sampler) is captured on first use: buckets are
-powers of two up to `max_batch_size` (plus `max_batch_size` itself); a step of n running rows
-replays the smallest bucket >= n, whose extra rows are free slots (inactive, their writes land
-on scratch positions that `admit` overwrites). The first step of a new bucket runs eagerly
-(compiling the kernels), then captures.
+active flags, the KV pool and its block tables, a device scalar holding the weight version),
+so a graph needs no input copies. One graph per (batch bucket, sampler) is captured on first
+use: buckets are powers of two up to `max_batch_size` (plus `max_batch_size` itself); a step
+of n running rows replays the smallest bucket >= n, whose extra rows hold no running sequence
+(inactive: their k/v go to the scratch block, their sample to the slot buffers' scratch
+column). The first step of a new bucket runs eagerly (compiling the kernels), then captures.
 """
 
 from __future__ import annotations
@@ -185,27 +186,35 @@ class FusedDecoder:
         graph.replay()
         return self.rows[:n], status
 
-    def prefill(self, slots: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
-        """New prompts, right-padded, at positions 0..T-1 of `slots`: the same fused kernels
-        over all B*T tokens (the eager model's norms and rotary cost ~3x more at this size),
-        causal SDPA over the freshly written cache. Returns final-norm hidden [B, T, H] and,
-        for an MoE model, the routed ids [B, T, num_moe_layers, k] (else None); pad
-        positions hold garbage and write k/v that those rows' decode steps overwrite."""
-        # slots: [B]; tokens: [B, T]
+    def prefill(self, slots: Tensor, tokens: Tensor, positions: Tensor
+                ) -> tuple[Tensor, Tensor | None]:
+        """Prompt chunks, right-padded: row b holds tokens at `positions[b]` of the sequence in
+        `slots[b]`. The same fused kernels over all B*T tokens (the eager model's norms and
+        rotary cost ~3x more at this size), SDPA over each row's k/v up to its positions
+        (causal over the new tokens alone when every row starts at 0). Returns final-norm
+        hidden [B, T, H] and, for an MoE model, the routed ids [B, T, num_moe_layers, k] (else
+        None); pad positions hold garbage and write k/v that the row overwrites before use."""
+        # slots: [B]; tokens, positions: [B, T]
         B, T = tokens.shape
         cache, Hq = self.cache, self.num_heads
-        rows = slots.repeat_interleave(T)  # [B*T] each token's slot
-        positions = torch.arange(T, device=tokens.device).repeat(B)  # [B*T]
+        dest = cache.addresses(slots, positions)  # [B, T]
+        fresh = bool((positions[:, 0] == 0).all())  # then positions are 0..T-1 in every row
+        kv_len = T if fresh else int(positions.max()) + 1
+        j = torch.arange(kv_len, device=tokens.device)
+        read = dest if fresh else cache.addresses(slots, j.expand(B, -1))  # [B, kv_len]
+        mask = None if fresh else (j <= positions[:, :, None])[:, None]  # [B, 1, T, kv_len]
+        flat_pos = positions.reshape(-1)
         x = F.embedding(tokens.reshape(-1), self.model.model.embed_tokens.weight)  # [B*T, H]
         delta, routed = None, []
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
             q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
                                    layer.k_norm, self.inv_freq, self.eps, cache.k[i],
-                                   cache.v[i], rows, positions, Hq)  # [B*T, Hq, D]
-            k, v = cache.k[i][slots, :, :T], cache.v[i][slots, :, :T]  # [B, Hkv, T, D]
+                                   cache.v[i], dest.reshape(-1), flat_pos, Hq)  # [B*T, Hq, D]
+            k_all, v_all = cache.flat(i)  # [N * bs, Hkv, D]
+            k, v = k_all[read].transpose(1, 2), v_all[read].transpose(1, 2)  # [B, Hkv, S, D]
             attn = F.scaled_dot_product_attention(
-                q.view(B, T, Hq, -1).transpose(1, 2), k, v, is_causal=True,
+                q.view(B, T, Hq, -1).transpose(1, 2), k, v, attn_mask=mask, is_causal=fresh,
                 enable_gqa=Hq != k.shape[1])  # [B, Hq, T, D]
             attn = attn.transpose(1, 2).reshape(B * T, -1)
             h = add_rmsnorm(x, F.linear(attn, layer.o, layer.o_b), layer.ln_mlp, self.eps)
@@ -217,8 +226,11 @@ class FusedDecoder:
         """One decode step of rows 0..n-1, launched kernel by kernel; returns their status."""
         b, cache = self.buffers, self.cache
         rows = self.rows[:n]
-        positions = torch.where(b.active[:n], b.length[:n] - 1, 0)  # [n] each row's last token
+        active = b.active[:n]
+        positions = torch.where(active, b.length[:n] - 1, 0)  # [n] each row's last token
         lengths = positions + 1  # [n] cached tokens each query attends to (itself included)
+        # Rows without a running sequence write into the scratch block (block 0).
+        dest = torch.where(active, cache.addresses(rows, positions[:, None])[:, 0], 0)  # [n]
         tokens = b.tokens[:n].gather(1, positions[:, None])[:, 0]  # [n]
         x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [n, H] residual stream
         splits = self._splits[n]
@@ -227,8 +239,9 @@ class FusedDecoder:
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
             q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
                                    layer.k_norm, self.inv_freq, self.eps, cache.k[i],
-                                   cache.v[i], rows, positions, self.num_heads)  # [n, Hq, D]
-            attn = decode_attention(q, cache.k[i], cache.v[i], rows, lengths, splits=splits)
+                                   cache.v[i], dest, positions, self.num_heads)  # [n, Hq, D]
+            attn = decode_attention(q, cache.k[i], cache.v[i], cache.block_tables, rows, lengths,
+                                    splits=splits)
             h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o, layer.o_b), layer.ln_mlp,
                             self.eps)
             delta = layer.mlp(h, routed)

@@ -66,8 +66,8 @@ def _rotate(x1, x2, cos, sin, dtype: tl.constexpr):
 
 @triton.jit
 def _qk_norm_rope_cache_kernel(
-    QKV, QOut, KCache, VCache, Slots, Pos, QW, KW, InvFreq,
-    stride_qkv, stride_qo, stride_cs, stride_ch, stride_ct, eps,
+    QKV, QOut, KCache, VCache, Dest, Pos, QW, KW, InvFreq,
+    stride_qkv, stride_qo, stride_ct, stride_ch, eps,
     HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
     HAS_NORM: tl.constexpr,
 ):
@@ -80,10 +80,10 @@ def _qk_norm_rope_cache_kernel(
     x1 = tl.load(src + i, mask=mask, other=0.0)
     x2 = tl.load(src + HALF + i, mask=mask, other=0.0)
     dtype = x1.dtype
-    slot = tl.load(Slots + r).to(tl.int64)
+    dest = tl.load(Dest + r).to(tl.int64)  # the token's flat index in the paged pool
     pos = tl.load(Pos + r).to(tl.int64)
     if h >= HQ + HKV:
-        dst = VCache + slot * stride_cs + (h - HQ - HKV) * stride_ch + pos * stride_ct
+        dst = VCache + dest * stride_ct + (h - HQ - HKV) * stride_ch
         tl.store(dst + i, x1.to(VCache.dtype.element_ty), mask=mask)
         tl.store(dst + HALF + i, x2.to(VCache.dtype.element_ty), mask=mask)
     else:
@@ -105,23 +105,25 @@ def _qk_norm_rope_cache_kernel(
         if h < HQ:
             dst = QOut + r * stride_qo + h * D
         else:
-            dst = KCache + slot * stride_cs + (h - HQ) * stride_ch + pos * stride_ct
+            dst = KCache + dest * stride_ct + (h - HQ) * stride_ch
         tl.store(dst + i, o1, mask=mask)
         tl.store(dst + HALF + i, o2, mask=mask)
 
 
 def qk_norm_rope_cache(
     qkv: Tensor, q_weight: Tensor | None, k_weight: Tensor | None, inv_freq: Tensor, eps: float,
-    k_cache: Tensor, v_cache: Tensor, slots: Tensor, positions: Tensor, num_heads: int,
+    k_cache: Tensor, v_cache: Tensor, dest: Tensor, positions: Tensor, num_heads: int,
 ) -> Tensor:
-    """Returns normalized, rotated q [n, Hq, D]; writes k (normalized, rotated) and v of each
-    row into `k_cache`/`v_cache` at (slots[row], :, positions[row]). Without q/k norm weights
+    """Returns normalized, rotated q [n, Hq, D] (rotated by `positions`); writes k (normalized,
+    rotated) and v of each row into the paged `k_cache`/`v_cache` at flat token index
+    dest[row] (block * block_size + offset, `KVCache.addresses`). Without q/k norm weights
     (None, families without q/k norm) q and k are only rotated."""
-    # qkv: [n, (Hq + 2 Hkv) D]; k_cache, v_cache: [num_slots, Hkv, max_seq_len, D]
-    # inv_freq: [D/2] fp32 (the eager RotaryEmbedding's); slots, positions: [n] int
+    # qkv: [n, (Hq + 2 Hkv) D]; k_cache, v_cache: [num_blocks, block_size, Hkv, D]
+    # inv_freq: [D/2] fp32 (the eager RotaryEmbedding's); dest, positions: [n] int
     n = qkv.shape[0]
-    Hkv, D = k_cache.shape[1], k_cache.shape[3]
-    if qkv.shape[1] != (num_heads + 2 * Hkv) * D or k_cache.stride(3) != 1:
+    Hkv, D = k_cache.shape[2], k_cache.shape[3]
+    if (qkv.shape[1] != (num_heads + 2 * Hkv) * D or not k_cache.is_contiguous()
+            or not v_cache.is_contiguous()):
         raise ValueError(f"qkv {list(qkv.shape)} does not match {num_heads} q heads and cache "
                          f"{list(k_cache.shape)}")
     if (q_weight is None) != (k_weight is None):
@@ -129,9 +131,9 @@ def qk_norm_rope_cache(
     q = torch.empty(n, num_heads, D, dtype=qkv.dtype, device=qkv.device)
     has_norm = q_weight is not None
     _qk_norm_rope_cache_kernel[(n, num_heads + 2 * Hkv)](
-        qkv, q, k_cache, v_cache, slots, positions, q_weight if has_norm else inv_freq,
+        qkv, q, k_cache, v_cache, dest, positions, q_weight if has_norm else inv_freq,
         k_weight if has_norm else inv_freq, inv_freq,
-        qkv.stride(0), q.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), eps,
+        qkv.stride(0), q.stride(0), k_cache.stride(1), k_cache.stride(2), eps,
         HQ=num_heads, HKV=Hkv, HALF=D // 2, BLOCK=triton.next_power_of_2(D // 2),
         HAS_NORM=has_norm, num_warps=1,
     )
