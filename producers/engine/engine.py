@@ -48,6 +48,8 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import CausalLM, KVCache
+from streamrl.models.lora import is_adapter
+from streamrl.producers.engine.adapters import RUN_ADAPTER, Adapters
 from streamrl.producers.engine.blocks import BlockPool
 from streamrl.producers.engine.packing import pack_weights
 from streamrl.producers.engine.request import checked_prompt, run_to_completion
@@ -109,6 +111,7 @@ class TorchEngine:
             device=config.torch_device,
         )
         self._fused = _fused_decoder(self.model, self.cache, self.buffers, config)
+        self.adapters = Adapters(self.model, config.max_batch_size)  # LoRA, served unmerged
         self._version = version
         self._aborted: list[GenerationResult] = []  # handed out by the next step()
         self._ids: set[str] = set()
@@ -131,9 +134,12 @@ class TorchEngine:
         if request.request_id in self._ids:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         prompt = checked_prompt(request, self.model.config.vocab_size, self.config.max_seq_len)
+        self.adapters.check(request.adapter)
         seed = request.params.seed
         seed = seed_from_request_id(request.request_id) if seed is None else seed
-        self.scheduler.add(Seq(_Entry(request, prompt, seed), prompt.tobytes(), len(prompt)))
+        key = prompt.tobytes() + (b"" if request.adapter is None  # KV differs per adapter
+                                  else b"\xff" + request.adapter.encode())
+        self.scheduler.add(Seq(_Entry(request, prompt, seed), key, len(prompt)))
         self._ids.add(request.request_id)
 
     def has_unfinished(self) -> bool:
@@ -187,9 +193,20 @@ class TorchEngine:
             raise ValueError(
                 f"weight version {version} is not newer than the loaded version {self._version}"
             )
-        with torch.inference_mode():
-            copy_hf_weights(self.model, state_dict)
+        if is_adapter(state_dict):  # a LoRA run's version: its adapter, on the same base
+            self.load_adapter(state_dict)
+        else:
+            with torch.inference_mode():
+                copy_hf_weights(self.model, state_dict)
         self._version = version
+
+    def load_adapter(self, tensors: Mapping[str, Tensor], adapter_id: str = RUN_ADAPTER) -> None:
+        """Load or replace a LoRA adapter (a LoRA weight version's tensors) served unmerged,
+        between steps: requests naming `adapter_id` (`GenerationRequest.adapter`; the default
+        id is the run's own, which requests without one get) run through it, and one batch may
+        mix adapters. The weight version is unchanged (`load_weights` sets it)."""
+        self.adapters.load(adapter_id, tensors)
+        self._fused = None  # the fused CUDA decoder has no low-rank term: decode eagerly
 
     def close(self) -> None:
         """Drop unfinished requests and free the KV cache and CUDA graphs; idempotent."""
@@ -218,6 +235,8 @@ class TorchEngine:
             now = time.time()
             for x in e:
                 x.started_at = now
+            for seq in plan.admitted:
+                self.adapters.assign(seq.slot, seq.entry.request.adapter)
         if plan.tables:
             self._write_tables(plan.tables)
         if plan.copies:
@@ -249,6 +268,7 @@ class TorchEngine:
         rows = torch.tensor(slots, device=b.tokens.device)  # [n]
         positions = b.length[rows] - 1  # [n] last token
         tokens = b.tokens[rows, positions]  # [n]
+        self.adapters.select(rows)
         out = self.model(tokens[:, None], positions[:, None], kv_cache=self.cache, slots=rows)
         routed = None if out.routed_experts is None else out.routed_experts[:, 0]
         status = b.sample_next(rows, positions, out.logits[:, 0], routed, self._version)
@@ -271,6 +291,7 @@ class TorchEngine:
         if self._fused is not None:
             hidden, routed = self._fused.prefill(rows, tokens, positions)  # [n, T, H]
         else:
+            self.adapters.select(rows)
             out = self.model(tokens, positions, kv_cache=self.cache, slots=rows,
                              return_hidden=True)
             hidden, routed = out.hidden, out.routed_experts
