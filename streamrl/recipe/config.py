@@ -336,6 +336,11 @@ class RunConfig(Section, kw_only=True):
             raise ValueError("trainer.algorithm.loss_config.entropy_coef > 0 needs the CPU torch "
                              "learner (the fused GPU log-softmax computes no entropy): set "
                              "entropy_coef = 0 or trainer.compute.device = \"cpu\"")
+        if algorithm.kl.reference == "producer" and self.rollout.engine_factory is not None:
+            raise ValueError("trainer.algorithm.kl.reference = \"producer\" needs the embedded "
+                             "torch engine (its producers score the reference with a torch copy "
+                             "of the initial weights); with rollout.engine_factory set, use "
+                             "reference = \"trainer\"")
         if (algorithm.overlong is not None
                 and algorithm.overlong.buffer_tokens > self.rollout.max_new_tokens):
             raise ValueError(f"trainer.algorithm.overlong.buffer_tokens "

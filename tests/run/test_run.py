@@ -120,6 +120,8 @@ def test_a_killed_trainer_resumes_without_training_anything_twice(tmp_path: Path
      "does not take trainer.compute"),
     (('on_stale = "requeue" }', 'on_stale = "requeue" }\n\n[weights]\ndtype = "bfloat16"'),
      "apply to the cuda_ipc transport only"),
+    (("lr = 1e-3", 'lr = 1e-3\nalgorithm = { kl = { penalty = "reward" } }'),
+     "set loss_config.kl_coef > 0"),
 ])
 def test_a_bad_recipe_never_starts_a_run(tmp_path: Path, edit: tuple[str, str],
                                          message: str) -> None:

@@ -232,3 +232,18 @@ def test_every_advantage_and_loss_name_resolves_to_its_hook() -> None:
         assert callable(resolve(path, AdvantageFn, what="advantage"))
     for path in LOSSES.values():
         assert callable(resolve(path, LossFn, what="loss"))
+
+
+def test_producer_reference_with_an_external_engine_is_refused(tmp_path: Path) -> None:
+    from streamrl.recipe.config import ConfigError, load_config
+    from tests.helpers import TINY
+
+    text = TINY.read_text().replace(
+        "max_new_tokens = 3", 'max_new_tokens = 3\nengine_factory = "my.engines:sglang"')
+    text += ('\n[trainer.algorithm]\nloss_config = { kl_coef = 0.1 }\n'
+             'kl = { reference = "producer" }\n')
+    recipe = tmp_path / "ext.toml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError, match=r"needs the embedded torch engine.*"
+                                          r"use reference = \"trainer\""):
+        load_config(recipe)
