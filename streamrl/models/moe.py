@@ -105,6 +105,10 @@ class MoE(nn.Module):
             if forced_mask is not None:
                 own = torch.topk(probs, self.top_k, dim=-1).indices
                 ids = torch.where(forced_mask.reshape(B * T, 1), ids, own)
+            # A token's k experts are distinct, as top-k makes them (the padded grouped
+            # backend sizes each expert's buffer for at most one row per token).
+            if self.top_k > 1 and bool((ids.sort(-1).values.diff(dim=-1) == 0).any()):
+                raise ValueError("forced routing repeats an expert within one token's top-k")
             weights = probs.gather(-1, ids)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -124,10 +128,6 @@ class MoE(nn.Module):
         ids = forced_ids.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_experts):
             raise ValueError(f"forced routing ids must lie in [0, {self.num_experts})")
-        # A token's k experts are distinct, as top-k makes them (the padded grouped backend
-        # sizes each expert's buffer for at most one row per token).
-        if self.top_k > 1 and ids.numel() and bool((ids.sort(-1).values.diff(dim=-1) == 0).any()):
-            raise ValueError("forced routing repeats an expert within one token's top-k")
         return ids
 
 
