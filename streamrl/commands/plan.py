@@ -122,6 +122,8 @@ def print_plan(plan: Plan, console: Console, *, title: str) -> None:
             ("activations", t and t.activations, None),
             ("LM-head logits chunk", t and t.logits, None),
             ("KV cache", None, e.kv_cache)]
+    if t and t.not_live:
+        rows.append(("not live at the peak (gradients vs activations)", -t.not_live, None))
     for name, a, b in rows:
         memory.add_row(name, "" if a is None else gib(a), "" if b is None else gib(b))
     memory.add_row("[bold]total[/bold]", gib(t.total) if t else "-", gib(e.total))

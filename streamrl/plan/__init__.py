@@ -12,6 +12,7 @@ from streamrl.plan.memory import (
     Parallel,
     TrainerMemory,
     engine_memory,
+    torch_learner_memory,
     trainer_memory,
 )
 from streamrl.plan.params import ParamCounts, count_params
@@ -20,4 +21,4 @@ from streamrl.plan.shape import ModelShape, read_shape
 
 __all__ = ["EngineMemory", "ModelShape", "Parallel", "ParamCounts", "Plan", "TrainerMemory",
            "count_params", "engine_memory", "make_plan", "parse_bytes", "read_shape",
-           "trainer_memory"]
+           "torch_learner_memory", "trainer_memory"]

@@ -30,16 +30,33 @@ backward, per token and divided by t (sequence parallel):
     MoE MLP         2*h + 4*E (fp32 router logits) + k*(2*h + 3*I_e) (each routed copy: input,
                     gate, up, product, output; balanced routing) + 3*I_s (shared expert)
 
-Engine, per GPU of a tensor-parallel group of size t_e (bf16):
+Engine, per GPU of a tensor-parallel group of size t_e (bf16 for SGLang; the embedded engine's
+`rollout.engine.dtype` otherwise, b bytes):
 
-    weights     = 2 * P_total / t_e
+    weights     = b * P_total / t_e
     KV cache    = batch * seq_len * L * kv_bytes_per_token_layer
-                  GQA: 2 (k, v) * ceil(K / t_e) * d * 2
-                  MLA: (r_kv + d_rope) * 2, the latent and the rotary key, on every rank
+                  GQA: 2 (k, v) * ceil(K / t_e) * d * b
+                  MLA: (r_kv + d_rope) * b, the latent and the rotary key, on every rank
 
-The one-GPU trainer of this repository (torch or megatron backend) keeps fp32 master weights
-under bf16 autocast: 4 (fp32 weights) + 4 (grads) + 8 (Adam) + 2 (bf16 copies held for
-backward) = 18 bytes per parameter, the same as 2 + 4 + 12 above at d = 1.
+The torch backend (`trainer.backend = "torch"`, this repository's learner: fp32 parameters
+under bf16 autocast, fused AdamW, gradients set to None before each forward; FSDP2 shards the
+first three terms over d) has its own layout, `torch_learner_memory`:
+
+    weights     = 4 * P                                       fp32 parameters (the master copy)
+    optimizer   = 8 * P                                       Adam m and v
+    gradients   = 4 * P                                       fp32, live only after backward
+    activations = L * A_torch + 2 * (P - V*h)                 plus the bf16 weight copies
+                                                              autocast keeps for backward
+    logits      = min(T, chunk) * V * 8
+    peak        = weights + optimizer + max(gradients, activations + logits)
+
+    A_torch (bytes per token and layer, measured from the tensors autograd saves in this
+    repository's model: fp32 residual stream and norms, bf16 casts of each projection's input)
+        dense layer   32*h + 8*I + 10*H*d + 10*K*d
+        MoE layer     32*h + 10*H*d + 10*K*d + 4*E + k*(12*h + 16*I_e) + 8*I_s
+                      (the grouped expert path on CPU keeps each routed copy in fp32; the
+                      expert path is being rewritten, so this term is the least certain)
+        recompute     4*h per layer (its fp32 input) + one layer's A_torch
 """
 
 from __future__ import annotations
@@ -83,10 +100,14 @@ class TrainerMemory(msgspec.Struct, kw_only=True, frozen=True):
     optimizer: int
     activations: int
     logits: int
+    not_live: int = 0
+    """Bytes of the terms above never live at the same time as the rest (the torch backend's
+    gradients and its activations); subtracted from the total."""
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.logits
+                - self.not_live)
 
 
 class EngineMemory(msgspec.Struct, kw_only=True, frozen=True):
@@ -191,17 +212,53 @@ def trainer_memory(shape: ModelShape, params: ParamCounts, par: Parallel, *, row
     return best
 
 
-def kv_bytes_per_token(shape: ModelShape, tensor: int = 1) -> int:
-    """KV-cache bytes of one token over all layers on one GPU of a tensor-parallel group (bf16)."""
-    if shape.attention == "mla":
-        per_layer = (shape.kv_lora_rank + shape.qk_rope_head_dim) * BF16
+def torch_activation_bytes(shape: ModelShape, layer: LayerParams) -> int:
+    """A_torch of the module doc: bytes one token of one layer keeps for backward in the torch
+    backend's model under bf16 autocast."""
+    h = shape.hidden_size
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    if shape.attention == "mla":  # not run by the model code yet: its widths in GQA's places
+        q = shape.num_heads * (shape.qk_nope_head_dim + shape.qk_rope_head_dim)
+        kv = shape.kv_lora_rank + shape.qk_rope_head_dim
+    base = 32 * h + 10 * q + 10 * kv
+    if layer.routed:
+        return (base + 4 * shape.num_experts
+                + shape.top_k * (12 * h + 16 * shape.moe_intermediate_size)
+                + 8 * shape.shared_intermediate_size)
+    return base + 8 * shape.intermediate_size
+
+
+def torch_learner_memory(shape: ModelShape, params: ParamCounts, *, rows: int, seq_len: int,
+                         recompute: bool, data: int = 1,
+                         logprob_chunk_tokens: int = 4096) -> TrainerMemory:
+    """The torch backend's peak per GPU (module doc); `data` > 1 is FSDP2 sharding the
+    parameters, gradients and optimizer state over that many GPUs."""
+    tokens, total = rows * seq_len, params.total
+    per_layer = [torch_activation_bytes(shape, x) * tokens for x in params.layers]
+    if recompute:
+        activations = 4 * shape.hidden_size * tokens * len(per_layer) + max(per_layer)
     else:
-        per_layer = 2 * math.ceil(shape.num_kv_heads / tensor) * shape.head_dim * BF16
+        activations = sum(per_layer)
+    activations += BF16 * (total - params.embedding) // data
+    logits = min(tokens, logprob_chunk_tokens) * shape.vocab_size * LOGIT_BYTES
+    gradients = 4 * total // data
+    return TrainerMemory(stage=0, params=total // data, weights=4 * total // data,
+                         gradients=gradients, optimizer=8 * total // data,
+                         activations=round(activations), logits=round(logits),
+                         not_live=min(gradients, round(activations + logits)))
+
+
+def kv_bytes_per_token(shape: ModelShape, tensor: int = 1, dtype_bytes: int = BF16) -> int:
+    """KV-cache bytes of one token over all layers on one GPU of a tensor-parallel group."""
+    if shape.attention == "mla":
+        per_layer = (shape.kv_lora_rank + shape.qk_rope_head_dim) * dtype_bytes
+    else:
+        per_layer = 2 * math.ceil(shape.num_kv_heads / tensor) * shape.head_dim * dtype_bytes
     return per_layer * shape.num_layers
 
 
 def engine_memory(shape: ModelShape, params: ParamCounts, *, tensor: int, batch: int,
-                  seq_len: int) -> EngineMemory:
-    per_token = kv_bytes_per_token(shape, tensor)
-    return EngineMemory(weights=math.ceil(BF16 * params.total / tensor),
+                  seq_len: int, dtype_bytes: int = BF16) -> EngineMemory:
+    per_token = kv_bytes_per_token(shape, tensor, dtype_bytes)
+    return EngineMemory(weights=math.ceil(dtype_bytes * params.total / tensor),
                         kv_cache=batch * seq_len * per_token, kv_bytes_per_token=per_token)

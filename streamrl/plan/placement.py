@@ -10,7 +10,8 @@ does not fit and by how much, and is empty when the placement fits.
 Lengths: a trainer row and an engine sequence are `max_seq_len` tokens (the SGLang option when
 set, else `rollout.engine.max_seq_len`); a micro-batch holds `trainer.compute.micro_batch_rows`
 rows, or the whole minibatch of a data-parallel rank. Routing bytes assume every response is
-`rollout.max_new_tokens` long (the bound).
+`rollout.max_new_tokens` long (the bound). Engines and trainer share GPUs under
+`placement.mode = "colocated"` or the cuda_ipc weight transport (one GPU).
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from streamrl.plan.memory import (
     Parallel,
     TrainerMemory,
     engine_memory,
+    torch_learner_memory,
     trainer_memory,
 )
 from streamrl.plan.params import ParamCounts, count_params
 from streamrl.plan.shape import ModelShape, read_shape
 from streamrl.recipe.config import RunConfig
 from streamrl.schemas.routing_pack import packing
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 class Plan(msgspec.Struct, kw_only=True, frozen=True):
@@ -87,16 +91,24 @@ def make_plan(config: RunConfig, hf_config: dict[str, Any], *, num_gpus: int, gp
     seq_len = int(options.get("max_seq_len") or config.rollout.engine.max_seq_len)
     batch = (int(options.get("max_concurrency", config.rollout.engine.max_batch_size))
              if config.rollout.engine_factory else config.rollout.engine.max_batch_size)
-    colocated = config.placement.mode == "colocated"
+    # cuda_ipc moves weights within one GPU: engine and trainer share it, as colocated does
+    colocated = config.placement.mode == "colocated" or config.weights.transport == "cuda_ipc"
     engine_gpus = config.rollout.num_producers * engine_tensor
     trainer_gpus = num_gpus if colocated else num_gpus - engine_gpus
-    engine = engine_memory(shape, params, tensor=engine_tensor, batch=batch, seq_len=seq_len)
+    dtype_bytes = 2 if config.rollout.engine_factory else DTYPE_BYTES[config.rollout.engine.dtype]
+    engine = engine_memory(shape, params, tensor=engine_tensor, batch=batch, seq_len=seq_len,
+                           dtype_bytes=dtype_bytes)
     overflows: list[str] = []
     if engine_gpus > num_gpus:
         overflows.append(f"GPUs: the engines alone need {engine_gpus} "
                          f"({config.rollout.num_producers} x tp_size {engine_tensor}), "
                          f"{engine_gpus - num_gpus} more than the {num_gpus} given")
     m = config.trainer.megatron
+    if config.trainer.backend == "torch":
+        return _torch_plan(config, shape, params, num_gpus=num_gpus, gpu_bytes=gpu_bytes,
+                           usable=usable, engine=engine, engine_tensor=engine_tensor,
+                           engine_gpus=engine_gpus, batch=batch, seq_len=seq_len,
+                           colocated=colocated, overflows=overflows)
     model_parallel = m.tensor_parallel * m.pipeline_parallel
     parallel = trainer = None
     rows = 0
@@ -136,11 +148,49 @@ def make_plan(config: RunConfig, hf_config: dict[str, Any], *, num_gpus: int, gp
         overflows=tuple(overflows))
 
 
+def _torch_plan(config: RunConfig, shape: ModelShape, params: ParamCounts, *, num_gpus: int,
+                gpu_bytes: int, usable: int, engine: EngineMemory, engine_tensor: int,
+                engine_gpus: int, batch: int, seq_len: int, colocated: bool,
+                overflows: list[str]) -> Plan:
+    """The torch backend: one GPU, or FSDP2 over every trainer GPU (sharding weights,
+    gradients and optimizer state; each GPU trains its share of the minibatch)."""
+    if not config.trainer.megatron.is_single_gpu:
+        raise ValueError("[trainer.megatron] sizes apply to trainer.backend = \"megatron\"; "
+                         "this recipe uses the torch backend: remove them")
+    compute = config.trainer.compute
+    trainer_gpus = num_gpus if colocated else num_gpus - engine_gpus
+    data = max(trainer_gpus, 1) if compute.fsdp else 1
+    minibatch = config.trainer.batch_size // config.trainer.minibatches
+    rows = max(1, math.ceil(minibatch / data))
+    if compute.micro_batch_rows is not None:
+        rows = min(rows, compute.micro_batch_rows)
+    trainer = None
+    if trainer_gpus < 1:
+        overflows.append(f"GPUs: the trainer needs 1 GPU but none is left after the engines' "
+                         f"{engine_gpus}: give 1 more")
+    else:
+        trainer = torch_learner_memory(
+            shape, params, rows=rows, seq_len=seq_len,
+            recompute=compute.activation_checkpointing, data=data,
+            logprob_chunk_tokens=compute.logprob_chunk_tokens)
+        overflows += _memory_overflows(trainer, engine, colocated, usable)
+    routing = _routing_bytes(shape, config.rollout.max_new_tokens)
+    return Plan(
+        model_type=shape.model_type, num_gpus=num_gpus, gpu_bytes=gpu_bytes, usable_bytes=usable,
+        params=params, colocated=colocated, engine_gpus=engine_gpus, engine_tensor=engine_tensor,
+        engine_batch=batch, trainer_gpus=trainer_gpus,
+        parallel=Parallel(data=data) if trainer else None, trainer=trainer, engine=engine,
+        rows_per_microbatch=rows, seq_len=seq_len,
+        weight_sync_bytes=engine.weights * engine_tensor, routing_bytes_per_sample=routing,
+        routing_bytes_per_version=routing * config.trainer.batch_size,
+        overflows=tuple(overflows))
+
+
 def _memory_overflows(trainer: TrainerMemory, engine: EngineMemory, colocated: bool,
                       usable: int) -> list[str]:
     def terms(memory: TrainerMemory | EngineMemory) -> str:
         fields = [(k, v) for k, v in msgspec.structs.asdict(memory).items()
-                  if k not in ("stage", "params", "kv_bytes_per_token") and v]
+                  if k not in ("stage", "params", "kv_bytes_per_token", "not_live") and v]
         top = sorted(fields, key=lambda kv: -kv[1])[:2]
         return ", ".join(f"{k.replace('_', ' ')} {gib(v)}" for k, v in top)
 
