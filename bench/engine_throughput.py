@@ -2,8 +2,11 @@
 transformers' `generate` and against the memory roofline, on a random-init Qwen3-0.6B shape.
 
     python bench/engine_throughput.py --out DIR     # on a CUDA machine: JSON + PNG into DIR
+    python bench/engine_throughput.py --rl-only --out DIR
+                                                    # only the RL-shaped workload (engine_rl.py)
     python bench/engine_throughput.py --record bench/results/engine_throughput.json
                                                     # write that run's BENCHMARKS.md section
+                                                    # (with engine_rl.json beside it, if any)
 
 Workload (issue 6): batch 128, 128 prompt tokens, 256 new tokens each, temperature 1, no stop
 tokens (every sequence generates all 256). Measured in the same run, on the same weights:
@@ -16,6 +19,11 @@ tokens (every sequence generates all 256). Measured in the same run, on the same
 - our engine with fused decode + CUDA graphs (the default on CUDA), timed per step;
 - correctness: greedy tokens and logprobs of the fused engine vs the eager engine, both
   scored against an fp32 teacher-forced forward of the same model (bf16 tolerance below).
+
+Issue 17's RL-shaped workload (64 prompts x 8, 512-token prompts, lognormal lengths capped at
+3,072 and 8,192; paged + shared against a static cache of the same memory) is
+`bench/engine_rl.py`; `--rl-only` runs it on the same model shape, and `--record` adds its
+table when its JSON lies beside this one.
 """
 
 from __future__ import annotations
@@ -232,8 +240,9 @@ def run(out_dir: Path, batch: int, prompt: int, new: int, profile_steps: bool) -
     samplers = time_samplers(batch)
     prompts = torch.randint(0, SHAPE["vocab_size"], (batch, prompt),
                             generator=torch.Generator().manual_seed(1))
+    # Every prompt prefilled in the first step, as before chunked prefill (one step's budget).
     config = dict(max_batch_size=batch, max_seq_len=prompt + new, device="cuda",
-                  dtype="bfloat16")
+                  dtype="bfloat16", max_step_tokens=batch * (prompt + 1))
     eager = TorchEngine(ours_from(hf, torch.bfloat16), EngineConfig(**config, decode="eager"))
     timed_generate(eager, requests(prompts, 4, 1.0, "eager-warm"))
     _, eager_steps, _ = timed_generate(eager, requests(prompts, 16, 1.0, "eager"))
@@ -358,6 +367,7 @@ def record(json_path: Path) -> None:
         f"{c['max_abs_logprob_err_fused_sampled_256']:.4f}; tolerance {c['tolerance']:.3f} "
         f"(max of {LOGPROB_TOL} and twice the eager error): "
         f"{'passed' if c['passed'] else '**failed**'}.", "",
+        *rl_lines(json_path.parent / "engine_rl.json"),
         f"![{NAME}](bench/results/{NAME}.png)", f"<!-- {NAME}:end -->",
     ]
     path = ROOT / "BENCHMARKS.md"
@@ -370,17 +380,57 @@ def record(json_path: Path) -> None:
     path.write_text(text)
 
 
+def rl_lines(path: Path) -> list[str]:
+    """The RL-shaped workload's table (`bench/engine_rl.py`), if its JSON exists."""
+    if not path.exists():
+        return []
+    r = json.loads(path.read_text())
+    lines = [
+        f"RL-shaped workload (issue 17; `bench/engine_rl.py`, same card and model shape): "
+        f"{r['num_prompts']} prompts x {r['group']} samples, {r['prompt_tokens']}-token "
+        f"prompts, lognormal response lengths (median ~700), each engine given the same KV "
+        f"memory ({r['kv_fraction']:.0%} of free memory). Roofline: weights plus the KV each "
+        f"sequence holds at its actual length, every sequence resident.", "",
+        "| cap | engine | tok/s | vs roofline | resident (max) | preemptions | prompt tokens "
+        "prefilled |", "|---|---|---|---|---|---|---|"]
+    for cap, row in r["caps"].items():
+        for name, label in (("static", "static cache, no sharing"),
+                            ("paged", "paged + prefix sharing")):
+            e = row[name]
+            lines.append(f"| {cap} | {label} | {e['tok_s']:,.0f} | {e['roofline_frac']:.0%} | "
+                         f"{e['max_resident']} | {e['preemptions']} | {e['prefill_tokens']:,} |")
+    goal = r["caps"].get("3072", {}).get("paged", {}).get("roofline_frac")
+    if goal is not None:
+        lines.append("")
+        lines.append(f"Goal ≥ 70% of roofline at the 3,072 cap: "
+                     f"{'met' if goal >= 0.7 else '**missed**'} ({goal:.0%}).")
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--record", type=Path, help="only write BENCHMARKS.md from this JSON")
     parser.add_argument("--quick", action="store_true", help="batch 16, 32 new tokens")
     parser.add_argument("--profile", action="store_true", help="also profile 3 eager steps")
+    parser.add_argument("--rl-only", action="store_true",
+                        help="only the RL-shaped workload of bench/engine_rl.py")
     args = parser.parse_args()
     if args.record:
         return record(args.record)
     if not torch.cuda.is_available():
         raise SystemExit("engine_throughput needs a CUDA GPU")
+    if args.rl_only:
+        from bench import engine_rl
+
+        _, ours = build_models(seed=0)
+        rl = engine_rl.run_gpu(ours, copy_bandwidth())
+        rl["info"] = machine_info() | {"card": torch.cuda.get_device_name()}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "engine_rl.json").write_text(json.dumps(rl, indent=2) + "\n")
+        for row in rl["caps"].values():
+            print(engine_rl.summary(row))
+        return None
     batch, new = (16, 32) if args.quick else (128, 256)
     r = run(args.out, batch, 128, new, args.profile)
     e = r["engine"]
