@@ -1,7 +1,8 @@
 """The planner's trainer memory per GPU against `torch.cuda.max_memory_allocated` of real
 training steps, at small Qwen3 shapes on one GPU (tensor = pipeline = expert = data = 1).
 
-    python -m bench.plan_memory --out /tmp/plan_memory          # on the GPU: JSON + BENCHMARKS.md
+    python -m bench.plan_memory --out /tmp/plan_memory          # on the GPU: writes JSON
+    python -m bench.plan_memory --record /tmp/plan_memory/plan_memory.json   # BENCHMARKS.md
     python -m bench.plan_memory --quick --out /tmp/plan_memory  # a tiny shape, CPU allowed (no
                                                                 # memory figure; checks the code)
 
@@ -80,8 +81,12 @@ def measure(raw: dict, *, recompute: bool, device: torch.device, rows: int = ROW
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/plan_memory"))
+    p.add_argument("--record", type=Path, help="write BENCHMARKS.md from this results JSON")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    if args.record is not None:
+        record(json.loads(args.record.read_text()))
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     raw = QUICK if args.quick else SHAPE
     cases = {name: measure(raw, recompute=r, device=device) for name, r in CASES.items()}
@@ -91,26 +96,34 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plan_memory.json").write_text(json.dumps({"info": info, "shape": raw,
                                                            "cases": cases}, indent=2))
-    lines = [f"{name}: plan {c['plan']['total'] / 2**30:.3f} GiB, measured "
-             + ("-" if c["measured"] is None else f"{c['measured'] / 2**30:.3f} GiB, "
-                f"plan/measured {c['ratio']:.3f}") for name, c in cases.items()]
-    print("\n".join(lines))
-    if device.type == "cuda" and not args.quick:
-        rows = "\n".join(
-            f"| {name} | {c['plan']['weights'] / 2**30:.3f} | {c['plan']['gradients'] / 2**30:.3f}"
-            f" | {c['plan']['optimizer'] / 2**30:.3f} | {c['plan']['activations'] / 2**30:.3f}"
-            f" | {c['plan']['logits'] / 2**30:.3f} | {c['plan']['not_live'] / 2**30:.3f}"
-            f" | {c['plan']['total'] / 2**30:.3f}"
-            f" | {c['measured'] / 2**30:.3f} | {c['ratio']:.3f} |" for name, c in cases.items())
-        millions = count_params(read_shape(raw)).total / 1e6
-        replace_section("plan_memory", (
-            f"`python -m bench.plan_memory` on {info['card']}, {info['date']}: `streamrl plan`'s "
-            f"trainer memory per GPU (streamrl/plan/memory.py) against "
-            f"`torch.cuda.max_memory_allocated` of a steady-state `Learner.step` (bf16 autocast, "
-            f"fp32 master weights, fused AdamW), Qwen3 shape of {millions:.0f}M "
-            f"parameters, {ROWS} rows x {PROMPT + RESPONSE} tokens. GiB.\n\n"
-            "| case | weights | grads | optimizer | activations | logits | not live | plan "
-            "| measured | plan/measured |\n|---|---|---|---|---|---|---|---|---|---|\n" + rows))
+    for name, c in cases.items():
+        measured = ("-" if c["measured"] is None else
+                    f"{c['measured'] / 2**30:.3f} GiB, plan/measured {c['ratio']:.3f}")
+        print(f"{name}: plan {c['plan']['total'] / 2**30:.3f} GiB, measured {measured}")
+
+
+def record(data: dict) -> None:
+    """The BENCHMARKS.md section from a GPU run's JSON."""
+    info, raw, cases = data["info"], data["shape"], data["cases"]
+    if any(c["measured"] is None for c in cases.values()):
+        raise SystemExit("no measured peak in this JSON (a CPU or --quick run)")
+    gib = 2**30
+    rows = "\n".join(
+        f"| {name} | " + " | ".join(f"{c['plan'][k] / gib:.3f}" for k in TERMS)
+        + f" | {c['plan']['total'] / gib:.3f} | {c['measured'] / gib:.3f} | {c['ratio']:.3f} |"
+        for name, c in cases.items())
+    millions = count_params(read_shape(raw)).total / 1e6
+    replace_section("plan_memory", (
+        f"`python -m bench.plan_memory` on {info['card']}, {info['date']}: `streamrl plan`'s "
+        "trainer memory per GPU for the torch backend (streamrl/plan/memory.py) against "
+        "`torch.cuda.max_memory_allocated` of a steady-state `Learner.step` (bf16 autocast, "
+        f"fp32 weights, fused AdamW), a Qwen3 shape of {millions:.0f}M parameters, {ROWS} rows "
+        f"x {PROMPT + RESPONSE} tokens. GiB.\n\n"
+        "| case | " + " | ".join(TERMS).replace("_", " ") + " | plan | measured "
+        "| plan/measured |\n|" + "---|" * (len(TERMS) + 4) + "\n" + rows))
+
+
+TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "not_live")
 
 
 if __name__ == "__main__":
