@@ -275,11 +275,21 @@ class TorchEngine:
         return self._collect(rows, status)
 
     def _prefill(self, chunks: list[Chunk]) -> list[GenerationResult]:
-        # One right-padded forward over the step's chunks: row i holds positions
+        # Chunks of similar length go through one forward: a shared prompt's samples prefill
+        # one token each and would otherwise be padded to the longest prompt chunk.
+        chunks = sorted(chunks, key=lambda c: c.start - c.end)  # longest first
+        results, batch = [], []
+        for chunk in chunks:
+            if batch and 2 * (chunk.end - chunk.start) <= batch[0].end - batch[0].start:
+                results += self._prefill_batch(batch)
+                batch = []
+            batch.append(chunk)
+        return results + (self._prefill_batch(batch) if batch else [])
+
+    def _prefill_batch(self, chunks: list[Chunk]) -> list[GenerationResult]:
+        # One right-padded forward over these chunks: row i holds positions
         # [start, end) of its sequence; pad tokens continue the positions (capped at the last
         # one) and write k/v in the row's own future positions or the scratch block.
-        if not chunks:
-            return []
         b = self.buffers
         device = b.tokens.device
         T = max(c.end - c.start for c in chunks)

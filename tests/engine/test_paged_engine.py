@@ -28,16 +28,16 @@ def group(name: str, length: int, n: int, **params) -> list[GenerationRequest]:
 
 
 def test_a_pool_too_small_preempts_and_recomputes_the_same_samples(tiny: Tiny) -> None:
-    # 4 sequences of up to 9 + 40 tokens need 4 x 13 blocks of 4; the pool has 20 (one is
+    # 4 sequences of up to 9 + 24 tokens need 4 x 9 blocks of 4; the pool has 14 (one is
     # scratch): the newest are preempted as the others grow, and resume by recompute.
-    reqs = [request(f"p{i}", length=9, max_new_tokens=40, temperature=1.0) for i in range(4)]
-    roomy = engine(tiny).generate(reqs)
-    small = engine(tiny, kv_blocks=20)
+    reqs = [request(f"p{i}", length=9, max_new_tokens=24, temperature=1.0) for i in range(4)]
+    roomy = engine(tiny, max_seq_len=36).generate(reqs)
+    small = engine(tiny, max_seq_len=36, kv_blocks=14)
     tight = small.generate(reqs)
     assert small.stats["num_preemptions"] > 0
     assert small.stats["num_prefill_tokens"] > 4 * 9  # recomputed context counts too
     for a, b in zip(roomy, tight, strict=True):
-        assert a.num_response_tokens == 40
+        assert a.num_response_tokens == 24
         assert_same_output(a, b)
 
 
