@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from streamrl.audit import audit_run
 from streamrl.consumers.trainer.__main__ import train
 from streamrl.log import Append, open_log
 from streamrl.recipe.config import load_config
@@ -44,8 +45,10 @@ async def test_a_corrupted_record_is_dead_lettered_and_training_continues(tmp_pa
             [letter] = [decode_event(r.value, "dlq") for r in await log.read_all(ctx.streams.dlq)]
             events = [decode_event(r.value, "events") for r in await log.read_all(
                 ctx.streams.events)]
+            codes = (await audit_run(log, run_id)).codes()
     assert letter.reason_code == "digest_mismatch" and letter.component == "trainer"
     assert letter.original == flipped and letter.source.offset == 1
     [batch] = [e for e in events if isinstance(e, BatchFormed)]
     assert set(batch.sample_ids) == {s.sample_id for g in (groups[0], groups[2]) for s in g}
     assert [p.offset for p in batch.positions] == [0] * 4 + [2] * 4
+    assert "undecodable_record" not in codes  # refused into the dlq, as audit expects
