@@ -179,7 +179,8 @@ def section(r: dict) -> str:
         f"{r['adapter_bytes'] / 2**20:.1f} MiB (fp32 adapter, inline) |",
         "",
         f"{r['samples']} samples x {r['tokens']} tokens per step. A LoRA version is "
-        f"{ratio:.0f}x fewer bytes than the full bf16 weights (goal: >= 20x at rank 32); "
+        f"{ratio:.0f}x fewer bytes than the full bf16 weights as published in fp32, "
+        f"{2 * ratio:.0f}x if it were published in bf16 (goal: >= 20x at rank 32); "
         f"inline publish {r['sync']['publish_ms']:.1f} ms, load + digest check "
         f"{r['sync']['load_ms']:.1f} ms ({r['sync']['event_bytes'] / 2**20:.1f} MiB event).",
         "",

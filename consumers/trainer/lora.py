@@ -40,14 +40,16 @@ def attach(model: CausalLM, lora: LoraConfig) -> None:
 
 
 def store_base(model: CausalLM, compute: ComputeConfig) -> None:
-    """The frozen base in bf16 when the run computes in bf16 (the adapter stays fp32 with its
-    fp32 AdamW state): half the base's memory, and autocast would round it there anyway."""
+    """The frozen linear weights of the decoder layers in bf16 when the run computes in bf16
+    (the adapter stays fp32 with its fp32 AdamW state): about half the base's memory, and
+    autocast rounds them to bf16 for every matmul anyway. Embeddings, norms and the LM head
+    stay fp32, so the residual stream and the logprobs are computed as in a full run."""
     if compute.precision != "bf16":
         return
     with torch.no_grad():
-        for p in model.parameters():
-            if not p.requires_grad and p.is_floating_point():
-                p.data = p.data.to(torch.bfloat16)
+        for module in model.model.layers.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+                module.weight.data = module.weight.data.to(torch.bfloat16)
 
 
 def adapter_tensors(model: CausalLM, lora: LoraConfig) -> dict[str, Tensor]:

@@ -7,9 +7,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from torch import Tensor
+
 from streamrl.audit.lineage import RunRecords
 from streamrl.audit.report import CheckResult, first, where_position
 from streamrl.models.checkpoint import read_safetensors
+from streamrl.models.config import ModelConfig
+from streamrl.models.lora_files import run_adapter
 from streamrl.schemas import BatchFormed, CheckpointSaved, TrainStep, WeightVersionLoaded
 from streamrl.streams import StreamKind
 from streamrl.weights import (
@@ -18,6 +22,7 @@ from streamrl.weights import (
     open_transport,
     weights_digest,
 )
+from streamrl.weights.inline import INLINE, load_inline
 
 
 def check_version_chain(run: RunRecords) -> CheckResult:
@@ -85,6 +90,16 @@ def check_digests(run: RunRecords) -> CheckResult:
                          num_checked=0)
     gone = opaque = 0
     for version, event in sorted(announced.items()):
+        if event.transport == INLINE:  # the tensors are in the announcement (LoRA adapters)
+            try:
+                tensors = load_inline(event)
+            except WeightTransportError as error:
+                result.fail("stored_weights_unreadable", f"version {version}: {error}",
+                            f"version {version}")
+                continue
+            result.num_checked += 1
+            _compare(result, version, event.digest, weights_digest(tensors), event.locator)
+            continue
         try:
             transport = open_transport(event.transport)
         except ValueError:  # a transport that stores nothing readable here (nccl, cuda_ipc)
@@ -115,7 +130,7 @@ def check_digests(run: RunRecords) -> CheckResult:
             gone += 1
             continue
         try:
-            digest = weights_digest(read_safetensors(Path(path)))
+            digest = weights_digest(_version_tensors(run, Path(path)))
         except (OSError, ValueError) as error:
             result.fail("stored_weights_unreadable", f"checkpoint {path} of version {version} "
                         f"cannot be read: {error}", f"version {version}")
@@ -159,3 +174,12 @@ def check_reported_versions(run: RunRecords) -> CheckResult:
                         f"saved, but that version was never announced",
                         f"version {saved.version}")
     return result
+
+
+def _version_tensors(run: RunRecords, path: Path) -> dict[str, Tensor]:
+    """What a checkpoint holds of its version: the weights, or a LoRA run's adapter (the one
+    saved there, or for the initial checkpoint the run's starting adapter)."""
+    lora = run.ctx.config.trainer.lora
+    if lora is None:
+        return read_safetensors(path)
+    return run_adapter(path, ModelConfig.from_file(path), lora.spec(), lora.init)

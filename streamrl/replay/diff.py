@@ -17,6 +17,7 @@ from torch import Tensor
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.schemas import CheckpointSaved, WeightVersionAnnounced
 from streamrl.weights import WeightTransportError, open_transport
+from streamrl.weights.inline import INLINE, load_inline
 
 DIGEST_ONLY = "digest only (the version's tensors are no longer held by its transport, and no "\
               "checkpoint was saved at it)"
@@ -33,7 +34,12 @@ class TensorDiff(msgspec.Struct, kw_only=True, frozen=True):
 def announced_tensors(announced: WeightVersionAnnounced | None,
                       checkpoints: list[CheckpointSaved]) -> tuple[dict[str, Tensor] | None, str]:
     """The recorded tensors of a version and where they came from (`DIGEST_ONLY` if nowhere)."""
-    if announced is not None:
+    if announced is not None and announced.transport == INLINE:  # a LoRA run's adapter
+        try:
+            return load_inline(announced), "the announcement (inline)"
+        except WeightTransportError:
+            pass
+    elif announced is not None:
         try:
             transport = open_transport(announced.transport)
             tensors = transport.load(announced.locator, expected_digest=announced.digest)
