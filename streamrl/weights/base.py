@@ -37,6 +37,7 @@ from __future__ import annotations
 import abc
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import re
 import time
@@ -181,7 +182,8 @@ class WeightTransport(abc.ABC):
             return
         try:
             if self._pending is not None:  # its digest thread still reads the version's bytes
-                self._pending.future.exception()
+                with contextlib.suppress(Exception):  # retained, so released below
+                    self.finish_publish(self._pending)
                 self._pending = None
             while self._retained:
                 self.release(self._retained[0].locator)

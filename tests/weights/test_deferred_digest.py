@@ -40,3 +40,11 @@ def test_changing_the_weights_after_begin_publish_changes_neither_bytes_nor_dige
             t.load(published.locator)
         assert t.finish_publish(third).digest == weights_digest(state_dict(3))
         assert [p.version for p in t.retained] == [3]
+
+
+def test_closing_with_a_version_pending_releases_it_too(tmp_path: Path) -> None:
+    t = open_transport("file", directory=tmp_path, keep_last=2)
+    t.publish(1, state_dict(1))
+    t.begin_publish(2, state_dict(2))
+    t.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
