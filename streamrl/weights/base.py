@@ -206,12 +206,14 @@ class WeightTransport(abc.ABC):
     # --- the contract ---------------------------------------------------------------------------
     def publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> Published:
         """Make `tensors` loadable as `version`, then release versions beyond `keep_last`."""
-        return self.finish_publish(self.begin_publish(version, tensors))
+        return self.finish_publish(self.begin_publish(version, tensors, overlap=False))
 
-    def begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor]) -> PendingVersion:
+    def begin_publish(self, version: int, tensors: Mapping[str, torch.Tensor], *,
+                      overlap: bool = True) -> PendingVersion:
         """Copy `tensors` out as `version`; its digest follows on a background thread where the
-        transport supports it (file, shm, cuda_ipc), at once otherwise. Finishes the pending
-        version first, if any."""
+        transport supports it (file, shm, cuda_ipc), at once otherwise or with `overlap=False`
+        (what `publish` does: no snapshot, the digest computed alongside the copy). Finishes
+        the pending version first, if any."""
         self._check_open(f"{self.name}://")
         if self._pending is not None:
             self.finish_publish(self._pending)
@@ -221,7 +223,8 @@ class WeightTransport(abc.ABC):
         if not tensors:
             raise ValueError(f"weight version {version} has no tensors")
         t0 = time.perf_counter()
-        future = self._begin_publish(version, tensors)
+        future = (self._begin_publish(version, tensors) if overlap
+                  else done_future(self._publish(version, tensors)))
         self._last_version = version
         self._pending = PendingVersion(version, future, (time.perf_counter() - t0) * 1e3)
         return self._pending
