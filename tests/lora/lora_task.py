@@ -1,5 +1,6 @@
-"""A reward for the tiny LoRA run whose values vary within a group (so every step moves the
-adapter): the share of the response's characters that are even digits."""
+"""A reward for the tiny LoRA run that varies between prompts whatever the random model answers
+(it answers every prompt alike), so with batch-normalized advantages (REINFORCE++) every step
+moves the adapter: the prompt's first digit / 9."""
 
 from __future__ import annotations
 
@@ -7,5 +8,4 @@ from streamrl.hooks.rollout import RewardInput, RewardOutput
 
 
 def reward(sample: RewardInput) -> RewardOutput:
-    text = sample.response_text
-    return RewardOutput(reward=sum(c in "02468" for c in text) / 3, status="scored")
+    return RewardOutput(reward=int(sample.metadata["answer"]) / 9, status="scored")
