@@ -323,6 +323,10 @@ class RunConfig(Section, kw_only=True):
             raise ValueError("trainer.backend = \"megatron\" does not take trainer.compute's "
                              "compile, fsdp or activation_checkpointing (the torch backend's); "
                              "unset them")
+        if self.trainer.lora is not None and self.rollout.engine_factory is not None:
+            raise ValueError("trainer.lora needs the embedded torch engine, which serves LoRA "
+                             "versions (adapters); rollout.engine_factory engines such as the "
+                             "SGLang adapter do not take them yet: unset rollout.engine_factory")
         if self.trainer.lora is not None and (self.trainer.backend != "torch" or compute.fsdp):
             raise ValueError("trainer.lora needs trainer.backend = \"torch\" without "
                              "compute.fsdp (the megatron backend and FSDP do not train LoRA "

@@ -108,10 +108,17 @@ def test_bad_lora_sections_are_refused(lora: dict, message: str) -> None:
         msgspec.convert({"lora": lora}, TrainerSection)
 
 
-def test_megatron_backend_refuses_lora_when_the_recipe_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("trainer", "rollout", "message"), [
+    ('backend = "megatron"\ncompute = { device = "cuda" }', "",
+     r"trainer\.lora needs trainer\.backend"),
+    ("", 'engine_factory = "streamrl.producers.sglang:engine_from_options"\n',
+     r"trainer\.lora needs the embedded torch engine"),
+])
+def test_lora_the_run_cannot_serve_is_refused_when_the_recipe_loads(
+        tmp_path: Path, trainer: str, rollout: str, message: str) -> None:
     text = (Path(__file__).parents[1] / "run" / "tiny.toml").read_text()
     recipe = tmp_path / "lora.toml"
-    recipe.write_text(text.replace("lr = 1e-3", 'lr = 1e-3\nbackend = "megatron"\ncompute = '
-                                   '{ device = "cuda" }\nlora = { rank = 4 }'))
-    with pytest.raises(ConfigError, match=r"trainer\.lora needs trainer\.backend"):
+    recipe.write_text(text.replace("lr = 1e-3", f"lr = 1e-3\n{trainer}\nlora = {{ rank = 4 }}")
+                      .replace("[rollout]\n", f"[rollout]\n{rollout}"))
+    with pytest.raises(ConfigError, match=message):
         load_config(recipe)
