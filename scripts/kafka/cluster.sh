@@ -172,7 +172,7 @@ cmd_cluster_node_stop() {
 }
 
 cmd_cluster_stop() {
-    local n i pids=()
+    local n i pid pids=()
     [[ -f "$CLUSTER_DATA/size" ]] || { say "no cluster in $CLUSTER_DATA"; return 0; }
     n="$(cluster_size)"
     # In parallel: stopped one by one, the last nodes would wait for a quorum that is gone.
