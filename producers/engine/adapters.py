@@ -87,5 +87,5 @@ class Adapters:
 
     def select(self, rows: Tensor) -> None:
         """Before a forward over KV slots `rows` ([n]): each row's stacked adapter."""
-        if self.active:
-            adapter_ids(self.model, self._slot_adapter[rows.cpu()])
+        if self.active:  # one host->device copy per forward, not one per layer
+            adapter_ids(self.model, self._slot_adapter[rows.cpu()].to(rows.device))
