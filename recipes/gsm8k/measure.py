@@ -31,6 +31,18 @@ def evaluate_dir(directory: Path, version: int) -> dict[str, float]:
     return evaluate(EvalRequest(checkpoint_dir=directory, version=version))
 
 
+def _periodic_row(evals: list[dict]) -> list[str]:
+    """`[eval] every_versions` during the run: first and last mean@4 / pass@4, time taken."""
+    if not evals:
+        return []
+    first, last = evals[0], evals[-1]
+    return [f"| periodic evaluations ({len(evals)}, first {first.get('num_prompts')} eval "
+            f"rows): mean@4 / pass@4 at "
+            f"v{first['version']} → v{last['version']}, time in all | {first['mean@4']:.3f} / "
+            f"{first['pass@4']:.3f} → {last['mean@4']:.3f} / {last['pass@4']:.3f}, "
+            f"{sum(e['duration_ms'] for e in evals) / 1000:.0f} s |"]
+
+
 def main() -> None:
     import torch
 
@@ -66,8 +78,9 @@ def main() -> None:
         "| what | value |", "|---|---|",
         f"| warm start wall (SFT, when prepared; cached after) | "
         f"{prepared['warm_start_s']:.0f} s |",
-        f"| RL wall ({len(rewards)} versions, `streamrl run` without its evaluations) | "
-        f"{summary['wall_s']:.0f} s |",
+        f"| RL wall ({len(rewards)} versions, `streamrl run` with its periodic evaluations, "
+        f"without the before/after ones) | {summary['wall_s']:.0f} s |",
+        *_periodic_row(summary.get("periodic_evals", [])),
         f"| batch reward, first / last {k} versions | {sum(rewards[:k]) / k:.3f} / "
         f"{sum(rewards[-k:]) / k:.3f} |", "",
         "| version | held-out greedy accuracy | held-out accuracy, T=1 (4 samples) |",

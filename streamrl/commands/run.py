@@ -137,7 +137,8 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
                "rejected": dict(monitor.stats.rejected),
                "batch_reward": [s.metrics.get("reward_mean") for s in monitor.stats.steps],
                "periodic_evals": [{"version": e.version, **eval_metrics(e),
-                                   "duration_ms": e.duration_ms} for e in monitor.stats.evals]}
+                                   "num_prompts": e.num_prompts, "duration_ms": e.duration_ms}
+                                  for e in monitor.stats.evals]}
     (ctx.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected,
                            monitor.stats.evals))

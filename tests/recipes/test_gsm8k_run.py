@@ -30,7 +30,7 @@ def ci_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert f'"runs/gsm8k/{name}"' in recipe
         recipe = recipe.replace(f'"runs/gsm8k/{name}"', f'"{data / name}"')
     recipe = recipe.replace("batch_size = 128", "batch_size = 32")
-    recipe = recipe.replace('[eval]\nevaluate = "recipes.gsm8k.hooks:evaluate"\n', "")
+    recipe = recipe.replace('evaluate = "recipes.gsm8k.hooks:evaluate"\n', "")
     path = root / "recipe.toml"
     path.write_text(recipe)
     return path
