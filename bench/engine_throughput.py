@@ -415,6 +415,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also profile 3 eager steps")
     parser.add_argument("--rl-only", action="store_true",
                         help="only the RL-shaped workload of bench/engine_rl.py")
+    parser.add_argument("--caps", type=int, nargs="+", default=[3072, 8192],
+                        help="with --rl-only: response caps to run (merged into engine_rl.json)")
     args = parser.parse_args()
     if args.record:
         return record(args.record)
@@ -424,12 +426,15 @@ def main() -> None:
         from bench import engine_rl
 
         _, ours = build_models(seed=0)
-        rl = engine_rl.run_gpu(ours, copy_bandwidth())
+        rl = engine_rl.run_gpu(ours, copy_bandwidth(), caps=tuple(args.caps))
         rl["info"] = machine_info() | {"card": torch.cuda.get_device_name()}
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "engine_rl.json").write_text(json.dumps(rl, indent=2) + "\n")
         for row in rl["caps"].values():
             print(engine_rl.summary(row))
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "engine_rl.json"
+        if path.exists():  # keep caps run earlier (e.g. one cap per GPU call)
+            rl["caps"] = json.loads(path.read_text())["caps"] | rl["caps"]
+        path.write_text(json.dumps(rl, indent=2) + "\n")
         return None
     batch, new = (16, 32) if args.quick else (128, 256)
     r = run(args.out, batch, 128, new, args.profile)
