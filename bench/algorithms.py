@@ -45,6 +45,8 @@ CASES: dict[str, str] = {
     "process": 'advantage = "process"',  # outcome reward only: length-weighted GRPO
     "grpo_kl_reward_producer": 'loss_config = { kl_coef = 0.01 }\n'
                                'kl = { reference = "producer", penalty = "reward" }',
+    "dr_grpo_kl_reward_producer": 'advantage = "dr_grpo"\nloss_config = { kl_coef = 0.01 }\n'
+                                  'kl = { reference = "producer", penalty = "reward" }',
     "grpo_seed1": "",
     "gspo_seed1": 'loss = "gspo"\nloss_config = { clip_low = 3e-4, clip_high = 4e-4, '
                   'aggregation = "seq_mean" }',
