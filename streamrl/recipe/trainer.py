@@ -213,7 +213,10 @@ class KLConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """"loss": kl_coef * KL is a term of every trained token's loss (GRPO). "reward": it is a
     per-token reward -kl_coef * KL(log prox, log ref) added before the advantage (PPO-RLHF,
     REINFORCE++): sample-level estimators see the reward minus kl_coef times the sequence's KL
-    sum, the "process" estimator each token's penalty; no KL term is added to the loss."""
+    sum, the "process" estimator each token's penalty; no KL term is added to the loss. Pair
+    it with an estimator that does not divide by the group std ("dr_grpo", "rloo",
+    "reinforce_pp"): under "grpo" the KL differences alone get unit-size advantages in groups
+    whose task rewards are equal (docs/algorithms.md, learning check)."""
 
 
 class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
