@@ -40,6 +40,7 @@ import numpy as np
 
 from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
 
+PARENT_ENV = "STREAMRL_REWARD_PARENT"  # the producer's pid, which a worker checks it still has
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. on a loaded 2-core machine
 _LENGTH = struct.Struct(">I")
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class RewardSandbox:
         self.timeout_s = timeout_s
         env = dict(os.environ)  # the workers import what this process can
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
+        env[PARENT_ENV] = str(os.getpid())
         self.workers = [_Worker(payload, env) for _ in range(num_workers)]
         self.idle: asyncio.Queue[_Worker] = asyncio.Queue()
         for worker in self.workers:
@@ -248,7 +250,9 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the producer died before the prctl: nobody will read our replies
+    # The producer died before the prctl: nobody will read our replies. Compared with the pid it
+    # gave us, not with 1: in a container the producer itself is pid 1.
+    if os.getppid() != int(os.environ.get(PARENT_ENV, os.getppid())):
         os._exit(0)
 
 
