@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import re
 import signal
-import socket
 from collections.abc import Callable
 
 import torch
@@ -27,6 +26,7 @@ from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.models.lora_files import run_adapter
 from streamrl.producers.engine import TorchEngine
+from streamrl.producers.replica import own_dns_name
 from streamrl.producers.worker import Producer
 from streamrl.recipe.context import load_run_context
 
@@ -84,9 +84,9 @@ def replica_index(name: str) -> int:
 
 
 def _own_index() -> int:
-    """--index auto: the container's own name, by reverse DNS on the compose network."""
-    name = socket.gethostbyaddr(socket.gethostbyname(socket.gethostname()))[0]
-    return replica_index(name)
+    """--index auto: the container's own name, by reverse DNS on the compose network (asked of
+    the network's DNS server: /etc/hosts would answer with the container id)."""
+    return replica_index(own_dns_name())
 
 
 def build_parser() -> argparse.ArgumentParser:

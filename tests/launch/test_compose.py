@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -132,3 +133,18 @@ def test_up_without_a_docker_engine_says_so_and_offers_local(tmp_path: Path) -> 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("up.json"))
     if shutil.which("docker"):
         assert subprocess.run(["docker", "info"], capture_output=True).returncode != 0
+
+
+def test_a_replica_finds_its_name_with_a_ptr_query_to_the_dns_server() -> None:
+    from streamrl.producers.replica import parse_ptr_answer, ptr_query
+
+    query = ptr_query("172.19.0.4", qid=4242)
+    assert b"\x014\x010\x0219\x03172\x07in-addr\x04arpa\x00" in query
+    name = b"".join(bytes([len(p)]) + p for p in (b"streamrl_producer_2", b"streamrl_default"))
+    answer = (struct.pack(">HHHHHH", 4242, 0x8180, 1, 1, 0, 0) + query[12:]
+              + struct.pack(">HHHIH", 0xC00C, 12, 1, 600, len(name) + 1) + name + b"\0")
+    found = parse_ptr_answer(answer, qid=4242)
+    assert found == "streamrl_producer_2.streamrl_default" and replica_index(found) == 1
+    assert parse_ptr_answer(answer, qid=4243) is None  # not the answer to our query
+    nxdomain = struct.pack(">HHHHHH", 4242, 0x8183, 1, 0, 0, 0) + query[12:]
+    assert parse_ptr_answer(nxdomain, qid=4242) is None
