@@ -13,6 +13,12 @@ from streamrl.streams import RunStreams
 from streamrl.weights import WeightTransport, WeightVersionUnavailable, open_transport
 from streamrl.weights.inline import INLINE, load_inline
 
+MAX_UNREADABLE = 8  # versions in a row; a producer slower than keep_last steps loses a few
+
+
+class WeightsUnreachable(RuntimeError):
+    """Announced weight versions keep failing to load: the transport does not reach here."""
+
 
 class WeightSync:
     def __init__(self, log: Log, run_id: str, producer_id: str,
@@ -27,6 +33,7 @@ class WeightSync:
         self.offset = 0
         self.latest: WeightVersionAnnounced | None = None  # newest announcement seen
         self._transports: dict[str, WeightTransport] = {}
+        self.unreadable = 0  # versions in a row that could not be loaded
         if transport is not None:
             self._transport(transport).start()
 
@@ -58,8 +65,10 @@ class WeightSync:
             try:
                 tensors = await asyncio.to_thread(transport.load, target.locator,
                                                   expected_digest=target.digest)
-            except WeightVersionUnavailable:
+            except WeightVersionUnavailable as error:
+                self._unreadable(target, error)
                 return  # released already: a newer announcement is on its way
+            self.unreadable = 0
             engine.load_weights(tensors, target.version)
             del tensors
             transport.done(target.locator)  # cuda_ipc: the ring slot may be reused now
@@ -67,6 +76,20 @@ class WeightSync:
         await self.log.append(RunStreams(self.run_id).events, encode_event(WeightVersionLoaded(
             run_id=self.run_id, producer_id=self.producer_id, version=target.version,
             load_ms=load_ms)), key=self.producer_id.encode())
+
+    def _unreadable(self, target: WeightVersionAnnounced, error: Exception) -> None:
+        """A version the trainer released is normal for a slow producer; the newest one being
+        unreadable again and again is not: the trainer's transport does not reach this process
+        (e.g. `shm` across containers or machines). Say so rather than generate with old weights
+        forever."""
+        self.unreadable += 1
+        if self.unreadable >= MAX_UNREADABLE:
+            raise WeightsUnreachable(
+                f"{self.producer_id}: the last {self.unreadable} weight versions announced "
+                f"(newest {target.version}, transport {target.transport!r}, locator "
+                f"{target.locator}) could not be loaded here: {error}. The trainer's transport "
+                "does not reach this process; across containers or machines use [weights] "
+                "transport = \"file\" on a shared filesystem (or \"broadcast\")")
 
     def _transport(self, kind: str) -> WeightTransport:
         """A reader-only transport per kind, opened on first use."""

@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--external-producers", action="store_true",
                    help="start only the trainer: producers are started elsewhere (docker "
                         "compose replicas, compose/docker-compose.yml)")
+    p.add_argument("--weights-transport", default=None, metavar="KIND",
+                   help="override weights.transport (compose passes \"file\": containers share "
+                        "the runs volume, not /dev/shm)")
     p.add_argument("--resume", action="store_true",
                    help="if the run already exists in the log, continue it (the trainer resumes "
                         "from the log) instead of refusing: compose restarts the trainer so")
@@ -83,6 +86,8 @@ def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         data["rollout"]["num_producers"] = args.producers
     if args.max_versions is not None:
         data["run"]["max_versions"] = args.max_versions
+    if args.weights_transport is not None:
+        data["weights"]["transport"] = args.weights_transport
     try:
         return msgspec.convert(data, RunConfig)
     except (msgspec.ValidationError, ValueError) as error:

@@ -101,6 +101,7 @@ def test_the_services_commands_are_ones_streamrl_accepts() -> None:
     assert args.external_producers and args.log == "kafka://kafka:9092"
     assert args.run == "compose-run" and args.runs_dir == "/data/runs"
     assert args.max_versions is None  # the recipe's, unless `streamrl up --max-versions N`
+    assert args.weights_transport == "file" and args.resume  # shared volume; restart resumes
     capped = _interpolate(COMPOSE["services"]["trainer"]["command"], max_versions=7)
     assert build_parser(capped[1:]).parse_args(capped[1:]).max_versions == 7
     producer = _interpolate(COMPOSE["services"]["producer"]["command"])
