@@ -1,8 +1,9 @@
 """A replicated Kafka cluster on loopback (scripts/kafka.sh cluster 3: three KRaft nodes, RF 3,
 min.insync.replicas 2, no unclean leader election) and a real run surviving broker failures on
 it. Run streams get three copies and the guard refuses one before creating anything; the
-cheapest failure scenarios run here, all four in `python -m bench.kafka_cluster`
-(tests/faults/cluster.py has them, with what each asserts)."""
+cheapest failure scenario (the trajectories leader killed) runs here, all four in `python -m
+bench.kafka_cluster` (tests/faults/cluster.py has them, with what each asserts): CI's time
+budget holds one run against the cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from streamrl.log import open_log
 from streamrl.log.kafka import KafkaLog
 from streamrl.log.kafka.options import UnreplicatedStream
-from tests.faults.cluster import Cluster, ClusterUnavailable, leader_killed, two_brokers_down
+from tests.faults.cluster import Cluster, ClusterUnavailable, leader_killed
 from tests.helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -74,10 +75,4 @@ async def test_the_trajectories_leader_killed_mid_run_loses_nothing(
     measured = await leader_killed(cluster, tmp_path, max_versions=3)
     print(f"leader killed: {measured}")
     assert measured["leader_failover_s"] < 60
-
-
-async def test_two_brokers_down_blocks_writes_until_one_returns(
-        cluster: Cluster, tmp_path: Path) -> None:
-    measured = await two_brokers_down(cluster, tmp_path, max_versions=3)
-    print(f"two brokers down: {measured}")
 
