@@ -126,8 +126,12 @@ class Producer:
         try:
             while not self.stopping.is_set():
                 if self.eval_task is None:  # an evaluation holds the version it evaluates
-                    await self.weights.apply(self.engine)
-                    self._evaluate_if_due()
+                    finished = self._run_finished()
+                    if not finished or self.evaluation is not None:  # the last one evaluated
+                        await self.weights.apply(self.engine)
+                        self._evaluate_if_due()
+                    if finished and self.eval_task is None:
+                        break
                 await self.admit_prompts()
                 if self.client.has_work():
                     await self.client.step()
@@ -144,7 +148,7 @@ class Producer:
             # rollouts already publishing finish their transaction: never cut one in the middle
             await asyncio.gather(*self.tasks, return_exceptions=True)
             unfinished = [(g.record, g.prompt) for g in self.groups.values()]  # not committed
-            reason = "stopped"
+            reason = "run_finished" if self._run_finished() else "stopped"
             if self.hand_over and self.stopping.is_set():
                 await hand_over(self.log, self.ctx, unfinished, self.queue, self.progress)
                 reason = "handed_over"
@@ -152,6 +156,12 @@ class Producer:
                 run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
                 pid=os.getpid(), reason=reason)))
             self.weights.close()
+
+    def _run_finished(self) -> bool:
+        """The trainer announced the run's last version: no sample is needed any more (and its
+        weight files may be gone once the trainer exits). Nothing else stops a producer that no
+        supervisor stops, e.g. a compose replica."""
+        return self.weights.trainer_version >= self.ctx.config.run.max_versions
 
     async def _join(self) -> None:
         prompts = self.ctx.streams.prompts

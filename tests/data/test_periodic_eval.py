@@ -24,11 +24,19 @@ from streamrl.recipe.config import ConfigError, load_recipe
 from streamrl.recipe.context import RunContext
 from streamrl.run.driver import start_run
 from streamrl.run.monitor import Monitor, plot_reward
-from streamrl.schemas import EvalResult, TrainStep, decode_event, decode_trajectories, encode_event
+from streamrl.schemas import (
+    EvalResult,
+    ProducerLeft,
+    TrainStep,
+    decode_event,
+    decode_trajectories,
+    encode_event,
+)
 from tests.data.conftest import data_recipe
 from tests.data.tiny_checkpoint import verl_rows, write_dataset
 
 EVAL = "\n[eval]\nevery_versions = 2\nsamples = 4\n"
+LAST = 9  # the run's max_versions: announcing it ends the producers
 
 
 def test_pass_at_k_is_the_unbiased_estimator() -> None:
@@ -46,7 +54,8 @@ def _recipe(tmp_path: Path, checkpoint: Path, extra: str = EVAL) -> Path:
     evals = write_dataset(tmp_path / "eval.jsonl", verl_rows(3))
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(data_recipe(checkpoint, train, data=f'eval = "{evals}"').replace(
-        "tests.data.tiny_checkpoint:reward", "tests.data.eval_reward:parity") + extra)
+        "tests.data.tiny_checkpoint:reward", "tests.data.eval_reward:parity").replace(
+        "max_versions = 2", f"max_versions = {LAST}") + extra)
     return recipe
 
 
@@ -118,6 +127,13 @@ async def test_producer_0_evaluates_every_n_versions_apart_from_training(
             await until(lambda: loaded(3), "the restarted producer loads v3")
             await asyncio.sleep(0.5)
             assert producer.eval_task is None
+            # the trainer's last version: nothing more to generate for, the producer ends itself
+            await log.append(ctx.streams.weights, encode_event(trainer.publish(
+                LAST, tensors).announce(run_id=ctx.run_id, parent=3)))
+            await asyncio.wait_for(running, 120)
+            left = [e for r in await log.read_all(ctx.streams.events)
+                    if isinstance(e := decode_event(r.value, "events"), ProducerLeft)]
+            assert left[-1].reason == "run_finished"
         finally:
             producer.stopping.set()
             await running
@@ -126,7 +142,8 @@ async def test_producer_0_evaluates_every_n_versions_apart_from_training(
         recorded = await evals()
         trajectories = [row for r in await log.read_all(ctx.streams.trajectories)
                         for row in decode_trajectories(r.value).to_pylist()]
-    assert [e.version for e in recorded] == [0, 2]  # v1 and v3 are not multiples of 2
+    # v1 and v3 are not multiples of 2; the last version, 9, stands for the skipped 4, 6 and 8
+    assert [e.version for e in recorded] == [0, 2, LAST]
     for event in recorded:
         assert (event.num_prompts, event.num_samples, event.producer_id) == (3, 4, "producer-0")
         assert sorted(event.pass_at) == [1, 4]
