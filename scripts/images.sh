@@ -97,6 +97,10 @@ if [[ "$what" == env ]]; then
 fi
 command -v docker >/dev/null || die "no docker command (apt-get install docker.io; start dockerd)"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (start dockerd)"
+# One build at a time: a second call (the compose test, while CI builds in the background) waits
+# for the first and then finds its images.
+exec 9>"${TMPDIR:-/tmp}/streamrl-images.lock"
+flock 9
 copy_ca
 case "$what" in
     base) build_base ;;

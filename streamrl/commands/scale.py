@@ -50,12 +50,18 @@ def run(args: argparse.Namespace) -> int:
         except compose.NoDockerEngine as error:
             print(f"error: the run runs under docker compose, but {error}", file=sys.stderr)
             return 2
-        # the producers' --num-producers changes: compose replaces every replica (each hands
-        # its partitions over on SIGUSR1, the service's stop signal); the trainer keeps going
+        # the producers' --num-producers changes, so every replica is replaced. Stop them all
+        # first (each hands its partitions over on SIGUSR1, the service's stop signal), then
+        # start the new membership: compose alone recreates replicas one by one, and a new
+        # replica would own partitions an old one still runs (groups published twice). The
+        # trainer keeps going.
         up = {**up, "producers": args.producers}
         write_json(runs_dir / run_id / UP_FILE, up)  # later compose calls see the new count
+        env = compose.compose_env(up)
+        if (code := compose.compose("stop", "producer", env=env)) != 0:
+            return code
         return compose.compose("up", "-d", "--no-deps", "--scale", f"producer={args.producers}",
-                               "producer", env=compose.compose_env(up))
+                               "producer", env=env)
     print(f"run {run_id}: asked for {args.producers} producers (log {log_url})")
     if args.no_wait:
         return 0
