@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from streamrl.log import open_log
-from streamrl.producers.weight_sync import MAX_UNREADABLE, WeightSync, WeightsUnreachable
+from streamrl.producers.weight_sync import MAX_UNREADABLE, WeightsUnreachable, WeightSync
 from streamrl.schemas import WeightVersionAnnounced, encode_event
 from streamrl.streams import RunStreams
 
