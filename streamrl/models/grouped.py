@@ -38,8 +38,9 @@ BACKENDS = ("grouped_mm", "padded")
 
 def expert_backend(x: Tensor, *weights: Tensor) -> str:
     """The fastest host-sync-free backend for activations `x` and expert weights [E, out, in]."""
-    if x.device.type == "cpu":
-        return "grouped_mm"
+    if x.device.type == "cpu":  # ATen's CPU grouped_mm takes fp32/bf16/fp16, not float64
+        return "grouped_mm" if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else (
+            "padded")
     if (x.device.type == "cuda" and hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16
             and torch.cuda.get_device_capability(x.device)[0] >= 9
             and all(d % 8 == 0 for w in weights for d in w.shape[1:])):
