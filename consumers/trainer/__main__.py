@@ -32,6 +32,8 @@ async def train(log_url: str, run_id: str) -> None:
         next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
         transport = ctx.transport_config(keep_last=ctx.config.weights.keep_versions,
                                          namespace=ctx.run_id).open()
+        # a killed trainer may have written the next version without committing it
+        transport.discard_after(history.version)
         try:
             await TrainerLoop(log, ctx, learner, transport, version=history.version,
                               trained=history.trained, next_offset=next_offset,

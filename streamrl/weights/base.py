@@ -176,6 +176,11 @@ class WeightTransport(abc.ABC):
         """The reader has finished copying out of what `load` returned (cuda_ipc lets the
         publisher reuse that ring slot then). Idempotent."""
 
+    def discard_after(self, version: int) -> None:
+        """A resumed publisher: drop what a crashed one wrote for versions after `version`, the
+        last one committed (never announced, so nobody reads them). Default: nothing kept."""
+        return None
+
     def close(self) -> None:
         """Release every version still held and free the transport's resources. Idempotent."""
         if self._closed:

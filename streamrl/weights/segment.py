@@ -151,6 +151,17 @@ class SegmentTransport(WeightTransport):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path_of(locator))
 
+    def discard_after(self, version: int) -> None:
+        directory = self._publish_dir()
+        if not directory.exists():
+            return
+        for name in os.listdir(directory):
+            m = _NAME.match(name)
+            if (m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix
+                    and int(m["version"]) > version):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
+
     def remove_stale(self) -> list[Path]:
         """Remove segments and temporary files under this instance's prefix that it does not
         hold: what a crashed publisher of the same run left behind. Call it when a publisher
