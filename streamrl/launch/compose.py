@@ -4,6 +4,7 @@ first and, without one, says so and points at `--local`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -33,14 +34,15 @@ def check_engine() -> None:
         raise NoDockerEngine(f"`docker info` found no Docker engine: {reason}")
 
 
-def compose_command() -> list[str]:
+@functools.cache
+def compose_command() -> tuple[str, ...]:
     """Compose v2 (`docker compose`) where the plugin is installed, else v1 (`docker-compose`,
     Debian's package); both run compose/docker-compose.yml."""
     v2 = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=20)
     if v2.returncode == 0:
-        return ["docker", "compose"]
+        return ("docker", "compose")
     if shutil.which("docker-compose") is not None:
-        return ["docker-compose"]
+        return ("docker-compose",)
     raise NoDockerEngine("neither `docker compose` (v2 plugin) nor `docker-compose` (v1) is "
                          "installed")
 

@@ -17,6 +17,15 @@ from tests.helpers import REPO
 KAFKA_SH = REPO / "scripts" / "kafka.sh"
 
 
+def kafka_sh(env: dict[str, str], *args: str, timeout_s: float) -> str:
+    """`scripts/kafka.sh ARGS` with `env`; its stdout, or RuntimeError with the stderr tail."""
+    out = subprocess.run([str(KAFKA_SH), *args], env=env, capture_output=True, text=True,
+                         timeout=timeout_s)
+    if out.returncode != 0:
+        raise RuntimeError(f"kafka.sh {' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
 def free_port_pair() -> int:
     """A port p with p and p + 1 (the controller) free right now."""
     for _ in range(50):
@@ -80,11 +89,7 @@ class Broker:
         return clients / f"{name}.pem", clients / f"{name}.key"
 
     def script(self, *args: str) -> str:
-        out = subprocess.run([str(KAFKA_SH), *args], env=self.env, capture_output=True,
-                             text=True, timeout=180)
-        if out.returncode != 0:
-            raise RuntimeError(f"kafka.sh {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-        return out.stdout
+        return kafka_sh(self.env, *args, timeout_s=180)
 
     def start(self) -> None:
         self.script("start")

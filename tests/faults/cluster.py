@@ -16,7 +16,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,10 +29,10 @@ from streamrl.recipe.config import load_config
 from streamrl.recipe.context import RunContext
 from streamrl.run.driver import start_run, supervise
 from streamrl.schemas import TrainStep, decode_event
+from tests.faults.broker import kafka_sh
 from tests.faults.chaos import assert_exactly_once
-from tests.helpers import REPO, TINY, streamrl
+from tests.helpers import TINY, streamrl
 
-KAFKA_SH = REPO / "scripts" / "kafka.sh"
 TXN_COORDINATOR = 1  # FindCoordinator key type of a transactional id
 KILL_COORDINATOR_ENV = "STREAMRL_FAULT_KILL_PID_AT"  # "VERSION:PID_FILE:MARKER_FILE"
 Measured = dict[str, float]
@@ -82,11 +81,7 @@ class Cluster:
         self.url = f"kafka://{self.bootstrap}"
 
     def script(self, *args: str) -> str:
-        out = subprocess.run([str(KAFKA_SH), *args], env=self.env, capture_output=True,
-                             text=True, timeout=300)
-        if out.returncode != 0:
-            raise RuntimeError(f"kafka.sh {' '.join(args)} failed:\n{out.stderr[-3000:]}")
-        return out.stdout
+        return kafka_sh(self.env, *args, timeout_s=300)
 
     def start(self) -> float:
         """Start every node; the seconds it took (format included on first start)."""
