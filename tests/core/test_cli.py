@@ -3,6 +3,7 @@ file log and on the local Kafka broker."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,7 +21,9 @@ def test_demo_then_inspect_and_tail_show_the_run(log_url: str) -> None:
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "96 samples in 24 batches, 1 undecodable" in demo.stdout
     assert "each sample in at most one batch" in demo.stdout
-    assert "dead letters: 1 from demo-trainer (malformed_ipc)" in demo.stdout
+    # the damaged half reads as a bad message or as an early end of stream, by the run id's length
+    assert re.search(r"dead letters: 1 from demo-trainer \((malformed_ipc|batch_count)\)",
+                     demo.stdout), demo.stdout[-2000:]
 
     inspect = streamrl("inspect", run, log=log_url)
     assert inspect.returncode == 0, inspect.stderr[-3000:]
@@ -29,7 +32,8 @@ def test_demo_then_inspect_and_tail_show_the_run(log_url: str) -> None:
     tail = streamrl("tail", f"{run}.trajectories", "--from", "0", log=log_url)
     assert tail.returncode == 0, tail.stderr[-3000:]
     assert tail.stdout.count("trajectory") >= 96
-    assert "REJECTED" in tail.stdout and "malformed_ipc" in tail.stdout
+    assert "REJECTED" in tail.stdout
+    assert "malformed_ipc" in tail.stdout or "batch_count" in tail.stdout
 
     events = streamrl("tail", f"{run}.events", "--last", "5", log=log_url)
     assert "train_step" in events.stdout and "producer_left" in events.stdout
