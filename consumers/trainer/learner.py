@@ -36,8 +36,16 @@ from streamrl.consumers.trainer.compute import (
     optimizer,
     place,
 )
+from streamrl.consumers.trainer.correction import mismatch_metrics
 from streamrl.consumers.trainer.reference import ReferencePolicy, kl_reward
-from streamrl.hooks.train import AdvantageFn, LossFn, LossInput
+from streamrl.hooks.train import (
+    AdvantageFn,
+    Correction,
+    CorrectionFn,
+    CorrectionInput,
+    LossFn,
+    LossInput,
+)
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
 from streamrl.recipe.config import RunConfig, TrainerSection
@@ -57,6 +65,8 @@ class LearnerSetup(msgspec.Struct, kw_only=True, frozen=True):
     Needed only with loss_config.kl_coef > 0."""
     max_new_tokens: int | None = None
     """rollout.max_new_tokens, the L_max of overlong shaping. Needed only with `overlong`."""
+    correction: CorrectionFn | None = None
+    """The resolved `[trainer.algorithm] correction` (correction.py); None: the loss's own cap."""
 
     @classmethod
     def of_run(cls, config: RunConfig, hooks: Hooks, *,
@@ -65,7 +75,7 @@ class LearnerSetup(msgspec.Struct, kw_only=True, frozen=True):
         KL penalty, the run's initial checkpoint as `reference`."""
         return cls(trainer=config.trainer, temperature=config.rollout.temperature or 1.0,
                    advantage=hooks.advantage, loss=hooks.loss, reference=reference,
-                   max_new_tokens=config.rollout.max_new_tokens)
+                   max_new_tokens=config.rollout.max_new_tokens, correction=hooks.correction)
 
 
 class Learner:
@@ -161,6 +171,7 @@ class Learner:
         with torch.no_grad():
             proximal = self.logprobs(batch)
         reference = self._reference_logprobs(batch)
+        behavior, mismatch = self._correction(batch, proximal)
         shaping: dict[str, float] = {}
         advantages = self._advantages(cpu_batch, proximal, reference, shaping)
         advantages = advantages * _per_position(cpu_batch, sample_weights)
@@ -170,7 +181,7 @@ class Learner:
         for rows_mb in _split(batch.tokens.shape[0], self.trainer.minibatches):
             self.optimizer.zero_grad(set_to_none=True)
             step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version,
-                                            reference)
+                                            reference, behavior)
             if self.trainer.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                       self.trainer.grad_clip)
@@ -182,6 +193,7 @@ class Learner:
         metrics = {k: v / n for k, v in metrics.items()}
         metrics["reward_mean"] = float(batch.rewards.float().mean())
         metrics.update(shaping)
+        metrics.update(mismatch)
         # Throughput, for people (the GPU run's training tok/s): the clock never feeds the
         # weights, so replay stays exact; `step_ms` is the one metric that differs on replay.
         metrics["train_tokens"] = float(batch.positions.numel() - int((batch.segments < 0).sum()))
@@ -251,6 +263,20 @@ class Learner:
         return overlong_penalty(lengths, max_new_tokens=self.setup.max_new_tokens,
                                 buffer_tokens=overlong.buffer_tokens, penalty=overlong.penalty)
 
+    def _correction(self, batch: TrainBatch,
+                    proximal: Tensor) -> tuple[Correction | None, dict[str, float]]:
+        """The step's train/rollout mismatch correction over the whole batch (None without a
+        policy) and its metrics (correction.py), from prox and the engine's logprobs."""
+        config = self.trainer.algorithm.loss_config
+        behavior = None
+        if self.setup.correction is not None:
+            behavior = self.setup.correction(CorrectionInput(
+                train_logprobs=proximal, rollout_logprobs=batch.old_logprobs,
+                loss_mask=batch.loss_mask, config=self.trainer.algorithm.correction_config,
+                max_log_ratio=config.max_log_ratio, segments=batch.segments))
+        return behavior, mismatch_metrics(proximal, batch.old_logprobs, batch.loss_mask,
+                                          behavior, max_log_ratio=config.max_log_ratio)
+
     def _reference_logprobs(self, batch: TrainBatch) -> Tensor | None:
         """log ref(target) [B, S] from the frozen initial weights, or None without a KL term:
         the producer's recorded `reference_logprobs` under `kl.reference = "producer"`, else
@@ -275,8 +301,8 @@ class Learner:
             return Learner.logprobs(self, batch, self._reference.model)
 
     def _accumulate(self, batch: TrainBatch, rows_mb: slice, proximal: Tensor,
-                    advantages: Tensor, version: int,
-                    reference: Tensor | None = None) -> dict[str, float]:
+                    advantages: Tensor, version: int, reference: Tensor | None = None,
+                    behavior: Correction | None = None) -> dict[str, float]:
         """Gradients of one minibatch's loss, accumulated over its micro-batches (one when
         `micro_batch_rows` is unset). With several, each micro-batch backpropagates its token
         sum (token-mean loss x its trained tokens) and the summed gradients are divided by the
@@ -295,7 +321,9 @@ class Learner:
                 proximal_logprobs=proximal[rows], advantages=advantages[rows],
                 loss_mask=mb.loss_mask, versions=mb.versions, current_version=version,
                 config=config, segments=mb.segments, entropy=entropy,
-                reference_logprobs=None if reference is None else reference[rows]))
+                reference_logprobs=None if reference is None else reference[rows],
+                behavior=None if behavior is None else Correction(
+                    weight=behavior.weight[rows], rejected=behavior.rejected[rows])))
             (out.loss if len(micros) == 1 else out.loss * out.metrics["num_tokens"]).backward()
             parts.append(out.metrics)
         if len(parts) == 1:

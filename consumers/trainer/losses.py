@@ -19,6 +19,8 @@ How they meet the decoupled objective: every loss centres its ratio on the proxi
 weight w = min(prox/mu, C) (`cap_mode` "mask": 0 above C); GSPO takes that weight per sequence,
 exp(mean_t log(prox/mu)), like its ratio. Staleness sample weights arrive folded into the
 advantages, so they scale the policy term of every loss and never the KL or entropy terms.
+A mismatch correction named in the recipe (`LossInput.behavior`, correction.py) replaces
+that capped weight in every loss, per token as it is given.
 Every loss adds, per trained token and before aggregation, kl_coef * KL-estimate(pi || ref) and
 -entropy_coef * H(pi) when the learner passes `reference_logprobs` / `entropy`.
 """
@@ -103,7 +105,7 @@ def gspo(inp: LossInput) -> LossOutput:
     w, capped = _sequence_behavior_weight(p, seg, num, inp)
     surrogate, clipped = _clipped_surrogate(s, adv, inp.config)
     at = seg.clamp(min=0)
-    return _finish(-(w * surrogate)[at], s[at], w[at], capped[at], clipped[at], p, inp)
+    return _finish(-w * surrogate[at], s[at], w, capped, clipped[at], p, inp)
 
 
 def gspo_token(inp: LossInput) -> LossOutput:
@@ -125,7 +127,7 @@ def gspo_token(inp: LossInput) -> LossOutput:
     r = s[at] * torch.exp(p.logp - p.logp.detach())
     w, capped = _sequence_behavior_weight(p, seg, num, inp)
     surrogate, clipped = _clipped_surrogate(r, p.adv, inp.config)
-    return _finish(-w[at] * surrogate, r, w[at], capped[at], clipped, p, inp)
+    return _finish(-w * surrogate, r, w, capped, clipped, p, inp)
 
 
 def cispo(inp: LossInput) -> LossOutput:
@@ -141,8 +143,9 @@ def cispo(inp: LossInput) -> LossOutput:
     """
     p = _prepared(inp)
     centre = p.prox if p.prox is not None else p.old
-    w, capped = ((torch.ones_like(p.logp), torch.zeros_like(p.mask)) if p.prox is None
-                 else _behavior_weight(p.prox, p.old, inp)[1:])
+    w, capped = ((torch.ones_like(p.logp), torch.zeros_like(p.mask))
+                 if p.prox is None and inp.behavior is None
+                 else _behavior_weight(centre, p.old, inp)[1:])
     r = _exp_ratio(p.logp.detach(), centre, inp.config)
     lo, hi = 1.0 - inp.config.clip_low, 1.0 + inp.config.clip_high
     clipped = (r < lo) | (r > hi)
@@ -179,9 +182,20 @@ def _exp_ratio(a: Tensor, b: Tensor, config: LossConfig) -> Tensor:
 
 
 def _behavior_weight(ref: Tensor, old: Tensor, inp: LossInput) -> tuple[Tensor, Tensor, Tensor]:
-    """(g = ref/mu, w = g capped at C, whether the cap was hit), all without grad."""
+    """(g = ref/mu, w = g capped at C, whether the cap was hit), all without grad; w and the
+    cap come from the step's mismatch correction when the learner computed one."""
     g = _exp_ratio(ref.detach(), old, inp.config)
+    if inp.behavior is not None:
+        return g, *_given(inp)
     return g, *_capped(g, inp.config)
+
+
+def _given(inp: LossInput) -> tuple[Tensor, Tensor]:
+    """The correction's (weight, rejected), zero / False where no token is trained."""
+    mask = inp.loss_mask.bool()
+    assert inp.behavior is not None
+    weight = inp.behavior.weight.detach().float()
+    return torch.where(mask, weight, 0.0), inp.behavior.rejected.bool() & mask
 
 
 def _capped(g: Tensor, config: LossConfig) -> tuple[Tensor, Tensor]:
@@ -194,14 +208,19 @@ def _capped(g: Tensor, config: LossConfig) -> tuple[Tensor, Tensor]:
 
 def _sequence_behavior_weight(p: _Prepared, seg: Tensor, num: int,
                               inp: LossInput) -> tuple[Tensor, Tensor]:
-    """Per sample: (w_i = min(exp(mean_t log(prox/mu)), C), whether the cap was hit); w = 1
-    without a proximal policy."""
+    """[B, S]: (w_i = min(exp(mean_t log(prox/mu)), C) on each token of sample i, whether the
+    cap was hit); w = 1 without a proximal policy. A mismatch correction's weights replace it
+    as they are: a token-level policy then weighs each token's copy of L_i by its own w_t."""
+    if inp.behavior is not None:
+        return _given(inp)
+    at = seg.clamp(min=0)
     if p.prox is None:
         ones = p.logp.new_ones(num)
-        return ones, torch.zeros_like(ones, dtype=torch.bool)
+        return ones[at], torch.zeros_like(ones, dtype=torch.bool)[at]
     log_g = _sample_mean(p.prox - p.old, p.mask, seg, num)
     g = torch.exp(log_g.clamp(-inp.config.max_log_ratio, inp.config.max_log_ratio))
-    return _capped(g, inp.config)
+    w, capped = _capped(g, inp.config)
+    return w[at], capped[at]
 
 
 def _sample_index(inp: LossInput, mask: Tensor) -> tuple[Tensor, int]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 from torch import Tensor, nn
 
-from streamrl.recipe.trainer import LossConfig
+from streamrl.recipe.trainer import CorrectionConfig, LossConfig
 
 
 class AdvantageInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
@@ -41,6 +41,32 @@ AdvantageFn = Callable[[AdvantageInput], Tensor]
 """AdvantageInput -> advantages [B, S] float32, zero wherever loss_mask is False."""
 
 
+class CorrectionInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """What a train/rollout mismatch correction looks at: both policies' logprobs of the
+    sampled tokens, no grad."""
+
+    train_logprobs: Tensor  # [B, S] log prox(target): the trainer's weights at batch formation
+    rollout_logprobs: Tensor  # [B, S] log mu(target): the engine's, at its temperature
+    loss_mask: Tensor  # [B, S] bool
+    config: CorrectionConfig
+    max_log_ratio: float = 20.0
+    """Log-ratios are clamped to +-this before exp (LossConfig.max_log_ratio)."""
+    segments: Tensor | None = None
+    """[B, S] sample index per position (-1 = padding); None means row b is sample b."""
+
+
+class Correction(msgspec.Struct, kw_only=True, frozen=True, eq=False):
+    """The behavior weight of every token (a per-sample policy writes its sample's weight on
+    each of the sample's tokens; 0 = masked) and which tokens the policy truncated or masked."""
+
+    weight: Tensor  # [B, S] float, no grad
+    rejected: Tensor  # [B, S] bool
+
+
+CorrectionFn = Callable[[CorrectionInput], Correction]
+"""CorrectionInput -> Correction: the weight that replaces a loss's own capped prox/mu."""
+
+
 class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     logprobs: Tensor  # [B, S] log pi(target), current policy, requires grad
     old_logprobs: Tensor  # [B, S] log mu(target), from the engine at its temperature
@@ -59,6 +85,10 @@ class LossInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     entropy: Tensor | None = None
     """[B, S] entropy of pi(.|context) at each position, with grad; given when
     config.entropy_coef > 0, None otherwise."""
+    behavior: Correction | None = None
+    """The train/rollout mismatch correction of `[trainer.algorithm] correction`, computed once
+    per step from prox and mu: every built-in loss takes its behavior weight from here instead
+    of capping prox/mu itself; None = no correction policy named (the loss's own cap)."""
 
 
 class LossOutput(msgspec.Struct, kw_only=True, frozen=True, eq=False):

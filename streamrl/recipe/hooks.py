@@ -21,10 +21,10 @@ from streamrl.hooks.engine import EngineFactory
 from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
-from streamrl.hooks.train import AdvantageFn, LossFn, TrainStepHook
+from streamrl.hooks.train import AdvantageFn, CorrectionFn, LossFn, TrainStepHook
 from streamrl.recipe.filters import FILTERS
 from streamrl.recipe.rewards import build_reward
-from streamrl.recipe.trainer import ADVANTAGES, LOSSES, hook_path
+from streamrl.recipe.trainer import ADVANTAGES, CORRECTIONS, LOSSES, hook_path
 from streamrl.staleness import StalenessPolicy, build_policy
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class Hooks(msgspec.Struct, kw_only=True, frozen=True):
     staleness: StalenessPolicy  # [staleness]: the policy instance
     advantage: AdvantageFn  # trainer.algorithm.advantage (a name in ADVANTAGES or a path)
     loss: LossFn  # trainer.algorithm.loss (a name in LOSSES or a path)
+    correction: CorrectionFn | None  # trainer.algorithm.correction (CORRECTIONS or a path)
     step_hooks: tuple[TrainStepHook, ...]  # trainer.step_hooks
 
 
@@ -79,6 +80,9 @@ def resolve_hooks(config: RunConfig) -> Hooks:
             what="advantage")),
         loss=cast(LossFn, resolve(hook_path(algorithm.loss, LOSSES, what="loss"), LossFn,
                                   what="loss")),
+        correction=(cast(CorrectionFn, resolve(
+            hook_path(algorithm.correction, CORRECTIONS, what="correction"), CorrectionFn,
+            what="trainer.algorithm.correction")) if algorithm.correction else None),
         step_hooks=tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
                          for path in config.trainer.step_hooks))
 

@@ -17,6 +17,7 @@ from streamrl.models.lora import LoraSpec
 
 _ADVANTAGES = "streamrl.consumers.trainer.advantages"
 _LOSSES = "streamrl.consumers.trainer.losses"
+_CORRECTIONS = "streamrl.consumers.trainer.correction"
 
 ADVANTAGES: dict[str, str] = {
     "grpo": f"{_ADVANTAGES}:grpo",
@@ -37,6 +38,15 @@ LOSSES: dict[str, str] = {
     "cispo": f"{_LOSSES}:cispo",
 }
 """`[trainer.algorithm] loss` short names -> import paths (losses.py)."""
+
+CORRECTIONS: dict[str, str] = {
+    "tis": f"{_CORRECTIONS}:tis",
+    "mis_token": f"{_CORRECTIONS}:mis_token",
+    "mis_sequence": f"{_CORRECTIONS}:mis_sequence",
+    "mis_geometric": f"{_CORRECTIONS}:mis_geometric",
+    "icepop": f"{_CORRECTIONS}:icepop",
+}
+"""`[trainer.algorithm] correction` short names -> import paths (correction.py)."""
 
 DEFAULT_ADVANTAGE = ADVANTAGES["grpo"]
 DEFAULT_LOSS = LOSSES["decoupled_ppo"]
@@ -159,6 +169,31 @@ class LossConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
                              "maximum response length)")
 
 
+class CorrectionConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Thresholds of the train/rollout mismatch correction (`[trainer.algorithm] correction`)
+    on the ratio prox/mu at the policy's level: per token ("tis", "mis_token", "icepop"), the
+    sample's product ("mis_sequence") or its per-token geometric mean ("mis_geometric")."""
+
+    cap: float = 2.0
+    """C: the upper threshold. "tis" truncates the weight to C, the "mis_*" policies and
+    "icepop" mask (weight 0) above it. For "mis_geometric" use a value close to 1 (e.g. 1.01):
+    a geometric mean of token ratios strays far less than one token."""
+    floor: float | None = None
+    """The lower threshold: ratios below it are masked too. None: 0 (one-sided) for "tis",
+    "mis_token" and "mis_sequence"; 1/cap (two-sided, IcePop's band [1/b, b]) for "icepop" and
+    "mis_geometric"."""
+
+    def __post_init__(self) -> None:
+        if self.cap <= 1:
+            raise ValueError(f"correction_config.cap must be > 1, got {self.cap}")
+        if self.floor is not None and not 0 <= self.floor < 1:
+            raise ValueError(f"correction_config.floor must lie in [0, 1) or be unset, "
+                             f"got {self.floor}")
+
+    def floor_or(self, default: float) -> float:
+        return default if self.floor is None else self.floor
+
+
 class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     pack_row_tokens: int | None = None
     """Pack several samples into rows of at most this many tokens (first fit, input order);
@@ -229,6 +264,15 @@ class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     import path of a `LossFn(LossInput) -> LossOutput`."""
     loss_config: LossConfig = msgspec.field(default_factory=LossConfig)
     """Knobs every built-in loss reads: clip range, importance cap, aggregation, KL, entropy."""
+    correction: str | None = None
+    """Train/rollout mismatch correction: a name in `CORRECTIONS` ("tis", "mis_token",
+    "mis_sequence", "mis_geometric", "icepop") or the import path of a
+    `CorrectionFn(CorrectionInput) -> Correction`. Computed once per step from prox and mu, its
+    weight replaces the loss's own capped prox/mu (importance_cap, cap_mode). None: the loss's
+    own cap. Every step reports mismatch_abs_logprob and mismatch_kl either way, and with a
+    correction mismatch_rejected_fraction (docs/low-precision.md)."""
+    correction_config: CorrectionConfig = msgspec.field(default_factory=CorrectionConfig)
+    """The correction's thresholds (needs `correction`)."""
     overlong: OverlongConfig | None = None
     """DAPO's overlong reward shaping (None = off)."""
     kl: KLConfig = msgspec.field(default_factory=KLConfig)
@@ -239,6 +283,18 @@ class AlgorithmConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     def __post_init__(self) -> None:
         hook_path(self.advantage, ADVANTAGES, what="trainer.algorithm.advantage")
         hook_path(self.loss, LOSSES, what="trainer.algorithm.loss")
+        if self.correction is None and self.correction_config != CorrectionConfig():
+            raise ValueError("[trainer.algorithm.correction_config] is set but no correction is "
+                             f"named: set correction to one of {', '.join(CORRECTIONS)}")
+        if self.correction is not None:
+            hook_path(self.correction, CORRECTIONS, what="trainer.algorithm.correction")
+            loss, default = self.loss_config, LossConfig()
+            if (loss.importance_cap, loss.cap_mode) != (default.importance_cap,
+                                                         default.cap_mode):
+                raise ValueError(
+                    f"correction = {self.correction!r} replaces loss_config.importance_cap and "
+                    "cap_mode: set the threshold as correction_config.cap (and pick a mask "
+                    "with a \"mis_*\" or \"icepop\" correction) instead")
         if self.kl != KLConfig() and self.loss_config.kl_coef <= 0:
             raise ValueError("[trainer.algorithm.kl] is set but loss_config.kl_coef is 0: set "
                              "loss_config.kl_coef > 0 (e.g. 0.01) or remove the kl section")
