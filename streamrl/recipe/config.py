@@ -20,6 +20,7 @@ from streamrl.data.tokenizer import check_fits
 from streamrl.recipe.engine import EngineConfig
 from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
 from streamrl.recipe.megatron import MegatronConfig
+from streamrl.recipe.observability import LoggingSection, MetricsSection
 from streamrl.recipe.rewards import RewardSpec
 from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig, LoraConfig
 from streamrl.staleness import StalenessConfig
@@ -280,6 +281,8 @@ class RunConfig(Section, kw_only=True):
     weights: WeightsSection = msgspec.field(default_factory=WeightsSection)
     eval: EvalSection = msgspec.field(default_factory=EvalSection)
     placement: PlacementSection = msgspec.field(default_factory=PlacementSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
+    logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
 
     def __post_init__(self) -> None:
         check_run_id(self.run.name)
