@@ -40,6 +40,7 @@ from streamrl.hooks.rollout import (
 )
 from streamrl.hooks.run import prompt_text, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.producers.agent import ChatEndpoint
 from streamrl.producers.budget import num_published_samples, started_share
 from streamrl.producers.evaluate import Evaluation, last_evaluated
 from streamrl.producers.handover import hand_over
@@ -87,6 +88,8 @@ class Producer:
         self.weights = WeightSync(log, ctx.run_id, self.producer_id,
                                   transport=ctx.config.weights.transport)
         self.client = EngineClient(engine)
+        # OpenAI-compatible chat sessions for agentic rollouts; listens only while one is open
+        self.chat = ChatEndpoint(self.client.generate, self.tokenizer)
         self.rollout = self.hooks.rollout
         r = ctx.config.rollout
         self.reference = None  # the KL reference, when producers score it (reference.py)
@@ -226,7 +229,8 @@ class Producer:
             prompt_id=prompt.prompt_id, prompt_text=text, prompt_tokens=tokens,
             metadata=dict(prompt.metadata), num_samples=self.ctx.config.data.samples_per_prompt,
             params=lambda k: self._params(group_id, k), generate=self.client.generate,
-            tokenizer=self.tokenizer)
+            tokenizer=self.tokenizer, chat=lambda k: self.chat.session(
+                self._params(group_id, k), name=sample_id_for(group_id, k)))
         group.task = asyncio.create_task(self._rollout(group_id, group, inp))
         self.tasks.add(group.task)
         group.task.add_done_callback(self.tasks.discard)
@@ -337,7 +341,8 @@ class Producer:
             policy_version=int(versions[0]) if len(versions) else self.engine.version,
             prompt_tokens=res.prompt_tokens, response_tokens=res.response_tokens,
             logprobs=res.logprobs, loss_mask=res.loss_mask,
-            reward=float(reward.reward), reward_details=dict(reward.details) or None,
+            reward=float(reward.reward),
+            reward_details=dict(reward.details) | dict(res.details) or None,
             finish_reason=res.finish_reason, seed=res.seed,
             started_at=res.started_at, finished_at=res.finished_at,
             response_versions=versions, routed_experts=res.routed_experts,

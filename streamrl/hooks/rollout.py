@@ -6,6 +6,14 @@ A rollout function turns one prompt into its group (the default, `sample_n` in
 
     async def my_rollout(inp: RolloutInput) -> list[RolloutSample]: ...   # "my.pkg:my_rollout"
 
+An agent written against the OpenAI client runs inside one through `inp.chat(k)`: a session of
+the producer's OpenAI-compatible endpoint for sample k, whose calls are stitched into that
+sample (`streamrl.producers.agent`, docs/agents.md):
+
+    async with inp.chat(k) as chat:
+        client = AsyncOpenAI(base_url=chat.base_url, api_key=chat.api_key)
+        ...                                  # tools, several turns
+        return chat.sample()
 
 A reward function scores one finished sample; it must not raise on a garbled answer (model output
 is untrusted data): return reward 0 with a `status` that says why.
@@ -21,8 +29,9 @@ publish it, e.g. to skip groups whose rewards are all equal (they carry no GRPO 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -84,6 +93,9 @@ class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     seed: int
     started_at: datetime
     finished_at: datetime
+    # Counters about how the sample was made (e.g. an agent's number of calls), recorded in
+    # the trajectory's `reward_details` beside the reward's own.
+    details: dict[str, float] = {}
 
     @classmethod
     def from_generation(cls, result: GenerationResult) -> RolloutSample:
@@ -99,6 +111,26 @@ class RolloutSample(msgspec.Struct, kw_only=True, frozen=True, eq=False):
 Generate = Callable[[npt.NDArray[np.int32], SamplingParams], Awaitable[GenerationResult]]
 
 
+class ChatSession(Protocol):
+    """One sample's session of the producer's OpenAI-compatible endpoint: point the `openai`
+    client at `base_url` with `api_key`; `sample()` is every call so far stitched into one
+    sample, `loss_mask` True only on tokens the engine sampled."""
+
+    @property
+    def base_url(self) -> str: ...  # "http://127.0.0.1:PORT/v1"
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    def sample(self) -> RolloutSample: ...
+
+
+OpenChat = Callable[[int], AbstractAsyncContextManager[ChatSession]]
+
+
 class RolloutInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     prompt_id: str
     prompt_text: str | None
@@ -108,6 +140,7 @@ class RolloutInput(msgspec.Struct, kw_only=True, frozen=True, eq=False):
     params: Callable[[int], SamplingParams]  # the recipe's sampling params, seeded for sample k
     generate: Generate
     tokenizer: Tokenizer  # the run's tokenizer
+    chat: OpenChat | None = None  # an OpenAI-compatible session for sample k (docs/agents.md)
 
 
 RolloutFn = Callable[[RolloutInput], Awaitable[list[RolloutSample]]]
