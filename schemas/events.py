@@ -91,11 +91,18 @@ class WeightVersionAnnounced(Event, tag="weight_version_announced"):
     transport: str  # "shm", "file", "cuda_ipc", "nccl", ...
     batch_ids: tuple[str, ...] = ()  # the BatchFormed batches trained into this version
     payload: bytes | None = None  # transport "inline": the tensors as safetensors bytes
+    # The transport holds a quantized copy (streamrl/weights/fp8.py; `digest` stays the
+    # trainer's own tensors'): the digest of what it holds, and the scheme, e.g.
+    # "float8_e4m3fn/block128x128". None: the transport holds the trainer's tensors.
+    quantized_digest: str | None = None
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_non_negative(self, "version", "num_bytes")
         check_digest(self, "digest")
+        if self.quantized_digest is not None:
+            check_digest(self, "quantized_digest")
         check_that(self.parent is None or 0 <= self.parent < self.version, self, "parent",
                    f"must be older than version {self.version}", "bad_version")
 

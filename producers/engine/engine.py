@@ -48,6 +48,7 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import CausalLM, KVCache
+from streamrl.models.fp8_linear import load_fp8_state, quantize_model
 from streamrl.models.lora import is_adapter
 from streamrl.producers.engine.adapters import RUN_ADAPTER, Adapters
 from streamrl.producers.engine.blocks import BlockPool
@@ -58,6 +59,7 @@ from streamrl.producers.engine.scheduler import Chunk, Plan, Scheduler, Seq
 from streamrl.producers.engine.slots import Sampler, SlotBuffers
 from streamrl.producers.engine.weights import copy_hf_weights
 from streamrl.recipe.engine import EngineConfig
+from streamrl.weights.fp8 import is_quantized_state
 
 _MAX_VERSION = 1 << 32  # response_versions are uint32 in the trajectory schema
 
@@ -195,10 +197,22 @@ class TorchEngine:
             )
         if is_adapter(state_dict):  # a LoRA run's version: its adapter, on the same base
             self.load_adapter(state_dict)
+        elif is_quantized_state(state_dict):  # an FP8 run's version (streamrl/weights/fp8.py)
+            with torch.inference_mode():
+                load_fp8_state(self.model, state_dict, copy_hf_weights)
+            self._fused = None  # the fused CUDA decoder runs BF16 weights: decode eagerly
         else:
             with torch.inference_mode():
                 copy_hf_weights(self.model, state_dict)
         self._version = version
+
+    def use_fp8(self) -> None:
+        """Run the model's linear projections in FP8 from now on, quantized from the weights
+        it holds (`streamrl/models/fp8_linear.py`; an FP8 run's engine at its first version, so
+        every version it samples with is FP8). Decoding is eager from then on."""
+        with torch.inference_mode():
+            quantize_model(self.model)
+        self._fused = None
 
     def load_adapter(self, tensors: Mapping[str, Tensor], adapter_id: str = RUN_ADAPTER) -> None:
         """Load or replace a LoRA adapter (a LoRA weight version's tensors) served unmerged,

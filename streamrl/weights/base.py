@@ -42,7 +42,7 @@ import dataclasses
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, Self
 
@@ -106,6 +106,8 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
     num_bytes: int  # tensor data bytes, tied tensors counted once; equal on every transport
     transport: str
     payload: bytes | None = None  # the tensors themselves, when the version travels inline
+    quantized_digest: str | None = None  # the transport holds quantized tensors (fp8.py): theirs
+    quantization: str | None = None  # and how they were quantized (fp8.SCHEME)
 
     def announce(self, *, run_id: str, parent: int | None,
                  batch_ids: tuple[str, ...] = ()) -> WeightVersionAnnounced:
@@ -113,7 +115,9 @@ class Published(msgspec.Struct, frozen=True, kw_only=True):
         return WeightVersionAnnounced(run_id=run_id, version=self.version, parent=parent,
                                       digest=self.digest, num_bytes=self.num_bytes,
                                       locator=self.locator, transport=self.transport,
-                                      batch_ids=batch_ids, payload=self.payload)
+                                      batch_ids=batch_ids, payload=self.payload,
+                                      quantized_digest=self.quantized_digest,
+                                      quantization=self.quantization)
 
 
 _LOCATOR = re.compile(r"^(?P<scheme>[a-z_]+)://(?P<rest>.+)$")
@@ -124,13 +128,16 @@ class PendingVersion:
     """A version copied out of the publisher's tensors whose digest is still being computed
     (`WeightTransport.begin_publish`). `copy_ms`: what `begin_publish` cost the caller;
     `digest_ms`: from the end of the copy until the digest was known (None while pending);
-    `digested_at`: when it was known (seconds since the epoch)."""
+    `digested_at`: when it was known (seconds since the epoch). `finish`: what a publisher
+    wrapped around the transport does to the transport's Published last (fp8.py announces the
+    trainer's digest beside the quantized one)."""
 
     version: int
     future: concurrent.futures.Future[Published]
     copy_ms: float
     digest_ms: float | None = None
     digested_at: float | None = None
+    finish: Callable[[Published], Published] | None = None
 
     def __post_init__(self) -> None:
         copied = time.perf_counter()
@@ -240,6 +247,8 @@ class WeightTransport(abc.ABC):
         mine, self._pending = self._pending is pending, (
             None if self._pending is pending else self._pending)
         published = pending.future.result()
+        if pending.finish is not None:
+            published = pending.finish(published)
         if mine:
             self._retained.append(published)
             while len(self._retained) > self.keep_last:

@@ -148,7 +148,8 @@ GOLDEN_PROMPT = bytes.fromhex(
      "event_id='e2', time_ms=1)"),
     (GOLDEN_WEIGHTS, "weights", "WeightVersionAnnounced(version=4, parent=3, digest='"
      + "ab" * 32 + "', num_bytes=8, locator='/w', transport='shm', batch_ids=('b',), "
-     "payload=None, run_id='r', event_id='e3', time_ms=1)"),
+     "payload=None, quantized_digest=None, quantization=None, run_id='r', event_id='e3', "
+     "time_ms=1)"),
     (GOLDEN_DEAD_LETTER, "dlq", "DeadLetter(reason_code='malformed', detail='d', "
      "component='trainer', source=None, original=b'\\x00\\x01', run_id='r', event_id='e4', "
      "time_ms=1)"),

@@ -1,0 +1,195 @@
+"""`Fp8Linear`: a linear layer whose weight is block-wise FP8 (streamrl/weights/fp8.py), for the
+rollout engine of an FP8 run (`[weights] dtype = "float8_e4m3fn"`).
+
+    replaced = quantize_model(model)        # every projection from the model's own weights
+    load_fp8_state(model, tensors, copy_hf_weights)   # an FP8 version (the engine's load)
+
+Forward: activations are quantized per token and 128-wide block of the input dimension
+(1x128, scale = amax / 448), the weight per 128x128 block, and y = (x_q * s_x) @ (W_q * s_W)^T
+in fp32 accumulation, then cast to x's dtype (+ bias).
+
+- CUDA: one `torch.nn.functional.scaled_mm` (ScalingType BlockWise1x128 x BlockWise128x128, a
+  cuBLASLt FP8 GEMM on Hopper; needs CUDA >= 12.9). Rows are padded to a multiple of 16 (the
+  scale layout's alignment). If the GEMM is refused (older cuBLAS, a shape it does not take),
+  the layer says why once (`Fp8Linear.fallback`) and runs the reference path instead.
+- Reference (CPU, and CUDA's fallback): the same quantization of x and W, dequantized, one
+  fp32 matmul. It is what tests compare against and what the CPU engine runs; it is slower
+  than a BF16 linear (it dequantizes the weight on every call).
+
+Only dense `nn.Linear` projections are replaced; stacked MoE experts (`moe.Experts`) keep their
+BF16 parameters and load FP8 versions dequantized (`load_fp8_state`), so an MoE run still moves
+half the expert bytes but computes them in BF16 (no grouped FP8 GEMM here yet).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from streamrl.weights.fp8 import (
+    BLOCK,
+    FP8_MAX,
+    SCALE_SUFFIX,
+    dequantize_blocks,
+    is_quantized,
+    quantize_blocks,
+    split_state,
+)
+
+_ROW_ALIGN = 16
+
+
+def quantize_activation(x: Tensor, block: int = BLOCK) -> tuple[Tensor, Tensor]:
+    """(q float8_e4m3fn [M, K], scale float32 [M, ceil(K/block)]) of `x` [M, K], one scale per
+    token and `block` input features: x ~= q * scale."""
+    M, K = x.shape
+    kb = -(-K // block)
+    xf = x.float()
+    if K % block:
+        xf = F.pad(xf, (0, kb * block - K))
+    blocks = xf.view(M, kb, block)
+    amax = blocks.abs().amax(dim=-1)  # [M, kb]
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    q = (blocks / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).view(M, kb * block)[:, :K]
+    return q.to(torch.float8_e4m3fn), scale
+
+
+def reference_fp8_linear(x: Tensor, q: Tensor, scale_inv: Tensor, bias: Tensor | None
+                         ) -> Tensor:
+    """The FP8 linear's numerics without an FP8 GEMM: [M, K] -> [M, N] in x's dtype."""
+    xq, xs = quantize_activation(x)
+    x_deq = xq.float() * xs.repeat_interleave(BLOCK, 1)[:, : x.shape[1]]
+    y = x_deq @ dequantize_blocks(q, scale_inv).t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+class Fp8Linear(nn.Module):
+    """y = x W^T + b with W in FP8 (buffers `weight` float8_e4m3fn [out, in] and
+    `weight_scale_inv` float32 [ceil(out/128), ceil(in/128)], the names of the FP8 version's
+    tensors); `bias` stays a parameter in the model's dtype."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: nn.Parameter | None,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features,
+                                                   dtype=torch.float8_e4m3fn, device=device))
+        self.register_buffer("weight_scale_inv", torch.ones(
+            -(-out_features // BLOCK), -(-in_features // BLOCK), dtype=torch.float32,
+            device=device))
+        self.bias = bias
+        self.fallback: str | None = None
+        """Why the CUDA FP8 GEMM was refused (the layer then runs the reference path)."""
+        self._scale_b: Tensor | None = None  # weight_scale_inv laid out for scaled_mm
+
+    def set_weight(self, q: Tensor, scale_inv: Tensor) -> None:
+        """Copy an FP8 weight and its block scales in (shapes checked by the caller)."""
+        self.weight.copy_(q)
+        self.weight_scale_inv.copy_(scale_inv)
+        self._scale_b = None
+
+    @property
+    def path(self) -> str:
+        """"scaled_mm" (CUDA FP8 GEMM) or "reference" (dequantize, then matmul)."""
+        return ("scaled_mm" if self.weight.is_cuda and self.fallback is None
+                and hasattr(F, "scaled_mm") else "reference")
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [..., in] -> [..., out]
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.path == "scaled_mm":
+            try:
+                y = self._scaled_mm(x2)
+            except RuntimeError as error:  # refused by cuBLASLt: say so once, stay correct
+                self.fallback = str(error).splitlines()[0]
+                warnings.warn(f"Fp8Linear: the CUDA FP8 GEMM was refused ({self.fallback}); "
+                              "running the dequantizing reference path", stacklevel=2)
+                y = reference_fp8_linear(x2, self.weight, self.weight_scale_inv, self.bias)
+        else:
+            y = reference_fp8_linear(x2, self.weight, self.weight_scale_inv, self.bias)
+        return y.view(*lead, self.out_features)
+
+    def _scaled_mm(self, x2: Tensor) -> Tensor:
+        M = x2.shape[0]
+        pad = (-M) % _ROW_ALIGN
+        xq, xs = quantize_activation(F.pad(x2, (0, 0, 0, pad)) if pad else x2)
+        scale_a = xs.t().contiguous().t()  # [M, kb], column-major as cuBLASLt wants it
+        if self._scale_b is None:  # [kb, nb] column-major, leading dim padded to 4
+            nb, kb = self.weight_scale_inv.shape
+            padded = self.weight_scale_inv.new_ones(nb, kb + (-kb) % 4)
+            padded[:, :kb] = self.weight_scale_inv
+            self._scale_b = padded[:, :kb].t()
+        out_dtype = x2.dtype if x2.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        y = F.scaled_mm(xq, self.weight.t(), scale_a, F.ScalingType.BlockWise1x128,
+                        self._scale_b, F.ScalingType.BlockWise128x128,
+                        output_dtype=out_dtype)[:M]
+        if self.bias is not None:
+            y = y + self.bias.to(out_dtype)
+        return y.to(x2.dtype)
+
+
+def _linears(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear]]:
+    """(HF weight name, parent, attribute, linear) of every projection `is_quantized` picks."""
+    found = []
+    for parent_name, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            name = f"{parent_name}.{attr}" if parent_name else attr
+            if isinstance(child, nn.Linear) and is_quantized(f"{name}.weight", child.weight):
+                found.append((f"{name}.weight", parent, attr, child))
+    return found
+
+
+def quantize_model(model: nn.Module) -> list[str]:
+    """Replace every projection of `model` by an `Fp8Linear` holding its current weight
+    quantized (the same `quantize_blocks` the trainer publishes with); returns their weight
+    names. Idempotent: layers already FP8 are left alone. Parameters move, so call it before
+    anything captures their addresses (the engine drops its fused decoder)."""
+    names = []
+    with torch.no_grad():
+        for name, parent, attr, linear in _linears(model):
+            fp8 = Fp8Linear(linear.in_features, linear.out_features, bias=linear.bias,
+                            device=linear.weight.device)
+            fp8.set_weight(*quantize_blocks(linear.weight))
+            setattr(parent, attr, fp8)
+            names.append(name)
+    return names
+
+
+def fp8_layers(model: nn.Module) -> dict[str, Fp8Linear]:
+    """HF weight name -> the `Fp8Linear` that holds it."""
+    return {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Fp8Linear)}
+
+
+def load_fp8_state(model: nn.Module, tensors: Mapping[str, Tensor],
+                   copy_rest: Callable[[nn.Module, dict[str, Tensor]], object]) -> None:
+    """Load an FP8 version into `model`: its quantized weights into the `Fp8Linear` layers
+    (converting the projections first if they are not FP8 yet), every other tensor through
+    `copy_rest(model, tensors)` (the engine's `copy_hf_weights`, which checks names and shapes
+    before it writes), quantized ones without an FP8 layer (MoE experts) dequantized to the
+    model's dtype. The quantized weights are checked before `copy_rest` runs, so a bad version
+    raises ValueError with the model untouched."""
+    quantized, rest = split_state(tensors)
+    if not fp8_layers(model):
+        quantize_model(model)
+    layers = fp8_layers(model)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    for name, layer in layers.items():
+        if name not in quantized:
+            raise ValueError(f"FP8 weights: the model's FP8 layer `{name}` has no quantized "
+                             f"weight in this version (and no `{name}{SCALE_SUFFIX}`)")
+        q = quantized[name][0]
+        if list(q.shape) != [layer.out_features, layer.in_features]:
+            raise ValueError(f"FP8 weights: `{name}` has shape {list(q.shape)}, the model "
+                             f"expects {[layer.out_features, layer.in_features]}")
+    ours = {name: quantized.pop(name) for name in layers}
+    copy_rest(model, rest | {n: dequantize_blocks(q, s, dtype) for n, (q, s) in quantized.items()})
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.set_weight(*ours[name])
