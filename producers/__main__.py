@@ -44,6 +44,9 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
                   if factory is not None else
                   TorchEngine(load_checkpoint(ctx.init_checkpoint), ctx.config.rollout.engine,
                               version=0))
+        qat = ctx.config.trainer.qat
+        if qat is not None and qat.int4 is not None and isinstance(engine, TorchEngine):
+            engine.use_int4(qat.int4.spec())  # serve what the INT4 QAT trainer computes with
         if not isinstance(engine, Engine):
             raise TypeError(f"rollout.engine_factory returned a {type(engine).__name__}, which "
                             "lacks members of the Engine protocol (streamrl/hooks/engine.py)")

@@ -8,6 +8,8 @@ With `loss_config.kl_coef > 0` the learner also holds the reference policy, a fr
 run's initial checkpoint (`LearnerSetup.reference`, reference.py), loaded on the first step;
 with `entropy_coef > 0` the current policy's entropy is computed with its logprobs (CPU path).
 `[trainer.algorithm.overlong]` shapes the rewards (DAPO) before the advantage.
+`[trainer.algorithm] correction` weighs each token by a train/rollout mismatch policy computed
+once per step (correction.py); `[trainer.qat] int4` trains through int4 fake-quantized weights.
 
 On CUDA (`trainer.compute`, see compute.py) the same step runs in bf16 with fp32 master
 weights, with the LM head's log-softmax chunked and recomputed in backward
@@ -48,6 +50,7 @@ from streamrl.hooks.train import (
 )
 from streamrl.models import CausalLM, fused_token_logprobs, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import save_checkpoint, to_hf_names
+from streamrl.models.quant import fake_quantize
 from streamrl.recipe.config import RunConfig, TrainerSection
 from streamrl.recipe.hooks import Hooks
 
@@ -92,6 +95,8 @@ class Learner:
         self.model_config = model.config  # the HF-style config, whatever wraps the model
         if self.trainer.lora is not None:  # adapters on a frozen base (lora.py)
             lora.attach(model, self.trainer.lora)
+        if self.trainer.qat is not None and self.trainer.qat.int4 is not None:
+            fake_quantize(model, self.trainer.qat.int4.spec())  # INT4 QAT (models/quant.py)
         self.model = place(model, self.compute)
         if self.trainer.lora is not None:
             lora.store_base(self.model, self.compute)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from streamrl.models import CausalLM
 from streamrl.models.checkpoint import checked_state
+from streamrl.models.quant import is_int4, load_int4
 from streamrl.producers.engine.packing import packed_buffer
 
 Copied = Literal["one copy", "multi-tensor", "per tensor"]
@@ -51,7 +52,12 @@ def copy_hf_weights(model: CausalLM, tensors: Mapping[str, Tensor]) -> Copied:
 
     Loading the very same source tensors again (cuda_ipc hands out the same views of a ring
     slot for every version it holds) reuses the checked plan: the names and shapes were checked
-    for those objects, and the Python walk over ~300 parameters costs more than the copy."""
+    for those objects, and the Python walk over ~300 parameters costs more than the copy.
+
+    A model serving int4 weights (`quant.serve_int4`) takes its int4 modules' weights first,
+    quantized from the version's tensors or copied from an int4 payload (`quant.load_int4`)."""
+    if is_int4(model):
+        tensors = load_int4(model, tensors)
     key = (tuple(tensors), tuple(map(id, tensors.values())))
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)

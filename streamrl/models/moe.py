@@ -39,29 +39,34 @@ class Experts(nn.Module):
         for w in (self.gate_proj, self.up_proj, self.down_proj):
             nn.init.normal_(w, std=0.02)
 
+    def projections(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(gate, up, down) as the forward uses them; quantized experts override it
+        (streamrl/models/quant.py)."""
+        return self.gate_proj, self.up_proj, self.down_proj
+
     def forward(self, x: Tensor, ids: Tensor, weights: Tensor) -> Tensor:
         # x: [N, H]; ids: [N, k] long; weights: [N, k] -> [N, H]
         N, k = ids.shape
         if N == 0:
             return x.new_zeros(0, x.shape[-1])
+        gate, up, down = self.projections()
         if self.impl == "grouped":
-            y = grouped_swiglu(x, ids, self.gate_proj, self.up_proj, self.down_proj,
-                               self.backend)  # [N*k, H] in assignment order
+            y = grouped_swiglu(x, ids, gate, up, down, self.backend)  # [N*k, H], assignment order
             return (y.view(N, k, -1) * weights[..., None]).sum(dim=1)
         if self.impl != "loop":
             raise ValueError(f"unknown expert impl {self.impl!r}; expected 'grouped' or 'loop'")
         flat = ids.reshape(-1)  # [N*k], assignment a = token a // k, rank a % k
         # Stable sort groups assignments by expert in a fixed order: deterministic on any device.
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=gate.shape[0]).tolist()
         tokens = order // k
         outs, start = [], 0
         for e, n in enumerate(counts):
             if n == 0:
                 continue
             xs = x[tokens[start : start + n]]  # [n, H]
-            h = F.silu(xs @ self.gate_proj[e].T) * (xs @ self.up_proj[e].T)  # [n, I]
-            outs.append(h @ self.down_proj[e].T)  # [n, H]
+            h = F.silu(xs @ gate[e].T) * (xs @ up[e].T)  # [n, I]
+            outs.append(h @ down[e].T)  # [n, H]
             start += n
         y_sorted = torch.cat(outs)  # [N*k, H] in expert order
         # Un-permute with a copy (each slot written once) instead of a scatter-add, so the

@@ -22,7 +22,7 @@ from streamrl.recipe.hooks import Hooks, check_prompts, resolve_hooks
 from streamrl.recipe.megatron import MegatronConfig
 from streamrl.recipe.observability import LoggingSection, MetricsSection
 from streamrl.recipe.rewards import RewardSpec
-from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig, LoraConfig
+from streamrl.recipe.trainer import AlgorithmConfig, ComputeConfig, LoraConfig, QatConfig
 from streamrl.staleness import StalenessConfig
 from streamrl.streams import check_run_id
 
@@ -200,6 +200,10 @@ class TrainerSection(Section, kw_only=True):
     (streamrl/recipe/megatron.py)."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter on the frozen base (torch backend only; docs/lora.md)."""
+    qat: QatConfig | None = None
+    """Quantization-aware training (`[trainer.qat] int4 = {...}`): the torch learner trains
+    through int4 fake-quantized weights and the torch engine serves them as W4A16
+    (docs/low-precision.md)."""
 
 
 class WeightsSection(Section, kw_only=True):
@@ -334,6 +338,12 @@ class RunConfig(Section, kw_only=True):
             raise ValueError("trainer.lora needs trainer.backend = \"torch\" without "
                              "compute.fsdp (the megatron backend and FSDP do not train LoRA "
                              "adapters here); remove [trainer.lora] or use the torch backend")
+        if self.trainer.qat is not None and self.trainer.qat.int4 is not None and (
+                self.trainer.backend != "torch" or self.trainer.lora is not None
+                or self.rollout.engine_factory is not None):
+            raise ValueError("trainer.qat.int4 needs trainer.backend = \"torch\", no "
+                             "[trainer.lora] and the embedded torch engine (it serves the int4 "
+                             "weights): unset those or remove [trainer.qat]")
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")

@@ -14,6 +14,7 @@ import msgspec
 import torch
 
 from streamrl.models.lora import LoraSpec
+from streamrl.models.quant import Int4Spec
 
 _ADVANTAGES = "streamrl.consumers.trainer.advantages"
 _LOSSES = "streamrl.consumers.trainer.losses"
@@ -334,3 +335,32 @@ class LoraConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
         """The adapter this section describes, as the model code takes it."""
         return LoraSpec(rank=self.rank, alpha=self.alpha, dropout=self.dropout,
                         target_modules=self.target_modules, seed=self.seed)
+
+
+class Int4Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """INT4 quantization-aware training: symmetric group-wise int4 fake quantization of the
+    targeted weights in the training forward, with a straight-through gradient to the fp32
+    master weights; the torch engine serves the same weights as packed int4 (W4A16), so
+    rollout and training compute with the very same quantized weights
+    (streamrl/models/quant.py, docs/low-precision.md)."""
+
+    group_size: int = 128
+    """Weights per fp32 scale along each row's input dim; must divide every targeted in_features."""
+    targets: Literal["experts", "linear"] = "experts"
+    """"experts": the routed experts of MoE layers; "linear": every linear weight of the decoder
+    layers (attention, MLPs, experts), never the router, norms, embeddings or LM head."""
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2 or self.group_size % 2:
+            raise ValueError(f"trainer.qat.int4.group_size must be an even number >= 2 (two "
+                             f"int4 per byte), got {self.group_size}")
+
+    def spec(self) -> Int4Spec:
+        return Int4Spec(group_size=self.group_size, targets=self.targets)
+
+
+class QatConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`[trainer.qat]`: quantization-aware training formats."""
+
+    int4: Int4Config | None = None
+    """`int4 = {group_size = 128, targets = "experts"}`: INT4 QAT (None = off)."""
