@@ -221,9 +221,14 @@ class WeightsSection(Section, kw_only=True):
     slots: int | None = None
     """"cuda_ipc" only: device buffers in the trainer's ring (default max(2, keep_versions));
     engines map each once and a slot is reused only after every engine copied out of it."""
-    dtype: Literal["bfloat16", "float16", "float32"] | None = None
-    """"cuda_ipc" only: cast the published tensors to the engine's dtype (e.g. "bfloat16"):
-    half the bytes to copy; the announced digest stays that of the trainer's tensors."""
+    dtype: Literal["bfloat16", "float16", "float32", "float8_e4m3fn"] | None = None
+    """"float8_e4m3fn" (FP8 rollouts, any transport but "broadcast"): the trainer quantizes
+    each version's linear projections on its device to FP8 in 128x128 blocks with fp32 scales
+    (embeddings, norms, router and LM head stay bf16) and the torch engine runs them as FP8
+    GEMMs: half the bytes to move; the announcement carries the trainer's digest and the FP8
+    payload's own (streamrl/weights/fp8.py, docs/low-precision.md). "bfloat16", "float16",
+    "float32": "cuda_ipc" only, cast the published tensors to the engine's dtype; the
+    announced digest stays that of the trainer's tensors."""
     inline_max_bytes: int = 32 * 1024 * 1024
     """LoRA runs: a version (the adapter) of at most this many tensor bytes rides inside its
     announcement in the weights stream, so the log alone holds the run's weight history;
@@ -310,9 +315,24 @@ class RunConfig(Section, kw_only=True):
                              "to evaluate on: set data.eval to a dataset file (like "
                              "data.train), or eval.every_versions = 0")
         w = self.weights
-        if (w.slots is not None or w.dtype is not None) and w.transport != "cuda_ipc":
-            raise ValueError(f"weights.slots and weights.dtype apply to the cuda_ipc transport "
-                             f"only; weights.transport is {w.transport!r}")
+        fp8 = w.dtype == "float8_e4m3fn"
+        if (w.slots is not None or (w.dtype is not None and not fp8)) and \
+                w.transport != "cuda_ipc":
+            raise ValueError(f"weights.slots and weights.dtype = {w.dtype!r} apply to the "
+                             f"cuda_ipc transport only; weights.transport is {w.transport!r}")
+        if fp8 and (w.transport == "broadcast" or self.trainer.lora is not None
+                    or self.rollout.engine_factory is not None):
+            raise ValueError("weights.dtype = \"float8_e4m3fn\" needs the embedded torch "
+                             "engine (it runs the FP8 weights), full versions (no "
+                             "[trainer.lora]) and a transport other than \"broadcast\" (its "
+                             "manifest is the model's own); unset rollout.engine_factory or "
+                             "[trainer.lora], or use transport = \"file\", \"shm\" or "
+                             "\"cuda_ipc\"")
+        if self.trainer.compute.precision == "fp8" and (self.trainer.backend != "torch"
+                                                        or self.trainer.lora is not None):
+            raise ValueError("trainer.compute.precision = \"fp8\" (torchao float8 linears) "
+                             "needs trainer.backend = \"torch\" without [trainer.lora]; "
+                             "set precision = \"bf16\" or change the backend")
         if w.slots is not None and w.slots < max(2, w.keep_versions):
             raise ValueError(f"weights.slots ({w.slots}) must be at least 2 and at least "
                              f"weights.keep_versions ({w.keep_versions}): a slot holds one "

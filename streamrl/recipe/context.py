@@ -72,8 +72,9 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True, dict=True):
         kind = self.config.weights.transport
         directory = str(self.run_dir / "weights") if kind == "file" else None
         w = self.config.weights
+        cast = None if w.dtype == "float8_e4m3fn" else w.dtype  # fp8: quantized before it
         return TransportConfig(kind=kind, keep_last=keep_last, directory=directory,
-                               namespace=namespace, slots=w.slots, dtype=w.dtype)
+                               namespace=namespace, slots=w.slots, dtype=cast)
 
     def run_started(self, recipe: str) -> RunStarted:
         return RunStarted(

@@ -8,6 +8,7 @@ once per process. The built-in algorithms and their papers: docs/algorithms.md.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from typing import Literal
 
 import msgspec
@@ -70,8 +71,11 @@ def hook_path(name_or_path: str, table: dict[str, str], *, what: str) -> str:
 class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     device: str = "cpu"
     """Torch device of the learner ("cpu", "cuda", "cuda:1"). With FSDP it is each rank's own."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """"bf16": bf16 compute with fp32 master weights and optimizer state (CUDA only)."""
+    precision: Literal["fp32", "bf16", "fp8"] = "fp32"
+    """"bf16": bf16 compute with fp32 master weights and optimizer state (CUDA only). "fp8":
+    the same, with the decoder's linear projections as torchao float8 training linears
+    (rowwise-scaled FP8 GEMMs forward and backward; weights, optimizer state, checkpoints and
+    digests unchanged); CUDA, the torch backend and torchao (docs/low-precision.md)."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in backward instead of keeping its activations."""
     compile: bool = False
@@ -104,8 +108,13 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     def __post_init__(self) -> None:
         device = torch.device(self.device)
         if device.type == "cpu" and (self.precision != "fp32" or self.compile or self.fsdp):
-            raise ValueError("precision='bf16', compile and fsdp need a CUDA device; "
-                             f"got device={self.device!r} (set device = \"cuda\")")
+            raise ValueError(f"precision={self.precision!r}, compile and fsdp need a CUDA "
+                             f"device; got device={self.device!r} (set device = \"cuda\")")
+        if self.precision == "fp8" and importlib.util.find_spec("torchao") is None:
+            raise ValueError("precision = \"fp8\" trains through torchao's float8 linears, "
+                             "and torchao is not installed here: pip install torchao (its "
+                             "wheel, ~3 MB, installs with --no-deps), or set precision = "
+                             "\"bf16\"")
         if self.attention_backend != "auto" and device.type == "cpu":
             raise ValueError(f"attention_backend={self.attention_backend!r} needs a CUDA device")
         if self.micro_batch_rows is not None and self.micro_batch_rows <= 0:
