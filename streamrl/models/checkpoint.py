@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from streamrl.models.config import ModelConfig
 from streamrl.models.model import CausalLM
@@ -40,7 +41,7 @@ def load_checkpoint(
     unexpected or mis-shaped tensor."""
     path = Path(path)
     config = ModelConfig.from_file(path)
-    with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+    with torch.device("meta"), _SkipMetaInit():  # every tensor comes from the checkpoint
         model = CausalLM(config)
     expected = {name: t.shape for name, t in model.state_dict().items()}
     state = checked_state(read_safetensors(path), config, expected,
@@ -50,6 +51,23 @@ def load_checkpoint(
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return model.eval()
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Random init of meta tensors is skipped. It would draw nothing anyway, and meta `normal_`
+    (nn.Embedding's init) has no native kernel: its Python decomposition imports ~900 modules
+    (torch._dynamo, sympy), 2-7 s of every process's start on a 2-core machine."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")  # nn.init passes it by name
+        if func in _INIT_OPS and isinstance(target, Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+_INIT_OPS = {torch.nn.init.normal_, torch.nn.init.trunc_normal_, torch.nn.init.uniform_,
+             Tensor.normal_, Tensor.uniform_}
 
 
 def save_checkpoint(
