@@ -19,7 +19,7 @@ from streamrl.recipe.config import load_recipe
 from streamrl.run.driver import start_run
 from streamrl.schemas import decode_event, decode_trajectories
 from tests.agent.scripted import CALL, ScriptedEngine
-from tests.helpers import publish_partition
+from tests.helpers import REPO, publish_partition
 
 RECIPE = '''[run]
 name = "agent"
@@ -84,7 +84,9 @@ async def test_the_trainer_steps_on_a_two_turn_tool_trajectory(
         assert all(lp == 0 for lp, m in zip(row["logprobs"], mask, strict=True) if not m)
         assert row["response_versions"] == [0] * len(response)
         assert dict(row["reward_details"])["agent_calls"] == 2.0
-        assert tok.decode(row["prompt_tokens"]).startswith("system\nSolve the problem.")
+        prompt = tok.decode(row["prompt_tokens"])  # the agent's own messages, with its tools
+        assert prompt.startswith("system\nSolve the problem.") and "calculator" in prompt
+        assert prompt.endswith("user\nWhat is 17 + 25?\nassistant\n")
 
     [step] = [e for e in events if type(e).__name__ == "TrainStep"]
     [batch] = [e for e in events if type(e).__name__ == "BatchFormed"]
@@ -95,3 +97,18 @@ async def test_the_trainer_steps_on_a_two_turn_tool_trajectory(
     assert step.metrics["num_tokens"] == sum(sum(row["loss_mask"]) for row in rows)
     assert np.isclose(step.metrics["tis_weight_mean"], 1.0, atol=1e-4)
     assert abs(step.metrics["approx_kl_old"]) < 1e-6
+
+
+def test_the_example_recipe_loads(tool_checkpoint: Path, tmp_path: Path) -> None:
+    """recipes/agent_tools/recipe.toml with the tiny checkpoint in place of the model."""
+    from recipes.agent_tools import data
+
+    text = (REPO / "recipes/agent_tools/recipe.toml").read_text()
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in data.rows(4)))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text.replace("models/Qwen2.5-0.5B-Instruct", str(tool_checkpoint))
+                      .replace("runs/agent_tools/train.jsonl", str(train_file)))
+    config, hooks = load_recipe(recipe)
+    assert config.rollout.rollout == "recipes.agent_tools.agent:rollout"
+    assert hooks.rollout.__name__ == "rollout"
