@@ -26,10 +26,11 @@ from streamrl.recipe.context import RunContext
 from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
 from streamrl.run.init import prepare_init
+from streamrl.run.loggers import open_writers
 from streamrl.run.monitor import Monitor
 from streamrl.schemas import Prompt, encode_event
 from streamrl.streams import RunStreams
-from streamrl.weights import Published, TransportConfig, WeightTransport
+from streamrl.weights import Published, TransportConfig, WeightTransport, fp8
 from streamrl.weights.inline import publish_version
 
 
@@ -126,6 +127,9 @@ async def _store_initial_weights(ctx: RunContext) -> tuple[WeightTransport, Publ
     try:
         if lora is None:
             tensors = await asyncio.to_thread(read_safetensors, ctx.init_checkpoint)
+            if ctx.config.weights.dtype == fp8.DTYPE:  # as the trainer publishes every version
+                return transport, await asyncio.to_thread(
+                    fp8.publish, transport, ctx.first_version, tensors)
         else:  # a LoRA run's versions are its adapters, the first one included (docs/lora.md)
             tensors = run_adapter(ctx.init_checkpoint, ModelConfig.from_file(ctx.init_checkpoint),
                                   lora.spec(), lora.init)
@@ -153,7 +157,8 @@ async def supervise(ctx: RunContext, log_url: str, log: Log,
 
     launcher = launcher or LocalLauncher(log_url, ctx.run_id, role_env=role_env(ctx.config))
     supervisor = Supervisor(log, ctx, launcher, log_url)
-    monitor = Monitor(log, ctx.streams.events, ctx.config.run.max_versions, ctx.run_dir)
+    monitor = Monitor(log, ctx.streams.events, ctx.config.run.max_versions, ctx.run_dir,
+                      writer=open_writers(ctx))  # TensorBoard, and W&B if [logging] asks
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -10,6 +10,7 @@ import msgspec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamrl.log import Log
+from streamrl.run.loggers import ScalarWriter
 from streamrl.schemas import EvalResult, Rejected, TrainStep, WeightVersionLoaded, decode_event
 
 
@@ -21,13 +22,18 @@ class RunStats(msgspec.Struct):
 
 
 class Monitor:
-    def __init__(self, log: Log, events_stream: str, max_versions: int, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # heavy import, only when watching
-
+    def __init__(self, log: Log, events_stream: str, max_versions: int, run_dir: Path,
+                 writer: ScalarWriter | None = None) -> None:
+        """`writer`: where scalars go (streamrl/run/loggers.py: TensorBoard, W&B); default
+        TensorBoard alone, under `run_dir`."""
         self.log, self.stream = log, events_stream
         self.offset = 0
         self.stats = RunStats()
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # heavy import, only when watching
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = writer
         self.progress = Progress(
             TextColumn("[bold]trainer versions"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("{task.description}"))
