@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "ps": "list a run's processes and their status",
     "scale": "change the number of producers of a running run (local, Ray or compose)",
     "plan": "parameters, memory per GPU and traffic of a recipe's placement (config.json only)",
+    "top": "a live view of a running run: versions/s, reward, staleness, producers, tok/s",
 }
 
 DEFAULT_LOG = "runs/log"
