@@ -29,7 +29,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -57,8 +57,6 @@ class Session:
     params: SamplingParams
     conversation: Conversation
     busy: bool = False
-    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0,
-                                                           "completion_tokens": 0})
 
     def sample(self) -> RolloutSample:
         """Every call of the session stitched into one sample (stitch.py)."""
@@ -146,8 +144,6 @@ class ChatEndpoint:
                 for i, c in enumerate(reply.tool_calls)]
         conv.record(messages, tools, context, result, reply, message)
         n_prompt, n_out = len(prompt), len(result.response_tokens)
-        session.usage["prompt_tokens"] += n_prompt
-        session.usage["completion_tokens"] += n_out
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None,
                                   "finish_reason": ("tool_calls" if reply.tool_calls else
                                                     "length" if result.finish_reason == "length"
