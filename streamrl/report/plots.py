@@ -91,3 +91,13 @@ def print_summary(summary: StalenessSummary, console: Console) -> None:
     span = max(len(tp.bucket_starts_s) * tp.bucket_s, 1e-9)
     console.print("throughput: " + ", ".join(
         f"{p} {n} samples ({n / span:.1f}/s)" for p, n in tp.total.items()), highlight=False)
+    if summary.mismatch:
+        steps = summary.mismatch
+        rejected = [m.rejected_fraction for m in steps if m.rejected_fraction is not None]
+        console.print(
+            f"train/rollout mismatch over {len(steps)} versions: mean |dlogp| "
+            f"{sum(m.abs_logprob for m in steps) / len(steps):.2e} (max "
+            f"{max(m.abs_logprob for m in steps):.2e}), KL(rollout||train) "
+            f"{sum(m.kl for m in steps) / len(steps):.2e}"
+            + (f", corrected {sum(rejected) / len(rejected):.2%} of tokens" if rejected else ""),
+            highlight=False)

@@ -8,7 +8,10 @@ Definitions (the same the trainer and the audit use):
 - percentiles are numpy's default (linear interpolation);
 - throughput counts trajectory rows per producer by when generation finished (`finished_at`),
   in buckets of `bucket_s` seconds from the earliest `started_at` of the run;
-- version lag over time is each batch's mean and max sample lag at the batch's event time.
+- version lag over time is each batch's mean and max sample lag at the batch's event time;
+- train/rollout mismatch per version is what the trainer measured at that step (`TrainStep`
+  metrics `mismatch_*`, consumers/trainer/correction.py): mean |log prox - log mu|, the k3
+  estimate of KL(mu || prox), and the correction policy's rejected fraction when one is named.
 
 Which samples were generated: the rows of every trajectory stream the run's trainer read. A run's
 own stream; for a derived run (a counterfactual or a `replay --record`, which re-train recorded
@@ -29,7 +32,7 @@ import msgspec
 import numpy as np
 
 from streamrl.audit.lineage import RunRecords, SampleRow
-from streamrl.schemas import Rejected
+from streamrl.schemas import Rejected, TrainStep
 from streamrl.staleness.base import THROTTLED
 from streamrl.streams import StreamKind
 
@@ -71,6 +74,24 @@ class Throughput(msgspec.Struct, kw_only=True):
     total: dict[str, int]  # producer id -> rows overall
 
 
+class Mismatch(msgspec.Struct, kw_only=True):
+    """One training step's train/rollout mismatch (its TrainStep metrics)."""
+
+    version: int
+    abs_logprob: float  # mean |log prox - log mu| over trained tokens
+    kl: float  # k3 estimate of KL(rollout || train)
+    rejected_fraction: float | None = None  # truncated or masked by the correction; None: none
+
+    @classmethod
+    def of(cls, step: TrainStep) -> Mismatch | None:
+        m = step.metrics
+        if "mismatch_abs_logprob" not in m:
+            return None  # a run recorded before the trainer measured it
+        return cls(version=step.version, abs_logprob=m["mismatch_abs_logprob"],
+                   kl=m.get("mismatch_kl", 0.0),
+                   rejected_fraction=m.get("mismatch_rejected_fraction"))
+
+
 class StalenessSummary(msgspec.Struct, kw_only=True):
     run_id: str
     policy: str
@@ -88,6 +109,7 @@ class StalenessSummary(msgspec.Struct, kw_only=True):
     batches: list[BatchLag]
     trajectory_streams: list[str] = []  # where the generated rows are
     num_carried: int = 0  # a fork's samples carried over from its parent (in num_generated)
+    mismatch: list[Mismatch] = []  # per trained version, in version order
 
 
 def trained_rows(run: RunRecords) -> list[tuple[int, SampleRow]]:
@@ -143,7 +165,9 @@ def staleness_summary(run: RunRecords, *, bucket_s: float | None = None) -> Stal
         throughput=throughput(run, made_here, bucket_s),
         batches=batch_lags(run, made_here, trained),
         trajectory_streams=list(dict.fromkeys(r.position.stream for r in generated)),
-        num_carried=len(generated) - len(made_here))
+        num_carried=len(generated) - len(made_here),
+        mismatch=sorted((m for _, e in run.of(StreamKind.EVENTS, TrainStep)
+                         if (m := Mismatch.of(e)) is not None), key=lambda m: m.version))
 
 
 def _unused(rows: list[SampleRow], trained: set[str], rejected: list[Rejected]) -> int:

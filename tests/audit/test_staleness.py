@@ -78,6 +78,10 @@ def test_staleness_summary_agrees_with_the_trajectories(real_run: RealRun) -> No
     assert summary["throughput"]["total"] == per_producer
     assert {p: sum(c) for p, c in summary["throughput"]["rows"].items()} == per_producer
     assert [b["max_lag"] for b in summary["batches"]] == batch_max
+    # The train/rollout mismatch the trainer measured, one entry per version it trained.
+    assert [m["version"] for m in summary["mismatch"]] == [b.policy_version + 1 for b in batches]
+    assert all(m["abs_logprob"] >= 0 and m["kl"] >= 0 for m in summary["mismatch"])
+    assert "train/rollout mismatch over" in out.stdout
     assert [b["policy_version"] for b in summary["batches"]] == [0, 1, 2]
 
 
