@@ -26,6 +26,7 @@ from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.models.lora_files import run_adapter
 from streamrl.producers.engine import TorchEngine
+from streamrl.producers.metrics import serve_producer_metrics
 from streamrl.producers.replica import own_dns_name
 from streamrl.producers.worker import Producer
 from streamrl.recipe.context import load_run_context
@@ -64,10 +65,13 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, producer.stopping.set)
             loop.add_signal_handler(signal.SIGUSR1, _hand_over, producer)
+        endpoint = serve_producer_metrics(producer)  # [metrics]; None when off
         try:
             await producer.run()
         finally:
             engine.close()  # the producer stopped: nothing steps the engine any more
+            if endpoint is not None:
+                endpoint.stop()
 
 
 def _hand_over(producer: Producer) -> None:

@@ -34,6 +34,7 @@ class WeightSync:
         self.latest: WeightVersionAnnounced | None = None  # newest announcement seen
         self._transports: dict[str, WeightTransport] = {}
         self.unreadable = 0  # versions in a row that could not be loaded
+        self.last_load_s: float | None = None  # the last load's time (the metrics endpoint)
         if transport is not None:
             self._transport(transport).start()
 
@@ -72,7 +73,8 @@ class WeightSync:
             engine.load_weights(tensors, target.version)
             del tensors
             transport.done(target.locator)  # cuda_ipc: the ring slot may be reused now
-        load_ms = int((time.perf_counter() - t0) * 1000)
+        self.last_load_s = time.perf_counter() - t0
+        load_ms = int(self.last_load_s * 1000)
         await self.log.append(RunStreams(self.run_id).events, encode_event(WeightVersionLoaded(
             run_id=self.run_id, producer_id=self.producer_id, version=target.version,
             load_ms=load_ms)), key=self.producer_id.encode())

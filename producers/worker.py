@@ -109,6 +109,9 @@ class Producer:
         self.base_version = ctx.first_version
         self.num_started = 0
         self.throttled = False
+        # what the metrics endpoint reads (producers/metrics.py), counted once committed
+        self.num_published_samples = self.num_generated_tokens = 0
+        self.num_filtered_groups = self.num_throttled = 0
         self.stopping = asyncio.Event()
         self.hand_over = False  # set with `stopping` when the membership changes (handover.py)
         self.tasks: set[asyncio.Task] = set()  # every rollout task, publishing ones included
@@ -275,6 +278,7 @@ class Producer:
     async def _throttle(self, detail: str) -> None:
         if not self.throttled:  # one event per throttled stretch, not one per check
             self.throttled = True
+            self.num_throttled += 1
             await self.log.append(self.ctx.streams.events, encode_event(Rejected(
                 run_id=self.ctx.run_id, subject=self.producer_id, reason_code=THROTTLED,
                 detail=detail)), key=self.producer_id.encode())
@@ -302,6 +306,11 @@ class Producer:
             sp = StreamPartition(self.ctx.streams.prompts, group.record.partition)
             await self.log.transact(PRODUCER_GROUP, {sp: position}, appends)
             progress.finished([group.record.offset])
+        if verdict is not None and not verdict.keep:
+            self.num_filtered_groups += 1
+        else:
+            self.num_published_samples += len(results)
+            self.num_generated_tokens += sum(len(r.response_tokens) for r in results)
 
     def _filter(self, group: Group, results: list[RolloutSample],
                 rewards: list[RewardOutput]) -> FilterOutput | None:

@@ -16,6 +16,7 @@ import torch
 from streamrl import aio
 from streamrl.consumers.trainer.learner import LearnerSetup
 from streamrl.consumers.trainer.loop import TrainerLoop
+from streamrl.consumers.trainer.metrics import trainer_metrics
 from streamrl.consumers.trainer.resume import read_history, rebuild
 from streamrl.log import open_log
 from streamrl.recipe.context import TRAINER_GROUP, load_run_context
@@ -35,9 +36,13 @@ async def train(log_url: str, run_id: str) -> None:
         # a killed trainer may have written the next version without committing it
         transport.discard_after(history.version)
         try:
-            await TrainerLoop(log, ctx, learner, transport, version=history.version,
-                              trained=history.trained, next_offset=next_offset,
-                              rejected=history.rejected).run()
+            loop = TrainerLoop(log, ctx, learner, transport, version=history.version,
+                               trained=history.trained, next_offset=next_offset,
+                               rejected=history.rejected)
+            async with trainer_metrics(log, ctx, learner.model) as metrics:  # [metrics]
+                if metrics is not None:
+                    loop.on_commit.append(metrics.on_step)
+                await loop.run()
         finally:
             transport.close()
 

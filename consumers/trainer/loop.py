@@ -87,6 +87,7 @@ class TrainerLoop:
         self.vocab_size = learner.model_config.vocab_size
         self._buffer: list[Record] = []
         self._commit: asyncio.Task[None] | None = None  # the version in flight
+        self.on_commit: list[Callable[[TrainStep], None]] = []  # e.g. the metrics endpoint
 
     async def run(self) -> None:
         """Train until `max_versions`; raises SourceExhausted when a finite source ends first
@@ -164,7 +165,7 @@ class TrainerLoop:
                         positions=tuple(batch.positions), sample_ids=tuple(batch.sample_ids),
                         policy_version=new - 1, staleness=batch.staleness,
                         sample_weights=tuple(batch.weights)),
-            TrainStep(run_id=self.ctx.run_id, step=new, version=new, metrics=metrics),
+            step := TrainStep(run_id=self.ctx.run_id, step=new, version=new, metrics=metrics),
             *batch.rejected,
         ]
         appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in events]
@@ -175,6 +176,8 @@ class TrainerLoop:
         offsets = {StreamPartition(self.source.stream, 0): batch.next_offset}
         await self.log.transact(self.source.group, offsets, appends)
         self.last_digest = published.digest
+        for observe in self.on_commit:
+            observe(step)
 
     async def settle(self) -> None:
         """Wait until the version in flight is committed; raises what its commit raised."""
