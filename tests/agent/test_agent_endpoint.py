@@ -21,7 +21,7 @@ from streamrl.models import load_checkpoint, token_logprobs
 from streamrl.producers.agent import ChatEndpoint, Session
 from streamrl.producers.engine import EngineConfig, TorchEngine
 from streamrl.producers.rollout import EngineClient
-from tests.agent.scripted import CALL, ScriptedEngine
+from tests.agent.scripted import CALL, TOOL_TEMPLATE, ScriptedEngine
 
 QUESTION = "What is 17 + 25?"
 
@@ -39,9 +39,13 @@ class Recording(ScriptedEngine):
 
 
 @contextlib.asynccontextmanager
-async def serving(checkpoint: Path, text: str = CALL) -> AsyncIterator[tuple[Session, Recording]]:
-    """A session of an endpoint over the scripted engine, stepped as a producer steps it."""
+async def serving(checkpoint: Path, text: str = CALL, template: str | None = None
+                  ) -> AsyncIterator[tuple[Session, Recording]]:
+    """A session of an endpoint over the scripted engine, stepped as a producer steps it;
+    `template` replaces the checkpoint's chat template."""
     tok = load_tokenizer(checkpoint)
+    if template is not None:
+        tok.inner.chat_template = template
     engine = Recording(TorchEngine(load_checkpoint(checkpoint),
                                    EngineConfig(max_batch_size=4, max_seq_len=512)), tok, text)
     client = EngineClient(engine)
@@ -179,3 +183,50 @@ async def test_what_the_endpoint_refuses(tool_checkpoint: Path) -> None:
             with pytest.raises(openai.AuthenticationError):
                 await stranger.chat.completions.create(model="p", messages=user)
         assert session.sample().details["agent_calls"] == 1.0  # refused calls record nothing
+
+
+async def test_a_reply_cut_by_length_is_closed_by_masked_template_tokens(
+        tool_checkpoint: Path) -> None:
+    tok = load_tokenizer(tool_checkpoint)
+    # A tool result already in the first call's messages: the engine samples for real.
+    history = [{"role": "user", "content": QUESTION},
+               {"role": "assistant", "content": "", "tool_calls": [{
+                   "id": "c0", "type": "function", "function": {
+                       "name": "calculator", "arguments": '{"expression": "17 + 25"}'}}]},
+               {"role": "tool", "tool_call_id": "c0", "content": "42"}]
+    async with serving(tool_checkpoint) as (session, engine):
+        async with openai_client(session) as client:
+            first = await client.chat.completions.create(
+                model="p", messages=history, tools=TOOLS, max_tokens=2)
+            assert first.choices[0].finish_reason == "length"
+            await client.chat.completions.create(
+                model="p", tools=TOOLS, max_tokens=2, messages=[
+                    *history, first.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "user", "content": "Go on."}])
+        sample = session.sample()
+    assert engine.num_scripted == 0
+    second = np.asarray(engine.requests[1].prompt_tokens)
+    context = second[len(sample.prompt_tokens) + 2:]
+    assert tok.inner.decode(context.tolist()) == (
+        "<|im_end|>\n<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n")
+    assert sample.loss_mask.tolist()[:2 + len(context)] == [True, True] + [False] * len(context)
+    assert np.concatenate([sample.prompt_tokens, sample.response_tokens])[
+        :len(second)].tolist() == second.tolist()
+
+
+async def test_a_template_that_rewrites_earlier_turns_is_refused(tool_checkpoint: Path) -> None:
+    # Renders an assistant turn's tool calls only while it is the last message.
+    rewriting = TOOL_TEMPLATE.replace(
+        "{%- for call in message.get('tool_calls', []) %}",
+        "{%- for call in (message.get('tool_calls', []) if loop.last else []) %}")
+    assert rewriting != TOOL_TEMPLATE
+    user = [{"role": "user", "content": QUESTION}]
+    async with (serving(tool_checkpoint, template=rewriting) as (session, _),
+                openai_client(session) as client):
+        first = await client.chat.completions.create(model="p", messages=user, tools=TOOLS)
+        [call] = first.choices[0].message.tool_calls
+        with pytest.raises(openai.BadRequestError) as error:
+            await client.chat.completions.create(model="p", tools=TOOLS, messages=[
+                *user, first.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "42"}])
+        assert error.value.code == "template_not_prefix_stable"
