@@ -22,22 +22,20 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Self
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
-from prometheus_client.registry import Collector, CollectorRegistry
-
 from streamrl.metrics.names import Metric as Spec
 from streamrl.recipe.observability import MetricsSection
 
 Reader = Callable[[], Mapping[str, float]]
 
 
-class _Collector(Collector):
+class _Collector:  # prometheus_client's Collector interface: `collect()`
     def __init__(self, specs: Iterable[Spec], read: Reader, labels: Mapping[str, str]) -> None:
         self.specs = {s.name: s for s in specs}
         self.read, self.labels = read, dict(labels)
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self) -> Iterable[object]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         values = self.read()
         unknown = set(values) - set(self.specs)
         assert not unknown, f"metrics without a spec in streamrl/metrics/names.py: {unknown}"
@@ -51,6 +49,9 @@ class _Collector(Collector):
 
 class MetricsEndpoint:
     def __init__(self, metrics: Iterable[Spec], read: Reader, labels: Mapping[str, str]) -> None:
+        # imported here: a run without [metrics] never needs prometheus_client
+        from prometheus_client.registry import CollectorRegistry
+
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(metrics, read, labels))
         self._server: object | None = None
@@ -59,6 +60,8 @@ class MetricsEndpoint:
 
     def start(self, host: str, port: int) -> str:
         """Serve on (host, port); returns the URL to scrape. Raises OSError if the port is taken."""
+        from prometheus_client.exposition import start_http_server
+
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         self._server, self._thread = server, thread
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
