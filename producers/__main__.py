@@ -30,6 +30,7 @@ from streamrl.producers.metrics import serve_producer_metrics
 from streamrl.producers.replica import own_dns_name
 from streamrl.producers.worker import Producer
 from streamrl.recipe.context import load_run_context
+from streamrl.weights import fp8
 
 
 async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
@@ -51,6 +52,8 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
         if not isinstance(engine, Engine):
             raise TypeError(f"rollout.engine_factory returned a {type(engine).__name__}, which "
                             "lacks members of the Engine protocol (streamrl/hooks/engine.py)")
+        if ctx.config.weights.dtype == fp8.DTYPE and isinstance(engine, TorchEngine):
+            engine.use_fp8()  # version 0 as the driver published it: FP8 (weights/fp8.py)
         lora = ctx.config.trainer.lora
         if lora is not None and isinstance(engine, TorchEngine):  # the run's first version
             engine.load_adapter(run_adapter(ctx.init_checkpoint, engine.model.config,

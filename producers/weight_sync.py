@@ -64,8 +64,10 @@ class WeightSync:
         else:
             transport = self._transport(target.transport)
             try:
-                tensors = await asyncio.to_thread(transport.load, target.locator,
-                                                  expected_digest=target.digest)
+                # an FP8 version: the transport holds the quantized tensors (weights/fp8.py)
+                tensors = await asyncio.to_thread(
+                    transport.load, target.locator,
+                    expected_digest=target.quantized_digest or target.digest)
             except WeightVersionUnavailable as error:
                 self._unreadable(target, error)
                 return  # released already: a newer announcement is on its way

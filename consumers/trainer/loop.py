@@ -45,7 +45,7 @@ from streamrl.schemas import (
     encode_event,
 )
 from streamrl.schemas.ids import parse_group_id, reissued_event_id
-from streamrl.weights import WeightTransport
+from streamrl.weights import WeightTransport, fp8
 from streamrl.weights.base import PendingVersion, done_future
 from streamrl.weights.inline import publish_version, tensor_bytes
 
@@ -146,6 +146,8 @@ class TrainerLoop:
         if tensor_bytes(tensors) <= inline:  # rides in its announcement: nothing to overlap
             return PendingVersion(version, done_future(publish_version(
                 self.transport, version, tensors, inline_max_bytes=inline)), 0.0)
+        if self.ctx.config.weights.dtype == fp8.DTYPE:  # quantized here, on the trainer's device
+            return fp8.begin_publish(self.transport, version, tensors)
         return self.transport.begin_publish(version, tensors)
 
     async def _commit_version(self, pending: PendingVersion, batch: FormedBatch,
