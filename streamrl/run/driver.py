@@ -30,7 +30,7 @@ from streamrl.run.loggers import open_writers
 from streamrl.run.monitor import Monitor
 from streamrl.schemas import Prompt, encode_event
 from streamrl.streams import RunStreams
-from streamrl.weights import Published, TransportConfig, WeightTransport
+from streamrl.weights import Published, TransportConfig, WeightTransport, fp8
 from streamrl.weights.inline import publish_version
 
 
@@ -127,6 +127,9 @@ async def _store_initial_weights(ctx: RunContext) -> tuple[WeightTransport, Publ
     try:
         if lora is None:
             tensors = await asyncio.to_thread(read_safetensors, ctx.init_checkpoint)
+            if ctx.config.weights.dtype == fp8.DTYPE:  # as the trainer publishes every version
+                return transport, await asyncio.to_thread(
+                    fp8.publish, transport, ctx.first_version, tensors)
         else:  # a LoRA run's versions are its adapters, the first one included (docs/lora.md)
             tensors = run_adapter(ctx.init_checkpoint, ModelConfig.from_file(ctx.init_checkpoint),
                                   lora.spec(), lora.init)
