@@ -34,9 +34,17 @@ from collections.abc import Awaitable, Callable, Sequence
 import numpy as np
 
 from streamrl.hooks.generation import SamplingParams, seed_from_request_id
-from streamrl.hooks.rollout import Generate, RewardInput, RewardOutput, RolloutInput, RolloutSample
+from streamrl.hooks.rollout import (
+    Generate,
+    OpenChat,
+    RewardInput,
+    RewardOutput,
+    RolloutInput,
+    RolloutSample,
+)
 from streamrl.hooks.run import PROMPT_TEXT, PromptSpec, stop_token_ids
 from streamrl.log import Log
+from streamrl.producers.agent import ChatEndpoint
 from streamrl.recipe.context import RunContext
 from streamrl.schemas import DecodeError, EvalResult, decode_event
 
@@ -72,10 +80,11 @@ class Evaluation:
     scored at a given version."""
 
     def __init__(self, ctx: RunContext, producer_id: str, *, generate: Generate,
-                 score: Score) -> None:
+                 score: Score, chat: ChatEndpoint | None = None) -> None:
         self.ctx, self.producer_id = ctx, producer_id
         self.config = ctx.config.eval
         self.generate, self.score = generate, score
+        self.chat = chat  # an agent rollout's sessions (producers/agent)
         self.hooks = ctx.hooks
         source = self.hooks.eval_prompts
         if source is None or self.config.every_versions < 1:
@@ -116,9 +125,17 @@ class Evaluation:
             prompt_id=spec.prompt_id, prompt_text=spec.text, prompt_tokens=tokens,
             metadata=metadata, num_samples=self.config.samples,
             params=lambda j: self._params(spec.prompt_id, version, j), generate=self.generate,
-            tokenizer=self.hooks.tokenizer))
+            tokenizer=self.hooks.tokenizer, chat=self._sessions(spec.prompt_id, version)))
         return list(await asyncio.gather(*(self.score(self._reward_input(spec, tokens, metadata, s))
                                            for s in samples)))
+
+    def _sessions(self, prompt_id: str, version: int) -> OpenChat | None:
+        """An agent rollout's chat sessions for the prompt's eval samples."""
+        chat = self.chat
+        if chat is None:
+            return None
+        return lambda j: chat.session(self._params(prompt_id, version, j),
+                                      name=f"eval-{version}-{prompt_id}-{j}")
 
     def _params(self, prompt_id: str, version: int, j: int) -> SamplingParams:
         r = self.ctx.config.rollout

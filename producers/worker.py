@@ -117,7 +117,7 @@ class Producer:
         self.tasks: set[asyncio.Task] = set()  # every rollout task, publishing ones included
         # Producer 0 evaluates on data.eval every eval.every_versions (producers/evaluate.py).
         self.evaluation = (Evaluation(ctx, self.producer_id, generate=self.client.generate,
-                                      score=self.rewards.score)
+                                      score=self.rewards.score, chat=self.chat)
                            if index == 0 and ctx.config.eval.every_versions else None)
         self.eval_task: asyncio.Task | None = None
 

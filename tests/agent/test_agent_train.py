@@ -4,22 +4,44 @@ the file log, and the real trainer takes one step on them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
 
+from recipes.agent_tools.agent import reward
 from streamrl.consumers.trainer.__main__ import train
 from streamrl.data import load_tokenizer
+from streamrl.hooks.rollout import RewardInput, RewardOutput
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.producers.engine import TorchEngine
 from streamrl.producers.worker import Producer
 from streamrl.recipe.config import load_recipe
 from streamrl.run.driver import start_run
-from streamrl.schemas import decode_event, decode_trajectories
+from streamrl.schemas import EvalResult, decode_event, decode_trajectories
 from tests.agent.scripted import CALL, ScriptedEngine
 from tests.helpers import REPO, publish_partition
+
+
+async def evaluate(producer: Producer) -> EvalResult:
+    """Producer 0's periodic evaluation of version 0: the agent's eval samples are sessions of
+    the same endpoint (scored in-process here: the reward workers start with the rollouts)."""
+    async def score(inp: RewardInput) -> RewardOutput:
+        return reward(inp)
+
+    evaluation = producer.evaluation
+    assert evaluation is not None
+    evaluation.score = score
+    task = asyncio.create_task(evaluation.run(0))
+    while not task.done():
+        if producer.client.has_work():
+            await producer.client.step()
+        else:
+            await asyncio.sleep(0.005)
+    return task.result()
+
 
 RECIPE = '''[run]
 name = "agent"
@@ -31,6 +53,7 @@ path = "{checkpoint}"
 
 [data]
 train = "{train}"
+eval = "{train}"
 samples_per_prompt = 2
 
 [rollout]
@@ -43,6 +66,10 @@ engine = {{ max_batch_size = 4, max_seq_len = 512 }}
 [trainer]
 batch_size = 2
 lr = 1e-3
+
+[eval]
+every_versions = 1
+samples = 2
 '''
 
 
@@ -62,7 +89,9 @@ async def test_the_trainer_steps_on_a_two_turn_tool_trajectory(
         ctx, v0 = await start_run(config, log, "agent", tmp_path / "runs", recipe=str(recipe),
                                   hooks=hooks)
         try:
-            await publish_partition(Producer(log, ctx, engine, 0, 1), log)
+            producer = Producer(log, ctx, engine, 0, 1)
+            evaluation = await evaluate(producer)
+            await publish_partition(producer, log)
             rows = [row for r in await log.read_all(ctx.streams.trajectories)
                     for row in decode_trajectories(r.value).to_pylist()]
             await train(url, ctx.run_id)
@@ -70,7 +99,8 @@ async def test_the_trainer_steps_on_a_two_turn_tool_trajectory(
                       for r in await log.read_all(ctx.streams.events)]
         finally:
             v0.close()
-    assert engine.num_scripted == 2  # each sample's first call: the scripted tool call
+    assert engine.num_scripted == 2 + 2  # each sample's first call, evaluated ones included
+    assert (evaluation.num_samples, evaluation.num_reward_failures) == (2, 0)
 
     call = [*tok.encode(CALL).tolist(), tok.stop_token_id]
     context = tok.encode("\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n").tolist()
