@@ -117,7 +117,7 @@ class ChatEndpoint:
         if request.get("stream"):
             raise ChatRequestError("stream=true is not supported by the streamrl agent "
                                    "endpoint: call without streaming", code="stream_unsupported")
-        if request.get("n", 1) != 1:
+        if request.get("n") not in (None, 1):
             raise ChatRequestError("n must be 1: a session records one conversation")
         if session.busy:
             raise ChatRequestError("another call of this session is running: a session records "

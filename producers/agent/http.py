@@ -8,17 +8,21 @@ client (httpx, keep-alive, `Content-Length` bodies), no web framework in the pro
 It runs on the producer's event loop, so a handler may await generations of the producer's
 `EngineClient` directly. Requests with a chunked body are answered 411 (clients send JSON with a
 length); a body over `max_body_bytes` 413; a malformed request line or header 400, and the
-connection is closed after any of these.
+connection is closed after any of these. A handler that raises is answered 500 with the error
+(and logged), never a dropped connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,12 @@ class JsonServer:
             return False
         body = await reader.readexactly(length)
         method, path = parts[0].upper(), parts[1].split("?", 1)[0]
-        reply = await self.handle(method, path, headers, body)
+        try:
+            reply = await self.handle(method, path, headers, body)
+        except Exception as error:  # a bug: the client sees it instead of a dropped connection
+            log.exception("%s %s failed", method, path)
+            reply = error_reply(500, f"internal error: {type(error).__name__}: {error}",
+                                kind="server_error")
         close = headers.get("connection", "").lower() == "close"
         await _send(writer, reply, close=close)
         return not close

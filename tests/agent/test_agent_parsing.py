@@ -43,6 +43,8 @@ def test_malformed_tool_calls_are_plain_text(text: str) -> None:
 
 async def test_the_server_answers_bad_requests_and_keeps_serving() -> None:
     async def echo(method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        if path == "/boom":
+            raise RuntimeError("a handler bug")
         return Reply(200, {"method": method, "path": path, "body": body.decode()})
 
     server = JsonServer(echo, max_body_bytes=64)
@@ -68,6 +70,8 @@ async def test_the_server_answers_bad_requests_and_keeps_serving() -> None:
         status, body = await exchange(
             b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
         assert status == 411 and "Content-Length" in body["error"]["message"]
+        status, body = await exchange(b"GET /boom HTTP/1.1\r\n\r\n")
+        assert status == 500 and "RuntimeError: a handler bug" in body["error"]["message"]
         status, body = await exchange(b"POST /v1/x?y=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
         assert (status, body) == (200, {"method": "POST", "path": "/v1/x", "body": "hi"})
     finally:
