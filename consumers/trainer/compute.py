@@ -5,7 +5,7 @@ settings trade bit-exactness across machines for speed.
 bf16 here means mixed precision: parameters and AdamW state stay fp32 (the master weights),
 matmuls and attention run in bf16 (autocast on one GPU; FSDP2's `MixedPrecisionPolicy` on
 several, which casts the gathered parameters once per forward instead of per op), gradients are
-reduced and applied in fp32.
+reduced and applied in fp32. "fp8" is bf16 with the projections' GEMMs in FP8 (fp8.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from streamrl.consumers.trainer.fp8 import to_float8_training
 from streamrl.models import CausalLM
 from streamrl.recipe.trainer import ComputeConfig
 
@@ -24,6 +25,8 @@ def place(model: CausalLM, config: ComputeConfig) -> CausalLM:
     """Move `model` (fp32) to the device and apply checkpointing, compile and FSDP2."""
     model = model.to(device=config.torch_device, dtype=torch.float32)
     model.model.checkpoint_layers = config.activation_checkpointing
+    if config.precision == "fp8":  # torchao float8 linears for the projections (fp8.py)
+        to_float8_training(model)
     if config.fsdp:
         _shard(model, config)
     if config.compile:
@@ -42,7 +45,7 @@ def _shard(model: CausalLM, config: ComputeConfig) -> None:
     if not torch.distributed.is_initialized():
         raise ValueError("fsdp = true needs torch.distributed initialized (torchrun, or "
                          "init_process_group before building the learner)")
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    dtype = torch.bfloat16 if config.precision in ("bf16", "fp8") else torch.float32
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in model.model.layers:
         fully_shard(layer, mp_policy=policy)
@@ -54,7 +57,7 @@ def _shard(model: CausalLM, config: ComputeConfig) -> None:
 def autocast(config: ComputeConfig) -> Iterator[None]:
     """bf16 autocast on one GPU (FSDP already computes in its param dtype), and the SDPA
     kernel order of `attention_backend` (read when the forward is traced or run)."""
-    enabled = config.precision == "bf16" and not config.fsdp
+    enabled = config.precision in ("bf16", "fp8") and not config.fsdp
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.autocast(config.torch_device.type, dtype=torch.bfloat16,
                                            enabled=enabled))
