@@ -230,3 +230,17 @@ async def test_a_template_that_rewrites_earlier_turns_is_refused(tool_checkpoint
                 *user, first.choices[0].message.model_dump(exclude_none=True),
                 {"role": "tool", "tool_call_id": call.id, "content": "42"}])
         assert error.value.code == "template_not_prefix_stable"
+
+
+async def test_a_synchronous_agent_runs_in_a_thread(tool_checkpoint: Path) -> None:
+    """The blocking `openai.OpenAI` client works from `asyncio.to_thread` (docs/agents.md)."""
+    def agent(base_url: str, api_key: str) -> str | None:
+        with openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="p", messages=[{"role": "user", "content": QUESTION}], tools=TOOLS)
+        return reply.choices[0].message.tool_calls[0].function.name
+
+    async with serving(tool_checkpoint) as (session, _):
+        name = await asyncio.to_thread(agent, session.base_url, session.api_key)
+        assert name == "calculator"
+        assert session.sample().details["agent_calls"] == 1.0
