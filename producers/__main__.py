@@ -24,6 +24,7 @@ from streamrl import aio
 from streamrl.hooks.engine import Engine
 from streamrl.log import open_log
 from streamrl.models import load_checkpoint
+from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.lora_files import run_adapter
 from streamrl.producers.engine import TorchEngine
 from streamrl.producers.metrics import serve_producer_metrics
@@ -48,7 +49,8 @@ async def produce(log_url: str, run_id: str, index: int, num_producers: int, *,
                               version=0))
         qat = ctx.config.trainer.qat
         if qat is not None and qat.int4 is not None and isinstance(engine, TorchEngine):
-            engine.use_int4(qat.int4.spec())  # serve what the INT4 QAT trainer computes with
+            # Serve what the INT4 QAT trainer computes with, quantized from the fp32 weights.
+            engine.use_int4(qat.int4.spec(), read_safetensors(ctx.init_checkpoint))
         if not isinstance(engine, Engine):
             raise TypeError(f"rollout.engine_factory returned a {type(engine).__name__}, which "
                             "lacks members of the Engine protocol (streamrl/hooks/engine.py)")

@@ -50,7 +50,7 @@ from streamrl.hooks.generation import (
 from streamrl.models import CausalLM, KVCache
 from streamrl.models.fp8_linear import load_fp8_state, quantize_model
 from streamrl.models.lora import is_adapter
-from streamrl.models.quant import Int4Spec, serve_int4
+from streamrl.models.quant import Int4Spec, load_int4, serve_int4
 from streamrl.producers.engine.adapters import RUN_ADAPTER, Adapters
 from streamrl.producers.engine.blocks import BlockPool
 from streamrl.producers.engine.packing import pack_weights
@@ -188,12 +188,16 @@ class TorchEngine:
                 return True
         return False
 
-    def use_int4(self, spec: Int4Spec) -> None:
+    def use_int4(self, spec: Int4Spec, source: Mapping[str, Tensor] | None = None) -> None:
         """Serve the weights `spec` targets as packed int4 (W4A16) from now on, quantized from
         the weights held and, on every `load_weights`, from the new version's as the INT4 QAT
-        trainer fake-quantizes them (`streamrl/models/quant.py`). Decoding is eager from then on."""
+        trainer fake-quantizes them (`streamrl/models/quant.py`). `source`: the held version's
+        tensors at the trainer's precision (HF names), to quantize from instead of the engine's
+        cast of them, so version 0 matches an fp32 trainer too. Decoding is eager from then on."""
         with torch.inference_mode():
             serve_int4(self.model, spec)
+            if source is not None:
+                load_int4(self.model, source)
         self._fused = None  # the fused CUDA decoder's projections are dense
 
     def load_weights(self, state_dict: Mapping[str, Tensor], version: int) -> None:

@@ -154,6 +154,24 @@ def test_engine_serves_the_qat_trainers_weights_with_its_logprobs(
         again.load_weights({k: v for k, v in payload.items() if k != targeted[0] + ".scales"}, 2)
 
 
+def test_version_zero_is_quantized_from_the_fp32_weights_not_the_engines_cast(
+        dense: Tiny) -> None:
+    from streamrl.models.checkpoint import read_safetensors
+
+    spec = Int4Spec(group_size=32, targets="linear")
+    fp32 = read_safetensors(dense.path)
+    bf16 = EngineConfig(max_batch_size=2, max_seq_len=32, dtype="bfloat16")
+    exact, cast = TorchEngine(load_checkpoint(dense.path), bf16), TorchEngine(
+        load_checkpoint(dense.path), bf16)
+    exact.use_int4(spec, fp32)
+    cast.use_int4(spec)
+    name = "model.layers.0.mlp.down_proj"
+    q, scales = quantize_int4(fp32[name + ".weight"], 32)
+    served = exact.model.get_submodule(name)
+    assert torch.equal(served.qweight, pack_int4(q)) and torch.equal(served.scales, scales)
+    assert not torch.equal(cast.model.get_submodule(name).scales, scales)  # bf16-rounded amax
+
+
 def test_fake_quantized_experts_train_their_fp32_masters(moe: Tiny) -> None:
     model = load_checkpoint(moe.path)
     fake_quantize(model, Int4Spec(group_size=32))
