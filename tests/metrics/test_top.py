@@ -101,6 +101,12 @@ def test_top_once_shows_the_runs_figures(tmp_path: Path) -> None:
     assert "producer-0: hostA:11" in out
 
 
+def test_top_reads_the_trainers_own_consumer_group() -> None:
+    from streamrl.commands import top
+
+    assert top.TRAINER_GROUP == TRAINER_GROUP
+
+
 def test_top_refuses_an_unknown_run(tmp_path: Path) -> None:
     code, out, _ = streamrl_here("top", "nosuchrun", "--log", str(tmp_path / "log"), "--once")
     assert code == 2 and "no events stream" in out
