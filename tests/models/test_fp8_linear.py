@@ -3,6 +3,8 @@ running an FP8 run's versions, and (CUDA only) the FP8 GEMM against the referenc
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,23 @@ def test_cuda_fp8_gemm_matches_the_reference_path(rows: int) -> None:
     assert fp8.fallback is None, fp8.fallback
     want = reference_fp8_linear(x, fp8.weight, fp8.weight_scale_inv, None)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_the_rollout_bench_runs_and_records(tmp_path, monkeypatch) -> None:
+    """bench/fp8_rollout.py end to end on a CPU smoke shape (FP8 on the reference path), so the
+    GPU call does not fail on the script itself; its section reads the figures back."""
+    from bench import fp8_rollout
+
+    monkeypatch.setattr(fp8_rollout, "RESULTS", tmp_path / "results")
+    sections = {}
+    monkeypatch.setattr(fp8_rollout, "replace_section",
+                        lambda name, body: sections.__setitem__(name, body))
+    data = json.loads(fp8_rollout.run(tmp_path, quick=True, device="cpu").read_text())
+    rows = data["shapes"]["smoke"]["rows"]
+    assert [r["variant"] for r in rows] == ["bf16 fused", "bf16 eager", "fp8 eager"]
+    assert all(r["tokens"] == 4 * 4 for r in rows), rows
+    assert rows[2]["paths"] == ["reference"]
+    sync = data["shapes"]["smoke"]["weight_sync"]
+    assert 0.25 < sync["fp8_bytes"] / sync["bf16_bytes"] < 0.9
+    fp8_rollout.record(tmp_path / "fp8_rollout.json")
+    assert "| smoke | 4 |" in sections["fp8_rollout"]
