@@ -42,6 +42,7 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import ModelConfig
+from streamrl.models.checkpoint import read_safetensors
 from streamrl.producers.engine.request import checked_prompt, run_to_completion
 from streamrl.producers.vllm import convert
 from streamrl.producers.vllm.http import VLLMHTTP, VLLMError
@@ -82,6 +83,10 @@ class VLLMConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     """"nccl": the server's workers (TP x PP x DP), ranks 1.. of the weight group."""
     nccl_device: str = "cuda"
     """"nccl": the device this process broadcasts from."""
+    reload_on_start: bool = True
+    """Push the checkpoint's weights to the server when the engine starts (as any update), so
+    version 0 is what the server serves even after an earlier producer pushed newer weights.
+    False: only label the served weights 0 (start the server on the run's initial weights)."""
 
     def __post_init__(self) -> None:
         if self.max_concurrency <= 0 or self.poll_s <= 0 or self.timeout_s <= 0:
@@ -121,8 +126,12 @@ class VLLMEngine:
             directory = Path(config.weights_dir) if config.weights_dir else self._temp_dir()
             self._pusher = FileReload(self.http, directory, config_json=(
                 checkpoint / "config.json" if checkpoint is not None else None))
-        # Label the server's weights with our version, so its spans speak our integers.
-        self.http.call("/update_weight_version", {"new_version": str(version)})
+        if config.reload_on_start and checkpoint is not None:
+            tensors = with_tied_head(read_safetensors(checkpoint), model_config.tie_word_embeddings)
+            update_session(self.http, lambda: self._pusher.push(tensors, version), version,
+                           pause_mode="retract")
+        else:  # label the served weights, so the server's spans speak our integers
+            self.http.call("/update_weight_version", {"new_version": str(version)})
         self._version = version
 
     def _temp_dir(self) -> Path:

@@ -33,7 +33,7 @@ def server_args(model: Path, *, port: int, max_model_len: int = 256, dtype: str 
     args = ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--dtype", dtype, "--max-model-len", str(max_model_len), "--host", "127.0.0.1",
             "--port", str(port), "--skip-tokenizer-init", "--enable-scale-out", "--logprobs-mode",
-            "processed_logprobs", "--disable-log-stats"]
+            "processed_logprobs"]
     return args + (["--enforce-eager"] if enforce_eager else []) + list(extra)
 
 

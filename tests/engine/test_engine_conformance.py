@@ -1,8 +1,10 @@
 """The `Engine` protocol's contract (streamrl/hooks/engine.py), written once and run against every
-backend: the embedded `TorchEngine` on tiny dense and MoE checkpoints, and the `SGLangEngine`
+backend: the embedded `TorchEngine` on tiny dense and MoE checkpoints, the `SGLangEngine`
 adapter against `FakeSGLang` (tests/sglang/fake_server.py), a local stand-in for the SGLang
-server that the unit test of our adapter needs; it is not SGLang. Each test states something the
-producer relies on. A new backend gets a `Backend` here and must pass all of them."""
+server that the unit test of our adapter needs (it is not SGLang), and the `VLLMEngine` adapter
+against a real vLLM CPU server (tests/vllm/real.py; slow, one server per session). Each test
+states something the producer relies on. A new backend gets a `Backend` here and must pass all
+of them."""
 
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ from streamrl.models import ModelConfig
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.producers.rollout import EngineClient
 from streamrl.producers.sglang import SGLangConfig, SGLangEngine
+from streamrl.producers.vllm import VLLMConfig, VLLMEngine
 from tests.engine.engine_util import engine as torch_engine
 from tests.engine.engine_util import prompt
 from tests.sglang.fake_server import FakeSGLang
+from tests.vllm.real import RealVLLM, vllm_server, wait_running  # noqa: F401 (a fixture)
 
 LONG = 40  # tokens: a request that is still running after a few steps (the fake holds it)
 DEADLINE_S = 30.0
@@ -40,13 +44,17 @@ class Backend:
     """One engine under test, plus what the suite cannot ask through the protocol."""
 
     def __init__(self, engine: Engine, model: ModelConfig, next_weights: dict[str, Tensor],
-                 server: FakeSGLang | None = None) -> None:
-        self.engine, self.model, self.next_weights, self.server = (
-            engine, model, next_weights, server)
+                 server: FakeSGLang | None = None, real: RealVLLM | None = None) -> None:
+        self.engine, self.model, self.next_weights, self.server, self.real = (
+            engine, model, next_weights, server, real)
 
     def wait_running(self, request_id: str) -> None:
         """Until the request has started (the embedded engine: one step prefills it; SGLang: the
-        server has it), so an abort meets a running request rather than racing its submission."""
+        server has it; vLLM: its scheduler runs it), so an abort meets a running request rather than
+        racing its submission."""
+        if self.real is not None:
+            wait_running(self.real.server.url, DEADLINE_S)
+            return
         if self.server is None:
             assert self.engine.step() == []
             return
@@ -58,9 +66,19 @@ class Backend:
 
 
 @pytest.fixture(params=[("torch", "dense"), ("torch", "moe"), ("sglang", "dense"),
-                        ("sglang", "moe")], ids="-".join)
+                        ("sglang", "moe"),
+                        pytest.param(("vllm", "dense"), marks=pytest.mark.slow)], ids="-".join)
 def backend(request) -> Iterator[Backend]:
     kind, model = request.param
+    if kind == "vllm":
+        real: RealVLLM = request.getfixturevalue("vllm_server")
+        engine = VLLMEngine.from_checkpoint(real.checkpoint, VLLMConfig(
+            url=real.server.url, poll_s=0.01, max_seq_len=real.max_model_len))
+        b = Backend(engine, engine.model_config, read_safetensors(real.next_checkpoint),
+                    real=real)
+        yield b
+        b.engine.close()
+        return
     path: Path = request.getfixturevalue(model).path
     next_weights = read_safetensors(request.getfixturevalue(f"{model}_next").path)  # HF names
     config = ModelConfig.from_file(path)
