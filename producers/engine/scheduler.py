@@ -186,11 +186,15 @@ class Scheduler:
 
     def _admit(self, queue: deque[Seq], budget: int, plan: Plan, *, resume: bool) -> int:
         """Steps 3: start sequences from `queue` in order while slots, blocks and budget last.
-        A sample whose prompt is being prefilled right now waits for it (others go ahead)."""
+        A sample whose prompt is being prefilled right now waits for it, keeping a slot: later
+        prompts go ahead only into the slots its waiting siblings leave free. Without that
+        reservation every slot went to the first sample of a different prompt and each group
+        finished only in the last round, all groups at once (a producer then published nothing
+        for a whole batch's time, and the trainer went stale waiting)."""
         deferred: list[Seq] = []
         while queue and budget > 0:
             seq = queue[0]
-            if not resume and None not in self.slots:
+            if not resume and self.slots.count(None) <= len(deferred):
                 break
             if self.share_prefixes and not seq.sampled and seq.key in self._prefilling:
                 deferred.append(queue.popleft())

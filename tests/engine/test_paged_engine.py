@@ -54,6 +54,21 @@ def test_samples_of_one_prompt_share_its_blocks_and_sample_as_unshared(tiny: Tin
     assert shared.stats["num_prefill_tokens"] == 9 + 8 + 2 * 2
 
 
+def test_a_group_finishes_in_the_first_round_its_slots_allow(tiny: Tiny) -> None:
+    # Four prompts of 4 samples, 8 slots: the first two groups run together and finish before
+    # any sample of the last two starts. (The siblings wait one step for their prompt's
+    # prefill; later prompts must not take their slots meanwhile, or every group would finish
+    # only in the last round and a producer publish nothing until then.)
+    reqs = [r for name in "abcd" for r in group(name, 6 + "abcd".index(name), 4,
+                                                   max_new_tokens=5)]
+    eng = engine(tiny, max_batch_size=8)
+    for r in reqs:
+        eng.add_request(r)
+    order = [r.request_id[0] for r in run_to_end(eng)]
+    assert sorted(order[:8]) == sorted("aaaabbbb"), order
+    assert eng.stats["num_prefill_tokens"] == sum(6 + i + 3 for i in range(4))  # still shared
+
+
 def test_a_sample_admitted_later_still_shares_the_running_prompt(dense: Tiny) -> None:
     # One slot free at a time: the second sample joins after the first finished prefill and
     # is decoding; it shares what the first holds.
