@@ -148,6 +148,9 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
     console.print(_summary(monitor.stats.steps, evals, wall, monitor.stats.rejected,
                            monitor.stats.evals))
     console.print(f"reward curve: {png}\nTensorBoard: tensorboard --logdir {ctx.run_dir}")
+    if config.logging.wandb is not None:  # docs/observability.md
+        console.print(f"W&B: run {run_id} of project {config.logging.wandb.project}, files in "
+                      f"{ctx.run_dir / 'wandb'} (offline: `wandb sync` them)")
     console.print(f"inspect: streamrl inspect {run_id} --log {args.log}")
     return 0
 

@@ -81,6 +81,7 @@ def test_a_run_serves_prometheus_logs_wandb_and_shows_in_top(tmp_path: Path) -> 
     scraper.stop.set()
     scraper.join()
     assert out.returncode == 0, out.stderr[-4000:] + out.stdout[-2000:]
+    assert f"W&B: run {run_id} of project streamrl-tests" in out.stdout
 
     trainer, producer = scraper.newest["trainer"], scraper.newest["producer-0"]
     labels = {"run": run_id, "component": "producer-0"}
