@@ -85,7 +85,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run(out: Path, quick: bool, num_steps: int) -> Path:
+def run(out: Path, quick: bool, num_steps: int, only: list[str] | None = None) -> Path:
     cuda = torch.cuda.is_available()
     info = machine_info() | {"torch": torch.__version__,
                              "card": torch.cuda.get_device_name() if cuda else "none (CPU)"}
@@ -93,7 +93,12 @@ def run(out: Path, quick: bool, num_steps: int) -> Path:
     result: dict = {"info": info, "options": OPTIONS, "cases": []}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "fp8_training.json"
+    if path.exists() and only:  # a second call for the other shape adds to the first's
+        result["cases"] = [c for c in json.loads(path.read_text())["cases"]
+                           if c["shape"] not in only]
     for name, shape in (QUICK if quick else SHAPES).items():
+        if only and name not in only:
+            continue
         for precision in precisions:
             try:
                 case = measure(shape, precision, quick, num_steps)
@@ -145,12 +150,13 @@ def main() -> None:
     p.add_argument("--record", type=Path, help="only write BENCHMARKS.md from this JSON")
     p.add_argument("--quick", action="store_true", help="a tiny shape (CPU allowed)")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: every shape")
     args = p.parse_args()
     if args.record:
         return record(args.record)
     if torch.cuda.is_available() and importlib.util.find_spec("torchao") is None:
         raise SystemExit("fp8_training needs torchao: pip install --no-deps .whl/torchao-*.whl")
-    print(f"wrote {run(args.out, args.quick, args.steps)}")
+    print(f"wrote {run(args.out, args.quick, args.steps, args.shapes)}")
     return None
 
 
