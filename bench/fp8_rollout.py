@@ -151,7 +151,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run(out_dir: Path, quick: bool, device: str = "cuda") -> Path:
+def run(out_dir: Path, quick: bool, device: str = "cuda", only: list[str] | None = None
+        ) -> Path:
     """Measure every shape (`quick`: one small one; on device "cpu" a smoke shape that only
     checks the script) and write `fp8_rollout.json` into `out_dir`."""
     shapes = SMOKE if device == "cpu" else QUICK if quick else SHAPES
@@ -161,7 +162,12 @@ def run(out_dir: Path, quick: bool, device: str = "cuda") -> Path:
     result: dict = {"info": info, "prompt": PROMPT, "new": new, "shapes": {}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "fp8_rollout.json"
+    if path.exists() and only:  # a second call for another shape adds to the first's
+        result["shapes"] = {k: v for k, v in json.loads(path.read_text())["shapes"].items()
+                            if k not in only}
     for name, (shape, batches) in shapes.items():
+        if only and name not in only:
+            continue
         model = build(shape, device)
         rows = []
         sync = weight_sync(model)  # leaves the model FP8: a fresh one for the throughput
@@ -242,13 +248,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--record", type=Path, help="only write BENCHMARKS.md from this JSON")
     p.add_argument("--quick", action="store_true", help="a 4-layer shape, batch 32, 32 tokens")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="default: every shape")
     args = p.parse_args()
     if args.record:
         return record(args.record)
     if not torch.cuda.is_available():
         print("fp8_rollout needs a CUDA GPU (FP8 GEMMs need Hopper); skipped")
         return None
-    path = run(args.out, args.quick)
+    path = run(args.out, args.quick, only=args.shapes)
     print(f"wrote {path}")
     return None
 
