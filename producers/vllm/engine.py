@@ -89,6 +89,9 @@ class VLLMConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     False: only label the served weights 0 (start the server on the run's initial weights)."""
 
     def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"VLLMConfig: url must start with http:// or https://, got "
+                             f"{self.url!r}")
         if self.max_concurrency <= 0 or self.poll_s <= 0 or self.timeout_s <= 0:
             raise ValueError("VLLMConfig: max_concurrency, poll_s and timeout_s must be > 0")
         if self.num_server_ranks <= 0:

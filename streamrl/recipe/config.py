@@ -157,11 +157,11 @@ class RolloutSection(Section, kw_only=True):
     max_new_tokens: int = 16
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     engine_factory: str | None = None
-    """Import path of a `(checkpoint: Path, options: dict) -> engine` that replaces the embedded
-    torch engine, e.g. "streamrl.producers.sglang:engine_from_options" (an SGLang server);
-    None = torch."""
+    """A `(checkpoint: Path, options: dict) -> engine` that replaces the embedded torch engine:
+    "vllm" or "sglang" (a running server; `ENGINES` in streamrl/recipe/engine.py) or an import
+    path; None = torch."""
     engine_options: dict[str, Any] = msgspec.field(default_factory=dict)
-    """Options handed to `engine_factory` (for SGLang: the fields of `SGLangConfig`)."""
+    """Options handed to `engine_factory` (the fields of `VLLMConfig` / `SGLangConfig`)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.reward_timeout_s < float("inf"):

@@ -10,6 +10,13 @@ import torch
 DType = Literal["float32", "bfloat16", "float16"]
 Decode = Literal["auto", "eager", "fused"]
 
+ENGINES = {
+    "sglang": "streamrl.producers.sglang:engine_from_options",
+    "vllm": "streamrl.producers.vllm:engine_from_options",
+}
+"""`rollout.engine_factory` by short name (docs/sglang.md, docs/vllm.md); an import path works
+as it is."""
+
 
 class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_batch_size: int = 8

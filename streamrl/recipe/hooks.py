@@ -22,6 +22,7 @@ from streamrl.hooks.resolve import resolve
 from streamrl.hooks.rollout import RewardFn, RolloutFn, SampleFilter
 from streamrl.hooks.run import Evaluator, ModelInit, PromptSource, Tokenizer
 from streamrl.hooks.train import AdvantageFn, CorrectionFn, LossFn, TrainStepHook
+from streamrl.recipe.engine import ENGINES
 from streamrl.recipe.filters import FILTERS
 from streamrl.recipe.rewards import build_reward
 from streamrl.recipe.trainer import ADVANTAGES, CORRECTIONS, LOSSES, hook_path
@@ -69,8 +70,9 @@ def resolve_hooks(config: RunConfig) -> Hooks:
         rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
         filter=(resolve(hook_path(rollout.filter, FILTERS, what="rollout.filter"),
                         SampleFilter, what="rollout.filter") if rollout.filter else None),
-        engine_factory=(resolve(rollout.engine_factory, EngineFactory,
-                                what="rollout.engine_factory")
+        engine_factory=(resolve(hook_path(rollout.engine_factory, ENGINES,
+                                          what="rollout.engine_factory"),
+                                EngineFactory, what="rollout.engine_factory")
                         if rollout.engine_factory else None),
         evaluate=(resolve(config.eval.evaluate, Evaluator, what="eval.evaluate")
                   if config.eval.evaluate else None),
