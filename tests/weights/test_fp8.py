@@ -153,3 +153,25 @@ def test_publish_moves_fp8_bytes_and_announces_both_digests(kind: str, tmp_path:
         assert (event.digest, event.quantized_digest, event.quantization) == (
             trainer_digest, published.quantized_digest, SCHEME)
         assert transport.retained == (published,)
+
+
+@pytest.mark.parametrize(("weights", "message"), [
+    ('transport = "broadcast"\ndtype = "float8_e4m3fn"', "other than \"broadcast\""),
+    ('dtype = "float8_e5m2"', "float8_e5m2"),
+], ids=["broadcast", "e5m2"])
+def test_an_fp8_recipe_the_run_cannot_serve_is_refused_at_load(tmp_path: Path, weights: str,
+                                                               message: str) -> None:
+    """Before anything starts, naming what to change (the LoRA and engine_factory cases share
+    the broadcast one's check)."""
+    from streamrl.recipe.config import ConfigError, load_config
+    from tests.helpers import TINY
+
+    text = TINY.read_text()
+    assert "[staleness]" in text
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(text.replace("[staleness]", f"[weights]\n{weights}\n\n[staleness]"))
+    with pytest.raises(ConfigError, match=message):
+        load_config(recipe)
+    recipe.write_text(text.replace("[staleness]", '[weights]\ndtype = "float8_e4m3fn"\n\n'
+                                   "[staleness]"))
+    assert load_config(recipe).weights.dtype == "float8_e4m3fn"
