@@ -10,6 +10,7 @@ both policies, which must stay inert), with prox/mu ratios
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,8 @@ from streamrl.consumers.trainer.batch import build_batch
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.consumers.trainer.losses import decoupled_ppo, gspo
 from streamrl.hooks.train import CorrectionInput, LossInput
-from streamrl.recipe.config import TrainerSection
+from streamrl.recipe.config import ConfigError, TrainerSection, load_recipe
+from streamrl.recipe.hooks import Hooks
 from streamrl.recipe.trainer import AlgorithmConfig, CorrectionConfig, LossConfig
 from tests.trainer.helpers import sample, tiny_model
 
@@ -183,3 +185,18 @@ def test_a_learner_step_reports_the_mismatch_and_masks_what_the_policy_rejects()
     assert metrics["mismatch_abs_logprob"] == pytest.approx(math.log(3) / 6, rel=1e-4)
     assert metrics["mismatch_kl"] == pytest.approx((3 - 1 - math.log(3)) / 6, rel=1e-4)
     assert metrics["truncated_fraction"] == pytest.approx(1 / 6)
+
+
+def test_a_recipe_names_the_correction_and_int4_qat(tmp_path: Path) -> None:
+    text = (Path(__file__).parents[1] / "run" / "tiny.toml").read_text().replace(
+        'step_hooks = ["tests.run.tiny_task:count_samples"]',
+        'algorithm = { correction = "mis_geometric", correction_config = { cap = 1.01 } }\n'
+        'qat = { int4 = { group_size = 16, targets = "linear" } }')
+    (tmp_path / "recipe.toml").write_text(text)
+    config, hooks = load_recipe(tmp_path / "recipe.toml")
+    assert isinstance(hooks, Hooks) and hooks.correction is correction.mis_geometric
+    assert LearnerSetup.of_run(config, hooks).correction is correction.mis_geometric
+    assert config.trainer.qat is not None and config.trainer.qat.int4 is not None
+    (tmp_path / "lora.toml").write_text(text + "\n[trainer.lora]\nrank = 2\n")
+    with pytest.raises(ConfigError, match=r"trainer\.qat\.int4 needs"):
+        load_recipe(tmp_path / "lora.toml")
