@@ -173,10 +173,15 @@ class Learner:
         cpu_batch = build_batch(rows, self.trainer.algorithm.batch)
         metrics: dict[str, float] = {}
         batch = cpu_batch.to(self.compute.torch_device) if self.compute.on_gpu else cpu_batch
-        with torch.no_grad():
-            proximal = self.logprobs(batch)
+        policy = None
+        if self._one_policy_pass():  # its values are the proximal logprobs: one forward, not two
+            policy = self.logprobs(batch)
+            proximal = policy.detach()
+        else:
+            with torch.no_grad():
+                proximal = self.logprobs(batch)
         reference = self._reference_logprobs(batch)
-        behavior, mismatch = self._correction(batch, proximal)
+        behavior, mismatch = self._correction(batch, proximal, version)
         shaping: dict[str, float] = {}
         advantages = self._advantages(cpu_batch, proximal, reference, shaping)
         advantages = advantages * _per_position(cpu_batch, sample_weights)
@@ -186,7 +191,7 @@ class Learner:
         for rows_mb in _split(batch.tokens.shape[0], self.trainer.minibatches):
             self.optimizer.zero_grad(set_to_none=True)
             step_metrics = self._accumulate(batch, rows_mb, proximal, advantages, version,
-                                            reference, behavior)
+                                            reference, behavior, policy)
             if self.trainer.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                       self.trainer.grad_clip)
@@ -205,6 +210,18 @@ class Learner:
         metrics["step_ms"] = (time.perf_counter() - started) * 1e3
         return metrics
 
+
+    def _one_policy_pass(self) -> bool:
+        """Whether the step makes exactly one policy pass over the whole batch, without dropout
+        or entropy, in the CPU path: then that pass's logprobs, detached, equal the proximal
+        forward's bit for bit (same weights, rows and kernels), and the no-grad forward is
+        skipped (a quarter of a CPU step). Elsewhere (minibatches, micro-batches, LoRA dropout,
+        a backend with its own logprobs, CUDA) the proximal forward runs on its own."""
+        lora = self.trainer.lora
+        return (self.trainer.minibatches == 1 and self.compute.micro_batch_rows is None
+                and not self.compute.on_gpu and (lora is None or lora.dropout == 0)
+                and self.trainer.algorithm.loss_config.entropy_coef <= 0
+                and type(self).logprobs is Learner.logprobs)
 
     def _policy(self, batch: TrainBatch, *, with_entropy: bool) -> tuple[Tensor, Tensor | None]:
         """log pi(target) [B, S] with grad, and the entropy when asked (CPU path only)."""
@@ -268,10 +285,11 @@ class Learner:
         return overlong_penalty(lengths, max_new_tokens=self.setup.max_new_tokens,
                                 buffer_tokens=overlong.buffer_tokens, penalty=overlong.penalty)
 
-    def _correction(self, batch: TrainBatch,
-                    proximal: Tensor) -> tuple[Correction | None, dict[str, float]]:
+    def _correction(self, batch: TrainBatch, proximal: Tensor,
+                    version: int) -> tuple[Correction | None, dict[str, float]]:
         """The step's train/rollout mismatch correction over the whole batch (None without a
-        policy) and its metrics (correction.py), from prox and the engine's logprobs."""
+        policy) and its metrics (correction.py), from prox and the engine's logprobs; "fresh"
+        tokens are those sampled by version - 1, the weights prox is computed with."""
         config = self.trainer.algorithm.loss_config
         behavior = None
         if self.setup.correction is not None:
@@ -280,7 +298,8 @@ class Learner:
                 loss_mask=batch.loss_mask, config=self.trainer.algorithm.correction_config,
                 max_log_ratio=config.max_log_ratio, segments=batch.segments))
         return behavior, mismatch_metrics(proximal, batch.old_logprobs, batch.loss_mask,
-                                          behavior, max_log_ratio=config.max_log_ratio)
+                                          behavior, max_log_ratio=config.max_log_ratio,
+                                          fresh=batch.versions == version - 1)
 
     def _reference_logprobs(self, batch: TrainBatch) -> Tensor | None:
         """log ref(target) [B, S] from the frozen initial weights, or None without a KL term:
@@ -307,7 +326,8 @@ class Learner:
 
     def _accumulate(self, batch: TrainBatch, rows_mb: slice, proximal: Tensor,
                     advantages: Tensor, version: int, reference: Tensor | None = None,
-                    behavior: Correction | None = None) -> dict[str, float]:
+                    behavior: Correction | None = None,
+                    policy: Tensor | None = None) -> dict[str, float]:
         """Gradients of one minibatch's loss, accumulated over its micro-batches (one when
         `micro_batch_rows` is unset). With several, each micro-batch backpropagates its token
         sum (token-mean loss x its trained tokens) and the summed gradients are divided by the
@@ -320,7 +340,8 @@ class Learner:
         for rows in micros:
             mb = _rows(batch, rows)
             config = self.trainer.algorithm.loss_config
-            logprobs, entropy = self._policy(mb, with_entropy=config.entropy_coef > 0)
+            logprobs, entropy = ((policy, None) if policy is not None  # the step's one pass
+                                 else self._policy(mb, with_entropy=config.entropy_coef > 0))
             out = self.loss_fn(LossInput(
                 logprobs=logprobs, old_logprobs=mb.old_logprobs,
                 proximal_logprobs=proximal[rows], advantages=advantages[rows],
