@@ -57,21 +57,29 @@ def mis_geometric(inp: CorrectionInput) -> Correction:
 
 
 def mismatch_metrics(train_logprobs: Tensor, rollout_logprobs: Tensor, loss_mask: Tensor,
-                     correction: Correction | None = None, *,
-                     max_log_ratio: float = 20.0) -> dict[str, float]:
+                     correction: Correction | None = None, *, max_log_ratio: float = 20.0,
+                     fresh: Tensor | None = None) -> dict[str, float]:
     """Means over trained tokens: mismatch_abs_logprob = |log prox - log mu|; mismatch_kl =
     exp(d) - 1 - d with d = log prox - log mu, the k3 estimate of KL(mu || prox) from mu's
     samples (unbiased, never negative); with a correction, mismatch_rejected_fraction (tokens it
-    truncated or masked) and mismatch_weight_mean (its weight)."""
+    truncated or masked) and mismatch_weight_mean (its weight). With `fresh` ([B, S] bool: the
+    tokens sampled by the very weights prox has), the same two over those tokens alone
+    (mismatch_abs_logprob_fresh, mismatch_kl_fresh: the engine-vs-trainer mismatch without the
+    policy's change since a stale token was sampled; 0 when none is fresh) and their share
+    mismatch_fresh_fraction."""
     mask = loss_mask.bool()
-    n = max(int(mask.sum()), 1)
     d = torch.where(mask, (train_logprobs.float() - rollout_logprobs.float()), 0.0)
     d = d.clamp(-max_log_ratio, max_log_ratio)
 
-    def mean(t: Tensor) -> float:
-        return float(torch.where(mask, t.double(), 0.0).sum() / n)
+    def mean(t: Tensor, where: Tensor = mask) -> float:
+        return float(torch.where(where, t.double(), 0.0).sum() / max(int(where.sum()), 1))
 
     metrics = {"mismatch_abs_logprob": mean(d.abs()), "mismatch_kl": mean(torch.expm1(d) - d)}
+    if fresh is not None:
+        now = mask & fresh.bool()
+        metrics |= {"mismatch_abs_logprob_fresh": mean(d.abs(), now),
+                    "mismatch_kl_fresh": mean(torch.expm1(d) - d, now),
+                    "mismatch_fresh_fraction": mean(fresh.float())}
     if correction is not None:
         metrics["mismatch_rejected_fraction"] = mean(correction.rejected.float())
         metrics["mismatch_weight_mean"] = mean(correction.weight)

@@ -121,6 +121,14 @@ def test_mismatch_metrics_are_means_over_trained_tokens() -> None:
     assert m["mismatch_weight_mean"] == pytest.approx((1 + 1.5 + 1.2 + 0.9) / 6, rel=1e-6)
     same = correction.mismatch_metrics(rollout, rollout, MASK)  # no mismatch, no policy
     assert same == {"mismatch_abs_logprob": 0.0, "mismatch_kl": 0.0}
+    # Only sample 1's tokens were sampled by the weights prox has (the others are stale).
+    fresh = torch.tensor([[False] * 4, [True] * 4])
+    m = correction.mismatch_metrics(train, rollout, MASK, fresh=fresh)
+    assert m["mismatch_abs_logprob_fresh"] == pytest.approx(
+        sum(abs(math.log(r)) for r in RATIOS[1]) / 3, rel=1e-6)
+    assert m["mismatch_kl_fresh"] == pytest.approx(
+        sum(r - 1 - math.log(r) for r in RATIOS[1]) / 3, rel=1e-5)
+    assert m["mismatch_fresh_fraction"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("loss_fn", [decoupled_ppo, gspo])
@@ -185,6 +193,9 @@ def test_a_learner_step_reports_the_mismatch_and_masks_what_the_policy_rejects()
     assert metrics["mismatch_abs_logprob"] == pytest.approx(math.log(3) / 6, rel=1e-4)
     assert metrics["mismatch_kl"] == pytest.approx((3 - 1 - math.log(3)) / 6, rel=1e-4)
     assert metrics["truncated_fraction"] == pytest.approx(1 / 6)
+    # Every token was sampled by version 0, the weights of step 1's prox: all fresh.
+    assert metrics["mismatch_fresh_fraction"] == 1.0
+    assert metrics["mismatch_abs_logprob_fresh"] == metrics["mismatch_abs_logprob"]
 
 
 def test_a_recipe_names_the_correction_and_int4_qat(tmp_path: Path) -> None:
