@@ -9,10 +9,11 @@ one (`rollout.engine_factory`, an `EngineFactory`).
         engine.load_weights(tensors, version)       # only here: between steps
     engine.close()
 
-Two engines implement it: `streamrl.producers.engine.TorchEngine` (embedded, continuous batching
-over streamrl's own model) and `streamrl.producers.sglang.SGLangEngine` (a running SGLang server).
-One conformance suite runs against both (tests/engine/test_engine_conformance.py); a new backend
-passes it before a producer drives it. The request and result types, and the seed, logprob and
+Three engines implement it: `streamrl.producers.engine.TorchEngine` (embedded, continuous
+batching over streamrl's own model), `streamrl.producers.sglang.SGLangEngine` and
+`streamrl.producers.vllm.VLLMEngine` (running SGLang and vLLM servers). One conformance suite runs
+against all of them (tests/engine/test_engine_conformance.py); a new backend passes it before a
+producer drives it. The request and result types, and the seed, logprob and
 routing-record conventions every engine follows, are in `streamrl.hooks.generation`.
 
 Threads. The producer drives an engine from one asyncio event loop (`EngineClient` in

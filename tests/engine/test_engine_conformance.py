@@ -2,9 +2,10 @@
 backend: the embedded `TorchEngine` on tiny dense and MoE checkpoints, the `SGLangEngine`
 adapter against `FakeSGLang` (tests/sglang/fake_server.py), a local stand-in for the SGLang
 server that the unit test of our adapter needs (it is not SGLang), and the `VLLMEngine` adapter
-against a real vLLM CPU server (tests/vllm/real.py; slow, one server per session). Each test
-states something the producer relies on. A new backend gets a `Backend` here and must pass all
-of them."""
+against a real vLLM CPU server (`vllm_backend`; tests/vllm/test_conformance.py runs these tests
+with it, late in the suite, so CI's background build of the vLLM venv is done by then). Each
+test states something the producer relies on. A new backend gets a `Backend` here and must pass
+all of them."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from streamrl.producers.vllm import VLLMConfig, VLLMEngine
 from tests.engine.engine_util import engine as torch_engine
 from tests.engine.engine_util import prompt
 from tests.sglang.fake_server import FakeSGLang
-from tests.vllm.real import RealVLLM, vllm_server, wait_running  # noqa: F401 (a fixture)
+from tests.vllm.real import RealVLLM, wait_running
 
 LONG = 40  # tokens: a request that is still running after a few steps (the fake holds it)
 DEADLINE_S = 30.0
@@ -65,20 +66,19 @@ class Backend:
             time.sleep(0.005)
 
 
+def vllm_backend(real: RealVLLM) -> Iterator[Backend]:
+    """The vLLM adapter on the shared real server, serving its checkpoint as version 0."""
+    engine = VLLMEngine.from_checkpoint(real.checkpoint, VLLMConfig(
+        url=real.server.url, poll_s=0.01, max_seq_len=real.max_model_len))
+    b = Backend(engine, engine.model_config, read_safetensors(real.next_checkpoint), real=real)
+    yield b
+    b.engine.close()
+
+
 @pytest.fixture(params=[("torch", "dense"), ("torch", "moe"), ("sglang", "dense"),
-                        ("sglang", "moe"),
-                        pytest.param(("vllm", "dense"), marks=pytest.mark.slow)], ids="-".join)
+                        ("sglang", "moe")], ids="-".join)
 def backend(request) -> Iterator[Backend]:
     kind, model = request.param
-    if kind == "vllm":
-        real: RealVLLM = request.getfixturevalue("vllm_server")
-        engine = VLLMEngine.from_checkpoint(real.checkpoint, VLLMConfig(
-            url=real.server.url, poll_s=0.01, max_seq_len=real.max_model_len))
-        b = Backend(engine, engine.model_config, read_safetensors(real.next_checkpoint),
-                    real=real)
-        yield b
-        b.engine.close()
-        return
     path: Path = request.getfixturevalue(model).path
     next_weights = read_safetensors(request.getfixturevalue(f"{model}_next").path)  # HF names
     config = ModelConfig.from_file(path)
