@@ -10,8 +10,10 @@ in fp32 accumulation, then cast to x's dtype (+ bias).
 
 - CUDA: one `torch.nn.functional.scaled_mm` (ScalingType BlockWise1x128 x BlockWise128x128, a
   cuBLASLt FP8 GEMM on Hopper; needs CUDA >= 12.9). Rows are padded to a multiple of 16 (the
-  scale layout's alignment). If the GEMM is refused (older cuBLAS, a shape it does not take),
-  the layer says why once (`Fp8Linear.fallback`) and runs the reference path instead.
+  scale layout's alignment); the activation quantizer is `torch.compile`d (one fused kernel
+  instead of ~10 eager launches per linear), eager if compiling fails. If the GEMM is refused
+  (older cuBLAS, a shape it does not take), the layer says why once (`Fp8Linear.fallback`)
+  and runs the reference path instead.
 - Reference (CPU, and CUDA's fallback): the same quantization of x and W, dequantized, one
   fp32 matmul. It is what tests compare against and what the CPU engine runs; it is slower
   than a BF16 linear (it dequantizes the weight on every call).
@@ -23,6 +25,7 @@ half the expert bytes but computes them in BF16 (no grouped FP8 GEMM here yet).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -107,7 +110,8 @@ class Fp8Linear(nn.Module):
         if self.path == "scaled_mm":
             try:
                 y = self._scaled_mm(x2)
-            except RuntimeError as error:  # refused by cuBLASLt: say so once, stay correct
+            except (RuntimeError, ValueError, NotImplementedError) as error:  # refused by
+                # cuBLASLt (or torch's checks): say so once, stay correct
                 self.fallback = str(error).splitlines()[0]
                 warnings.warn(f"Fp8Linear: the CUDA FP8 GEMM was refused ({self.fallback}); "
                               "running the dequantizing reference path", stacklevel=2)
@@ -118,9 +122,7 @@ class Fp8Linear(nn.Module):
 
     def _scaled_mm(self, x2: Tensor) -> Tensor:
         M = x2.shape[0]
-        pad = (-M) % _ROW_ALIGN
-        xq, xs = quantize_activation(F.pad(x2, (0, 0, 0, pad)) if pad else x2)
-        scale_a = xs.t().contiguous().t()  # [M, kb], column-major as cuBLASLt wants it
+        xq, scale_a = _gemm_operand(x2)
         if self._scale_b is None:  # [kb, nb] column-major, leading dim padded to 4
             nb, kb = self.weight_scale_inv.shape
             padded = self.weight_scale_inv.new_ones(nb, kb + (-kb) % 4)
@@ -133,6 +135,36 @@ class Fp8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(out_dtype)
         return y.to(x2.dtype)
+
+
+def gemm_operand(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`quantize_activation` laid out for `scaled_mm`: rows padded to a multiple of 16, the
+    scales [M, kb] column-major (stride (1, M)), as cuBLASLt's 1x128 scaling wants them."""
+    pad = (-x.shape[0]) % _ROW_ALIGN
+    xq, xs = quantize_activation(F.pad(x, (0, 0, 0, pad)) if pad else x)
+    return xq, xs.t().contiguous().t()
+
+
+@functools.cache
+def _compiled_operand() -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    return torch.compile(gemm_operand, dynamic=True)
+
+
+def _gemm_operand(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`gemm_operand` compiled (one fused kernel instead of ~10 eager ones per linear, which
+    dominate a decode step's launches); eager if compiling fails (said once)."""
+    global _COMPILE_FAILED
+    if _COMPILE_FAILED is None:
+        try:
+            return _compiled_operand()(x)
+        except Exception as error:  # any compiler failure: stay correct, eagerly
+            _COMPILE_FAILED = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            warnings.warn(f"Fp8Linear: compiling the activation quantizer failed "
+                          f"({_COMPILE_FAILED}); quantizing eagerly", stacklevel=3)
+    return gemm_operand(x)
+
+
+_COMPILE_FAILED: str | None = None  # why torch.compile of the quantizer failed, if it did
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamrl.models import load_checkpoint
+from streamrl.models import fp8_linear, load_checkpoint
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.fp8_linear import (
     Fp8Linear,
@@ -157,6 +157,11 @@ def test_cuda_fp8_gemm_matches_the_reference_path(rows: int) -> None:
     assert fp8.fallback is None, fp8.fallback
     want = reference_fp8_linear(x, fp8.weight, fp8.weight_scale_inv, None)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    # the compiled activation quantizer the layer used is the eager one, bit for bit
+    assert fp8_linear._COMPILE_FAILED is None, fp8_linear._COMPILE_FAILED
+    (q1, s1), (q2, s2) = fp8_linear._gemm_operand(x), fp8_linear.gemm_operand(x)
+    assert torch.equal(q1.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s1, s2)
+    assert s1.stride() == (1, s1.shape[0])
 
 
 def test_the_rollout_bench_runs_and_records(tmp_path, monkeypatch) -> None:
