@@ -22,6 +22,7 @@ that it is finite (an empty read ends the loop with `SourceExhausted`) and the c
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from streamrl.consumers.trainer.hooks import TrainStepInput
 from streamrl.consumers.trainer.learner import Learner
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, Log, Record, StreamPartition
+from streamrl.models.quant import int4_payload, int4_scheme
 from streamrl.recipe.context import TRAINER_GROUP, RunContext
 from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
@@ -148,6 +150,11 @@ class TrainerLoop:
                 self.transport, version, tensors, inline_max_bytes=inline)), 0.0)
         if self.ctx.config.weights.dtype == fp8.DTYPE:  # quantized here, on the trainer's device
             return fp8.begin_publish(self.transport, version, tensors)
+        qat = self.ctx.config.trainer.qat
+        if qat is not None and qat.int4 is not None and qat.int4.publish == "int4":
+            spec = qat.int4.spec()  # the engine's int4 weights, packed here (models/quant.py)
+            return fp8.begin_publish(self.transport, version, tensors, scheme=int4_scheme(spec),
+                                     quantize=functools.partial(int4_payload, spec=spec))
         return self.transport.begin_publish(version, tensors)
 
     async def _commit_version(self, pending: PendingVersion, batch: FormedBatch,

@@ -275,6 +275,11 @@ def load_int4(model: nn.Module, tensors: Mapping[str, Tensor]) -> dict[str, Tens
     return state
 
 
+def int4_scheme(spec: Int4Spec) -> str:
+    """`WeightVersionAnnounced.quantization` of a version published as an int4 payload."""
+    return f"int4/sym-group{spec.group_size}/{spec.targets}"
+
+
 def int4_payload(tensors: Mapping[str, Tensor], spec: Int4Spec) -> dict[str, Tensor]:
     """A version's HF tensors with the targeted weights as `<name>.qweight` (uint8) and
     `<name>.scales` (fp32), quantized as the trainer fake-quantizes them; the rest unchanged."""

@@ -364,6 +364,12 @@ class RunConfig(Section, kw_only=True):
             raise ValueError("trainer.qat.int4 needs trainer.backend = \"torch\", no "
                              "[trainer.lora] and the embedded torch engine (it serves the int4 "
                              "weights): unset those or remove [trainer.qat]")
+        if self.trainer.qat is not None and self.trainer.qat.int4 is not None and \
+                self.weights.dtype is not None:
+            raise ValueError(f"trainer.qat.int4 needs weights.dtype unset (got "
+                             f"{self.weights.dtype!r}): the engine quantizes the trainer's own "
+                             "fp32 weights, as the trainer does (set trainer.qat.int4.publish "
+                             "= \"int4\" to move fewer bytes)")
         if self.trainer.minibatches < 1 or self.trainer.batch_size % self.trainer.minibatches:
             raise ValueError(f"trainer.minibatches ({self.trainer.minibatches}) must divide "
                              f"trainer.batch_size ({self.trainer.batch_size})")

@@ -358,6 +358,13 @@ class Int4Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     targets: Literal["experts", "linear"] = "experts"
     """"experts": the routed experts of MoE layers; "linear": every linear weight of the decoder
     layers (attention, MLPs, experts), never the router, norms, embeddings or LM head."""
+    publish: Literal["full", "int4"] = "full"
+    """How each version travels to the engines: "full", the trainer's fp32 weights (the engine
+    quantizes them on load); "int4", the targeted weights already packed (`<name>.qweight` +
+    `<name>.scales`, 4 bits + an fp32 scale per group; the rest as the trainer's), about 1/8
+    of their fp32 bytes. Either way the engine serves the same int4 weights and the announced
+    digest is the trainer's own (the payload's is `quantized_digest`)."""
+
 
     def __post_init__(self) -> None:
         if self.group_size < 2 or self.group_size % 2:

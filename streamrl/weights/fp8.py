@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import msgspec
 import torch
@@ -137,17 +137,20 @@ def dequantize_state(tensors: Mapping[str, Tensor], dtype: torch.dtype) -> dict[
     return rest | {n: dequantize_blocks(q, s, dtype) for n, (q, s) in quantized.items()}
 
 
-def begin_publish(transport: WeightTransport, version: int,
-                  tensors: Mapping[str, Tensor]) -> PendingVersion:
+def begin_publish(transport: WeightTransport, version: int, tensors: Mapping[str, Tensor], *,
+                  quantize: Callable[[Mapping[str, Tensor]], dict[str, Tensor]] = quantize_state,
+                  scheme: str = SCHEME) -> PendingVersion:
     """Publish `tensors` quantized (`quantize_state`, on their device) through `transport`,
     announcing the trainer's own digest: the tensors are snapshotted on their device (one more
     copy of the weights in its memory, as cuda_ipc's cast does) and hashed on a thread beside
     the transport's hashing of the quantized bytes. `transport.finish_publish(pending)` returns
-    the Published with `digest` (the trainer's), `quantized_digest` and `quantization` set."""
+    the Published with `digest` (the trainer's), `quantized_digest` and `quantization` set.
+    `quantize` and `scheme` name another format published the same way (INT4 QAT's
+    `streamrl.models.quant.int4_payload`)."""
     t0 = time.perf_counter()
     with torch.no_grad():
         snapshot = {name: t.detach().clone() for name, t in tensors.items()}
-        quantized = quantize_state(tensors)
+        quantized = quantize(tensors)
     quantize_ms = (time.perf_counter() - t0) * 1e3
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fp8-source-digest")
     source = pool.submit(weights_digest, snapshot)
@@ -156,7 +159,7 @@ def begin_publish(transport: WeightTransport, version: int,
 
     def announced(published: Published) -> Published:
         return msgspec.structs.replace(published, digest=source.result(),
-                                       quantized_digest=published.digest, quantization=SCHEME)
+                                       quantized_digest=published.digest, quantization=scheme)
 
     pending.finish = announced
     pending.copy_ms += quantize_ms  # on the trainer's critical path too

@@ -180,3 +180,42 @@ def test_fake_quantized_experts_train_their_fp32_masters(moe: Tiny) -> None:
     out = model(tokens, torch.arange(6)[None])
     out.logits.sum().backward()
     assert experts.gate_proj.grad is not None and bool(experts.gate_proj.grad.abs().sum() > 0)
+
+
+def test_a_version_published_as_int4_carries_the_trainers_digest_and_loads(
+        dense: Tiny, tmp_path) -> None:
+    """`[trainer.qat.int4] publish = "int4"`: the transport moves the packed payload, the
+    announcement keeps the trainer's digest (replay and audit compare it) beside the payload's,
+    and an engine loading it serves exactly what one quantizing the fp32 version serves."""
+    import functools
+
+    from streamrl.models.checkpoint import read_safetensors
+    from streamrl.models.quant import int4_scheme
+    from streamrl.weights import TransportConfig, fp8
+    from streamrl.weights.digest import weights_digest
+
+    spec = Int4Spec(group_size=32, targets="linear")
+    version = read_safetensors(dense.path)
+    transport = TransportConfig(kind="file", keep_last=1, directory=str(tmp_path)).open()
+    try:
+        published = transport.finish_publish(
+            fp8.begin_publish(transport, 1, version, scheme=int4_scheme(spec),
+                              quantize=functools.partial(int4_payload, spec=spec)))
+        assert published.digest == weights_digest(version)
+        assert published.quantization == "int4/sym-group32/linear"
+        packed = set(int4_payload(version, spec))
+        targeted = sum(t.numel() for n, t in version.items() if n + ".qweight" in packed)
+        rest = sum(t.numel() * 4 for n, t in version.items() if n + ".qweight" not in packed)
+        assert published.num_bytes == rest + targeted * (0.5 + 4 / 32)  # 4 bits + fp32 / 32
+        payload = transport.load(published.locator, expected_digest=published.quantized_digest)
+    finally:
+        transport.close()
+    served = []
+    for tensors in (payload, version):
+        engine = TorchEngine(load_checkpoint(dense.path), ENGINE)
+        engine.use_int4(spec)
+        engine.load_weights(tensors, 1)
+        served.append(engine.generate([GenerationRequest(
+            request_id="r", prompt_tokens=PROMPTS[0],
+            params=SamplingParams(temperature=1.0, max_new_tokens=6, seed=2))])[0])
+    np.testing.assert_array_equal(served[0].logprobs, served[1].logprobs)

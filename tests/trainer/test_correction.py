@@ -211,3 +211,6 @@ def test_a_recipe_names_the_correction_and_int4_qat(tmp_path: Path) -> None:
     (tmp_path / "lora.toml").write_text(text + "\n[trainer.lora]\nrank = 2\n")
     with pytest.raises(ConfigError, match=r"trainer\.qat\.int4 needs"):
         load_recipe(tmp_path / "lora.toml")
+    (tmp_path / "fp8.toml").write_text(text + '\n[weights]\ndtype = "float8_e4m3fn"\n')
+    with pytest.raises(ConfigError, match=r"needs weights\.dtype unset"):
+        load_recipe(tmp_path / "fp8.toml")
