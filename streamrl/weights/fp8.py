@@ -139,21 +139,23 @@ def dequantize_state(tensors: Mapping[str, Tensor], dtype: torch.dtype) -> dict[
 
 def begin_publish(transport: WeightTransport, version: int, tensors: Mapping[str, Tensor], *,
                   quantize: Callable[[Mapping[str, Tensor]], dict[str, Tensor]] = quantize_state,
-                  scheme: str = SCHEME) -> PendingVersion:
+                  scheme: str = SCHEME, snapshot: bool = True) -> PendingVersion:
     """Publish `tensors` quantized (`quantize_state`, on their device) through `transport`,
     announcing the trainer's own digest: the tensors are snapshotted on their device (one more
     copy of the weights in its memory, as cuda_ipc's cast does) and hashed on a thread beside
     the transport's hashing of the quantized bytes. `transport.finish_publish(pending)` returns
     the Published with `digest` (the trainer's), `quantized_digest` and `quantization` set.
+    `snapshot=False` hashes `tensors` themselves, for callers that never change them.
     `quantize` and `scheme` name another format published the same way (INT4 QAT's
     `streamrl.models.quant.int4_payload`)."""
     t0 = time.perf_counter()
     with torch.no_grad():
-        snapshot = {name: t.detach().clone() for name, t in tensors.items()}
+        source_tensors = ({name: t.detach().clone() for name, t in tensors.items()}
+                          if snapshot else tensors)
         quantized = quantize(tensors)
     quantize_ms = (time.perf_counter() - t0) * 1e3
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fp8-source-digest")
-    source = pool.submit(weights_digest, snapshot)
+    source = pool.submit(weights_digest, source_tensors)
     pool.shutdown(wait=False)  # the thread ends with its one job
     pending = transport.begin_publish(version, quantized)
 
@@ -168,5 +170,6 @@ def begin_publish(transport: WeightTransport, version: int, tensors: Mapping[str
 
 def publish(transport: WeightTransport, version: int, tensors: Mapping[str, Tensor]
             ) -> Published:
-    """`begin_publish` and `finish_publish` at once (the driver's initial version)."""
-    return transport.finish_publish(begin_publish(transport, version, tensors))
+    """`begin_publish` and `finish_publish` at once, without a snapshot (the driver's initial
+    version, read from the checkpoint and never changed)."""
+    return transport.finish_publish(begin_publish(transport, version, tensors, snapshot=False))
