@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamrl.models import fp8_linear, load_checkpoint
+from streamrl.models import fp8_linear, load_checkpoint, token_logprobs
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.fp8_linear import (
     Fp8Linear,
@@ -182,3 +182,41 @@ def test_the_rollout_bench_runs_and_records(tmp_path, monkeypatch) -> None:
     assert 0.25 < sync["fp8_bytes"] / sync["bf16_bytes"] < 0.9
     fp8_rollout.record(tmp_path / "fp8_rollout.json")
     assert "| smoke | 4 |" in sections["fp8_rollout"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the FP8 engine path needs a CUDA GPU")
+def test_cuda_fp8_engine_samples_near_the_bf16_engine(tmp_path) -> None:
+    """On an H100: a bf16 engine and an FP8 one (every dimension a multiple of 128, so every
+    projection takes the FP8 GEMM, none falls back) on the same weights; the FP8 engine's
+    logprobs against the bf16 model's teacher-forced ones stay within the CPU test's bounds."""
+    tiny = build(tmp_path, moe=False, seed=6, hidden_size=256, intermediate_size=512,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=128)
+
+    def cuda_engine() -> TorchEngine:
+        return TorchEngine(load_checkpoint(tiny.path), EngineConfig(
+            max_batch_size=4, max_seq_len=64, device="cuda", dtype="bfloat16", decode="eager"))
+
+    ref, fp8 = cuda_engine(), cuda_engine()
+    fp8.use_fp8()
+    results = fp8.generate([request(f"c{i}", length=5 + i, temperature=1.0, max_new_tokens=16)
+                            for i in range(4)])
+    layers = fp8_layers(fp8.model).values()
+    assert {m.path for m in layers} == {"scaled_mm"}, {m.fallback for m in layers}
+    delta = np.concatenate([np.abs(_scored_on_device(ref.model, r) - r.logprobs)
+                            for r in results])
+    assert delta.mean() < MEAN_LOGPROB_TOL and delta.max() < MAX_LOGPROB_TOL, (
+        delta.mean(), delta.max())
+
+
+def _scored_on_device(model, result) -> np.ndarray:
+    """`teacher_forced` for a model on any device: log p(response token) [R] at temperature 1."""
+    device = next(model.parameters()).device
+    P = len(result.prompt_tokens)
+    tokens = torch.from_numpy(np.concatenate([result.prompt_tokens, result.response_tokens]))
+    tokens = tokens.long().to(device)
+    with torch.inference_mode():
+        out = model(tokens[None], torch.arange(len(tokens), device=device)[None],
+                    return_hidden=True)
+        logp, _ = token_logprobs(out.hidden[0, P - 1 : -1], model.lm_head.weight, tokens[P:],
+                                 temperature=1.0)
+    return logp.float().cpu().numpy()
