@@ -10,6 +10,7 @@ and the byte-level BPE tokenizer tests/data trains locally, so a recipe can run 
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
 import subprocess
@@ -101,6 +102,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealVLLM]:
         next_checkpoint = write_model(root / "next", seed=1)
         server = VLLMServer(python, checkpoint, max_model_len=MAX_MODEL_LEN,
                             log_path=root / "server.log").start()
+        atexit.register(server.stop)  # also when the session is interrupted
         print(f"vLLM server healthy after {server.started_in_s:.1f} s ({root / 'server.log'})")
         _shared["it"] = RealVLLM(server, checkpoint, next_checkpoint)
     yield _shared["it"]
