@@ -41,7 +41,7 @@ from streamrl.hooks.rollout import (
 from streamrl.hooks.run import prompt_text, stop_token_ids
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.producers.agent import ChatEndpoint
-from streamrl.producers.budget import num_published_samples, started_share
+from streamrl.producers.budget import TrainerDrops, admission_count
 from streamrl.producers.evaluate import Evaluation, last_evaluated
 from streamrl.producers.handover import hand_over
 from streamrl.producers.reference import ReferenceScorer
@@ -63,8 +63,10 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.ids import group_id_for, sample_id_for
 from streamrl.schemas.integrity import digest_headers
-from streamrl.staleness import THROTTLED, AdmissionState
+from streamrl.staleness import THROTTLED, Admission, AdmissionState
 from streamrl.streams import owned_partitions
+
+DROPS_EVERY_S = 0.2  # how often a throttled producer looks for the trainer's drops
 
 
 class Group(msgspec.Struct, kw_only=True):
@@ -104,10 +106,13 @@ class Producer:
         self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)
         self.publish_lock = asyncio.Lock()
         # A fork's versions start at its parent's version: admission control counts from there
-        # (streamrl/run/fork.py). Samples started: this producer's share of those published
-        # (a fork's carried ones included), read back in `_join` (producers/budget.py).
+        # (streamrl/run/fork.py). Samples started and not known to be dropped: this producer's
+        # share of those the run holds, read back in `_join`, then credited for the trainer's
+        # drops of its own partitions' samples (producers/budget.py).
         self.base_version = ctx.first_version
         self.num_started = 0
+        self.drops = TrainerDrops(log, ctx.streams.events)  # replaced in `_join`
+        self.drops_read_at = 0.0  # time.monotonic() of the last read
         self.throttled = False
         # what the metrics endpoint reads (producers/metrics.py), counted once committed
         self.num_published_samples = self.num_generated_tokens = 0
@@ -175,8 +180,9 @@ class Producer:
         for p in owned_partitions(self.index, self.num_producers, num_partitions):
             committed = await self.log.committed_with_metadata(PRODUCER_GROUP, prompts, p)
             self.progress[p] = PartitionProgress.restore(committed, f"{prompts}[{p}]")
-        num_published = await num_published_samples(self.log, self.ctx.streams.trajectories)
-        self.num_started = started_share(num_published, self.index, self.num_producers)
+        self.num_started, self.drops = await admission_count(
+            self.log, self.ctx.streams.trajectories, self.ctx.streams.events, self.index,
+            self.num_producers)
         await self.log.append(self.ctx.streams.events, encode_event(ProducerJoined(
             run_id=self.ctx.run_id, producer_id=self.producer_id, host=socket.gethostname(),
             pid=os.getpid())))
@@ -189,13 +195,9 @@ class Producer:
     async def admit_prompts(self) -> None:
         n = self.ctx.config.data.samples_per_prompt
         while True:
-            admission = self.hooks.staleness.admit(AdmissionState(
-                trainer_version=max(0, self.weights.trainer_version - self.base_version),
-                num_started=self.num_started,
-                num_in_flight=n * sum(not g.publishing for g in self.groups.values()),
-                batch_size=self.ctx.config.trainer.batch_size,
-                num_producers=self.num_producers, now_ms=int(time.time() * 1000),
-                producer_rank=self.index))
+            admission = self._admission()
+            if admission.capacity < n and await self._credit_drops():
+                admission = self._admission()
             if admission.capacity < n:
                 await self._throttle(admission.detail)
                 return
@@ -203,6 +205,29 @@ class Producer:
             if not self.queue and not await self._read_prompts():
                 return
             self._start(self.queue.popleft())
+
+    def _admission(self) -> Admission:
+        in_flight = self.ctx.config.data.samples_per_prompt * sum(
+            not g.publishing for g in self.groups.values())
+        return self.hooks.staleness.admit(AdmissionState(
+            trainer_version=max(0, self.weights.trainer_version - self.base_version),
+            # Credits for drops of samples started before this producer joined may take the
+            # count below what it has in flight; it asks as if those were all it held (a moment
+            # of caution, exact again once they finish).
+            num_started=max(self.num_started, in_flight), num_in_flight=in_flight,
+            batch_size=self.ctx.config.trainer.batch_size,
+            num_producers=self.num_producers, now_ms=int(time.time() * 1000),
+            producer_rank=self.index))
+
+    async def _credit_drops(self) -> bool:
+        """Throttled: take back the slots of this producer's samples the trainer dropped since
+        the last look (at most every DROPS_EVERY_S); whether any came back."""
+        if time.monotonic() - self.drops_read_at < DROPS_EVERY_S:
+            return False
+        self.drops_read_at = time.monotonic()
+        credited = await self.drops.read(self.progress.keys())
+        self.num_started -= credited
+        return credited > 0
 
     async def _read_prompts(self) -> bool:
         per_partition = max(2, 16 // max(len(self.progress), 1))  # prompts stay near their order

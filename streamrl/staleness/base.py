@@ -96,7 +96,8 @@ class AdmissionState(msgspec.Struct, kw_only=True, frozen=True):
     # Samples this producer has started so far, in flight and finished. Leave out samples that
     # will never be trained (a sample filter rejected their group, or the trainer's Rejected
     # event names them): the trainer still needs a full batch per version, and counting them
-    # would throttle the producer forever (AReaL counts accepted + running the same way).
+    # would throttle the producer forever (AReaL counts accepted + running the same way; the
+    # producer's count: producers/budget.py).
     num_started: int
     num_in_flight: int
     batch_size: int  # samples the trainer consumes per version

@@ -40,9 +40,15 @@ def version_budget(state: AdmissionState, max_staleness: int) -> Admission:
     stays within this producer's share of the budget T = (trainer_version + max_staleness + 1) *
     batch_size.
 
-    Why: the trainer consumes batch_size samples per version, so the k-th sample ever started
+    Why: the trainer trains batch_size samples per version, so the k-th sample ever started
     (0-based) is trained at version >= k // batch_size; if it started at trainer_version, its lag
-    is at most max_staleness exactly when k < T.
+    is at most max_staleness exactly when k < T. The count is therefore of samples that are, or
+    may still be, trained: a sample the trainer dropped or requeued (its Rejected event) or a
+    group the recipe's filter rejected gives its slot back, as AReaL counts accepted + running.
+    Counting every sample ever started would stall a run for good once drops exceed
+    max_staleness * batch_size: the budget would be spent on samples nobody trains. The producer
+    keeps that count (`num_started`; producers/budget.py credits the trainer's drops and rebuilds
+    it on a restart).
 
     The global rule counts every producer's samples, which would need a shared counter (a round
     trip through the log per start). Each producer instead owns the slots k < T with
