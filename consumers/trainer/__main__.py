@@ -16,6 +16,7 @@ import torch
 from streamrl import aio
 from streamrl.consumers.trainer.learner import LearnerSetup
 from streamrl.consumers.trainer.loop import TrainerLoop
+from streamrl.consumers.trainer.memory import check_memory
 from streamrl.consumers.trainer.metrics import trainer_metrics
 from streamrl.consumers.trainer.resume import read_history, rebuild
 from streamrl.log import open_log
@@ -26,6 +27,8 @@ async def train(log_url: str, run_id: str) -> None:
     async with open_log(log_url, writer_id=f"{run_id}-trainer") as log:
         ctx = await load_run_context(log, run_id)
         torch.manual_seed(ctx.config.run.seed)
+        # the worst step must fit before anything trains (memory.py)
+        check_memory(ctx.config, ctx.init_checkpoint)
         history = await read_history(log, ctx)
         learner = await rebuild(log, ctx, LearnerSetup.of_run(ctx.config, ctx.hooks,
                                                            reference=ctx.init_checkpoint),

@@ -24,7 +24,7 @@ from streamrl.recipe.trainer import ComputeConfig
 def place(model: CausalLM, config: ComputeConfig) -> CausalLM:
     """Move `model` (fp32) to the device and apply checkpointing, compile and FSDP2."""
     model = model.to(device=config.torch_device, dtype=torch.float32)
-    model.model.checkpoint_layers = config.activation_checkpointing
+    model.model.checkpoint_above = checkpoint_above(config)
     if config.precision == "fp8":  # torchao float8 linears for the projections (fp8.py)
         to_float8_training(model)
     if config.fsdp:
@@ -37,6 +37,14 @@ def place(model: CausalLM, config: ComputeConfig) -> CausalLM:
             for layer in model.model.layers:
                 layer.compile(**options)
     return model
+
+
+def checkpoint_above(config: ComputeConfig) -> int | None:
+    """The model's `checkpoint_above` for `activation_checkpointing`: rows longer than this
+    many tokens recompute their layers in backward (None: never)."""
+    if config.activation_checkpointing == "auto":
+        return config.checkpoint_above_tokens
+    return 0 if config.activation_checkpointing else None
 
 
 def _shard(model: CausalLM, config: ComputeConfig) -> None:

@@ -39,6 +39,7 @@ from streamrl.consumers.trainer.compute import (
     place,
 )
 from streamrl.consumers.trainer.correction import mismatch_metrics
+from streamrl.consumers.trainer.memory import micro_batches
 from streamrl.consumers.trainer.reference import ReferencePolicy, kl_reward
 from streamrl.hooks.train import (
     AdvantageFn,
@@ -88,10 +89,11 @@ class Learner:
         self.setup, self.trainer = setup, setup.trainer
         self.compute = setup.trainer.compute
         aggregation = self.trainer.algorithm.loss_config.aggregation
-        if self.compute.micro_batch_rows is not None and aggregation != "token_mean":
-            raise ValueError(f"compute.micro_batch_rows needs loss aggregation = \"token_mean\""
-                             f" (got {aggregation!r}): only a token mean splits exactly over "
-                             "micro-batches; unset micro_batch_rows or change the aggregation")
+        if self.compute.micro_batched and aggregation != "token_mean":
+            raise ValueError(f"compute.micro_batch_rows / micro_batch_tokens need loss "
+                             f"aggregation = \"token_mean\" (got {aggregation!r}): only a token "
+                             "mean splits exactly over micro-batches; unset the micro-batch "
+                             "size or change the aggregation")
         self.model_config = model.config  # the HF-style config, whatever wraps the model
         if self.trainer.lora is not None:  # adapters on a frozen base (lora.py)
             lora.attach(model, self.trainer.lora)
@@ -150,8 +152,19 @@ class Learner:
 
     def logprobs(self, batch: TrainBatch, model: CausalLM | None = None) -> Tensor:
         """log pi(target) at every position [B, S], replaying recorded MoE routing; with
-        `model` (the frozen reference), that model's, computed the same way."""
+        `model` (the frozen reference), that model's, computed the same way. Without grad
+        (proximal, reference) and with micro-batches set, one micro-batch at a time, so those
+        forwards never hold more than a training micro-batch does (memory.py)."""
         model = self.model if model is None else model
+        if self.compute.micro_batch_tokens is not None and not torch.is_grad_enabled():
+            out = torch.zeros(batch.tokens.shape, device=batch.tokens.device)
+            for index in micro_batches(batch, slice(0, batch.tokens.shape[0]), self.compute,
+                                       multiple=self.trainer.algorithm.batch.pad_to_multiple_of):
+                out[index] = self._logprobs(_rows(batch, index), model)
+            return out
+        return self._logprobs(batch, model)
+
+    def _logprobs(self, batch: TrainBatch, model: CausalLM) -> Tensor:
         with autocast(self.compute):
             out = model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
                         routing_mask=batch.routing_mask, return_hidden=True)
@@ -218,7 +231,7 @@ class Learner:
         skipped (a quarter of a CPU step). Elsewhere (minibatches, micro-batches, LoRA dropout,
         a backend with its own logprobs, CUDA) the proximal forward runs on its own."""
         lora = self.trainer.lora
-        return (self.trainer.minibatches == 1 and self.compute.micro_batch_rows is None
+        return (self.trainer.minibatches == 1 and not self.compute.micro_batched
                 and not self.compute.on_gpu and (lora is None or lora.dropout == 0)
                 and self.trainer.algorithm.loss_config.entropy_coef <= 0
                 and type(self).logprobs is Learner.logprobs)
@@ -329,13 +342,13 @@ class Learner:
                     behavior: Correction | None = None,
                     policy: Tensor | None = None) -> dict[str, float]:
         """Gradients of one minibatch's loss, accumulated over its micro-batches (one when
-        `micro_batch_rows` is unset). With several, each micro-batch backpropagates its token
-        sum (token-mean loss x its trained tokens) and the summed gradients are divided by the
-        minibatch's trained tokens once at the end: exactly the minibatch's token-mean loss,
-        whatever tokens the loss masks. Metrics are token-weighted means (maxima: the max)."""
-        size = self.compute.micro_batch_rows or (rows_mb.stop - rows_mb.start)
-        micros = [slice(s, min(s + size, rows_mb.stop))
-                  for s in range(rows_mb.start, rows_mb.stop, size)]
+        `micro_batch_rows` and `micro_batch_tokens` are unset; memory.py). With several, each
+        micro-batch backpropagates its token sum (token-mean loss x its trained tokens) and
+        the summed gradients are divided by the minibatch's trained tokens once at the end:
+        exactly the minibatch's token-mean loss, whatever tokens the loss masks. Metrics are
+        token-weighted means (maxima: the max)."""
+        micros = micro_batches(batch, rows_mb, self.compute,
+                               multiple=self.trainer.algorithm.batch.pad_to_multiple_of)
         parts: list[dict[str, float]] = []
         for rows in micros:
             mb = _rows(batch, rows)
@@ -374,7 +387,7 @@ def _split(num_rows: int, parts: int) -> list[slice]:
     return [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
 
 
-def _rows(batch: TrainBatch, rows: slice) -> TrainBatch:
+def _rows(batch: TrainBatch, rows: slice | tuple[slice, slice]) -> TrainBatch:
     fields: dict[str, Any] = {}
     for f in msgspec.structs.fields(batch):
         value = getattr(batch, f.name)

@@ -82,8 +82,9 @@ class Qwen3Model(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
-        self.checkpoint_layers = False
-        """Activation checkpointing: with grad enabled, keep only each layer's input and
+        self.checkpoint_above: int | None = None
+        """Activation checkpointing for forwards with grad enabled whose rows are longer than
+        this many tokens (0: every such forward; None: never): keep only each layer's input and
         recompute the layer in backward (about 1/3 more compute for a fraction of the memory)."""
 
     def forward(
@@ -118,11 +119,13 @@ class Qwen3Model(nn.Module):
         mask = (segment_causal_mask(positions, window) if cache is None
                 else cache.attention_mask(window))
         routed: list[Tensor] = []
+        recompute = (self.checkpoint_above is not None and tokens.shape[1] > self.checkpoint_above
+                     and cache is None and torch.is_grad_enabled())
         for layer in self.layers:
             forced = None
             if forced_routing is not None and layer.is_moe:
                 forced = forced_routing[:, :, len(routed)]
-            if self.checkpoint_layers and cache is None and torch.is_grad_enabled():
+            if recompute:
                 x, ids = checkpoint(layer, x, cos, sin, mask, cache, forced, routing_mask,
                                     use_reentrant=False)
             else:

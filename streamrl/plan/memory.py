@@ -57,6 +57,15 @@ first three terms over d) has its own layout, `torch_learner_memory`:
                       (the grouped expert path on CPU keeps each routed copy in fp32; the
                       expert path is being rewritten, so this term is the least certain)
         recompute     4*h per layer (its fp32 input) + one layer's A_torch
+
+    In fp32 (`autocast=False`, the CPU learner) no bf16 copies are kept and every saved tensor
+    is fp32 (measured the same way, tests/trainer/test_long_sequences.py):
+        dense layer   24*h + 16*I + 20*H*d + 16*K*d + 8*H + 16, plus 8*h + 8*d per token
+                      outside the layers (embedding output, rotary tables)
+        logits        min(T, chunk) * V * 12
+    A packed row (several samples; `packed=True`) attends through a [S, S] mask that SDPA
+    turns into one float copy per layer it keeps for backward: rows * S^2 * (4 in fp32, 2 in
+    bf16) per layer held (every layer, or one with recompute).
 """
 
 from __future__ import annotations
@@ -228,19 +237,35 @@ def torch_activation_bytes(shape: ModelShape, layer: LayerParams) -> int:
     return base + 8 * shape.intermediate_size
 
 
+def torch_fp32_activation_bytes(shape: ModelShape, layer: LayerParams) -> int:
+    """Bytes one token of one layer keeps for backward in fp32 (no autocast; module doc)."""
+    if layer.routed:  # experts are not measured in fp32: the bf16 widths, doubled
+        return 2 * torch_activation_bytes(shape, layer)
+    h, heads = shape.hidden_size, shape.num_heads
+    q, kv = heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    return 24 * h + 16 * shape.intermediate_size + 20 * q + 16 * kv + 8 * heads + 16
+
+
 def torch_learner_memory(shape: ModelShape, params: ParamCounts, *, rows: int, seq_len: int,
-                         recompute: bool, data: int = 1,
-                         logprob_chunk_tokens: int = 4096) -> TrainerMemory:
+                         recompute: bool, data: int = 1, logprob_chunk_tokens: int = 4096,
+                         autocast: bool = True, packed: bool = False) -> TrainerMemory:
     """The torch backend's peak per GPU (module doc); `data` > 1 is FSDP2 sharding the
-    parameters, gradients and optimizer state over that many GPUs."""
+    parameters, gradients and optimizer state over that many GPUs. `autocast=False`: the fp32
+    learner (CPU); `packed`: rows hold several samples (a [S, S] attention mask per layer)."""
     tokens, total = rows * seq_len, params.total
-    per_layer = [torch_activation_bytes(shape, x) * tokens for x in params.layers]
+    width = torch_activation_bytes if autocast else torch_fp32_activation_bytes
+    mask = rows * seq_len**2 * (BF16 if autocast else 4) if packed else 0
+    per_layer = [width(shape, x) * tokens + mask for x in params.layers]
     if recompute:
         activations = 4 * shape.hidden_size * tokens * len(per_layer) + max(per_layer)
     else:
         activations = sum(per_layer)
-    activations += BF16 * (total - params.embedding) // data
-    logits = min(tokens, logprob_chunk_tokens) * shape.vocab_size * LOGIT_BYTES
+    if autocast:
+        activations += BF16 * (total - params.embedding) // data
+    else:
+        activations += (8 * shape.hidden_size + 8 * shape.head_dim) * tokens
+    logits = (min(tokens, logprob_chunk_tokens) * shape.vocab_size
+              * (LOGIT_BYTES if autocast else 12))
     gradients = 4 * total // data
     return TrainerMemory(stage=0, params=total // data, weights=4 * total // data,
                          gradients=gradients, optimizer=8 * total // data,

@@ -346,7 +346,7 @@ class RunConfig(Section, kw_only=True):
                              "trainer.compute.device = \"cuda\" (megatron-core's forward runs "
                              "on CUDA only)")
         if self.trainer.backend == "megatron" and (compute.compile or compute.fsdp
-                                                   or compute.activation_checkpointing):
+                                                   or compute.activation_checkpointing is True):
             raise ValueError("trainer.backend = \"megatron\" does not take trainer.compute's "
                              "compile, fsdp or activation_checkpointing (the torch backend's); "
                              "unset them")
@@ -384,6 +384,19 @@ class RunConfig(Section, kw_only=True):
                              "torch engine (its producers score the reference with a torch copy "
                              "of the initial weights); with rollout.engine_factory set, use "
                              "reference = \"trainer\"")
+        aggregation = algorithm.loss_config.aggregation
+        if compute.micro_batched and aggregation != "token_mean":
+            raise ValueError(f"trainer.compute.micro_batch_rows / micro_batch_tokens need "
+                             f"trainer.algorithm.loss_config.aggregation = \"token_mean\" (got "
+                             f"{aggregation!r}): only a token mean splits exactly over "
+                             "micro-batches; unset the micro-batch size or change the aggregation")
+        pack = algorithm.batch.pack_row_tokens
+        if (compute.micro_batch_tokens is not None and pack is not None
+                and pack > compute.micro_batch_tokens):
+            raise ValueError(f"trainer.algorithm.batch.pack_row_tokens ({pack}) is above "
+                             f"trainer.compute.micro_batch_tokens ({compute.micro_batch_tokens}):"
+                             " every packed row would exceed the budget; raise micro_batch_tokens"
+                             " to at least pack_row_tokens")
         if (algorithm.overlong is not None
                 and algorithm.overlong.buffer_tokens > self.rollout.max_new_tokens):
             raise ValueError(f"trainer.algorithm.overlong.buffer_tokens "

@@ -76,8 +76,15 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     the same, with the decoder's linear projections as torchao float8 training linears
     (rowwise-scaled FP8 GEMMs forward and backward; weights, optimizer state, checkpoints and
     digests unchanged); CUDA, the torch backend and torchao (docs/low-precision.md)."""
-    activation_checkpointing: bool = False
-    """Recompute each decoder layer in backward instead of keeping its activations."""
+    activation_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each decoder layer in backward instead of keeping its activations (each
+    layer's input stays; about one more forward of compute for a fraction of the activation
+    memory; gradients are unchanged, bit for bit on CPU). "auto": on for a forward whose
+    longest row exceeds `checkpoint_above_tokens`, off below; true / false: always / never."""
+    checkpoint_above_tokens: int = 4096
+    """The row length (tokens, padding included) above which `activation_checkpointing =
+    "auto"` checkpoints. Below it activations are small next to weights and optimizer state,
+    and the recompute would cost time for nothing."""
     compile: bool = False
     """torch.compile each decoder layer and the vocabulary-sized logprob kernels (CUDA)."""
     compile_mode: str | None = None
@@ -95,12 +102,25 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     gradients before the one optimizer step: more tokens per optimizer step at the activation
     memory of a micro-batch. Exact for aggregation = "token_mean" (each micro-batch's loss is
     scaled by its share of the minibatch's trained tokens); other aggregations are refused."""
+    micro_batch_tokens: int | None = None
+    """Cut each minibatch into micro-batches by a budget of tokens instead of rows: consecutive
+    rows while rows x the longest of them stays within this many tokens (padding included),
+    each micro-batch trimmed to its own longest row; a row longer than the budget is a
+    micro-batch alone. Long and short rows then cost the same activation memory per micro-batch.
+    Exact for aggregation = "token_mean", as micro_batch_rows; other aggregations are refused
+    (a micro-batch does not know the minibatch's number of samples). Exclusive with
+    micro_batch_rows; with [trainer.algorithm.batch] pack_row_tokens, at least that."""
     attention_backend: Literal["auto", "cudnn"] = "auto"
     """SDPA kernel choice: "auto" is PyTorch's order (flash first on an H100); "cudnn" tries
     cuDNN's fused attention first (Hopper-tuned), then flash, then the rest."""
     logprob_chunk_tokens: int = 4096
     """Tokens per chunk of the LM head + log-softmax on CUDA (at vocab 151936 in bf16, 4096
     tokens are 1.2 GB of logits, the largest transient of a step)."""
+    memory_limit: str = "auto"
+    """Bytes the learner may use, checked before the first step against the predicted peak of
+    the worst step the recipe allows (streamrl/plan/learner.py): "auto" is the GPU's free
+    memory on CUDA and no check on CPU; a size ("20GiB", "64GB") checks against it (on CPU
+    too); "off" never checks. Over it, the trainer refuses to start, naming the terms."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state over the default process group with
     FSDP2 (`fully_shard` per decoder layer, then the root); needs torch.distributed set up."""
@@ -120,9 +140,43 @@ class ComputeConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
         if self.micro_batch_rows is not None and self.micro_batch_rows <= 0:
             raise ValueError(f"micro_batch_rows must be positive or None, "
                              f"got {self.micro_batch_rows}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens <= 0:
+            raise ValueError(f"micro_batch_tokens must be positive or None, "
+                             f"got {self.micro_batch_tokens}")
+        if self.micro_batch_rows is not None and self.micro_batch_tokens is not None:
+            raise ValueError("set one of compute.micro_batch_rows and compute.micro_batch_tokens"
+                             " (a budget of rows or of tokens per micro-batch), not both")
+        if self.checkpoint_above_tokens < 0:
+            raise ValueError(f"checkpoint_above_tokens must be >= 0, "
+                             f"got {self.checkpoint_above_tokens}")
+        if self.memory_limit not in ("auto", "off"):
+            self.memory_limit_bytes  # noqa: B018  (raises on a bad size)
         if self.logprob_chunk_tokens <= 0:
             raise ValueError(f"logprob_chunk_tokens must be positive, "
                              f"got {self.logprob_chunk_tokens}")
+
+    def checkpoints_at(self, row_tokens: int) -> bool:
+        """Whether a forward over rows of `row_tokens` tokens checkpoints its layers."""
+        if self.activation_checkpointing == "auto":
+            return row_tokens > self.checkpoint_above_tokens
+        return self.activation_checkpointing
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """`memory_limit` in bytes; None for "auto" and "off"."""
+        if self.memory_limit in ("auto", "off"):
+            return None
+        from streamrl.plan.placement import parse_bytes  # plan imports this module
+
+        try:
+            return parse_bytes(self.memory_limit)
+        except ValueError as error:
+            raise ValueError(f"compute.memory_limit: {error}, or \"auto\" / \"off\"") from None
+
+    @property
+    def micro_batched(self) -> bool:
+        """Whether minibatches are cut into micro-batches (by rows or by tokens)."""
+        return self.micro_batch_rows is not None or self.micro_batch_tokens is not None
 
     @property
     def torch_device(self) -> torch.device:
@@ -364,7 +418,6 @@ class Int4Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     `<name>.scales`, 4 bits + an fp32 scale per group; the rest as the trainer's), about 1/8
     of their fp32 bytes. Either way the engine serves the same int4 weights and the announced
     digest is the trainer's own (the payload's is `quantized_digest`)."""
-
 
     def __post_init__(self) -> None:
         if self.group_size < 2 or self.group_size % 2:

@@ -1,0 +1,117 @@
+"""What one training step holds in memory, bounded and checked before the first step.
+
+    micro_batches(batch, rows, compute)   a minibatch's rows cut into micro-batches: by rows
+                                          (`micro_batch_rows`) or by a budget of tokens
+                                          (`micro_batch_tokens`, each trimmed to its longest row)
+    check_memory(config, hf_config)       the peak of the worst step the recipe allows, from the
+                                          planner's arithmetic (streamrl/plan/learner.py), against
+                                          the device's memory: a `TrainerMemoryError` naming the
+                                          numbers and the fix, before anything trains
+
+The trainer process calls `check_memory` before it builds the learner (`__main__.py`), so a
+recipe whose longest rows cannot fit fails at start, never with an out-of-memory error in the
+middle of a run. The limit is `[trainer.compute] memory_limit`: "auto" is the GPU's free memory
+(`torch.cuda.mem_get_info`, so a colocated engine's share is already gone) and no check on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrl.consumers.trainer.batch import TrainBatch
+from streamrl.plan.learner import learner_peak
+from streamrl.plan.placement import gib
+from streamrl.recipe.config import RunConfig
+from streamrl.recipe.trainer import ComputeConfig
+
+MicroBatch = tuple[slice, slice]
+"""(rows, columns) of a `TrainBatch`'s [B, S] tensors."""
+
+
+def micro_batches(batch: TrainBatch, rows: slice, compute: ComputeConfig, *,
+                  multiple: int = 1) -> list[MicroBatch]:
+    """`rows` of `batch` cut into micro-batches, in order.
+
+    `micro_batch_rows`: at most that many rows each, every column. `micro_batch_tokens`:
+    consecutive rows while (rows) x (the longest row's tokens, rounded up to `multiple`) stays
+    within the budget; a row longer than the budget is a micro-batch alone. Columns past a
+    micro-batch's longest row hold only padding and are cut off, so a micro-batch of short rows
+    costs no compute for the long rows' width. Neither set: the whole minibatch, one micro-batch.
+    """
+    every = slice(None)
+    if compute.micro_batch_tokens is None:
+        size = compute.micro_batch_rows or (rows.stop - rows.start)
+        return [(slice(s, min(s + size, rows.stop)), every)
+                for s in range(rows.start, rows.stop, size)]
+    budget = compute.micro_batch_tokens
+    fill = (batch.segments[rows] >= 0).sum(dim=1).tolist()  # rows are right-padded
+
+    def width(n: int) -> int:
+        return -(-n // multiple) * multiple
+
+    out: list[MicroBatch] = []
+    start, longest = rows.start, 0
+    for i, n in enumerate(fill):
+        row = rows.start + i
+        widest = max(longest, n)
+        if row > start and (row - start + 1) * width(widest) > budget:
+            out.append((slice(start, row), slice(0, width(longest))))
+            start, widest = row, n
+        longest = widest
+    out.append((slice(start, rows.stop), slice(0, width(longest))))
+    return out
+
+
+class TrainerMemoryError(ValueError):
+    """The worst step the recipe allows would not fit the trainer's device."""
+
+
+def device_limit(compute: ComputeConfig) -> int | None:
+    """Bytes the learner may use: `memory_limit` when it is a size; under "auto" the GPU's free
+    memory plus what this process's allocator already holds, None on CPU; None under "off"."""
+    if compute.memory_limit == "off":
+        return None
+    if compute.memory_limit != "auto":
+        return compute.memory_limit_bytes
+    if not compute.on_gpu:
+        return None
+    device = compute.torch_device
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device)
+
+
+def check_memory(config: RunConfig, model: dict[str, Any] | Path, *,
+                 limit: int | None = None) -> None:
+    """Raise `TrainerMemoryError` when the predicted peak of the worst step exceeds `limit`
+    (default: `device_limit`), naming the terms and what to change. `model`: the HF config
+    dict, or a checkpoint directory holding its config.json. The megatron backend plans its
+    own layout (`streamrl plan`) and is not checked here."""
+    if config.trainer.backend != "torch":
+        return
+    limit = device_limit(config.trainer.compute) if limit is None else limit
+    if limit is None:
+        return
+    hf_config = (json.loads((model / "config.json").read_text()) if isinstance(model, Path)
+                 else model)
+    peak = learner_peak(config, hf_config)
+    if peak.memory.total <= limit:
+        return
+    m, compute = peak.memory, config.trainer.compute
+    fixes = []
+    if not peak.checkpointing:
+        fixes.append("activation_checkpointing = true")
+    if peak.rows > 1 or compute.micro_batch_tokens is None:
+        fixes.append(f"a smaller micro-batch (micro_batch_tokens = {max(peak.row_tokens, 1)})")
+    fixes.append("shorter rows (rollout.max_new_tokens, rollout.engine.max_seq_len)")
+    raise TrainerMemoryError(
+        f"the trainer's worst step would need {gib(m.total)} but {gib(limit)} is available "
+        f"({'memory_limit' if compute.memory_limit != 'auto' else 'free on ' + compute.device})"
+        f": {peak.rows} row(s) x {peak.row_tokens} tokens per micro-batch, activation "
+        f"checkpointing {'on' if peak.checkpointing else 'off'}; weights {gib(m.weights)}, "
+        f"optimizer {gib(m.optimizer)}, gradients {gib(m.gradients)}, activations "
+        f"{gib(m.activations)}, logits {gib(m.logits)}. In [trainer.compute] set "
+        f"{' or '.join(fixes)}; or train on a larger device")
