@@ -48,7 +48,7 @@ from streamrl.hooks.generation import (
     seed_from_request_id,
 )
 from streamrl.models import CausalLM, KVCache
-from streamrl.models.fp8_linear import load_fp8_state, quantize_model
+from streamrl.models.fp8_linear import fp8_layers, load_fp8_state, quantize_model
 from streamrl.models.lora import is_adapter
 from streamrl.models.quant import Int4Spec, load_int4, serve_int4
 from streamrl.producers.engine.adapters import RUN_ADAPTER, Adapters
@@ -211,9 +211,11 @@ class TorchEngine:
         if is_adapter(state_dict):  # a LoRA run's version: its adapter, on the same base
             self.load_adapter(state_dict)
         elif is_quantized_state(state_dict):  # an FP8 run's version (streamrl/weights/fp8.py)
-            with torch.inference_mode():
+            fresh = not fp8_layers(self.model)
+            with torch.inference_mode():  # in place: the fused decoder's graphs see it
                 load_fp8_state(self.model, state_dict, copy_hf_weights)
-            self._fused = None  # the fused CUDA decoder runs BF16 weights: decode eagerly
+            if fresh:  # the projections just became FP8: a fused decoder over them
+                self._fused = _fused_decoder(self.model, self.cache, self.buffers, self.config)
         else:
             with torch.inference_mode():
                 copy_hf_weights(self.model, state_dict)
@@ -222,10 +224,13 @@ class TorchEngine:
     def use_fp8(self) -> None:
         """Run the model's linear projections in FP8 from now on, quantized from the weights
         it holds (`streamrl/models/fp8_linear.py`; an FP8 run's engine at its first version, so
-        every version it samples with is FP8). Decoding is eager from then on."""
+        every version it samples with is FP8). On CUDA the fused decoder runs the FP8
+        projections (q|k|v and gate|up fused) from CUDA graphs where every projection's output
+        size is a multiple of 128; elsewhere decoding is eager."""
         with torch.inference_mode():
             quantize_model(self.model)
-        self._fused = None
+        self._fused = None  # its graphs and fused weights are the old linears'
+        self._fused = _fused_decoder(self.model, self.cache, self.buffers, self.config)
 
     def load_adapter(self, tensors: Mapping[str, Tensor], adapter_id: str = RUN_ADAPTER) -> None:
         """Load or replace a LoRA adapter (a LoRA weight version's tensors) served unmerged,

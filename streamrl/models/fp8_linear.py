@@ -83,19 +83,21 @@ class Fp8Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("weight", torch.zeros(out_features, in_features,
                                                    dtype=torch.float8_e4m3fn, device=device))
-        self.register_buffer("weight_scale_inv", torch.ones(
-            -(-out_features // BLOCK), -(-in_features // BLOCK), dtype=torch.float32,
-            device=device))
+        nb, kb = -(-out_features // BLOCK), -(-in_features // BLOCK)
+        # The scales sit in rows padded to a multiple of 4 (cuBLASLt's layout for 128x128
+        # scaling), so `weight_scale_inv.t()` is the GEMM's operand as it is: no copy per
+        # call, and in-place loads (and CUDA graphs that captured it) see new scales.
+        padded = torch.ones(nb, kb + (-kb) % 4, dtype=torch.float32, device=device)
+        self.register_buffer("weight_scale_inv", padded[:, :kb])
         self.bias = bias
         self.fallback: str | None = None
         """Why the CUDA FP8 GEMM was refused (the layer then runs the reference path)."""
-        self._scale_b: Tensor | None = None  # weight_scale_inv laid out for scaled_mm
 
     def set_weight(self, q: Tensor, scale_inv: Tensor) -> None:
-        """Copy an FP8 weight and its block scales in (shapes checked by the caller)."""
+        """Copy an FP8 weight and its block scales in, in place (shapes checked by the
+        caller)."""
         self.weight.copy_(q)
         self.weight_scale_inv.copy_(scale_inv)
-        self._scale_b = None
 
     @property
     def path(self) -> str:
@@ -123,14 +125,9 @@ class Fp8Linear(nn.Module):
     def _scaled_mm(self, x2: Tensor) -> Tensor:
         M = x2.shape[0]
         xq, scale_a = _gemm_operand(x2)
-        if self._scale_b is None:  # [kb, nb] column-major, leading dim padded to 4
-            nb, kb = self.weight_scale_inv.shape
-            padded = self.weight_scale_inv.new_ones(nb, kb + (-kb) % 4)
-            padded[:, :kb] = self.weight_scale_inv
-            self._scale_b = padded[:, :kb].t()
         out_dtype = x2.dtype if x2.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         y = F.scaled_mm(xq, self.weight.t(), scale_a, F.ScalingType.BlockWise1x128,
-                        self._scale_b, F.ScalingType.BlockWise128x128,
+                        self.weight_scale_inv.t(), F.ScalingType.BlockWise128x128,
                         output_dtype=out_dtype)[:M]
         if self.bias is not None:
             y = y + self.bias.to(out_dtype)
@@ -165,6 +162,28 @@ def _gemm_operand(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 _COMPILE_FAILED: str | None = None  # why torch.compile of the quantizer failed, if it did
+
+
+def fuse_fp8(*layers: Fp8Linear) -> Fp8Linear | None:
+    """One `Fp8Linear` computing `layers` (same input) side by side, as `fuse_linears` does for
+    bf16 weights (q|k|v, gate|up): its weight and scales are one buffer each, and each layer's
+    buffers become views into them, so loading a version into the layers updates the fused
+    one in place. None when an output size is not a multiple of 128 (a block of scales would
+    straddle two layers)."""
+    if any(m.out_features % BLOCK or m.in_features != layers[0].in_features for m in layers):
+        return None
+    first = layers[0]
+    fused = Fp8Linear(first.in_features, sum(m.out_features for m in layers), bias=None,
+                      device=first.weight.device)
+    row = srow = 0
+    for m in layers:
+        n, nb = m.out_features, m.out_features // BLOCK
+        fused.weight[row : row + n].copy_(m.weight)
+        fused.weight_scale_inv[srow : srow + nb].copy_(m.weight_scale_inv)
+        m.weight = fused.weight[row : row + n]  # re-registers the buffer as the view
+        m.weight_scale_inv = fused.weight_scale_inv[srow : srow + nb]
+        row, srow = row + n, srow + nb
+    return fused
 
 
 def _linears(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear]]:

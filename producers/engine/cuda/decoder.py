@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from streamrl.models import CausalLM, KVCache
+from streamrl.models.fp8_linear import Fp8Linear, fuse_fp8
 from streamrl.models.moe import MoE
 from streamrl.models.rope import inverse_frequencies
 from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
@@ -63,6 +64,11 @@ def unsupported_reason(model: CausalLM, max_seq_len: int | None = None) -> str |
     if c.sliding_window is not None and c.sliding_window < limit:
         return (f"a sliding window ({c.sliding_window}) shorter than max_seq_len ({limit}); "
                 "use decode='eager', or max_seq_len <= sliding_window")
+    odd = [name for name, m in model.named_modules()
+           if isinstance(m, Fp8Linear) and m.out_features % 128]
+    if odd:
+        return (f"FP8 projections whose output size is not a multiple of 128 ({odd[0]}: their "
+                "128x128 scale blocks cannot be fused); use decode='eager'")
     return None
 
 
@@ -109,16 +115,16 @@ class _Layer:
 
     def __init__(self, layer: torch.nn.Module) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv = _fused(attn.q_proj, attn.k_proj, attn.v_proj)
         self.qkv_b = (None if attn.q_proj.bias is None
                       else fuse_linears(attn.q_proj, attn.k_proj, attn.v_proj, attr="bias"))
-        self.o, self.o_b = attn.o_proj.weight, _bias(attn.o_proj)
+        self.o, self.o_b = _weight(attn.o_proj), _bias(attn.o_proj)
         self.moe = mlp if isinstance(mlp, MoE) else None
         if self.moe is None:
-            self.gate_up = fuse_linears(mlp.gate_proj, mlp.up_proj)
+            self.gate_up = _fused(mlp.gate_proj, mlp.up_proj)
             self.gate_up_b = (None if mlp.gate_proj.bias is None
                               else fuse_linears(mlp.gate_proj, mlp.up_proj, attr="bias"))
-            self.down, self.down_b = mlp.down_proj.weight, _bias(mlp.down_proj)
+            self.down, self.down_b = _weight(mlp.down_proj), _bias(mlp.down_proj)
         # None without q/k norm (Llama, Mistral, Qwen2): the kernel then only rotates.
         self.q_norm = None if attn.q_norm is None else attn.q_norm.weight
         self.k_norm = None if attn.k_norm is None else attn.k_norm.weight
@@ -131,8 +137,33 @@ class _Layer:
             out, ids = self.moe(h[None])  # [1, n, H], [1, n, k]
             routed.append(ids[0])
             return out[0]
-        return F.linear(silu_mul(F.linear(h, self.gate_up, self.gate_up_b)), self.down,
-                        self.down_b)
+        return _linear(silu_mul(_linear(h, self.gate_up, self.gate_up_b)), self.down,
+                       self.down_b)
+
+
+# An FP8 engine (`TorchEngine.use_fp8`, streamrl/models/fp8_linear.py): each projection is an
+# `Fp8Linear`, and a "weight" below is then that module (q|k|v and gate|up fused by
+# `fuse_fp8`), called instead of F.linear; its bias rides in it (the fused bias is passed on).
+Weight = Tensor | Fp8Linear
+
+
+def _fused(*linears: torch.nn.Module) -> Weight:
+    if isinstance(linears[0], Fp8Linear):
+        fused = fuse_fp8(*linears)  # type: ignore[arg-type]
+        assert fused is not None  # unsupported_reason refused unfusable FP8 models
+        return fused
+    return fuse_linears(*linears)  # type: ignore[arg-type]
+
+
+def _weight(linear: torch.nn.Module) -> Weight:
+    return linear if isinstance(linear, Fp8Linear) else linear.weight
+
+
+def _linear(x: Tensor, w: Weight, b: Tensor | None) -> Tensor:
+    if isinstance(w, Fp8Linear):
+        y = w(x)
+        return y if b is None or w.bias is not None else y + b
+    return F.linear(x, w, b)
 
 
 class FusedDecoder:
@@ -208,7 +239,7 @@ class FusedDecoder:
         delta, routed = None, []
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
-            q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
+            q = qk_norm_rope_cache(_linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
                                    layer.k_norm, self.inv_freq, self.eps, cache.k[i],
                                    cache.v[i], dest.reshape(-1), flat_pos, Hq)  # [B*T, Hq, D]
             k_all, v_all = cache.flat(i)  # [N * bs, Hkv, D]
@@ -217,7 +248,7 @@ class FusedDecoder:
                 q.view(B, T, Hq, -1).transpose(1, 2), k, v, attn_mask=mask, is_causal=fresh,
                 enable_gqa=Hq != k.shape[1])  # [B, Hq, T, D]
             attn = attn.transpose(1, 2).reshape(B * T, -1)
-            h = add_rmsnorm(x, F.linear(attn, layer.o, layer.o_b), layer.ln_mlp, self.eps)
+            h = add_rmsnorm(x, _linear(attn, layer.o, layer.o_b), layer.ln_mlp, self.eps)
             delta = layer.mlp(h, routed)
         hidden = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps).view(B, T, -1)
         return hidden, (torch.stack(routed, 1).view(B, T, len(routed), -1) if routed else None)
@@ -237,12 +268,12 @@ class FusedDecoder:
         delta, routed = None, []
         for i, layer in enumerate(self.layers):
             h = add_rmsnorm(x, delta, layer.ln_attn, self.eps)
-            q = qk_norm_rope_cache(F.linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
+            q = qk_norm_rope_cache(_linear(h, layer.qkv, layer.qkv_b), layer.q_norm,
                                    layer.k_norm, self.inv_freq, self.eps, cache.k[i],
                                    cache.v[i], dest, positions, self.num_heads)  # [n, Hq, D]
             attn = decode_attention(q, cache.k[i], cache.v[i], cache.block_tables, rows, lengths,
                                     splits=splits)
-            h = add_rmsnorm(x, F.linear(attn.view(n, -1), layer.o, layer.o_b), layer.ln_mlp,
+            h = add_rmsnorm(x, _linear(attn.view(n, -1), layer.o, layer.o_b), layer.ln_mlp,
                             self.eps)
             delta = layer.mlp(h, routed)
         h = add_rmsnorm(x, delta, self.model.model.norm.weight, self.eps)
