@@ -171,7 +171,7 @@ def _torch_plan(config: RunConfig, shape: ModelShape, params: ParamCounts, *, nu
     else:
         trainer = torch_learner_memory(
             shape, params, rows=rows, seq_len=seq_len,
-            recompute=compute.activation_checkpointing, data=data,
+            recompute=compute.checkpoints_at(seq_len), data=data,
             logprob_chunk_tokens=compute.logprob_chunk_tokens)
         overflows += _memory_overflows(trainer, engine, colocated, usable)
     routing = _routing_bytes(shape, config.rollout.max_new_tokens)
