@@ -175,9 +175,9 @@ def test_the_rollout_bench_runs_and_records(tmp_path, monkeypatch) -> None:
                         lambda name, body: sections.__setitem__(name, body))
     data = json.loads(fp8_rollout.run(tmp_path, quick=True, device="cpu").read_text())
     rows = data["shapes"]["smoke"]["rows"]
-    assert [r["variant"] for r in rows] == ["bf16 fused", "bf16 eager", "fp8 eager"]
+    assert [r["variant"] for r in rows] == ["bf16 fused", "bf16 eager", "fp8 fused", "fp8 eager"]
     assert all(r["tokens"] == 4 * 4 for r in rows), rows
-    assert rows[2]["paths"] == ["reference"]
+    assert rows[2]["paths"] == rows[3]["paths"] == ["reference"]
     sync = data["shapes"]["smoke"]["weight_sync"]
     assert 0.25 < sync["fp8_bytes"] / sync["bf16_bytes"] < 0.9
     fp8_rollout.record(tmp_path / "fp8_rollout.json")
