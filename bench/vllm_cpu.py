@@ -90,21 +90,34 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"vllm_cpu_{mode}.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
-    flag = " --compile" if args.compile else ""
-    replace_section("vllm_cpu", f"""`python -m bench.vllm_cpu{flag}` \
-({info['date']}, {info['machine']}; vllm-cpu 0.32.0, fp32, the tests' tiny Qwen3: 2 layers, \
-hidden 64, head_dim 32). A real vLLM server driven through `VLLMEngine`; {args.new_tokens} new \
-tokens per request, seeded sampling, median of {args.repeats}. The machine was shared with \
-other jobs, so figures move by tens of percent between runs.
+    write_section(args.batch, args.repeats)
 
-| figure | {mode} server |
-|---|---|
-| start to healthy (`/health`) | {server.started_in_s:.0f} s |
-| 1 request | {single:.0f} tok/s |
-| {args.batch} requests at once | {batch:.0f} tok/s |
-| weight update (`load_weights`: file, pause, in-place reload, relabel, resume) | \
-{1000 * statistics.median(updates):.0f} ms |
-| embedded `TorchEngine`, same {args.batch} requests (reference) | {embedded:.0f} tok/s |
+
+def write_section(batch: int, repeats: int) -> None:
+    """The section from every mode recorded so far (eager and compiled are separate runs)."""
+    runs = {m: json.loads((RESULTS / f"vllm_cpu_{m}.json").read_text())
+            for m in ("eager", "compiled") if (RESULTS / f"vllm_cpu_{m}.json").exists()}
+    first = next(iter(runs.values()))
+    rows = [("start to healthy (`/health`)", "start_s", "{:.0f} s"),
+            ("1 request", "tok_s_1", "{:.0f} tok/s"),
+            (f"{batch} requests at once", f"tok_s_{batch}", "{:.0f} tok/s"),
+            ("weight update (`load_weights`: file, pause, in-place reload, relabel, resume)",
+             "update_ms", "{:.0f} ms"),
+            (f"embedded `TorchEngine`, same {batch} requests (reference)", "torch_engine_tok_s",
+             "{:.0f} tok/s")]
+    table = "| figure | " + " | ".join(f"{m} server ({r['date']})" for m, r in runs.items())
+    table += " |\n|---|" + "---|" * len(runs) + "\n"
+    table += "\n".join(f"| {label} | " + " | ".join(
+        fmt.format(r[key]) if key in r else "-" for r in runs.values()) + " |"
+        for label, key, fmt in rows)
+    replace_section("vllm_cpu", f"""`python -m bench.vllm_cpu` (eager, as the tests start the \
+server) and `python -m bench.vllm_cpu --compile` ({first['machine']}; vllm-cpu 0.32.0, fp32, the \
+tests' tiny Qwen3: 2 layers, hidden 64, head_dim 32). A real vLLM server driven through \
+`VLLMEngine`; {first['new_tokens']} new tokens per request, seeded sampling, median of \
+{repeats}. The machine was shared with other jobs (load average ~8 on 2 cores), so figures move \
+by tens of percent between runs.
+
+{table}
 """)
 
 
