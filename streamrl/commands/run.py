@@ -102,7 +102,7 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
         console.print(f"[bold]run {run_id}[/bold]: log {log.url}, files {args.runs_dir / run_id}")
         try:
             ctx, v0 = await start_run(config, log, run_id, args.runs_dir, recipe=args.recipe,
-                                      fork=args.fork, hooks=hooks)
+                                      fork=args.fork, hooks=hooks, check_prompts=True)
         except RunExists as error:
             if not args.resume:
                 console.print(f"[red]{error}[/red]: choose another --run")
@@ -112,6 +112,9 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
             console.print(f"run {run_id} exists in {log.url}: resuming it from the log")
         except (ForkError, ResumeError) as error:
             console.print(f"[red]error: {error}[/red]")
+            return 2
+        except ConfigError as error:  # e.g. too few prompts for max_versions: nothing written
+            print(f"error: {error}", file=sys.stderr)
             return 2
         if ctx.fork is not None:
             console.print(f"forked from {args.fork.run_id}@{ctx.fork.version}: "

@@ -21,7 +21,7 @@ from streamrl.log import Append, Log
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.config import ModelConfig
 from streamrl.models.lora_files import run_adapter
-from streamrl.recipe.config import DEFAULT_NUM_PROMPTS, RunConfig
+from streamrl.recipe.config import DEFAULT_NUM_PROMPTS, ConfigError, RunConfig
 from streamrl.recipe.context import RunContext
 from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
@@ -38,15 +38,45 @@ class RunExists(RuntimeError):
     pass
 
 
+class TooFewPrompts(ConfigError):
+    """The run's prompts cannot make `run.max_versions` versions even if no sample is dropped."""
+
+
+def check_enough_prompts(config: RunConfig, num_prompts: int) -> None:
+    """Refuse a run whose `num_prompts` prompts could not fill its batches up to
+    `run.max_versions` even if the trainer kept every sample (each version trains batch_size
+    samples, and a prompt makes samples_per_prompt at most once: a requeued prompt replaces the
+    group it had). Drops and filtered groups can only make it end sooner, which the supervisor
+    detects while the run goes (streamrl/launch/exhaustion.py)."""
+    n, batch = config.data.samples_per_prompt, config.trainer.batch_size
+    max_versions = config.run.max_versions
+    if num_prompts * n >= max_versions * batch:
+        return
+    possible = num_prompts * n // batch
+    needed = -(-max_versions * batch // n)
+    more = ("raise data.epochs or data.num_prompts" if config.data.train is not None
+            else "raise data.num_prompts")
+    lower = f", or lower run.max_versions to {possible}" if possible else ""
+    raise TooFewPrompts(
+        f"prompts exhausted at version {possible} of {max_versions} before the run starts: "
+        f"run.max_versions {max_versions} x trainer.batch_size {batch} needs "
+        f"{max_versions * batch} samples, but the run's {num_prompts} prompts x "
+        f"data.samples_per_prompt {n} make {num_prompts * n}; give it at least {needed} prompts "
+        f"({more}){lower}")
+
+
 async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
-                    recipe: str, fork: ForkSpec | None = None, hooks: Hooks | None = None
-                    ) -> tuple[RunContext, WeightTransport]:
+                    recipe: str, fork: ForkSpec | None = None, hooks: Hooks | None = None,
+                    check_prompts: bool = False) -> tuple[RunContext, WeightTransport]:
     """Everything a run needs before its first process starts: streams, RunStarted, prompts and
     version 0 of the weights, whose transport the caller keeps open for the run (closing it
     releases the tensors). Refuses a run id that already exists in the log. With `fork`, the
     run starts from another run's version instead (streamrl/run/fork.py): that version's
     weights, announced as the first version, and the parent's unfinished prompts and samples.
-    `hooks` are `config`'s when the caller resolved them already (`load_recipe`)."""
+    `hooks` are `config`'s when the caller resolved them already (`load_recipe`). With
+    `check_prompts` (`streamrl run`), a run whose prompts cannot make `run.max_versions` is
+    refused before anything is written (`check_enough_prompts`); tests that start a run to
+    exercise one part of it leave it off."""
     if not runs_dir.is_absolute():  # the trainer and producers may start in another directory
         raise ValueError(f"runs_dir must be an absolute path, got {runs_dir}")
     run_dir = runs_dir / run_id
@@ -56,10 +86,13 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
     plan: ForkPlan | None = None
     specs: list[PromptSpec] = []
     if fork is None:
-        init_dir = await asyncio.to_thread(prepare_init, config, hooks.init, runs_dir / "cache")
-        # the prompts exist before anything is written: a failing hook starts no run
+        # the prompts exist before anything is written: a failing hook, or too few prompts for
+        # max_versions, starts no run
         specs = await asyncio.to_thread(hooks.prompts, PromptRequest(
             seed=config.run.seed, num_prompts=config.data.num_prompts or DEFAULT_NUM_PROMPTS))
+        if check_prompts:
+            check_enough_prompts(config, len(specs))
+        init_dir = await asyncio.to_thread(prepare_init, config, hooks.init, runs_dir / "cache")
     else:
         plan = await plan_fork(log, config, fork, run_dir, hooks=hooks)
         init_dir = plan.init_checkpoint

@@ -127,7 +127,7 @@ def _wait_produced(log_url: str, run_id: str, producer_id: str, gate: Gate,
 def test_up_ps_down_leaves_no_process(tmp_path: Path) -> None:
     log_url, runs = str(tmp_path / "log"), str(tmp_path / "runs")
     up = streamrl("up", "--local", "--recipe", str(TINY), "--log", log_url, "--runs-dir", runs,
-                  "--run", "updown", "--max-versions", "500", "--producers", "2")
+                  "--run", "updown", "--max-versions", "32", "--producers", "2")  # all 64 prompts
     assert up.returncode == 0, up.stdout + up.stderr
     assert (Path(runs) / "current").read_text().strip() == "updown"
     ps = streamrl("ps", "--runs-dir", runs)  # the newest `up` by default

@@ -12,7 +12,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamrl.hooks.rollout import RewardInput, RewardOutput, RolloutInput, RolloutSample
+from streamrl.hooks.rollout import (
+    FilterInput,
+    FilterOutput,
+    RewardInput,
+    RewardOutput,
+    RolloutInput,
+    RolloutSample,
+)
 from streamrl.hooks.run import ModelInitRequest, PromptRequest, PromptSpec
 from streamrl.hooks.train import TrainStepInput
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
@@ -61,6 +68,13 @@ def init(request: ModelInitRequest) -> Path:
 def reward(sample: RewardInput) -> RewardOutput:
     right = sample.response_text[:1] == sample.metadata["answer"]
     return RewardOutput(reward=float(right), status="correct" if right else "wrong")
+
+
+def odd_prompts_only(group: FilterInput) -> FilterOutput:
+    """A sample filter that rejects the groups of even prompts ("echo-0", "echo-2", ...): half
+    the prompts make no trainable sample, as many drops would."""
+    even = int(group.prompt_id.rsplit("-", 1)[1]) % 2 == 0
+    return FilterOutput(keep=not even, reason="even prompt", code="even")
 
 
 def count_samples(step: TrainStepInput) -> dict[str, float]:
