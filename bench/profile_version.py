@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -32,6 +33,7 @@ import msgspec
 from bench.common import ROOT, machine_info, replace_section
 
 RECIPE = ROOT / "recipes" / "gsm8k" / "recipe.toml"
+_NOW = datetime(2026, 12, 8, tzinfo=UTC)
 
 
 class Timeline(msgspec.Struct, kw_only=True):
@@ -71,6 +73,7 @@ def derived_recipe(directory: Path, *, keep_evals: bool = False,
         text = text.replace("every_versions = 10", "every_versions = 0")
         text = "\n".join(line for line in text.splitlines()
                          if not line.startswith("evaluate = "))
+    text = text.replace('"runs/gsm8k/', f'"{ROOT}/runs/gsm8k/')  # run from any checkout
     path = directory / "recipe.toml"
     path.write_text(text + "\n")
     return path
@@ -78,8 +81,8 @@ def derived_recipe(directory: Path, *, keep_evals: bool = False,
 
 def run_streamrl(checkout: Path, work: Path, versions: int, *, run_id: str,
                  threads: int = 1, max_staleness: int | None = None) -> tuple[float, float, Path]:
-    """Launch `streamrl run` from `checkout` (cwd ROOT: the warm start's relative paths);
-    returns (launch time, exit time, log dir)."""
+    """Launch `streamrl run` from `checkout` (its cwd: `python -m` puts the cwd first on
+    sys.path); returns (launch time, exit time, log dir)."""
     recipe = derived_recipe(work, max_staleness=max_staleness)
     log_dir = work / "log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(checkout)}
@@ -87,7 +90,7 @@ def run_streamrl(checkout: Path, work: Path, versions: int, *, run_id: str,
     out = subprocess.run(
         [sys.executable, "-m", "streamrl.cli", "run", str(recipe), "--run", run_id, "--log",
          str(log_dir), "--runs-dir", str(work / "runs"), "--max-versions", str(versions)],
-        cwd=ROOT, env=env, capture_output=True, text=True)
+        cwd=checkout, env=env, capture_output=True, text=True)
     ended = time.time()
     if out.returncode:
         sys.exit(f"streamrl run ({checkout}) failed:\n{out.stderr[-3000:]}\n{out.stdout[-3000:]}")
@@ -136,6 +139,77 @@ def profile(checkout: Path, versions: int, index: int) -> Timeline:
                     load_after=os.getloadavg()[0], **figures)
 
 
+_LOAD_CHECKPOINT = """
+import sys, time
+import torch
+from streamrl.models import load_checkpoint
+start = time.perf_counter()
+load_checkpoint(sys.argv[1])
+print(time.perf_counter() - start)
+"""
+
+
+def load_checkpoint_s(checkout: Path) -> float:
+    """A fresh process's first `load_checkpoint` of the warm start, torch already imported."""
+    # cwd = the checkout: `python -c` puts the cwd first on sys.path, before PYTHONPATH
+    out = subprocess.run([sys.executable, "-c", _LOAD_CHECKPOINT,
+                          str(ROOT / "runs" / "gsm8k" / "model")], cwd=checkout, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(checkout)},
+                         capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
+
+
+def learner_ab(num_steps: int = 6) -> dict[str, float]:
+    """The learner's step on main-job-shaped batches (16 prompts x 8, ~60 positions) with the
+    proximal forward on its own (before) and from the one policy pass (after), alternating in
+    one process; the weights must stay bit-identical."""
+    import numpy as np
+    import torch
+
+    from streamrl.consumers.trainer.learner import Learner, LearnerSetup
+    from streamrl.models import load_checkpoint
+    from streamrl.recipe.config import load_recipe
+    from streamrl.schemas import Sample, samples_to_batch
+
+    torch.set_num_threads(1)
+    config, hooks = load_recipe(str(RECIPE))
+    rng = np.random.default_rng(0)
+
+    def rows(version: int) -> list:
+        out = []
+        for g in range(16):
+            prompt = rng.integers(3, 440, 40).astype(np.int32)
+            samples = []
+            for k in range(8):
+                n = int(rng.integers(10, 18))
+                samples.append(Sample(
+                    run_id="ab", sample_id=f"{version}-{g}-{k}", group_id=f"{version}-{g}",
+                    prompt_id=f"p{g}", sample_index=k, producer_id="ab", policy_version=version,
+                    prompt_tokens=prompt, response_tokens=rng.integers(3, 440, n).astype(np.int32),
+                    logprobs=np.full(n, -1.5, np.float32), loss_mask=np.ones(n, bool),
+                    reward=float(rng.integers(0, 2)), finish_reason="stop", seed=k,
+                    started_at=_NOW, finished_at=_NOW,
+                    response_versions=np.full(n, version, np.uint32)))
+            out.append(samples_to_batch(samples))
+        return out
+
+    setup = LearnerSetup.of_run(config, hooks)
+    before = Learner(load_checkpoint(ROOT / "runs" / "gsm8k" / "model"), setup)
+    after = Learner(load_checkpoint(ROOT / "runs" / "gsm8k" / "model"), setup)
+    before._one_policy_pass = lambda: False  # type: ignore[method-assign]
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for version in range(num_steps):
+        batch = rows(version)
+        for name, learner in (("before", before), ("after", after)):
+            start = time.perf_counter()
+            learner.step(batch, [1.0] * 128, version)
+            times[name].append(time.perf_counter() - start)
+    identical = all(torch.equal(a, b) for a, b in zip(
+        before.hf_state_dict().values(), after.hf_state_dict().values(), strict=True))
+    assert identical, "one policy pass changed the weights"
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def _med(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" if values else "-"
 
@@ -160,16 +234,44 @@ def render(timelines: list[Timeline], versions: int) -> str:
     return "\n".join(lines)
 
 
+def ab(before: Path, after: Path, *, write: bool) -> None:
+    load = os.getloadavg()[0]
+    ckpt = {name: statistics.median(load_checkpoint_s(c.resolve()) for _ in range(3))
+            for name, c in (("before", before), ("after", after))}
+    step = learner_ab()
+    info = machine_info()
+    text = "\n".join([
+        f"{info['date']} · {info['machine']} · Python {info['python']} · "
+        f"`python -m bench.profile_version --ab BEFORE AFTER` · load average {load:.1f} → "
+        f"{os.getloadavg()[0]:.1f} (other jobs shared the 2 cores)", "",
+        "| overhead | before | after |", "|---|---|---|",
+        f"| a fresh process's first `load_checkpoint` of the warm start (meta init skipped; "
+        f"median of 3) | {ckpt['before']:.2f} s | {ckpt['after']:.2f} s |",
+        f"| learner step, 16 prompts x 8 samples (proximal logprobs from the one policy pass; "
+        f"weights bit-identical; median of 6) | {step['before']:.0f} ms | "
+        f"{step['after']:.0f} ms |"])
+    print(text)
+    if write:
+        replace_section("profile_version_ab", text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--versions", type=int, default=8)
     p.add_argument("--checkout", action="append", type=Path, default=None,
                    help="a checkout to run (repeat; default: this one)")
     p.add_argument("--no-write", action="store_true", help="print, do not write BENCHMARKS.md")
+    p.add_argument("--ab", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), default=None,
+                   help="instead: the two overhead fixes before/after in one run: a fresh "
+                        "process's load_checkpoint from checkouts BEFORE and AFTER, and the "
+                        "learner step with and without its separate proximal forward")
     args = p.parse_args()
     from recipes.gsm8k.prepare import prepare
 
     prepare(ROOT / "runs" / "gsm8k")
+    if args.ab is not None:
+        ab(*args.ab, write=not args.no_write)
+        return
     checkouts = [c.resolve() for c in (args.checkout or [ROOT])]
     timelines = []
     for i, checkout in enumerate(checkouts):
