@@ -16,7 +16,6 @@ import torch
 
 from streamrl.producers.vllm import VLLMHTTP, NCCLWeightSender, VLLMError
 from streamrl.producers.vllm.weights import init_payload, update_payload, update_session
-from tests.vllm.real import vllm_python
 
 UID = bytes(range(128))
 TENSORS = {"model.embed_tokens.weight": torch.ones(4, 2),
@@ -128,6 +127,8 @@ assert (info.rank_offset, info.world_size, info.packed) == (1, 3, False)
 upd = NCCLWeightTransferUpdateInfo(**update["update_info"])
 print(json.dumps([str(getattr(torch, d)) for d in upd.dtype_names]))
 """
+    from tests.vllm.real import vllm_python  # here: the GPU test imports this module's Recorder
+
     payloads = json.dumps([init_payload(UID, 2), update_payload(TENSORS)])
     out = subprocess.run([str(vllm_python()), "-c", code], input=payloads, capture_output=True,
                          text=True, timeout=300)
