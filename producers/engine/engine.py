@@ -214,8 +214,8 @@ class TorchEngine:
             fresh = not fp8_layers(self.model)
             with torch.inference_mode():  # in place: the fused decoder's graphs see it
                 load_fp8_state(self.model, state_dict, copy_hf_weights)
-            if fresh:  # the projections just became FP8: a fused decoder over them
-                self._fused = _fused_decoder(self.model, self.cache, self.buffers, self.config)
+            if fresh:
+                self._refit_fp8()
         else:
             with torch.inference_mode():
                 copy_hf_weights(self.model, state_dict)
@@ -229,7 +229,15 @@ class TorchEngine:
         size is a multiple of 128; elsewhere decoding is eager."""
         with torch.inference_mode():
             quantize_model(self.model)
-        self._fused = None  # its graphs and fused weights are the old linears'
+        self._refit_fp8()
+
+    def _refit_fp8(self) -> None:
+        """The projections just became FP8: repack the remaining parameters (the packed buffer
+        would otherwise keep the replaced bf16 projections' bytes alive, ~2 bytes a weight) and
+        build the fused decoder over the FP8 layers (the old one's graphs read the old
+        weights)."""
+        self._fused = None
+        pack_weights(self.model)
         self._fused = _fused_decoder(self.model, self.cache, self.buffers, self.config)
 
     def load_adapter(self, tensors: Mapping[str, Tensor], adapter_id: str = RUN_ADAPTER) -> None:

@@ -18,6 +18,7 @@ from streamrl.models.fp8_linear import (
     reference_fp8_linear,
 )
 from streamrl.producers.engine import EngineConfig, TorchEngine
+from streamrl.producers.engine.packing import packed_buffer
 from streamrl.weights.fp8 import quantize_blocks, quantize_state
 from tests.engine.engine_util import request, teacher_forced
 from tests.models.tiny import Tiny, build
@@ -109,7 +110,10 @@ def test_engine_loads_an_fp8_version_as_its_own_quantization(tiny128: Tiny) -> N
     version 1 gives the very engine `use_fp8` makes from the same weights: the same greedy
     tokens and logprobs, the version stamped on every token."""
     own = _engine(tiny128.path)
+    packed = packed_buffer(own.model).numel()
     own.use_fp8()
+    # the bf16 projections' bytes are freed: only embeddings, norms and head stay packed
+    assert packed_buffer(own.model).numel() < packed / 3
     loaded = _engine(tiny128.path)
     # keep_dtype: this CPU engine is fp32 (a run's GPU engine is bf16, as the kept tensors)
     loaded.load_weights(quantize_state(read_safetensors(tiny128.path), keep_dtype=torch.float32),
