@@ -60,12 +60,13 @@ async def num_published_samples(log: Log, stream: str) -> int:
     return total
 
 
-async def num_samples_from(log: Log, stream: str, partition: int, offset: int) -> int:
-    """Samples in trajectories `stream`[`partition`] at and after `offset` (Arrow headers only);
-    an undecodable record counts 0."""
+async def num_samples_from(log: Log, stream: str, partition: int, offset: int, *,
+                           excluding: Collection[str] = ()) -> int:
+    """Samples in trajectories `stream`[`partition`] at and after `offset` (Arrow headers only,
+    unless sample ids in `excluding` are left out); an undecodable record counts 0."""
     total = 0
     while page := await log.read(stream, partition, offset, max_records=1000):
-        total += sum(_num_rows(record.value) for record in page)
+        total += sum(_num_rows(record.value, excluding) for record in page)
         offset = page[-1].offset + 1
     return total
 
@@ -130,8 +131,11 @@ async def admission_count(log: Log, trajectories: str, events: str, rank: int,
     return started_share(num_published - num_dropped, rank, num_producers), drops
 
 
-def _num_rows(value: bytes) -> int:
+def _num_rows(value: bytes, excluding: Collection[str] = ()) -> int:
     try:
-        return pa.ipc.open_stream(value).read_next_batch().num_rows
-    except (pa.ArrowInvalid, StopIteration, OSError):
+        batch = pa.ipc.open_stream(value).read_next_batch()
+        if not excluding:
+            return batch.num_rows
+        return sum(sid not in excluding for sid in batch.column("sample_id").to_pylist())
+    except (pa.ArrowInvalid, StopIteration, OSError, KeyError):
         return 0  # bytes no producer wrote: the trainer dead-letters them, nobody trains them

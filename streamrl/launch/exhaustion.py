@@ -6,7 +6,10 @@ A run is exhausted when both hold:
     after it (a prompt in flight, unread, or requeued by the trainer or a handover keeps it
     open), and
   - the trajectories the trainer has not consumed (past its committed position) hold fewer
-    samples than one batch: no batch can be formed from them, and without prompts no more come.
+    samples than one batch, leaving out those it already rejected (a trainer caught up commits
+    its position before the oldest sample it still holds for the next batch, so stale groups
+    judged after that sample stay past it): no batch can be formed from them, and without
+    prompts no more come.
 The trainer commits its position with each batch and with the verdicts it reached while caught
 up, so a batch in training still counts as unconsumed: a run is never ended under a step. The
 supervisor also waits until the same state held `grace_s` apart (a verdict that requeues a
@@ -16,7 +19,7 @@ prompt lands a moment after the trainer read the samples it judged).
 from __future__ import annotations
 
 from streamrl.log import Log
-from streamrl.producers.budget import num_samples_from
+from streamrl.producers.budget import TrainerDrops, num_samples_from
 from streamrl.recipe.context import PRODUCER_GROUP, TRAINER_GROUP, RunContext
 from streamrl.schemas import TrainStep, decode_event
 
@@ -36,11 +39,14 @@ async def exhausted_state(log: Log, ctx: RunContext) -> tuple[int, ...] | None:
             return None
         ends.append(position)
     trajectories = ctx.streams.trajectories
+    drops = TrainerDrops(log, ctx.streams.events)
+    await drops.read()  # the samples the trainer rejected: never trained, wherever they are
     num_unconsumed = 0
     for p in range(await log.num_partitions(trajectories)):
         offset = await log.committed(TRAINER_GROUP, trajectories, p) or 0
         ends.append(offset)
-        num_unconsumed += await num_samples_from(log, trajectories, p, offset)
+        num_unconsumed += await num_samples_from(log, trajectories, p, offset,
+                                                 excluding=drops.seen)
     if num_unconsumed >= ctx.config.trainer.batch_size:
         return None
     return (*ends, num_unconsumed)

@@ -1,7 +1,8 @@
 """A run whose prompts cannot make `run.max_versions` versions ends saying so instead of waiting
 forever: refused before it starts when the count alone shows it (streamrl/run/driver.py,
-`check_enough_prompts`), ended with "prompts exhausted at version N" (exit 1) when drops or
-filtered groups use the prompts up while it runs (streamrl/launch/exhaustion.py)."""
+`check_enough_prompts`), ended with "prompts exhausted at version N" (exit 1) when the
+trainer's drops (or filtered groups) use the prompts up while it runs
+(streamrl/launch/exhaustion.py)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from streamrl.run.driver import TooFewPrompts, check_enough_prompts, start_run
 from tests.helpers import TINY, streamrl, streamrl_here
 
 
-def recipe(tmp_path: Path, num_prompts: int, max_versions: int, extra: str = "") -> Path:
+def recipe(tmp_path: Path, num_prompts: int, max_versions: int) -> Path:
     text = TINY.read_text().replace("num_prompts = 64", f"num_prompts = {num_prompts}")
-    text = text.replace("max_versions = 3", f"max_versions = {max_versions}")
     path = tmp_path / "recipe.toml"
-    path.write_text(text.replace("[rollout]\n", f"[rollout]\n{extra}"))
+    path.write_text(text.replace("max_versions = 3", f"max_versions = {max_versions}"))
     return path
 
 
@@ -54,14 +54,18 @@ def test_streamrl_run_refuses_too_few_prompts_with_the_numbers(tmp_path: Path) -
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_run_whose_filter_uses_the_prompts_up_ends_saying_so(tmp_path: Path) -> None:
-    # 8 prompts x 4 samples would make the 4 batches of 8, but the filter rejects the even
-    # prompts' groups: two batches, then nothing more can come.
-    path = recipe(tmp_path, num_prompts=8, max_versions=4,
-                  extra='filter = "tests.run.tiny_task:odd_prompts_only"\n')
+def test_a_run_whose_drops_use_the_prompts_up_ends_saying_so(tmp_path: Path) -> None:
+    # 8 prompts x 4 samples would make 2 batches of 8 twice over, but the trainer drops the
+    # groups of all prompts but echo-0..2: one batch, and one kept group left over with dropped
+    # groups after it in the log (which still sit past the trainer's committed position).
+    path = recipe(tmp_path, num_prompts=8, max_versions=2)
+    text = path.read_text().replace('policy = "streamrl.staleness:MaxLag"',
+                                    'policy = "tests.run.tiny_task:FirstPromptsOnly"')
+    path.write_text(text.replace('options = { max_lag = 1, on_stale = "requeue" }',
+                                 "options = { keep = 3 }"))
     out = streamrl("run", str(path), "--log", str(tmp_path / "log"), "--run", "short",
                    "--runs-dir", str(tmp_path / "runs"), timeout=240)
     said = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 1, said[-2000:]
-    assert "prompts exhausted at version 2 (max_versions 4)" in said, said[-2000:]
+    assert "prompts exhausted at version 1 (max_versions 2)" in said, said[-2000:]
     assert "Traceback" not in said

@@ -12,17 +12,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from streamrl.hooks.rollout import (
-    FilterInput,
-    FilterOutput,
-    RewardInput,
-    RewardOutput,
-    RolloutInput,
-    RolloutSample,
-)
+from streamrl.hooks.rollout import RewardInput, RewardOutput, RolloutInput, RolloutSample
 from streamrl.hooks.run import ModelInitRequest, PromptRequest, PromptSpec
 from streamrl.hooks.train import TrainStepInput
 from streamrl.models import CausalLM, ModelConfig, save_checkpoint
+from streamrl.staleness import SampleInfo, StalenessPolicy, Verdict
 
 CHARS = "0123456789="
 
@@ -70,11 +64,17 @@ def reward(sample: RewardInput) -> RewardOutput:
     return RewardOutput(reward=float(right), status="correct" if right else "wrong")
 
 
-def odd_prompts_only(group: FilterInput) -> FilterOutput:
-    """A sample filter that rejects the groups of even prompts ("echo-0", "echo-2", ...): half
-    the prompts make no trainable sample, as many drops would."""
-    even = int(group.prompt_id.rsplit("-", 1)[1]) % 2 == 0
-    return FilterOutput(keep=not even, reason="even prompt", code="even")
+class FirstPromptsOnly(StalenessPolicy, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A staleness policy whose trainer drops every sample of prompts "echo-<i>" with i >= `keep`:
+    a run whose drops use its prompts up."""
+
+    keep: int
+
+    def judge(self, sample: SampleInfo, trainer_version: int, now_ms: int) -> Verdict:
+        if int(sample.prompt_id.rsplit("-", 1)[1]) < self.keep:
+            return Verdict.keep()
+        return Verdict.drop("late_prompt", f"prompt {sample.prompt_id} is not among the first "
+                                           f"{self.keep}")
 
 
 def count_samples(step: TrainStepInput) -> dict[str, float]:
