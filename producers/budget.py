@@ -17,7 +17,8 @@ reading the trajectories stream and every batch; the Rejected events are one str
 follow, and its own prompts partitions tell it which drops are its own (sample ids name the
 prompt record, `streamrl.schemas.ids`). Each drop is credited to the producer that owns the
 sample's prompts partition now (p % num_producers == rank), whoever generated it, so every drop
-is credited exactly once over a membership and the counts still sum to what the run holds.
+is credited exactly once over a membership and the counts still sum to the samples started and
+not rejected.
 
 Rebuilt on a (re)start, in the same units: the run's published samples minus the distinct sample
 ids the trainer rejected so far, as if those had filled the slots in order, producer `rank` owning
@@ -25,12 +26,13 @@ those with k % num_producers == rank:
 
     num_started = ceil((num_published - num_dropped - rank) / num_producers)
 
-Summed over the ranks this is exactly the number that may still be trained, so the shares still
-add up to the budget (the trainer can fill every batch), and a restart re-admits only what was
-lost: the groups the killed producer had in flight. The events stream's end is read before the
-trajectories are counted, so every drop counted names a sample that is counted; drops after that
-point are credited live (`TrainerDrops`). Before this count was credited, a producer that restarted
-after kill -9 counted from zero (issue 21: 56% of all samples dropped in a kill campaign).
+Summed over the ranks this is exactly the number published and not rejected (trained, or still to
+be judged), so the shares still add up to the budget (the trainer can fill every batch), and a
+restart re-admits only what was lost: the groups the killed producer had in flight. The events
+stream's end is read before the trajectories are counted, so every drop counted names a sample
+that is counted; drops after that point are credited live (`TrainerDrops`). Without the
+rebuild, a producer restarted after kill -9 counted from zero (issue 21: 56% of all samples
+dropped in a kill campaign).
 
 Cost: one pass over the trajectories stream (the records' Arrow headers only) and one over the
 events stream per start; a run of millions of groups would want the counts checkpointed instead.
