@@ -8,8 +8,8 @@ per-tensor scales ("tensorwise", torchao's fastest recipe and torchtitan's defau
 AdamW state, checkpoints, `hf_state_dict` and every digest are exactly what a bf16 run has;
 only the GEMMs' precision changes. Embeddings, norms, the router and the LM head stay bf16.
 
-torchao is a GPU-only dependency here (not in pyproject): its wheel (~3 MB) installs with
-`--no-deps` next to the preinstalled torch. `ComputeConfig` refuses precision = "fp8" when it
+torchao is the optional extra `fp8` (GPU only): its wheel (~3 MB) installs with `--no-deps`
+next to the preinstalled torch. `ComputeConfig` refuses precision = "fp8" when it
 is missing, before anything starts.
 """
 
