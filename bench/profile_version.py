@@ -135,7 +135,10 @@ def profile(checkout: Path, versions: int, index: int) -> Timeline:
         load_before = os.getloadavg()[0]
         launched, ended, log_dir = run_streamrl(checkout, Path(tmp), versions, run_id=run_id)
         figures = asyncio.run(read_timeline(log_dir, run_id, launched))
-    return Timeline(checkout=str(checkout), wall_s=ended - launched, load_before=load_before,
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return Timeline(checkout=f"{checkout} ({commit or 'no git'})", wall_s=ended - launched,
+                    load_before=load_before,
                     load_after=os.getloadavg()[0], **figures)
 
 
