@@ -71,8 +71,9 @@ class TrainerMemoryError(ValueError):
 
 
 def device_limit(compute: ComputeConfig) -> int | None:
-    """Bytes the learner may use: `memory_limit` when it is a size; under "auto" the GPU's free
-    memory plus what this process's allocator already holds, None on CPU; None under "off"."""
+    """Bytes the learner may use: `memory_limit` when it is a size; under "auto" 90% of the
+    GPU's free memory plus what this process's allocator already holds (the rest: allocator
+    fragmentation, kernels' workspaces), None on CPU; None under "off"."""
     if compute.memory_limit == "off":
         return None
     if compute.memory_limit != "auto":
@@ -81,7 +82,7 @@ def device_limit(compute: ComputeConfig) -> int | None:
         return None
     device = compute.torch_device
     free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device)
+    return int(0.9 * (free + torch.cuda.memory_reserved(device)))
 
 
 def check_memory(config: RunConfig, model: dict[str, Any] | Path, *,
