@@ -50,6 +50,7 @@ from streamrl.producers.rewards.sandbox import RewardSandbox
 from streamrl.producers.rollout import EngineClient
 from streamrl.producers.weight_sync import WeightSync
 from streamrl.recipe.context import PRODUCER_GROUP, RunContext
+from streamrl.recipe.rewards import RewardRecipe
 from streamrl.schemas import (
     ProducerJoined,
     ProducerLeft,
@@ -99,8 +100,9 @@ class Producer:
             self.reference = ReferenceScorer(
                 ctx.init_checkpoint, temperature=r.temperature or 1.0,
                 device=r.engine.torch_device, dtype=r.engine.torch_dtype)
-        self.rewards = RewardSandbox(self.hooks.reward, timeout_s=r.reward_timeout_s,
-                                     num_workers=r.reward_workers)  # rewards/sandbox.py
+        # the recipe's reward spec, which each reward worker builds (rewards/sandbox.py)
+        self.rewards = RewardSandbox(RewardRecipe(reward=r.reward, by_source=r.reward_by_source),
+                                     timeout_s=r.reward_timeout_s, num_workers=r.reward_workers)
         self.groups: dict[str, Group] = {}  # started, until their commit happened
         self.queue: deque[Record] = deque()  # prompt records read but not started
         self.progress: dict[int, PartitionProgress] = {}  # per owned partition (resume.py)

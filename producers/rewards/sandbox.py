@@ -1,14 +1,19 @@
 """Reward worker processes: every reward call of a producer runs in one, bounded by a timeout.
 
-    async with RewardSandbox(hooks.reward, timeout_s=10.0, num_workers=1) as rewards:
+    spec = RewardRecipe(reward=rollout.reward, by_source=rollout.reward_by_source)
+    async with RewardSandbox(spec, timeout_s=10.0, num_workers=1) as rewards:
         out = await rewards.score(sample)     # a RewardOutput, whatever the reward function did
 
 Why processes: a thread cannot be stopped, and a signal alarm only interrupts the main thread
 between bytecodes, never C code that does not return to the interpreter (a huge integer power,
-a user's C extension). A child process can always be killed. So the reward function is pickled
-once (by reference for a module-level function or class: an unpicklable one is refused when the
-sandbox is made) and unpickled in each worker, which imports its module. That pickle is the
-producer's own resolved hook, never data read from the log. Each call sends the `RewardInput`
+a user's C extension). A child process can always be killed. So the reward reaches each worker
+once, when it starts: a producer sends its recipe's reward spec (`RewardRecipe`, plain data),
+which the worker builds with the recipe's own builder, so anything a recipe can name runs there,
+a module-level lambda or closure included. A spec that does not build is refused when the
+sandbox is made, one that does not build in a worker when it starts (the producer's start).
+A function given directly (tests, `streamrl rereward`) is pickled instead, by reference for a
+module-level function or class: an unpicklable one is refused when the sandbox is made. Either
+payload is the producer's own, never data read from the log. Each call sends the `RewardInput`
 over a pipe as typed msgpack (`_Request`; token ids as int32 bytes) and waits at most `timeout_s`
 for the typed reply (`_Reply`), so neither side unpickles a sample or a result.
 
@@ -39,6 +44,7 @@ import msgspec
 import numpy as np
 
 from streamrl.hooks.rollout import RewardFn, RewardInput, RewardOutput
+from streamrl.recipe.rewards import RewardRecipe
 
 PARENT_ENV = "STREAMRL_REWARD_PARENT"  # the producer's pid, which a worker checks it still has
 STARTUP_TIMEOUT_S = 120.0  # importing sympy & co. on a loaded 2-core machine
@@ -88,18 +94,26 @@ _REPLY = msgspec.msgpack.Decoder(_Reply)
 
 
 class RewardSandboxError(RuntimeError):
-    """The reward function cannot run in a worker process at all (not picklable, or its module
-    fails to import there): a configuration problem, raised when the producer starts."""
+    """The reward function cannot run in a worker process at all (its spec does not build, it
+    is not picklable, or its module fails to import there): a configuration problem, raised
+    when the producer starts."""
 
 
 class RewardSandbox:
-    def __init__(self, fn: RewardFn, *, timeout_s: float, num_workers: int = 1) -> None:
+    def __init__(self, reward: RewardRecipe | RewardFn, *, timeout_s: float,
+                 num_workers: int = 1) -> None:
+        if isinstance(reward, RewardRecipe):
+            try:
+                reward.build()  # what the workers will do: fail here, with the field it names
+            except Exception as error:
+                raise RewardSandboxError(f"the reward cannot be built: {error}") from None
         try:
-            payload = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(reward, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:
             raise RewardSandboxError(
-                f"the reward {fn!r} cannot be sent to a reward worker process ({error}): make "
-                "it a module-level function or class instance that pickle can send") from None
+                f"the reward {reward!r} cannot be sent to a reward worker process ({error}): "
+                "name it in the recipe, or make it a module-level function or class instance "
+                "that pickle can send") from None
         self.timeout_s = timeout_s
         env = dict(os.environ)  # the workers import what this process can
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
@@ -266,6 +280,8 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         fn = pickle.loads(_read(requests) or b"")
+        if isinstance(fn, RewardRecipe):
+            fn = fn.build()
     except Exception as error:
         _write(replies, _Reply("failed", message=f"{type(error).__name__}: {error}"))
         return

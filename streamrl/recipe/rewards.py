@@ -60,6 +60,23 @@ RewardSpec = str | RewardTerm | tuple[RewardTerm, ...]
 """What `rollout.reward` and each `rollout.reward_by_source` value may be."""
 
 
+class RewardRecipe(msgspec.Struct, kw_only=True, frozen=True):
+    """A run's reward as its recipe names it: plain data that `build()` turns into the run's
+    `RewardFn`, so another process (a reward worker, producers/rewards/sandbox.py) rebuilds the
+    same function from it, whatever its names point at: a lambda or a closure that pickle
+    cannot send is importable by its path."""
+
+    reward: RewardSpec
+    """`rollout.reward`."""
+    by_source: dict[str, RewardSpec] = {}
+    """`rollout.reward_by_source`."""
+    what: str = "rollout.reward"
+    """The field an error names."""
+
+    def build(self) -> RewardFn:
+        return build_reward(self.reward, self.by_source, what=self.what)
+
+
 def build_reward(reward: RewardSpec, by_source: Mapping[str, RewardSpec], *,
                  what: str = "rollout.reward") -> RewardFn:
     """The run's `RewardFn`; a `ResolveError` (a ValueError) naming the field (`what`) for an
