@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from streamrl.consumers.trainer.batch import TrainBatch
-from streamrl.plan.learner import learner_peak
-from streamrl.plan.placement import gib
+from streamrl.plan.learner import TrainerMemoryError, check_peak
 from streamrl.recipe.config import RunConfig
 from streamrl.recipe.trainer import ComputeConfig
+
+__all__ = ["TrainerMemoryError", "check_memory", "device_limit", "micro_batches"]
 
 MicroBatch = tuple[slice, slice]
 """(rows, columns) of a `TrainBatch`'s [B, S] tensors."""
@@ -66,10 +67,6 @@ def micro_batches(batch: TrainBatch, rows: slice, compute: ComputeConfig, *,
     return out
 
 
-class TrainerMemoryError(ValueError):
-    """The worst step the recipe allows would not fit the trainer's device."""
-
-
 def device_limit(compute: ComputeConfig) -> int | None:
     """Bytes the learner may use: `memory_limit` when it is a size; under "auto" 90% of the
     GPU's free memory plus what this process's allocator already holds (the rest: allocator
@@ -98,21 +95,6 @@ def check_memory(config: RunConfig, model: dict[str, Any] | Path, *,
         return
     hf_config = (json.loads((model / "config.json").read_text()) if isinstance(model, Path)
                  else model)
-    peak = learner_peak(config, hf_config)
-    if peak.memory.total <= limit:
-        return
-    m, compute = peak.memory, config.trainer.compute
-    fixes = []
-    if not peak.checkpointing:
-        fixes.append("activation_checkpointing = true")
-    if peak.rows > 1 or compute.micro_batch_tokens is None:
-        fixes.append(f"a smaller micro-batch (micro_batch_tokens = {max(peak.row_tokens, 1)})")
-    fixes.append("shorter rows (rollout.max_new_tokens, rollout.engine.max_seq_len)")
-    raise TrainerMemoryError(
-        f"the trainer's worst step would need {gib(m.total)} but {gib(limit)} is available "
-        f"({'memory_limit' if compute.memory_limit != 'auto' else 'free on ' + compute.device})"
-        f": {peak.rows} row(s) x {peak.row_tokens} tokens per micro-batch, activation "
-        f"checkpointing {'on' if peak.checkpointing else 'off'}; weights {gib(m.weights)}, "
-        f"optimizer {gib(m.optimizer)}, gradients {gib(m.gradients)}, activations "
-        f"{gib(m.activations)}, logits {gib(m.logits)}. In [trainer.compute] set "
-        f"{' or '.join(fixes)}; or train on a larger device")
+    where = ("memory_limit" if config.trainer.compute.memory_limit != "auto"
+             else f"free on {config.trainer.compute.device}")
+    check_peak(config, hf_config, limit=limit, where=where)

@@ -1,6 +1,7 @@
 """`learner_peak`: the torch learner's peak memory on its device for the worst step a recipe
 allows, from `torch_learner_memory` (memory.py). The trainer checks it against the device
-before its first step (streamrl/consumers/trainer/memory.py).
+before its first step (streamrl/consumers/trainer/memory.py, `check_peak`), and `load_recipe`
+already does when `memory_limit` is a size and the recipe names its checkpoint (`model.path`).
 
 The worst micro-batch: a row is at most `pack_row_tokens` tokens when packing, else the longest
 sequence the engine keeps (`max_seq_len`: prompt + response); a micro-batch is
@@ -69,3 +70,32 @@ def learner_peak(config: RunConfig, hf_config: dict[str, Any]) -> LearnerPeak:
     return LearnerPeak(memory=memory, rows=max(rows, 1), row_tokens=seq_len,
                        checkpointing=checkpointing)
 
+
+
+class TrainerMemoryError(ValueError):
+    """The worst step the recipe allows would not fit the trainer's device."""
+
+
+def check_peak(config: RunConfig, hf_config: dict[str, Any], *, limit: int,
+               where: str) -> None:
+    """Raise `TrainerMemoryError` when `learner_peak` exceeds `limit` bytes (`where` says
+    whose limit it is), naming the terms and what to change."""
+    from streamrl.plan.placement import gib  # placement imports the recipe, as this does
+
+    peak = learner_peak(config, hf_config)
+    if peak.memory.total <= limit:
+        return
+    m, compute = peak.memory, config.trainer.compute
+    fixes = []
+    if not peak.checkpointing:
+        fixes.append("activation_checkpointing = true")
+    if peak.rows > 1 or compute.micro_batch_tokens is None:
+        fixes.append(f"a smaller micro-batch (micro_batch_tokens = {max(peak.row_tokens, 1)})")
+    fixes.append("shorter rows (rollout.max_new_tokens, rollout.engine.max_seq_len)")
+    raise TrainerMemoryError(
+        f"the trainer's worst step would need {gib(m.total)} but {gib(limit)} is available "
+        f"({where}): {peak.rows} row(s) x {peak.row_tokens} tokens per micro-batch, "
+        f"activation checkpointing {'on' if peak.checkpointing else 'off'}; weights "
+        f"{gib(m.weights)}, optimizer {gib(m.optimizer)}, gradients {gib(m.gradients)}, "
+        f"activations {gib(m.activations)}, logits {gib(m.logits)}. In [trainer.compute] set "
+        f"{' or '.join(fixes)}; or train on a larger device")

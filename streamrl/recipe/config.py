@@ -418,6 +418,7 @@ def load_recipe(path: str | Path) -> tuple[RunConfig, Hooks]:
     try:
         _check_runnable(config)
         config = _with_absolute_paths(config)
+        _check_memory_limit(config)
         hooks = resolve_hooks(config)
         if config.model.path is not None:
             check_fits(hooks.tokenizer, Path(config.model.path))
@@ -437,6 +438,19 @@ def _check_runnable(config: RunConfig) -> None:
                          f"{m.expert_parallel}: the megatron backend trains on one GPU so far, "
                          "so this recipe can be planned (`streamrl plan`) but not run; set "
                          "them to 1 to run on one GPU")
+
+
+def _check_memory_limit(config: RunConfig) -> None:
+    """With `trainer.compute.memory_limit` a size and the checkpoint named, the worst training
+    step is checked here, before anything is written (the trainer checks again, on its device,
+    whatever the limit: consumers/trainer/memory.py)."""
+    limit = config.trainer.compute.memory_limit_bytes
+    if limit is None or config.model.path is None or config.trainer.backend != "torch":
+        return
+    from streamrl.plan.learner import check_peak  # the planner imports this module
+
+    hf_config = json.loads((Path(config.model.path) / "config.json").read_text())
+    check_peak(config, hf_config, limit=limit, where="memory_limit")
 
 
 def _check_model_type(checkpoint: Path) -> None:

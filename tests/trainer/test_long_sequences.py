@@ -202,3 +202,25 @@ def test_the_worst_step_is_refused_before_training_naming_numbers_and_fix() -> N
     check_memory(recipe('[trainer.compute]\nmemory_limit = "off"\n'), RAW, limit=None)
     with pytest.raises(msgspec.ValidationError, match="memory_limit"):
         recipe('[trainer.compute]\nmemory_limit = "a lot"\n')
+
+
+def test_load_recipe_refuses_a_worst_step_over_memory_limit_before_anything_runs(
+        tmp_path) -> None:
+    """With memory_limit a size and `model.path` set, `load_recipe` (so `streamrl run`) stops
+    with the recipe's file name, before any hook, process or log exists."""
+    import json
+
+    from streamrl.recipe.config import ConfigError, load_recipe
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps(RAW))
+    path = tmp_path / "recipe.toml"
+    path.write_text(f'[run]\nname = "long"\n[model]\npath = "{checkpoint}"\n[data]\n'
+                    'prompts = "a:b"\n[rollout]\nreward = "a:b"\n'
+                    'engine = {{ max_seq_len = 8192 }}\n[trainer]\nbatch_size = 16\n'
+                    '[trainer.compute]\nmemory_limit = "1GiB"\n'.replace("{{", "{")
+                    .replace("}}", "}"))
+    with pytest.raises(ConfigError, match=r"recipe.toml: the trainer's worst step would need"):
+        load_recipe(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "recipe.toml"]
