@@ -3,15 +3,16 @@
     micro_batches(batch, rows, compute)   a minibatch's rows cut into micro-batches: by rows
                                           (`micro_batch_rows`) or by a budget of tokens
                                           (`micro_batch_tokens`, each trimmed to its longest row)
-    check_memory(config, hf_config)       the peak of the worst step the recipe allows, from the
-                                          planner's arithmetic (streamrl/plan/learner.py), against
-                                          the device's memory: a `TrainerMemoryError` naming the
-                                          numbers and the fix, before anything trains
+    check_memory(config, checkpoint)      the peak of the worst step the recipe allows, from the
+                                          planner's arithmetic (streamrl/plan/learner.py,
+                                          `check_peak`), against the device's memory: a
+                                          `TrainerMemoryError` naming the numbers and the fix
 
 The trainer process calls `check_memory` before it builds the learner (`__main__.py`), so a
 recipe whose longest rows cannot fit fails at start, never with an out-of-memory error in the
-middle of a run. The limit is `[trainer.compute] memory_limit`: "auto" is the GPU's free memory
-(`torch.cuda.mem_get_info`, so a colocated engine's share is already gone) and no check on CPU.
+middle of a run. The limit is `[trainer.compute] memory_limit`: "auto" is 90% of the GPU's free
+memory (`torch.cuda.mem_get_info`, so a colocated engine's share is already gone) and no check
+on CPU; a size is checked by `load_recipe` too, before anything is written.
 """
 
 from __future__ import annotations
