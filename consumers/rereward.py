@@ -42,7 +42,7 @@ from streamrl.hooks.run import Tokenizer, prompt_text
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
 from streamrl.recipe.context import RunContext, load_run_context
-from streamrl.recipe.rewards import build_reward
+from streamrl.recipe.rewards import RewardRecipe
 from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     DeadLetter,
@@ -82,7 +82,7 @@ class RewardWorkers(Protocol):
     async def close(self) -> None: ...
 
 
-RewardWorkersFactory = Callable[..., RewardWorkers]  # (fn, *, timeout_s, num_workers)
+RewardWorkersFactory = Callable[..., RewardWorkers]  # (RewardRecipe, *, timeout_s, ...)
 
 
 class RerewardResult(msgspec.Struct, kw_only=True):
@@ -103,14 +103,15 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
                    on_progress: Callable[[int, int], None] | None = None) -> RerewardResult:
     """Re-score every recorded trajectory of `parent_id` with the hook at import path `reward`
     into run `new_run` (created, or continued if it is a re-reward of the same run with the same
-    function), each call in `workers(fn, timeout_s=..., num_workers=...)` with the parent's
+    function), each call in `workers(spec, timeout_s=..., num_workers=...)` with the parent's
     reward settings. `on_progress(done, total)` is called after each page."""
     for what, run_id in (("RUN", parent_id), ("--as", new_run)):
         try:
             check_run_id(run_id)
         except ValueError as error:
             raise RerewardError(f"{what} {run_id!r}: {error}") from None
-    fn = build_reward(reward, {}, what="--reward")  # a built-in name or an import path
+    spec = RewardRecipe(reward=reward, what="--reward")  # a built-in name or an import path
+    spec.build()  # a bad one fails here, before anything is read or written
     if RunStreams(parent_id).events not in await log.list_streams(parent_id):
         raise RerewardError(f"no run {parent_id!r} in {log.url} (`streamrl inspect` lists runs)")
     parent = await load_run_context(log, parent_id, timeout_s=5.0)
@@ -119,7 +120,7 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     start = await log.committed(progress_group(new_run), source, 0) or 0
     end = await log.end_offset(source, 0)
     r = parent.config.rollout
-    sandbox = workers(fn, timeout_s=r.reward_timeout_s, num_workers=r.reward_workers)
+    sandbox = workers(spec, timeout_s=r.reward_timeout_s, num_workers=r.reward_workers)
     scorer = Scorer(sandbox, parent.hooks.tokenizer, await _prompts(log, parent))
     result = RerewardResult(run_id=new_run, resumed_at=start)
     offset = start

@@ -7,11 +7,11 @@
 Why processes: a thread cannot be stopped, and a signal alarm only interrupts the main thread
 between bytecodes, never C code that does not return to the interpreter (a huge integer power,
 a user's C extension). A child process can always be killed. So the reward reaches each worker
-once, when it starts: a producer sends its recipe's reward spec (`RewardRecipe`, plain data),
+once, when it starts: a producer (and `streamrl rereward`) sends its reward spec (`RewardRecipe`),
 which the worker builds with the recipe's own builder, so anything a recipe can name runs there,
 a module-level lambda or closure included. A spec that does not build is refused when the
 sandbox is made, one that does not build in a worker when it starts (the producer's start).
-A function given directly (tests, `streamrl rereward`) is pickled instead, by reference for a
+A function given directly (tests, benches) is pickled instead, by reference for a
 module-level function or class: an unpicklable one is refused when the sandbox is made. Either
 payload is the producer's own, never data read from the log. Each call sends the `RewardInput`
 over a pipe as typed msgpack (`_Request`; token ids as int32 bytes) and waits at most `timeout_s`
