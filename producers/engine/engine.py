@@ -102,7 +102,7 @@ class TorchEngine:
         self.scheduler = Scheduler(
             BlockPool(num_blocks), block_size=config.kv_block_size,
             num_slots=config.max_batch_size, max_step_tokens=config.max_step_tokens,
-            share_prefixes=config.prefix_sharing,
+            share_prefixes=config.prefix_sharing, cache_prefixes=config.prefix_caching,
         )
         self.buffers = SlotBuffers(
             num_slots=config.max_batch_size,
@@ -140,9 +140,8 @@ class TorchEngine:
         self.adapters.check(request.adapter)
         seed = request.params.seed
         seed = seed_from_request_id(request.request_id) if seed is None else seed
-        key = prompt.tobytes() + (b"" if request.adapter is None  # KV differs per adapter
-                                  else b"\xff" + request.adapter.encode())
-        self.scheduler.add(Seq(_Entry(request, prompt, seed), key, len(prompt)))
+        salt = b"" if request.adapter is None else b"\xff" + request.adapter.encode()  # KV differs
+        self.scheduler.add(Seq(_Entry(request, prompt, seed), prompt, salt))
         self._ids.add(request.request_id)
 
     def has_unfinished(self) -> bool:
@@ -152,10 +151,13 @@ class TorchEngine:
     @property
     def stats(self) -> dict[str, int]:
         """Counters since the engine started: prompt tokens prefilled (recomputed ones
-        included), preemptions, the most sequences resident in the KV cache at once, and the
-        pool's size in blocks (`kv_block_size` tokens each, block 0 is scratch)."""
+        included), context tokens whose k/v were reused instead (a sibling's prompt or the
+        prefix cache), preemptions, the most sequences resident in the KV cache at once, and
+        the pool's size in blocks (`kv_block_size` tokens each, block 0 is scratch)."""
         s = self.scheduler
-        return {"num_prefill_tokens": s.num_prefill_tokens, "num_preemptions": s.num_preemptions,
+        return {"num_prefill_tokens": s.num_prefill_tokens,
+                "num_cached_prefix_tokens": s.num_cached_prefix_tokens,
+                "num_preemptions": s.num_preemptions,
                 "max_running": s.max_running, "num_kv_blocks": s.pool.num_blocks}
 
     def step(self) -> list[GenerationResult]:
@@ -199,6 +201,7 @@ class TorchEngine:
             if source is not None:
                 load_int4(self.model, source)
         self._fused = None  # the fused CUDA decoder's projections are dense
+        self.scheduler.clear_prefix_cache()  # cached k/v came from the dense weights
 
     def load_weights(self, state_dict: Mapping[str, Tensor], version: int) -> None:
         """Replace the weights (HF names, as `streamrl.models.checkpoint`) between steps.
@@ -219,6 +222,7 @@ class TorchEngine:
         else:
             with torch.inference_mode():
                 copy_hf_weights(self.model, state_dict)
+        self.scheduler.clear_prefix_cache()  # old weights' k/v serve no request from now on
         self._version = version
 
     def use_fp8(self) -> None:
@@ -230,6 +234,7 @@ class TorchEngine:
         with torch.inference_mode():
             quantize_model(self.model)
         self._refit_fp8()
+        self.scheduler.clear_prefix_cache()
 
     def _refit_fp8(self) -> None:
         """The projections just became FP8: repack the remaining parameters (the packed buffer
@@ -246,6 +251,7 @@ class TorchEngine:
         id is the run's own, which requests without one get) run through it, and one batch may
         mix adapters. The weight version is unchanged (`load_weights` sets it)."""
         self.adapters.load(adapter_id, tensors)
+        self.scheduler.clear_prefix_cache()
         self._fused = None  # the fused CUDA decoder has no low-rank term: decode eagerly
 
     def close(self) -> None:
@@ -389,8 +395,10 @@ class TorchEngine:
         if not done:
             return []
         slots = [slot for slot, _ in done]
-        entries = [self.scheduler.finish(slot).entry for slot in slots]
-        fields = self.buffers.responses(slots, [len(e.prompt) for e in entries])
+        seqs = [self.scheduler.slots[slot] for slot in slots]
+        fields = self.buffers.responses(slots, [s.prompt_len for s in seqs])  # type: ignore[union-attr]
+        entries = [self.scheduler.finish(slot, f["response_tokens"]).entry
+                   for slot, f in zip(slots, fields, strict=True)]
         results = [self._result(entry, f, reason)
                    for entry, f, (_, reason) in zip(entries, fields, done, strict=True)]
         self.buffers.release(slots)

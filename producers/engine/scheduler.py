@@ -10,7 +10,9 @@ KV blocks, one step at a time. Host-side bookkeeping only; `TorchEngine.step` ru
         3. preempted sequences, then queued requests (FIFO), join while a slot and the blocks
            for their prefill are free; a sample whose prompt another sequence already holds
            shares that prompt's full blocks and copies the one holding its last token, then
-           prefills only that last token: prefix sharing
+           prefills only that last token: prefix sharing; any other request holds the cached
+           blocks of its longest full-block prefix that a finished (or preempted) sequence
+           left behind and prefills only the rest: prefix caching
     engine: decode plan.decode, prefill plan.chunks (sampling the first token where
             `chunk.sample`), then `finish` each sequence that ended
 
@@ -23,6 +25,19 @@ prefill's k/v versus a decode's). A sequence preempted before its first token st
 Blocks of a shared prompt are written once, by the sequence that prefilled the prompt, before
 anyone shares them, and never again: each sample's own writes start at the prompt's last
 position, which lies in its private (copied) block.
+
+Prefix cache (`BlockPool.register`/`lookup`): when a sequence finishes, its blocks whose every
+position has final k/v are registered under their hash-chain keys. That is positions
+[0, length - 1): the last sampled token's k/v is never written (no decode ran on it). A
+preempted sequence registers its prompt's full blocks the same way, so its resume may find
+them. A new request looks up the keys of its prompt's full blocks, holds the longest cached
+run of them, and prefills from there, always at least its last token (whose logits sample the
+first response token; a resume's last position, which turns its decoding back on). So turn
+k+1 of a conversation (its prompt = turn k's prompt + response + new context) prefills only
+what turn k did not leave in full blocks. Cached blocks nobody holds are evictable: the pool
+reclaims them, least recently released first, before anyone is preempted. Weight updates
+`clear_prefix_cache()`: keys are forgotten, the within-group holders too, and a sequence whose
+k/v were computed partly before the update (`epoch`) never registers its blocks.
 """
 
 from __future__ import annotations
@@ -30,19 +45,25 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from streamrl.producers.engine.blocks import BlockPool
+import numpy as np
+
+from streamrl.producers.engine.blocks import BlockPool, chain_keys
 
 
 class Seq:
     """One request from admission to finish."""
 
-    __slots__ = ("blocks", "computed", "entry", "key", "length", "order", "prompt_len",
-                 "sampled", "slot", "target")
+    __slots__ = ("blocks", "computed", "entry", "epoch", "key", "length", "order", "prompt",
+                 "prompt_len", "salt", "sampled", "slot", "target")
 
-    def __init__(self, entry: object, prompt: bytes, prompt_len: int) -> None:
+    def __init__(self, entry: object, prompt: np.ndarray, salt: bytes = b"") -> None:
         self.entry = entry  # the engine's own record of the request
-        self.key = prompt  # the prompt's bytes: samples of one prompt share its blocks
+        self.prompt = prompt  # [P] int32 token ids
+        self.salt = salt  # what else the k/v depend on (a LoRA adapter's id); b"" for none
+        self.key = prompt.tobytes() + salt  # samples of one prompt share its blocks
+        prompt_len = len(prompt)
         self.prompt_len = prompt_len
+        self.epoch = 0  # the scheduler's cache epoch when its k/v started being computed
         self.slot = -1  # -1 while queued
         self.blocks: list[int] = []  # block_table row: block of positions [i*bs, (i+1)*bs)
         self.computed = 0  # positions [0, computed) have k/v in the cache
@@ -75,9 +96,12 @@ class Plan(NamedTuple):
 
 class Scheduler:
     def __init__(self, pool: BlockPool, *, block_size: int, num_slots: int,
-                 max_step_tokens: int, share_prefixes: bool) -> None:
+                 max_step_tokens: int, share_prefixes: bool, cache_prefixes: bool = False
+                 ) -> None:
         self.pool, self.block_size = pool, block_size
         self.max_step_tokens, self.share_prefixes = max_step_tokens, share_prefixes
+        self.cache_prefixes = cache_prefixes
+        self._epoch = 0  # bumped by clear_prefix_cache
         self.slots: list[Seq | None] = [None] * num_slots
         self.waiting: deque[Seq] = deque()  # queued requests, FIFO
         self.preempted: deque[Seq] = deque()  # hold a slot, no blocks; resume first
@@ -87,6 +111,9 @@ class Scheduler:
         self._order = 0
         self.num_prefill_tokens = 0
         """Prompt (and recomputed) tokens prefilled so far."""
+        self.num_cached_prefix_tokens = 0
+        """Context tokens whose k/v were reused instead of prefilled: a sibling's prompt
+        (prefix sharing) or cached blocks (prefix caching)."""
         self.num_preemptions = 0
         self.max_running = 0
         """Most sequences holding blocks at once (resident in the KV cache)."""
@@ -116,15 +143,34 @@ class Scheduler:
         self.max_running = max(self.max_running, sum(bool(s.blocks) for s in self.busy()))
         return plan
 
-    def finish(self, slot: int) -> Seq:
-        """The sequence in `slot` ended (or was aborted): free its slot and blocks."""
+    def finish(self, slot: int, response: np.ndarray | None = None) -> Seq:
+        """The sequence in `slot` ended (or was aborted): free its slot and blocks. With its
+        `response` tokens, its blocks of final k/v stay cached for later prefixes."""
         seq = self.slots[slot]
         assert seq is not None, f"slot {slot} holds no sequence"
+        if response is not None and seq.blocks:
+            self._register(seq, np.concatenate([seq.prompt, response.astype(np.int32)]))
         self._drop_blocks(seq)
         self.slots[slot] = None
         if seq in self.preempted:
             self.preempted.remove(seq)
         return seq
+
+    def clear_prefix_cache(self) -> None:
+        """New weights: no k/v computed before now serves a request admitted from now on."""
+        self._epoch += 1
+        self.pool.clear_cache()
+        self._holders.clear()
+        self._prefilling.clear()
+        self._completing.clear()
+
+    def _register(self, seq: Seq, tokens: np.ndarray) -> None:
+        """Cache `seq`'s full blocks of final k/v among `tokens` (its first ones)."""
+        if not self.cache_prefixes or seq.epoch != self._epoch:
+            return
+        written = seq.length - 1 if seq.running else seq.computed
+        n = min(written, len(tokens)) // self.block_size
+        self.pool.register(seq.blocks[:n], chain_keys(tokens, seq.salt, self.block_size, n))
 
     def _grow_running(self, plan: Plan) -> None:
         """Step 1: a block for each running sequence's next k/v, preempting the newest."""
@@ -147,6 +193,7 @@ class Scheduler:
 
     def _preempt_newest(self, plan: Plan) -> None:
         victim = max((s for s in self.busy() if s.blocks), key=lambda s: s.order)
+        self._register(victim, victim.prompt)  # its resume may find them still cached
         self._drop_blocks(victim)
         victim.computed = 0
         victim.target = victim.length - 1 if victim.sampled else victim.prompt_len
@@ -180,7 +227,7 @@ class Scheduler:
         if done:
             if not seq.sampled:
                 seq.sampled, seq.length = True, seq.prompt_len + 1  # its first response token
-            if seq.target >= seq.prompt_len:
+            if seq.target >= seq.prompt_len and seq.epoch == self._epoch:
                 self._completing.append(seq)
         return budget - n
 
@@ -214,8 +261,10 @@ class Scheduler:
         return budget
 
     def _take_blocks(self, seq: Seq, plan: Plan) -> bool:
-        """Blocks for `seq`'s prefill: shared from a holder of its prompt where possible."""
+        """Blocks for `seq`'s prefill: shared from a holder of its prompt where possible, else
+        the cached blocks of its longest full-block prefix and fresh ones for the rest."""
         bs = self.block_size
+        seq.epoch = self._epoch
         holders = self._holders.get(seq.key) if self.share_prefixes and not seq.sampled else None
         if holders:
             last = (seq.prompt_len - 1) // bs  # the block of the prompt's last token: private
@@ -228,11 +277,21 @@ class Scheduler:
             seq.blocks = shared + new
             plan.copies.append((source.blocks[last], new[0]))
             seq.computed, seq.target = seq.prompt_len - 1, seq.prompt_len
+            self.num_cached_prefix_tokens += seq.prompt_len - 1
             return True
-        new = self.pool.allocate(-(-seq.target // bs))
+        cached: list[int] = []
+        if self.share_prefixes and self.cache_prefixes:
+            # Full prompt blocks only (a resume's response tokens are on the device), and
+            # never the target's last position: prefilling it samples or turns decoding on.
+            n = min(seq.prompt_len, seq.target - 1) // bs
+            cached = self.pool.lookup(chain_keys(seq.prompt, seq.salt, bs, n))
+            self.pool.hold(cached)
+        new = self.pool.allocate(-(-seq.target // bs) - len(cached))
         if new is None:
+            self.pool.release(cached)
             return False
-        seq.blocks, seq.computed = new, 0
+        seq.blocks, seq.computed = cached + new, len(cached) * bs
+        self.num_cached_prefix_tokens += seq.computed
         if self.share_prefixes and not seq.sampled:
             self._prefilling[seq.key] = seq
         return True

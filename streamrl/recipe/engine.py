@@ -58,7 +58,13 @@ class EngineConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     prompt is prefilled in chunks over several steps while running sequences keep decoding."""
     prefix_sharing: bool = True
     """Samples of one prompt share its KV blocks: the prompt is prefilled once per group (the
-    block holding its last token is copied per sample)."""
+    block holding its last token is copied per sample). False: no k/v reuse at all (prefix
+    caching included)."""
+    prefix_caching: bool = True
+    """With `prefix_sharing`: keep the full KV blocks of finished sequences, keyed by a hash of
+    their tokens, so a request whose prompt starts with them (the next turn of a conversation:
+    earlier prompt + response + new context) prefills only the rest. Cached blocks nobody holds
+    are reclaimed before anyone is preempted; loading weights clears the cache."""
 
     def __post_init__(self) -> None:
         if self.kv_block_size <= 0 or self.max_step_tokens <= 0:
