@@ -199,10 +199,12 @@ async def test_a_reply_cut_by_length_is_closed_by_masked_template_tokens(
             first = await client.chat.completions.create(
                 model="p", messages=history, tools=TOOLS, max_tokens=2)
             assert first.choices[0].finish_reason == "length"
+            before = engine.inner.stats
             await client.chat.completions.create(
                 model="p", tools=TOOLS, max_tokens=2, messages=[
                     *history, first.choices[0].message.model_dump(exclude_none=True),
                     {"role": "user", "content": "Go on."}])
+            after = engine.inner.stats
         sample = session.sample()
     assert engine.num_scripted == 0
     second = np.asarray(engine.requests[1].prompt_tokens)
@@ -212,6 +214,13 @@ async def test_a_reply_cut_by_length_is_closed_by_masked_template_tokens(
     assert sample.loss_mask.tolist()[:2 + len(context)] == [True, True] + [False] * len(context)
     assert np.concatenate([sample.prompt_tokens, sample.response_tokens])[
         :len(second)].tolist() == second.tolist()
+    # The engine's prefix cache: the second call reuses the first's full KV blocks (its k/v are
+    # final up to its reply's last token but one; 16-token blocks) and prefills the rest.
+    reused = (len(sample.prompt_tokens) + 1) // 16 * 16
+    assert reused > 0
+    assert (after["num_prefill_tokens"] - before["num_prefill_tokens"],
+            after["num_cached_prefix_tokens"] - before["num_cached_prefix_tokens"]) == (
+        len(second) - reused, reused)
 
 
 async def test_a_template_that_rewrites_earlier_turns_is_refused(tool_checkpoint: Path) -> None:
