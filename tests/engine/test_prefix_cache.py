@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from streamrl.hooks.generation import GenerationRequest, GenerationResult, SamplingParams
 from streamrl.models import load_checkpoint
@@ -122,3 +123,18 @@ def test_new_weights_clear_the_cache(dense: Tiny, dense_next: Tiny) -> None:
         assert b.response_versions.tolist() == [1] * 5
         outputs.append(b)
     assert_same_output(*outputs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_fused_cuda_engine_reads_cached_blocks(dense: Tiny) -> None:
+    # The Triton prefill and decode read the cached blocks through the same block tables.
+    first = turn("c-t0", prompt(9, seed=9), 6)
+    outputs = {}
+    for caching in (True, False):
+        eng = engine(dense, device="cuda", decode="fused", prefix_caching=caching)
+        [a] = eng.generate([first])
+        [b], num_prefill, num_cached = prefilled(eng, [turn("c-t1", next_prompt(a, 3), 5)])
+        assert (num_prefill, num_cached) == ((6, 12) if caching else (18, 0))
+        outputs[caching] = (a, b)
+    for a, b in zip(outputs[True], outputs[False], strict=True):
+        assert_same_output(a, b)
