@@ -8,8 +8,8 @@ checkpointing and with token-budget micro-batches, against the planner's predict
 CPU: a 4-layer Qwen3 shape, 2 rows of 2,048 tokens (256 prompt + 1,792 response). Each case
 runs in a fresh process: after a short warm-up step (Adam's state exists), peak = the growth
 of the bytes glibc's malloc has handed out (`HeapPeak`) over two long steps, against the plan
-less weights and optimizer state; time = the mean of the 2 steps. GPU: a 0.6B Qwen3 shape
-(28 layers, vocab 151,936), 2 rows of 8,192 tokens, bf16 autocast; peak =
+less weights and optimizer state; time = the median of the 2 steps, wall and CPU. GPU: a 0.6B
+Qwen3 shape (28 layers, vocab 151,936), 2 rows of 8,192 tokens, bf16 autocast; peak =
 `torch.cuda.max_memory_allocated` of two steady-state steps. Plan = `streamrl.plan.learner`'s
 arithmetic for the same rows.
 """
@@ -117,7 +117,7 @@ def run_case(name: str, gpu: bool) -> dict:
                                algorithm=AlgorithmConfig(), compute=compute),
         temperature=1.0, advantage=grpo, loss=decoupled_ppo))
     batch = samples(rows, prompt, response, raw["vocab_size"])
-    times = []
+    times, cpu_times = [], []
     if gpu:
         learner.step(batch, [1.0] * rows, version=0)  # type: ignore[arg-type]
         torch.cuda.synchronize()
@@ -127,16 +127,18 @@ def run_case(name: str, gpu: bool) -> dict:
         learner.step(warm, [1.0] * rows, version=0)  # type: ignore[arg-type]
     with HeapPeak() as heap:
         for version in range(1, 3):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             learner.step(batch, [1.0] * rows, version=version)  # type: ignore[arg-type]
             if gpu:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
     peak = torch.cuda.max_memory_allocated() if gpu else heap.peak - heap.before
     # the CPU measure is the step's growth: weights and Adam's state were resident before it
     planned = plan.memory.total - (0 if gpu else plan.memory.weights + plan.memory.optimizer)
     return {"case": name, "rows": rows, "seq": seq, "checkpointing": plan.checkpointing,
-            "step_s": statistics.median(times), "measured": peak, "plan": planned,
+            "step_s": statistics.median(times), "step_cpu_s": statistics.median(cpu_times),
+            "measured": peak, "plan": planned,
             "activations_plan": plan.memory.activations}
 
 
@@ -181,6 +183,7 @@ def record(data: dict, *, gpu: bool) -> None:
     first = results[0]
     table = "\n".join(
         f"| {r['case']} | {'on' if r['checkpointing'] else 'off'} | {r['step_s']:.2f} | "
+        f"{r.get('step_cpu_s', float('nan')):.2f} | "
         f"{r['measured'] / mib:,.0f} | {r['plan'] / mib:,.0f} | "
         f"{r['measured'] / first['measured']:.2f} |" for r in results)
     where = (f"{info['card']}, bf16 autocast, a 0.6B Qwen3 shape (28 layers)" if gpu else
@@ -194,11 +197,11 @@ def record(data: dict, *, gpu: bool) -> None:
         f"{info['date']}: one GRPO step over {first['rows']} rows x {first['seq']:,} tokens "
         f"(`[trainer.compute]` options per case). Peak: {measure}; plan: "
         "`streamrl.plan.learner` for the same rows, the figure the trainer checks before its "
-        f"first step. MiB; time: mean of 2 steps (load average {info.get('load', '?')} at "
-        "the end of the run: on a shared machine the times vary run to run, the memory does "
-        "not).\n\n"
-        "| case | checkpointing | s/step | peak MiB | plan MiB | peak vs none |\n"
-        "|---|---|---|---|---|---|\n" + table))
+        f"first step. MiB; time: median of 2 steps, wall and CPU (process time, both "
+        f"threads; load average {info.get('load', '?')} at the end of the run: on a shared "
+        "machine wall times vary run to run, CPU time and memory much less).\n\n"
+        "| case | checkpointing | s/step | CPU s/step | peak MiB | plan MiB | peak vs none |\n"
+        "|---|---|---|---|---|---|---|\n" + table))
 
 
 if __name__ == "__main__":
