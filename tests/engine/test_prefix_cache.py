@@ -13,9 +13,11 @@ import torch
 from streamrl.hooks.generation import GenerationRequest, GenerationResult, SamplingParams
 from streamrl.models import load_checkpoint
 from streamrl.models.checkpoint import read_safetensors
+from streamrl.models.lora import LoraSpec
 from streamrl.producers.engine import EngineConfig, TorchEngine
 from streamrl.producers.engine.blocks import chain_keys
 from tests.engine.engine_util import assert_same_output, prompt
+from tests.lora.conftest import random_adapter
 from tests.models.tiny import Tiny
 
 BLOCK = 4
@@ -138,3 +140,24 @@ def test_the_fused_cuda_engine_reads_cached_blocks(dense: Tiny) -> None:
         outputs[caching] = (a, b)
     for a, b in zip(outputs[True], outputs[False], strict=True):
         assert_same_output(a, b)
+
+
+def test_a_lora_adapters_turns_never_reuse_the_bases_blocks(dense: Tiny) -> None:
+    # The same tokens through another adapter have other k/v: keyed apart.
+    adapter = random_adapter(dense, LoraSpec(rank=4, alpha=8), seed=1)
+    first = turn("c-t0", prompt(9, seed=9), 6)
+    outputs = []
+    for caching in (True, False):
+        eng = engine(dense, prefix_caching=caching)
+        eng.load_adapter(adapter, "a")
+        [a] = eng.generate([first])  # the base model
+        tokens = next_prompt(a, 3)
+        second = GenerationRequest(request_id="c-t1", prompt_tokens=tokens, adapter="a",
+                                   params=SamplingParams(max_new_tokens=5, temperature=1.0))
+        [b], num_prefill, num_cached = prefilled(eng, [second])
+        assert (num_prefill, num_cached) == (18, 0)
+        [c], num_prefill, num_cached = prefilled(eng, [turn("c-t1-base", tokens, 5)])
+        assert (num_prefill, num_cached) == ((6, 12) if caching else (18, 0))
+        outputs.append((b, c))
+    for x, y in zip(*outputs, strict=True):
+        assert_same_output(x, y)
