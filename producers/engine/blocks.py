@@ -26,12 +26,15 @@ SCRATCH = 0
 """The block id that free block-table entries point at."""
 
 
-def chain_keys(tokens: np.ndarray, salt: bytes, block_size: int, num_blocks: int) -> list[bytes]:
+def chain_keys(tokens: np.ndarray, salt: bytes, block_size: int, num_blocks: int,
+               known: list[bytes] | tuple[()] = ()) -> list[bytes]:
     """Keys of the first `num_blocks` full blocks of `tokens`: key i = hash(key i-1, block i's
-    token ids), key -1 = `salt` (what else changes the k/v, e.g. a LoRA adapter's id)."""
+    token ids), key -1 = `salt` (what else changes the k/v, e.g. a LoRA adapter's id).
+    `known`: keys already computed for a prefix of `tokens`, reused."""
     ids = np.ascontiguousarray(tokens[: num_blocks * block_size], dtype=np.int32)
-    keys, parent = [], salt
-    for i in range(num_blocks):
+    keys = list(known[:num_blocks])
+    parent = keys[-1] if keys else salt
+    for i in range(len(keys), num_blocks):
         h = hashlib.blake2b(parent, digest_size=16)
         h.update(ids[i * block_size:(i + 1) * block_size].tobytes())
         parent = h.digest()

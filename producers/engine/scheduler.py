@@ -53,8 +53,8 @@ from streamrl.producers.engine.blocks import BlockPool, chain_keys
 class Seq:
     """One request from admission to finish."""
 
-    __slots__ = ("blocks", "computed", "entry", "epoch", "key", "length", "order", "prompt",
-                 "prompt_len", "salt", "sampled", "slot", "target")
+    __slots__ = ("_keys", "blocks", "computed", "entry", "epoch", "key", "length", "order",
+                 "prompt", "prompt_len", "salt", "sampled", "slot", "target")
 
     def __init__(self, entry: object, prompt: np.ndarray, salt: bytes = b"") -> None:
         self.entry = entry  # the engine's own record of the request
@@ -64,6 +64,7 @@ class Seq:
         prompt_len = len(prompt)
         self.prompt_len = prompt_len
         self.epoch = 0  # the scheduler's cache epoch when its k/v started being computed
+        self._keys: list[bytes] | None = None
         self.slot = -1  # -1 while queued
         self.blocks: list[int] = []  # block_table row: block of positions [i*bs, (i+1)*bs)
         self.computed = 0  # positions [0, computed) have k/v in the cache
@@ -71,6 +72,14 @@ class Seq:
         self.length = prompt_len  # tokens so far (prompt + response), as the slot buffers'
         self.sampled = False  # the first response token exists
         self.order = 0  # admission order; the latest admitted is preempted first
+
+    def keys(self, block_size: int) -> list[bytes]:
+        """Prefix-cache keys of the prompt's full blocks, computed once (a request waiting for
+        blocks looks them up every step)."""
+        if self._keys is None:
+            self._keys = chain_keys(self.prompt, self.salt, block_size,
+                                    self.prompt_len // block_size)
+        return self._keys
 
     @property
     def running(self) -> bool:
@@ -169,8 +178,9 @@ class Scheduler:
         if not self.cache_prefixes or seq.epoch != self._epoch:
             return
         written = seq.length - 1 if seq.running else seq.computed
-        n = min(written, len(tokens)) // self.block_size
-        self.pool.register(seq.blocks[:n], chain_keys(tokens, seq.salt, self.block_size, n))
+        bs = self.block_size
+        n = min(written, len(tokens)) // bs
+        self.pool.register(seq.blocks[:n], chain_keys(tokens, seq.salt, bs, n, seq.keys(bs)))
 
     def _grow_running(self, plan: Plan) -> None:
         """Step 1: a block for each running sequence's next k/v, preempting the newest."""
@@ -284,7 +294,7 @@ class Scheduler:
             # Full prompt blocks only (a resume's response tokens are on the device), and
             # never the target's last position: prefilling it samples or turns decoding on.
             n = min(seq.prompt_len, seq.target - 1) // bs
-            cached = self.pool.lookup(chain_keys(seq.prompt, seq.salt, bs, n))
+            cached = self.pool.lookup(seq.keys(bs)[:n])
             self.pool.hold(cached)
         new = self.pool.allocate(-(-seq.target // bs) - len(cached))
         if new is None:
