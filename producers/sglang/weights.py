@@ -25,15 +25,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
 from multiprocessing.reduction import ForkingPickler
-from typing import Literal
 
 import torch
 import torch.multiprocessing  # registers the tensor reducers ForkingPickler uses
 from torch import Tensor
 
+from streamrl.producers.remote.engine import PauseMode
 from streamrl.producers.sglang.http import SGLangHTTP
-
-PauseMode = Literal["in_place", "retract", "abort"]
 
 
 def serialize_named_tensors(tensors: Mapping[str, Tensor]) -> str:

@@ -4,20 +4,19 @@
     client = EngineClient(engine)            # producers/rollout.py, unchanged
 
 It implements the protocol as `TorchEngine` and `SGLangEngine` do, and the same conformance
-suite runs against it, against a real server (tests/engine/test_engine_conformance.py).
-`add_request` posts the token-in/token-out generate endpoint (`convert.py`) on a worker thread;
-`step()` waits up to `poll_s` for any request to finish (the server batches continuously on its
-own, so a step is only a collection point). `abort` asks the server to abort the request, whose
-generate call then answers with the tokens sampled so far and finish reason "abort".
+suite runs against it, against a real server (tests/engine/test_engine_conformance.py). The
+request bookkeeping (a pending future per request, `step`, `abort`, `close`) is the shared
+`ServerEngine` (producers/remote/engine.py); here are vLLM's calls: `add_request` posts the
+token-in/token-out generate endpoint (`convert.py`); `abort` asks the server to abort the
+request, whose generate call then answers with the tokens sampled so far and finish reason
+"abort".
 `load_weights` is an update session (`weights.py`): a file the server reloads in place, or an
 NCCL broadcast; each token's version comes from the server's weight-version spans.
 
 The server must run with `VLLM_SERVER_DEV_MODE=1` (the pause, relabel and reload endpoints),
 `--skip-tokenizer-init` or a tokenizer (ids travel either way) and `--logprobs-mode
 processed_logprobs` (logprobs of log_softmax(logits / T), our convention; they differ from ours
-only when top-p/top-k truncate, as SGLang's do). `server.py` starts one that way. Threads as the
-protocol says: `add_request` may run while `step()` waits on another thread; nothing else
-overlaps.
+only when top-p/top-k truncate, as SGLang's do). `server.py` starts one that way.
 """
 
 from __future__ import annotations
@@ -25,48 +24,40 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
 import numpy as np
+import numpy.typing as npt
 from torch import Tensor
 
-from streamrl.hooks.generation import (
-    GenerationRequest,
-    GenerationResult,
-    Timing,
-    seed_from_request_id,
-)
+from streamrl.hooks.generation import SamplingParams
 from streamrl.models import ModelConfig
 from streamrl.models.checkpoint import read_safetensors
-from streamrl.producers.engine.request import checked_prompt, run_to_completion
+from streamrl.producers.remote.engine import (
+    Answer,
+    PauseMode,
+    Pending,
+    ServerEngine,
+    ServerEngineConfig,
+)
 from streamrl.producers.vllm import convert
 from streamrl.producers.vllm.http import VLLMHTTP, VLLMError
 from streamrl.producers.vllm.weights import (
     FileReload,
     NCCLWeightSender,
-    PauseMode,
     update_session,
     with_tied_head,
 )
 
 
-class VLLMConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    url: str
-    """Base URL of the vLLM server, e.g. "http://127.0.0.1:8000"."""
-    timeout_s: float = 600.0
-    """Longest a single HTTP call (one whole generation) may take."""
-    max_concurrency: int = 256
-    """Generations in flight at once (worker threads); the server queues beyond its own cap."""
-    poll_s: float = 0.05
-    """How long `step()` waits for a finished generation before returning empty-handed."""
-    max_seq_len: int | None = None
-    """Longest prompt + response; None = the model's `max_position_embeddings`. Set it to the
-    server's `--max-model-len` when that is smaller, so a too-long prompt is refused here."""
+class VLLMConfig(ServerEngineConfig, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """`url` (e.g. "http://127.0.0.1:8000"), `timeout_s`, `max_concurrency`, `poll_s` and
+    `max_seq_len` (the server's `--max-model-len` when smaller than the model's) are
+    `ServerEngineConfig`'s (producers/remote/engine.py); vLLM's own:"""
+
     pause_mode: PauseMode = "retract"
     """What a weight update does to running requests: "retract" recomputes their KV with the
     new weights, "in_place" keeps their KV (as the embedded engine does; serve with
@@ -89,38 +80,26 @@ class VLLMConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
     False: only label the served weights 0 (start the server on the run's initial weights)."""
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"VLLMConfig: url must start with http:// or https://, got "
-                             f"{self.url!r}")
-        if self.max_concurrency <= 0 or self.poll_s <= 0 or self.timeout_s <= 0:
-            raise ValueError("VLLMConfig: max_concurrency, poll_s and timeout_s must be > 0")
+        super().__post_init__()
         if self.num_server_ranks <= 0:
             raise ValueError(f"VLLMConfig: num_server_ranks must be positive, got "
                              f"{self.num_server_ranks}")
 
 
-class _Pending(msgspec.Struct, kw_only=True):
-    request: GenerationRequest
-    prompt: np.ndarray
-    seed: int
-    version: int
-    queued_at: float
-    future: Future[Any]
+class VLLMEngine(ServerEngine[VLLMConfig]):
+    name = "vLLM"
+    config_type = VLLMConfig
+    http: VLLMHTTP
 
-
-class VLLMEngine:
     def __init__(self, model_config: ModelConfig, config: VLLMConfig, *, version: int = 0,
                  checkpoint: Path | None = None, http: VLLMHTTP | None = None) -> None:
         if model_config.is_moe:
             raise ValueError("VLLMEngine serves dense models only: vLLM's routed-experts capture "
                              "is not wired to the trajectory's routing columns yet (use the "
                              "torch engine or SGLang for MoE routing replay)")
-        self.model_config, self.config = model_config, config
-        self.http = http or VLLMHTTP(config.url, timeout_s=config.timeout_s,
-                                     max_concurrency=config.max_concurrency)
-        self._pending: dict[str, _Pending] = {}
-        self._max_seq_len = config.max_seq_len or model_config.max_position_embeddings
-        self._closed = False
+        super().__init__(model_config, config, http or VLLMHTTP(
+            config.url, timeout_s=config.timeout_s, max_concurrency=config.max_concurrency),
+            version=version)
         self._own_dir: Path | None = None
         if config.weight_transfer == "nccl":
             self._pusher: FileReload | NCCLWeightSender = NCCLWeightSender(
@@ -135,7 +114,6 @@ class VLLMEngine:
                            pause_mode="retract")
         else:  # label the served weights, so the server's spans speak our integers
             self.http.call("/update_weight_version", {"new_version": str(version)})
-        self._version = version
 
     def _temp_dir(self) -> Path:
         shm = Path("/dev/shm")
@@ -151,103 +129,39 @@ class VLLMEngine:
         return cls(ModelConfig.from_file(checkpoint), config, version=version,
                    checkpoint=checkpoint)
 
-    @property
-    def version(self) -> int:
-        """The weight version last pushed to the server (its weight-version label)."""
-        return self._version
+    def _submit(self, request_id: str, prompt: npt.NDArray[np.int32], params: SamplingParams,
+                seed: int) -> Future[Any]:
+        return self.http.submit(convert.GENERATE,
+                                convert.generate_payload(request_id, prompt, params, seed))
 
-    @property
-    def num_experts(self) -> int | None:
-        return None  # dense models only (see __init__)
+    def _abort(self, request_ids: list[str]) -> None:
+        """The generate calls then answer with the tokens sampled so far."""
+        self.http.call(convert.ABORT, {"request_ids": [
+            convert.engine_request_id(rid) for rid in request_ids]})
 
-    def add_request(self, request: GenerationRequest) -> None:
-        if self._closed:
-            raise RuntimeError("the engine is closed")
-        if request.request_id in self._pending:
-            raise ValueError(f"request id {request.request_id!r} is already in the engine")
-        prompt = checked_prompt(request, self.model_config.vocab_size, self._max_seq_len)
-        seed = request.params.seed
-        seed = seed_from_request_id(request.request_id) if seed is None else seed
-        payload = convert.generate_payload(request.request_id, prompt, request.params, seed)
-        self._pending[request.request_id] = _Pending(
-            request=request, prompt=prompt, seed=seed, version=self._version,
-            queued_at=time.time(), future=self.http.submit(convert.GENERATE, payload))
-
-    def has_unfinished(self) -> bool:
-        return bool(self._pending)
-
-    def step(self) -> list[GenerationResult]:
-        """Results of the requests that finished; waits up to `poll_s` for the first. A failed
-        call raises its `VLLMError` here (the producer stops; its prompts are regenerated)."""
-        # A snapshot: `add_request` may insert while this waits; later ones go next step.
-        pending = list(self._pending.items())
-        if not pending:
-            return []
-        done, _ = wait([p.future for _, p in pending], timeout=self.config.poll_s,
-                       return_when=FIRST_COMPLETED)
-        finished = [rid for rid, p in pending if p.future in done]
-        return [self._result(self._pending.pop(rid)) for rid in finished]
-
-    def abort(self, request_id: str) -> bool:
-        """Ask the server to abort the request; a later `step()` returns it with the tokens
-        sampled so far ("abort", or its own finish reason if it ended first)."""
-        if request_id not in self._pending:
-            return False
-        self.http.call(convert.ABORT, {"request_ids": [convert.engine_request_id(request_id)]})
-        return True
-
-    def load_weights(self, state_dict: Mapping[str, Tensor], version: int) -> None:
-        """Push `state_dict` (HF names) as `version`, between steps (module docstring)."""
-        if version <= self._version:
-            raise ValueError(f"weight version {version} is not newer than the loaded version "
-                             f"{self._version}")
+    def _push(self, state_dict: Mapping[str, Tensor], version: int) -> None:
+        """An update session (`weights.py`): a file reload or an NCCL broadcast."""
         tensors = with_tied_head(state_dict, self.model_config.tie_word_embeddings)
         update_session(self.http, lambda: self._pusher.push(tensors, version), version,
                        pause_mode=self.config.pause_mode)
-        self._version = version
 
-    def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
-        """Run `requests` to completion; results in request order."""
-        return run_to_completion(self, requests)
-
-    def close(self) -> None:
-        """Abort what is still running on the server (best effort: it may be gone), wait for
-        the HTTP threads, remove our weight files. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        pending, self._pending = self._pending, {}
-        if pending:
-            # best effort: if unreachable or refusing, the generations end on their own
-            with contextlib.suppress(VLLMError):
-                self.http.call(convert.ABORT, {"request_ids": [
-                    convert.engine_request_id(rid) for rid in pending]})
+    def _close_weights(self) -> None:
+        """Shut the weight transfer down (best effort) and remove our weight files."""
         with contextlib.suppress(VLLMError):
             self._pusher.close()
-        self.http.close()
         if self._own_dir is not None:
             shutil.rmtree(self._own_dir, ignore_errors=True)
 
-    def _result(self, p: _Pending) -> GenerationResult:
+    def _parse(self, p: Pending, answer: Any) -> Answer:
         where = f"request {p.request.request_id}"
-        ch = convert.choice(p.future.result(), where)
-        finished_at = time.time()
+        ch = convert.choice(answer, where)
         tokens, logprobs = convert.output_tokens(ch, where)
-        return GenerationResult(
-            request_id=p.request.request_id, prompt_tokens=p.prompt, response_tokens=tokens,
-            logprobs=logprobs,
-            response_versions=convert.response_versions(ch, len(tokens), p.version, where),
-            routed_experts=None, finish_reason=convert.finish_reason(ch, where), seed=p.seed,
-            # vLLM's non-streaming answer has no admission time: start = queued, first = end.
-            timing=Timing(queued_at=p.queued_at, started_at=p.queued_at,
-                          first_token_at=finished_at, finished_at=finished_at))
+        return Answer(tokens=tokens, logprobs=logprobs,
+                      versions=convert.response_versions(ch, len(tokens), p.version, where),
+                      finish_reason=convert.finish_reason(ch, where))
 
 
 def engine_from_options(checkpoint: str | Path, options: dict[str, Any]) -> VLLMEngine:
     """The recipe's `rollout.engine_factory` for vLLM (`engine_factory = "vllm"`): `options`
     are `VLLMConfig` fields, e.g. `engine_options = { url = "http://127.0.0.1:8000" }`."""
-    try:
-        config = msgspec.convert(options, VLLMConfig)
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"rollout.engine_options for vLLM: {exc}") from None
-    return VLLMEngine.from_checkpoint(checkpoint, config)
+    return VLLMEngine.from_options(checkpoint, options)

@@ -33,15 +33,14 @@ import base64
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from streamrl.producers.remote.engine import PauseMode
 from streamrl.producers.vllm.http import VLLMHTTP
-
-PauseMode = Literal["in_place", "retract", "abort"]
 
 
 def update_session(http: VLLMHTTP, push: Callable[[], None], version: int, *,

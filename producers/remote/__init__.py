@@ -1,0 +1,23 @@
+"""What the server-backed engines share: a running inference server behind the `Engine` protocol.
+
+    class MyEngine(ServerEngine[MyConfig]):   # submit a generation, parse its answer,
+        ...                                   # abort, push weights: the server's own calls
+
+`engine.py` (`ServerEngineConfig`, the fields and checks every server adapter has, and
+`ServerEngine`, pending requests as futures of blocking HTTP calls, collected by `step()`),
+`http.py` (`JSONHTTP`, the JSON-over-urllib client on a thread pool, and `ServerError`). The
+adapters are `producers/sglang/` and `producers/vllm/`; each keeps its endpoints, JSON
+conversion and weight updates.
+"""
+
+from streamrl.producers.remote.engine import (
+    Answer,
+    PauseMode,
+    Pending,
+    ServerEngine,
+    ServerEngineConfig,
+)
+from streamrl.producers.remote.http import JSONHTTP, ServerError
+
+__all__ = ["JSONHTTP", "Answer", "PauseMode", "Pending", "ServerEngine", "ServerEngineConfig",
+           "ServerError"]
