@@ -33,6 +33,15 @@ class ServerError(RuntimeError):
         self.path, self.status, self.retriable = path, status, retriable
 
 
+class ResponseError(ValueError):
+    """A server answer that breaks the server's documented shapes; `where` names the field.
+    (`SGLangResponseError`, `VLLMResponseError`: the adapters' `convert.py` raise them.)"""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(f"{where}: {what}")
+        self.what, self.where = what, where
+
+
 class JSONHTTP:
     """`call(path, payload, query=...)` blocks; `submit(path, payload)` returns a Future.
     `close()` waits for calls in flight; use as a context manager."""

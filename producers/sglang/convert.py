@@ -24,15 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from streamrl.hooks.generation import FinishReason, SamplingParams
+from streamrl.producers.remote.http import ResponseError
 from streamrl.schemas.trajectory import NARROW_EXPERT_LIMIT
 
 
-class SGLangResponseError(ValueError):
+class SGLangResponseError(ResponseError):
     """A server answer that breaks SGLang's documented shapes; `where` names the field."""
-
-    def __init__(self, what: str, where: str) -> None:
-        super().__init__(f"{where}: {what}")
-        self.what, self.where = what, where
 
 
 def generate_payload(request_id: str, prompt_tokens: npt.NDArray[np.int32],

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamrl.hooks.generation import FinishReason, SamplingParams
+from streamrl.producers.remote.http import ResponseError
 
 GENERATE = "/inference/v1/generate"
 ABORT = "/inference/v1/abort_requests"
@@ -35,12 +36,8 @@ _NO_LOGPROB = -9999.0  # vLLM's placeholder for a missing or -inf logprob
 _SEED_MOD = 1 << 63  # vLLM seeds a torch.Generator: keep it in int64
 
 
-class VLLMResponseError(ValueError):
+class VLLMResponseError(ResponseError):
     """A server answer that breaks vLLM's documented shapes; `where` names the field."""
-
-    def __init__(self, what: str, where: str) -> None:
-        super().__init__(f"{where}: {what}")
-        self.what, self.where = what, where
 
 
 def engine_request_id(request_id: str) -> str:
