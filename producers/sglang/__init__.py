@@ -6,7 +6,9 @@
 `engine.py` (the engine surface the rollout worker drives), `convert.py` (SGLang's JSON into our
 per-token columns: logprobs, versions from weight-version spans, routed experts), `weights.py`
 (weight update sessions: colocated tensors, or NCCL broadcast to disaggregated servers),
-`http.py` (the JSON client). What was and was not run against a real server: docs/sglang.md.
+`http.py` (the JSON client). The request bookkeeping and the JSON client's core are shared with
+the vLLM adapter (`producers/remote/`). What was and was not run against a real server:
+docs/sglang.md.
 """
 
 from streamrl.producers.sglang.convert import SGLangResponseError

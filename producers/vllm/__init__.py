@@ -6,8 +6,9 @@
 `engine.py` (the `Engine` protocol over the server), `convert.py` (vLLM's token-in/token-out
 JSON into our per-token columns: ids, logprobs, versions from weight-version spans),
 `weights.py` (update sessions: a file the server reloads in place, or an NCCL broadcast),
-`http.py` (the JSON client), `server.py` (start and stop a local server). What ran against a
-real server and what did not: docs/vllm.md.
+`http.py` (the JSON client), `server.py` (start and stop a local server). The request
+bookkeeping and the JSON client's core are shared with the SGLang adapter (`producers/remote/`).
+What ran against a real server and what did not: docs/vllm.md.
 """
 
 from streamrl.producers.vllm.convert import VLLMResponseError
