@@ -15,6 +15,20 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test, restored afterwards. Tiny models' matmuls take
+    microseconds; on a loaded 2-core machine OpenMP's barriers cost milliseconds each (measured:
+    2.4 ms vs 15 us per linear, and a 3 s test taking 63 s with 2 threads). Folders of tiny-model
+    tests use it for every test (their conftest), single files with `usefixtures`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def kafka_bootstrap() -> str:
     return os.environ.get("STREAMRL_KAFKA", "127.0.0.1:9092")
 

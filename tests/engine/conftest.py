@@ -4,7 +4,6 @@ per run; the `*_next` ones are a second, independent set of weights for weight-u
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.models.tiny import Tiny, build
 
@@ -12,14 +11,8 @@ MOE = dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_l
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models' matmuls are microseconds; with intra-op threads on a loaded 2-core
-    machine, OpenMP barriers cost milliseconds each (measured: 2.4 ms vs 15 us per linear).
-    One thread keeps these tests fast; restored afterwards for the rest of the run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread) -> None:
+    """Every test here runs tiny models: one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,8 @@ from tests.models.tiny import Tiny, build
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a loaded 2-core machine: one intra-op thread is faster (see
-    tests/engine/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread) -> None:
+    """Every test here runs tiny models: one intra-op thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

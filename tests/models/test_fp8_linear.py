@@ -38,13 +38,7 @@ def tiny128(tmp_path_factory) -> Tiny:
                  intermediate_size=320, head_dim=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: intra-op threads cost more than they save on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls (tests/conftest.py)
 
 
 def _engine(path) -> TorchEngine:

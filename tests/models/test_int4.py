@@ -42,12 +42,7 @@ ENGINE = EngineConfig(max_batch_size=4, max_seq_len=64)
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls (tests/conftest.py)
 
 
 def test_quantizer_on_a_hand_checked_group() -> None:

@@ -13,13 +13,7 @@ from tests.models.tiny import Tiny, batch
 IMPLS = [("loop", None), ("grouped", "grouped_mm"), ("grouped", "padded")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny GEMMs: intra-op threads cost more than they save (see tests/engine/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls (tests/conftest.py)
 
 
 def run(model: CausalLM, impl: str, backend: str | None, tokens, positions, forced=None):

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recipes.arithmetic.evaluate import evaluate
 from recipes.arithmetic.task import eval_problems
 from recipes.arithmetic.warmstart import sloppy_sum, warm_start
 from streamrl.models import load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A 75k-parameter model gains little from a second thread, and on a busy CI machine OpenMP's
-    # spin-waiting made 2 threads up to 20x slower (measured: 63 s instead of 3 s).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls (tests/conftest.py)
 
 
 def test_sloppy_sum_drops_carries_at_the_given_rate() -> None:
