@@ -10,6 +10,7 @@ committed log ends.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -20,6 +21,8 @@ from streamrl.consumers.trainer.memory import check_memory
 from streamrl.consumers.trainer.metrics import trainer_metrics
 from streamrl.consumers.trainer.resume import read_history, rebuild
 from streamrl.log import open_log
+from streamrl.plan.learner import TrainerMemoryError
+from streamrl.recipe.config import EXIT_REFUSED, ConfigError
 from streamrl.recipe.context import TRAINER_GROUP, load_run_context
 
 
@@ -57,7 +60,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    aio.run(train(args.log, args.run))
+    try:
+        aio.run(train(args.log, args.run))
+    except (ConfigError, TrainerMemoryError) as refused:  # a restart would refuse again
+        print(f"trainer refused to start: {refused}", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from streamrl import aio
 from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.resume import ResumeError
 from streamrl.hooks.run import EvalRequest
-from streamrl.launch import Launcher
+from streamrl.launch import Launcher, LaunchError
 from streamrl.launch.exhaustion import PromptsExhausted
 from streamrl.log import open_log
 from streamrl.recipe.config import ConfigError, RunConfig, load_recipe
@@ -132,6 +132,9 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
                 return 143
             except PromptsExhausted as exhausted:
                 console.print(f"[red]run {run_id}: {exhausted}[/red]", highlight=False)
+                return 1
+            except LaunchError as failed:  # a role kept crashing, or refused to start
+                console.print(f"[red]run {run_id}: {failed}[/red]", highlight=False)
                 return 1
         wall = time.monotonic() - t0
         final = checkpoint_dir(ctx.run_dir, config.run.max_versions)

@@ -6,7 +6,8 @@
 A producer is stopped with SIGTERM (it finishes its decoding step, writes ProducerLeft and
 exits). A child that dies (killed, crashed) is started again after RESTART_DELAY_S and resumes
 from the log, as Ray restarts an actor; after MAX_RESTARTS restarts of one role the run ends with
-an error naming it.
+an error naming it. A child that exits with `EXIT_REFUSED` (it refused its configuration, e.g. a
+trainer whose worst step would not fit) ends the run at once: it would refuse again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 
 from streamrl.launch.base import LaunchError, Member
 from streamrl.launch.disaggregated import NVLINK_MULTICAST_OFF, RoleEnv
+from streamrl.recipe.config import EXIT_REFUSED
 
 STOP_TIMEOUT_S = 60.0
 MAX_RESTARTS = 5  # per role and index, over the run: a crash loop still ends the run
@@ -89,6 +91,9 @@ class LocalLauncher:
         return self.trainer.returncode
 
     def _count_restart(self, who: str, code: int) -> None:
+        if code == EXIT_REFUSED:
+            raise LaunchError(f"{who} refused its configuration (exit {code}; its message is "
+                              "above): not restarting it")
         self.restarts[who] = self.restarts.get(who, 0) + 1
         if self.restarts[who] > MAX_RESTARTS:
             raise LaunchError(f"{who} exited with code {code} (restarted {MAX_RESTARTS} times)")

@@ -31,6 +31,12 @@ class ConfigError(ValueError):
     """A recipe that cannot run; the message names the file and the field."""
 
 
+EXIT_REFUSED = 78
+"""Exit status of a component that refuses its configuration (sysexits' EX_CONFIG), e.g. a
+trainer whose worst step would not fit its device: the same process would refuse again, so a
+supervisor ends the run with the message instead of restarting it."""
+
+
 class Section(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     pass
 
