@@ -8,14 +8,14 @@ Why processes: a thread cannot be stopped, and a signal alarm only interrupts th
 between bytecodes, never C code that does not return to the interpreter (a huge integer power,
 a user's C extension). A child process can always be killed. So the reward reaches each worker
 once, when it starts: a producer (and `streamrl rereward`) sends its reward spec (`RewardRecipe`),
-which the worker builds with the recipe's own builder, so anything a recipe can name runs there,
-a module-level lambda or closure included. A spec that does not build is refused when the
-sandbox is made, one that does not build in a worker when it starts (the producer's start).
-A function given directly (tests, benches) is pickled instead, by reference for a
-module-level function or class: an unpicklable one is refused when the sandbox is made. Either
-payload is the producer's own, never data read from the log. Each call sends the `RewardInput`
-over a pipe as typed msgpack (`_Request`; token ids as int32 bytes) and waits at most `timeout_s`
-for the typed reply (`_Reply`), so neither side unpickles a sample or a result.
+as typed msgpack (`_Setup`), which the worker builds with the recipe's own builder, so anything
+a recipe can name runs there, a module-level lambda or closure included. A spec that does not
+build is refused when the sandbox is made, one that does not build in a worker when it starts
+(the producer's start). Only a function given directly in code (tests, benches) is pickled, by
+reference for a module-level function or class: an unpicklable one is refused when the sandbox
+is made. The payload is the producer's own, never data read from the log. Each call sends the
+`RewardInput` over a pipe as typed msgpack (`_Request`; token ids as int32 bytes) and waits at
+most `timeout_s` for the typed reply (`_Reply`), so neither side unpickles a sample or a result.
 
 Guarantees of `score`: it returns, for every input, either the function's own output (checked:
 a `RewardOutput` with a finite reward and finite details), or reward 0 with status
@@ -78,6 +78,14 @@ class _Request(msgspec.Struct, kw_only=True, frozen=True):
                            finish_reason=self.finish_reason, metadata=self.metadata)
 
 
+class _Setup(msgspec.Struct, kw_only=True, frozen=True):
+    """What a worker loads once: the recipe's reward spec, or (a reward given in code: tests,
+    benches) the function pickled by reference."""
+
+    recipe: RewardRecipe | None = None
+    function: bytes = b""
+
+
 class _Reply(msgspec.Struct, frozen=True):
     kind: Literal["ready", "failed", "ok", "error"]
     output: RewardOutput | None = None  # "ok"
@@ -108,7 +116,9 @@ class RewardSandbox:
             except Exception as error:
                 raise RewardSandboxError(f"the reward cannot be built: {error}") from None
         try:
-            payload = pickle.dumps(reward, protocol=pickle.HIGHEST_PROTOCOL)
+            setup = (_Setup(recipe=reward) if isinstance(reward, RewardRecipe) else
+                     _Setup(function=pickle.dumps(reward, protocol=pickle.HIGHEST_PROTOCOL)))
+            payload = msgspec.msgpack.encode(setup)
         except Exception as error:
             raise RewardSandboxError(
                 f"the reward {reward!r} cannot be sent to a reward worker process ({error}): "
@@ -279,9 +289,8 @@ def main() -> None:
     os.dup2(2, 1)  # a reward's print() goes to stderr, never into the replies
     sys.stdout = sys.stderr
     try:
-        fn = pickle.loads(_read(requests) or b"")
-        if isinstance(fn, RewardRecipe):
-            fn = fn.build()
+        setup = msgspec.msgpack.decode(_read(requests) or b"", type=_Setup)
+        fn = setup.recipe.build() if setup.recipe is not None else pickle.loads(setup.function)
     except Exception as error:
         _write(replies, _Reply("failed", message=f"{type(error).__name__}: {error}"))
         return
