@@ -78,11 +78,16 @@ async def publish_partition(producer, log) -> None:
         prompts = producer.ctx.streams.prompts
         for record in producer.progress[0].take(await log.read(prompts, 0, 0)):
             producer._start(record)
-        while producer.groups:
-            producer._raise_failed_rollouts()
-            if producer.client.has_work():
-                await producer.client.step()
-            else:
-                await asyncio.sleep(0.01)
+        await publish_started(producer)
     finally:
         await producer.rewards.close()
+
+
+async def publish_started(producer) -> None:
+    """Step the producer's engine until every group it started is published."""
+    while producer.groups:
+        producer._raise_failed_rollouts()
+        if producer.client.has_work():
+            await producer.client.step()
+        else:
+            await asyncio.sleep(0.01)

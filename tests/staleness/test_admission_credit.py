@@ -27,7 +27,7 @@ from streamrl.records import decode_trajectory_record
 from streamrl.run.driver import start_run
 from streamrl.schemas import encode_event
 from streamrl.staleness import STALE_LAG, AdmissionControl
-from tests.helpers import TINY
+from tests.helpers import TINY, publish_started
 
 BATCH_SIZE, GROUP = 8, 4  # tiny.toml's trainer.batch_size and data.samples_per_prompt
 
@@ -44,12 +44,7 @@ def recipe(tmp_path: Path) -> Path:
 async def generate_admitted(producer: Producer) -> None:
     """Start what admission allows, then decode until every started group is published."""
     await producer.admit_prompts()
-    while producer.groups:
-        producer._raise_failed_rollouts()
-        if producer.client.has_work():
-            await producer.client.step()
-        else:
-            await asyncio.sleep(0.01)
+    await publish_started(producer)
 
 
 async def trainer_drops_everything(log: Log, ctx: RunContext, offset: int) -> int:
