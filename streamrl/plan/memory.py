@@ -283,7 +283,18 @@ def kv_bytes_per_token(shape: ModelShape, tensor: int = 1, dtype_bytes: int = BF
 
 
 def engine_memory(shape: ModelShape, params: ParamCounts, *, tensor: int, batch: int,
-                  seq_len: int, dtype_bytes: int = BF16) -> EngineMemory:
+                  seq_len: int, dtype_bytes: int = BF16, kv_tokens: int | None = None,
+                  kv_fraction: float | None = None, gpu_bytes: int | None = None
+                  ) -> EngineMemory:
+    """Weights plus the KV pool: `kv_tokens` tokens when the pool is sized in blocks (the
+    embedded engine's `kv_blocks`), `kv_fraction` of what the weights leave of `gpu_bytes`
+    (its `kv_memory_fraction`), else `batch` sequences at `seq_len` (a static cache)."""
     per_token = kv_bytes_per_token(shape, tensor, dtype_bytes)
-    return EngineMemory(weights=math.ceil(dtype_bytes * params.total / tensor),
-                        kv_cache=batch * seq_len * per_token, kv_bytes_per_token=per_token)
+    weights = math.ceil(dtype_bytes * params.total / tensor)
+    if kv_tokens is not None:
+        kv = kv_tokens * per_token
+    elif kv_fraction is not None and gpu_bytes is not None:
+        kv = int(kv_fraction * max(gpu_bytes - weights, 0))
+    else:
+        kv = batch * seq_len * per_token
+    return EngineMemory(weights=weights, kv_cache=kv, kv_bytes_per_token=per_token)

@@ -96,8 +96,15 @@ def make_plan(config: RunConfig, hf_config: dict[str, Any], *, num_gpus: int, gp
     engine_gpus = config.rollout.num_producers * engine_tensor
     trainer_gpus = num_gpus if colocated else num_gpus - engine_gpus
     dtype_bytes = 2 if config.rollout.engine_factory else DTYPE_BYTES[config.rollout.engine.dtype]
+    embedded = config.rollout.engine
+    kv_tokens = kv_fraction = None
+    if not config.rollout.engine_factory:  # the embedded engine's paged pool (block 0: scratch)
+        if embedded.kv_blocks is not None:
+            kv_tokens = (embedded.kv_blocks - 1) * embedded.kv_block_size
+        kv_fraction = embedded.kv_memory_fraction
     engine = engine_memory(shape, params, tensor=engine_tensor, batch=batch, seq_len=seq_len,
-                           dtype_bytes=dtype_bytes)
+                           dtype_bytes=dtype_bytes, kv_tokens=kv_tokens, kv_fraction=kv_fraction,
+                           gpu_bytes=gpu_bytes)
     overflows: list[str] = []
     if engine_gpus > num_gpus:
         overflows.append(f"GPUs: the engines alone need {engine_gpus} "

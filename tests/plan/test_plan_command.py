@@ -86,17 +86,43 @@ def test_run_refuses_the_multi_gpu_layout(tmp_path: Path) -> None:
 
 
 def test_run_refuses_an_architecture_the_model_code_lacks(tmp_path: Path) -> None:
-    """With one-GPU sizes, a deepseek_v3 checkpoint is refused by its model_type at load."""
+    """With one-GPU sizes, a checkpoint of a model_type the model code lacks (here DeepSeek-V3's
+    config relabelled as Mixtral) is refused by its model_type at load, naming what runs."""
     source = REPO / "recipes" / "frontier" / "deepseek_v3"
     text = (source / "recipe.toml").read_text()
     text = re.sub(r"(tensor|pipeline|expert)_parallel = \d+", r"\1_parallel = 1", text)
     text = text.replace('path = "models/DeepSeek-V3"', f'path = "{tmp_path / "ckpt"}"')
     (tmp_path / "ckpt").mkdir()
-    shutil.copy(source / "config.json", tmp_path / "ckpt" / "config.json")
+    raw = json.loads((source / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**raw, "model_type": "mixtral"}))
     (tmp_path / "recipe.toml").write_text(text)
-    with pytest.raises(ConfigError, match="'deepseek_v3' model, which streamrl's model code "
+    with pytest.raises(ConfigError, match="'mixtral' model, which streamrl's model code "
                                           "does not implement yet"):
         load_recipe(tmp_path / "recipe.toml")
+
+
+def test_embedded_engine_kv_pool_is_planned_as_configured() -> None:
+    """The embedded engine's KV is its paged pool when `kv_blocks` or `kv_memory_fraction` is
+    set (not max_batch_size sequences at max_seq_len, the default static-size pool)."""
+    raw = json.loads((REPO / "recipes" / "frontier" / "qwen3_30b_a3b" / "config.json").read_text())
+    config = msgspec.toml.decode((REPO / "recipes" / "arithmetic" / "recipe.toml").read_bytes(),
+                                 type=RunConfig)
+    per_token = kv_bytes_per_token_of(read_shape(raw), 1, 4 if config.rollout.engine.dtype
+                                      == "float32" else 2)
+
+    def engine_with(**options: object) -> int:
+        engine = msgspec.structs.replace(config.rollout.engine, **options)
+        rollout = msgspec.structs.replace(config.rollout, engine=engine)
+        plan = make_plan(msgspec.structs.replace(config, rollout=rollout), raw, num_gpus=8,
+                         gpu_bytes=80 * 2**30)
+        return plan.engine
+
+    static = engine_with().kv_cache
+    assert static == config.rollout.engine.max_batch_size * config.rollout.engine.max_seq_len \
+        * per_token
+    assert engine_with(kv_blocks=101, kv_block_size=16).kv_cache == 100 * 16 * per_token
+    bf16 = engine_with(kv_memory_fraction=0.5, device="cuda", dtype="bfloat16")
+    assert bf16.kv_cache == int(0.5 * (80 * 2**30 - bf16.weights)) > 0
 
 
 def test_mla_caches_the_latent_and_gqa_splits_heads() -> None:
