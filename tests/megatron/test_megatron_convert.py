@@ -155,7 +155,7 @@ def test_moe_weights_that_do_not_fit_are_named() -> None:
 
 # The other dense families: Qwen2's q/k/v bias, Llama 3.1 (no q/k norm, megatron's built-in
 # llama3 rope scaling) and Mistral without a window; GQA groups of 3.
-LLAMA31 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+LLAMA31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
            "original_max_position_embeddings": 8192}
 FAMILIES = {
     "qwen2": msgspec.structs.replace(CONFIG, model_type="qwen2"),

@@ -24,7 +24,7 @@ FAMILIES = {
     # original context 8192 as megatron hard-codes; the sequence is short, but every position's
     # angle uses the rescaled frequencies
     "llama": dict(model_type="llama", rope_scaling={
-        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 8192}),
     "mistral": dict(model_type="mistral"),
 }

@@ -100,7 +100,7 @@ def put(**fields):
         (put(model_type="gpt2"), "model_type"),
         (put(hidden_act="gelu"), "hidden_act"),
         (put(use_sliding_window=True), "use_sliding_window"),
-        (put(rope_scaling={"type": "yarn", "factor": 4.0}), "rope_scaling.rope_type"),
+        (put(rope_scaling={"type": "longrope", "factor": 4.0}), "rope_scaling.rope_type"),
         (put(rope_parameters={"rope_type": "linear", "factor": 2.0}), "rope_parameters.rope_type"),
         (put(rope_theta="big"), "rope_theta"),
         (put(num_experts=0), "num_experts"),
