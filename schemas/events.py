@@ -151,6 +151,10 @@ class BatchFormed(Event, tag="batch_formed"):
     staleness: Staleness
     # The staleness policy's loss weight per sample (same order); empty means all 1.0.
     sample_weights: tuple[float, ...] = ()
+    # Per trajectories partition read so far: the offset after the last record judged for this
+    # batch, committed with it (every record before it is decided). Empty in runs made before
+    # trajectories had several partitions (there: the offset after the last position).
+    consumed_to: tuple[LogPosition, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,11 +19,11 @@ from streamrl.consumers.trainer.learner import LearnerSetup
 from streamrl.consumers.trainer.loop import TrainerLoop
 from streamrl.consumers.trainer.memory import check_memory
 from streamrl.consumers.trainer.metrics import trainer_metrics
-from streamrl.consumers.trainer.resume import read_history, rebuild
+from streamrl.consumers.trainer.resume import committed_offsets, read_history, rebuild
 from streamrl.log import open_log
 from streamrl.plan.learner import TrainerMemoryError
 from streamrl.recipe.config import EXIT_REFUSED, ConfigError
-from streamrl.recipe.context import TRAINER_GROUP, load_run_context
+from streamrl.recipe.context import load_run_context, trajectory_partitions
 
 
 async def train(log_url: str, run_id: str) -> None:
@@ -32,18 +32,19 @@ async def train(log_url: str, run_id: str) -> None:
         torch.manual_seed(ctx.config.run.seed)
         # the worst step must fit before anything trains (memory.py)
         check_memory(ctx.config, ctx.init_checkpoint)
+        num_partitions = await trajectory_partitions(log, ctx)  # fixed at the run's creation
         history = await read_history(log, ctx)
         learner = await rebuild(log, ctx, LearnerSetup.of_run(ctx.config, ctx.hooks,
                                                            reference=ctx.init_checkpoint),
                                   history)
-        next_offset = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0) or 0
+        next_offsets = await committed_offsets(log, ctx.streams.trajectories, num_partitions)
         transport = ctx.transport_config(keep_last=ctx.config.weights.keep_versions,
                                          namespace=ctx.run_id).open()
         # a killed trainer may have written the next version without committing it
         transport.discard_after(history.version)
         try:
             loop = TrainerLoop(log, ctx, learner, transport, version=history.version,
-                               trained=history.trained, next_offset=next_offset,
+                               trained=history.trained, next_offsets=next_offsets,
                                rejected=history.rejected)
             async with trainer_metrics(log, ctx, learner.model) as metrics:  # [metrics]
                 if metrics is not None:

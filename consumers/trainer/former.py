@@ -1,12 +1,14 @@
 """`BatchFormer`: arriving trajectory records judged by the staleness policy and gathered into the
 next batch, with everything the batch's transaction must record.
 
-Records are judged in log order when they arrive, against the version the next step trains (the
-trainer's version does not change while a batch gathers). A record is one GRPO group or several
-whole groups; the policy judges a group together (`judge_group`). The batch closes as soon as it
-holds `batch_size` samples; records after that stay unjudged for the next batch. So every record
-before `next_offset` is decided (in this batch, or rejected with an event in the same
-transaction) and none after it is: committing `next_offset` with the batch is exactly once.
+Records are judged in the order they are added (each partition in log order; the trainer's
+`TrajectoryReader` decides how partitions interleave), against the version the next step trains
+(the trainer's version does not change while a batch gathers). A record is one GRPO group or
+several whole groups; the policy judges a group together (`judge_group`). The batch closes as
+soon as it holds `batch_size` samples; records after that stay unjudged for the next batch. So in
+every partition p, every record before `next_offsets[p]` is decided (in this batch, or rejected
+with an event in the same transaction) and none after it is: committing every partition's
+`next_offsets` with the batch, in one transaction, is exactly once.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class FormedBatch(msgspec.Struct, kw_only=True):
     lags: list[int]
     rejected: list[Rejected]
     requeue: list[str]  # group ids whose prompt goes back to the prompts stream
-    next_offset: int  # the trajectories offset to commit with this batch
+    next_offsets: dict[int, int]  # partition -> the trajectories offset to commit with this batch
 
     @property
     def staleness(self) -> Staleness:
@@ -67,17 +69,18 @@ def sample_infos(record: Record, batch: pa.RecordBatch) -> list[SampleInfo]:
 
 class BatchFormer:
     def __init__(self, policy: GroupJudge, batch_size: int, run_id: str,
-                 trained: set[str], next_offset: int, rejected: set[str] | None = None) -> None:
+                 trained: set[str], next_offsets: dict[int, int],
+                 rejected: set[str] | None = None) -> None:
         self.policy = policy
         self.batch_size = batch_size
         self.run_id = run_id
         self.trained = trained  # every sample id in a BatchFormed so far (dedup after restarts)
         self.rejected = rejected or set()  # sample ids whose rejection is already committed
-        self._reset(next_offset)
+        self._reset(next_offsets)
 
-    def _reset(self, next_offset: int) -> None:
+    def _reset(self, next_offsets: dict[int, int]) -> None:
         self.batch = FormedBatch(rows=[], sample_ids=[], positions=[], weights=[], lags=[],
-                                 rejected=[], requeue=[], next_offset=next_offset)
+                                 rejected=[], requeue=[], next_offsets=dict(next_offsets))
 
     @property
     def ready(self) -> bool:
@@ -86,7 +89,7 @@ class BatchFormer:
     def add(self, record: Record, batch: pa.RecordBatch | None, version: int, now_ms: int) -> None:
         """Judge one record (None: it was dead-lettered) against `version`."""
         assert not self.ready, "take() the full batch before adding more"
-        self.batch.next_offset = record.offset + 1
+        self.batch.next_offsets[record.partition] = record.offset + 1
         if batch is None:
             return
         infos = sample_infos(record, batch)
@@ -132,14 +135,15 @@ class BatchFormer:
         """Rejections (and requeues) judged but not yet committed."""
         return bool(self.batch.rejected or self.batch.requeue)
 
-    def take_decisions(self) -> tuple[list[Rejected], list[str], int]:
+    def take_decisions(self) -> tuple[list[Rejected], list[str], dict[int, int]]:
         """The pending rejections and requeues, to commit before a batch is full (else a run
         whose every remaining sample is stale would wait forever for its requeued prompts), and
-        the offset that may be committed with them: before the first record still holding a kept
-        sample. Records between it and the read position are judged again after a restart; their
-        committed rejections are recognized (`rejected`) and not repeated."""
-        kept = [p.offset for p in self.batch.positions]
-        commit = min(kept, default=self.batch.next_offset)
+        the offsets that may be committed with them: per partition, before the first record still
+        holding a kept sample. Records between it and the read position are judged again after a
+        restart; their committed rejections are recognized (`rejected`) and not repeated."""
+        commit = dict(self.batch.next_offsets)
+        for p in self.batch.positions:
+            commit[p.partition] = min(commit[p.partition], p.offset)
         decisions = (self.batch.rejected, self.batch.requeue, commit)
         self.rejected.update(r.subject for r in self.batch.rejected)
         self.batch.rejected, self.batch.requeue = [], []
@@ -148,5 +152,5 @@ class BatchFormer:
     def take(self) -> FormedBatch:
         formed = self.batch
         self.trained.update(formed.sample_ids)
-        self._reset(formed.next_offset)
+        self._reset(formed.next_offsets)
         return formed

@@ -8,6 +8,10 @@
                                               # BatchFormed + TrainStep + Rejected + announce
                                               # + requeued prompts + the consumed position
 
+With several trajectories partitions (`[log] trajectory_partitions`), `TrajectoryReader`
+interleaves them (reader.py), `BatchFormed.positions` records the order the batch took, and the
+one transaction commits every partition's position.
+
 The transaction is the commit point: a crash before it loses nothing (the batch is formed again
 from the same records after resume), a crash after it repeats nothing. The digest of a version
 (a full pass over its bytes) is computed on the transport's thread while the next step already
@@ -33,6 +37,7 @@ from streamrl.checkpoints import checkpoint_dir
 from streamrl.consumers.trainer.former import BatchFormer, FormedBatch, GroupJudge
 from streamrl.consumers.trainer.hooks import TrainStepInput
 from streamrl.consumers.trainer.learner import Learner
+from streamrl.consumers.trainer.reader import TrajectoryReader
 from streamrl.dlq import DeadLetters
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.models.quant import int4_payload, int4_scheme
@@ -42,6 +47,7 @@ from streamrl.schemas import (
     BatchFormed,
     CheckpointSaved,
     Event,
+    LogPosition,
     TrainStep,
     decode_event,
     encode_event,
@@ -59,7 +65,7 @@ def wall_clock(record: Record, version: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class TrajectorySource:
-    """Where the loop reads trajectories (partition 0) and under which group it commits."""
+    """Where the loop reads trajectories (every partition) and under which group it commits."""
 
     stream: str
     group: str = TRAINER_GROUP
@@ -75,7 +81,7 @@ class SourceExhausted(Exception):
 
 class TrainerLoop:
     def __init__(self, log: Log, ctx: RunContext, learner: Learner, transport: WeightTransport,
-                 *, version: int, trained: set[str], next_offset: int,
+                 *, version: int, trained: set[str], next_offsets: dict[int, int],
                  rejected: set[str] | None = None, source: TrajectorySource | None = None,
                  policy: GroupJudge | None = None) -> None:
         self.log, self.ctx, self.learner, self.transport = log, ctx, learner, transport
@@ -84,10 +90,10 @@ class TrainerLoop:
         self.source = source or TrajectorySource(stream=ctx.streams.trajectories)
         self.step_hooks = ctx.hooks.step_hooks
         self.former = BatchFormer(policy or ctx.hooks.staleness, ctx.config.trainer.batch_size,
-                                  ctx.run_id, trained, next_offset, rejected)
+                                  ctx.run_id, trained, next_offsets, rejected)
         self.dlq = DeadLetters(log, ctx.run_id, component="trainer")
         self.vocab_size = learner.model_config.vocab_size
-        self._buffer: list[Record] = []
+        self.reader = TrajectoryReader(log, self.source.stream, finite=self.source.finite)
         self._commit: asyncio.Task[None] | None = None  # the version in flight
         self.on_commit: list[Callable[[TrainStep], None]] = []  # e.g. the metrics endpoint
 
@@ -116,17 +122,14 @@ class TrainerLoop:
 
     async def next_batch(self) -> FormedBatch:
         while not self.former.ready:
-            if not self._buffer:
-                self._buffer = await self.log.read(
-                    self.source.stream, 0, self.former.batch.next_offset,
-                    max_records=64, timeout_s=0.0 if self.source.finite else 1.0)
-                if not self._buffer and self.former.has_decisions:
+            record = await self.reader.next(self.former.batch.next_offsets)
+            if record is None:
+                if self.former.has_decisions:
                     await self.commit_decisions()
-                if not self._buffer and self.source.finite:
+                if self.source.finite:
                     raise SourceExhausted(f"{self.source.stream} ended at trainer version "
                                           f"{self.version}")
                 continue
-            record = self._buffer.pop(0)
             decoded = await self.dlq.decode_or_reject(
                 record, lambda _, r=record: decode_trajectory_record(r, vocab_size=self.vocab_size))
             self.former.add(record, decoded, self.version, self.source.clock(record, self.version))
@@ -173,7 +176,8 @@ class TrainerLoop:
             BatchFormed(run_id=self.ctx.run_id, batch_id=batch_id,
                         positions=tuple(batch.positions), sample_ids=tuple(batch.sample_ids),
                         policy_version=new - 1, staleness=batch.staleness,
-                        sample_weights=tuple(batch.weights)),
+                        sample_weights=tuple(batch.weights),
+                        consumed_to=self._positions(batch.next_offsets)),
             step := TrainStep(run_id=self.ctx.run_id, step=new, version=new, metrics=metrics),
             *batch.rejected,
         ]
@@ -182,8 +186,7 @@ class TrainerLoop:
                                       batch_ids=(batch_id,))
         appends.append(Append(stream=self.streams.weights, value=encode_event(announce)))
         appends += [await self._requeued(group_id) for group_id in batch.requeue]
-        offsets = {StreamPartition(self.source.stream, 0): batch.next_offset}
-        await self.log.transact(self.source.group, offsets, appends)
+        await self.log.transact(self.source.group, self._committed(batch.next_offsets), appends)
         self.last_digest = published.digest
         for observe in self.on_commit:
             observe(step)
@@ -197,11 +200,19 @@ class TrainerLoop:
     async def commit_decisions(self) -> None:
         """Caught up without a full batch: commit the rejections and requeues judged so far."""
         await self.settle()
-        rejected, requeue, offset = self.former.take_decisions()
+        rejected, requeue, offsets = self.former.take_decisions()
         appends = [Append(stream=self.streams.events, value=encode_event(e)) for e in rejected]
         appends += [await self._requeued(group_id) for group_id in requeue]
-        offsets = {StreamPartition(self.source.stream, 0): offset}
-        await self.log.transact(self.source.group, offsets, appends)
+        await self.log.transact(self.source.group, self._committed(offsets), appends)
+
+    def _committed(self, offsets: dict[int, int]) -> dict[StreamPartition, int]:
+        """Every partition's position, committed in one transaction with what it decided."""
+        return {StreamPartition(self.source.stream, p): offset
+                for p, offset in sorted(offsets.items())}
+
+    def _positions(self, offsets: dict[int, int]) -> tuple[LogPosition, ...]:
+        return tuple(LogPosition(self.source.stream, p, offset)
+                     for p, offset in sorted(offsets.items()))
 
     async def _requeued(self, group_id: str) -> Append:
         """The group's prompt again, as a new prompt event (group ids name the prompt record)."""

@@ -17,7 +17,7 @@ import pyarrow as pa
 from streamrl.consumers.trainer.backends import learner_class
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
 from streamrl.log import Log
-from streamrl.recipe.context import RunContext
+from streamrl.recipe.context import TRAINER_GROUP, RunContext
 from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
     BatchFormed,
@@ -58,6 +58,13 @@ async def read_history(log: Log, ctx: RunContext) -> History:
         checkpoints=[e for e in events if isinstance(e, CheckpointSaved)],
         rejected={e.subject for e in events if isinstance(e, Rejected)},
         announced={a.version: a for a in announced if isinstance(a, WeightVersionAnnounced)})
+
+
+async def committed_offsets(log: Log, stream: str, num_partitions: int, *,
+                            group: str = TRAINER_GROUP) -> dict[int, int]:
+    """Where `group` resumes reading each partition of trajectories `stream` (0: never
+    committed); the positions were committed together, in the transaction of the last batch."""
+    return {p: await log.committed(group, stream, p) or 0 for p in range(num_partitions)}
 
 
 async def batch_rows(log: Log, batch: BatchFormed) -> list[pa.RecordBatch]:

@@ -286,6 +286,26 @@ class PlacementSection(Section, kw_only=True):
     """How often Ray restarts an actor that died; it resumes from the log each time."""
 
 
+MAX_TRAJECTORY_PARTITIONS = 64
+
+
+class LogSection(Section, kw_only=True):
+    """How the run's streams are laid out in the log (docs/log.md)."""
+
+    trajectory_partitions: int = 1
+    """Partitions of the trajectories stream, fixed when the run is created (a restart on a
+    stream with another count is refused). Producers spread groups over them by group id; the
+    trainer reads every partition, and each `BatchFormed` records the order it took records in,
+    so replay, audit, forks and counterfactuals read the same records in the same order. More
+    than 1 when MoE routing makes the stream outgrow one partition (BENCHMARKS.md,
+    `log_throughput`)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.trajectory_partitions <= MAX_TRAJECTORY_PARTITIONS:
+            raise ValueError(f"log.trajectory_partitions ({self.trajectory_partitions}) must be "
+                             f"in [1, {MAX_TRAJECTORY_PARTITIONS}]")
+
+
 class RunConfig(Section, kw_only=True):
     run: RunSection
     model: ModelSection
@@ -298,6 +318,7 @@ class RunConfig(Section, kw_only=True):
     placement: PlacementSection = msgspec.field(default_factory=PlacementSection)
     metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     logging: LoggingSection = msgspec.field(default_factory=LoggingSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
 
     def __post_init__(self) -> None:
         check_run_id(self.run.name)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from streamrl.log import Log
-from streamrl.recipe.config import RunConfig, config_from_builtins
+from streamrl.recipe.config import ConfigError, RunConfig, config_from_builtins
 from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.schemas import RunParent, RunStarted, decode_event
 from streamrl.streams import RunStreams
@@ -96,6 +96,22 @@ def context_from_event(event: RunStarted) -> RunContext:
                       run_dir=Path(config["run_dir"]), parent=event.parent,
                       digests=dict(config.get("digests", {})),
                       fork=msgspec.convert(config["fork"], ForkPoint) if "fork" in config else None)
+
+
+async def trajectory_partitions(log: Log, ctx: RunContext) -> int:
+    """The run's trajectories partition count, as its recipe fixed it at creation
+    (`log.trajectory_partitions`); a stream with another count (re-created, altered by an
+    admin, imported over an existing topic) is refused, since the trainer's committed
+    positions and recorded order name partitions of the count the run started with."""
+    stream, expected = ctx.streams.trajectories, ctx.config.log.trajectory_partitions
+    actual = await log.num_partitions(stream)
+    if actual != expected:
+        raise ConfigError(f"run {ctx.run_id!r}: {stream} has {actual} partitions in {log.url} "
+                          f"but the run was created with log.trajectory_partitions = {expected}; "
+                          f"a run's partition count is fixed at creation: restore the stream "
+                          f"with {expected} partitions (streamrl export/import), or start a new "
+                          f"run")
+    return actual
 
 
 async def load_run_context(log: Log, run_id: str, *, timeout_s: float = 30.0) -> RunContext:

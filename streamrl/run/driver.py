@@ -22,7 +22,7 @@ from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.config import ModelConfig
 from streamrl.models.lora_files import run_adapter
 from streamrl.recipe.config import DEFAULT_NUM_PROMPTS, ConfigError, RunConfig
-from streamrl.recipe.context import RunContext
+from streamrl.recipe.context import RunContext, trajectory_partitions
 from streamrl.recipe.hooks import Hooks, resolve_hooks
 from streamrl.run.fork import ForkPlan, ForkSpec, plan_fork, write_fork
 from streamrl.run.init import prepare_init
@@ -101,7 +101,9 @@ async def start_run(config: RunConfig, log: Log, run_id: str, runs_dir: Path, *,
                      digests=await asyncio.to_thread(_dataset_digests, hooks))
     streams = ctx.streams
     await log.ensure_stream(streams.prompts, config.rollout.max_producers)  # scale room
-    for stream in (streams.trajectories, streams.weights, streams.events, streams.dlq):
+    await log.ensure_stream(streams.trajectories, config.log.trajectory_partitions)
+    await trajectory_partitions(log, ctx)  # a stream left over with another count: refused
+    for stream in (streams.weights, streams.events, streams.dlq):
         await log.ensure_stream(stream, 1)
     if plan is not None:
         ctx = msgspec.structs.replace(

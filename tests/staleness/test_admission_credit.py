@@ -50,15 +50,16 @@ async def generate_admitted(producer: Producer) -> None:
 async def trainer_drops_everything(log: Log, ctx: RunContext, offset: int) -> int:
     """The trainer at version 1 judges the trajectories from `offset` with max_staleness 0: all
     stale (made by version 0). Its Rejected events go to the events stream; the next offset."""
-    former = BatchFormer(AdmissionControl(max_staleness=0), BATCH_SIZE, ctx.run_id, set(), offset)
+    former = BatchFormer(AdmissionControl(max_staleness=0), BATCH_SIZE, ctx.run_id, set(),
+                         {0: offset})
     for record in await log.read(ctx.streams.trajectories, 0, offset):
         decoded = decode_trajectory_record(record, vocab_size=64)
         former.add(record, decoded, 1, int(time.time() * 1000))
-    rejected, _, next_offset = former.take_decisions()
+    rejected, _, next_offsets = former.take_decisions()
     assert {r.reason_code for r in rejected} == {STALE_LAG}
     for event in rejected:
         await log.append(ctx.streams.events, encode_event(event))
-    return next_offset
+    return next_offsets[0]
 
 
 async def test_dropped_samples_give_their_slots_back_live_and_after_a_restart(

@@ -1,0 +1,70 @@
+"""`TrajectoryReader`: the records of every partition of a trajectories stream, one at a time, in
+the order the trainer judges them.
+
+Each partition is read in log order. Across partitions, the next record is the buffered head with
+the smallest (log timestamp, partition, offset): an approximation of arrival order that is the
+same whoever reads the same buffered records. Which records are buffered depends, on a live
+stream, on what had arrived, so the order is not a function of the log alone: the trainer records
+the order it used (`BatchFormed.positions`, one per sample, in training order), and replay, audit
+and forks follow that record, never this reader. On a finite (recorded) stream every partition is
+read before a head is chosen, so a counterfactual's order is a function of the log: a timestamp
+merge of the partitions.
+
+With one partition this is the plain log order, read in pages of `page` records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from streamrl.log import Log, Record
+
+
+class TrajectoryReader:
+    def __init__(self, log: Log, stream: str, *, finite: bool, page: int = 64,
+                 wait_s: float = 1.0, poll_s: float = 0.05) -> None:
+        self.log, self.stream, self.finite = log, stream, finite
+        self.page = page
+        self.wait_s = wait_s  # a live read of an idle stream waits this long in all
+        self.poll_s = poll_s  # an empty partition is polled at most this often meanwhile
+        self._buffers: list[deque[Record]] = []
+        self._ended: set[int] = set()  # finite: partitions read to their end
+        self._polled: list[float] = []
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self._buffers)
+
+    async def next(self, offsets: dict[int, int]) -> Record | None:
+        """The next record to judge; None when nothing arrived within `wait_s` (live) or every
+        partition is read to its end (finite). `offsets` is where each partition's unjudged
+        records start (partition -> offset; absent is 0): an empty buffer is refilled from there,
+        so a buffer never skips or repeats a record the caller has not judged."""
+        if not self._buffers:
+            n = await self.log.num_partitions(self.stream)
+            self._buffers = [deque() for _ in range(n)]
+            self._polled = [0.0] * n
+        await self._refill(offsets, wait_s=0.0)
+        if not any(self._buffers) and not self.finite:
+            await self._refill(offsets, wait_s=self.wait_s / self.num_partitions)
+        heads = [b[0] for b in self._buffers if b]
+        if not heads:
+            return None
+        first = min(heads, key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+        return self._buffers[first.partition].popleft()
+
+    async def _refill(self, offsets: dict[int, int], *, wait_s: float) -> None:
+        now = time.monotonic()
+        idle = not any(self._buffers)
+        for p, buffer in enumerate(self._buffers):
+            if buffer or p in self._ended:
+                continue
+            if not (self.finite or idle or now - self._polled[p] >= self.poll_s):
+                continue
+            self._polled[p] = now
+            page = await self.log.read(self.stream, p, offsets.get(p, 0),
+                                       max_records=self.page, timeout_s=wait_s)
+            buffer.extend(page)
+            if not page and self.finite:
+                self._ended.add(p)
