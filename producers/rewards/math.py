@@ -18,7 +18,6 @@ import threading
 from typing import Any
 
 import msgspec
-from math_verify import parse, verify
 
 from streamrl.hooks.rollout import RewardInput, RewardOutput
 from streamrl.producers.rewards.answers import ground_truth, last_boxed
@@ -38,6 +37,8 @@ class MathReward(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
             raise ValueError(f"timeout_s ({self.timeout_s}) must be at least 1 second")
 
     def __call__(self, sample: RewardInput) -> RewardOutput:
+        from math_verify import parse, verify  # ~1 s to import: only where a reward is scored
+
         timeout = self.timeout_s if threading.current_thread() is threading.main_thread() else None
         gold = _parse_gold(ground_truth(sample, self.key), timeout)
         if not gold:
@@ -58,6 +59,8 @@ class MathReward(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_field
 
 @functools.lru_cache(maxsize=4096)  # a group's samples share their ground truth
 def _parse_gold(text: str, timeout: int | None) -> list[Any]:
+    from math_verify import parse
+
     if "$" not in text and "\\boxed" not in text:  # bare LaTeX ("\\frac{1}{2}", "(x+1)^2")
         return parse(f"${text}$", parsing_timeout=timeout) or parse(  # type: ignore[arg-type]
             text, parsing_timeout=timeout)  # type: ignore[arg-type]

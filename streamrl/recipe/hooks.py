@@ -1,16 +1,19 @@
-"""`Hooks`: every import-path hook of a recipe, resolved once per process into one frozen struct
-whose fields are typed by the hooks' protocols.
+"""`Hooks`: every import-path hook of a recipe, resolved once per process, each field typed by
+its hook's protocol.
 
     hooks = resolve_hooks(config)        # raises ConfigError naming the field on a bad path
     hooks.reward(RewardInput(...))
+    hooks = resolve_hooks(config, lazy=True)   # each field resolved on its first read
 
-`load_recipe` resolves them to check a recipe before anything starts and hands the result to
-the run context (`RunContext.hooks`), which every component reads; a component that rebuilds its
-context from the log resolves them once, on first use. Nothing else resolves a recipe's hooks.
+`load_recipe` resolves them all to check a recipe before anything starts and hands the result to
+the run context (`RunContext.hooks`); a component that rebuilds its context from the log resolves
+them lazily, so each process pays only for the hooks its role reads (a trainer loads no tokenizer
+and imports no reward; a producer imports no loss). Nothing else resolves a recipe's hooks.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, cast
 
 import msgspec
@@ -32,61 +35,141 @@ if TYPE_CHECKING:
     from streamrl.recipe.config import RunConfig
 
 
-class Hooks(msgspec.Struct, kw_only=True, frozen=True):
-    """A recipe's hooks, resolved. Fields mirror the recipe's import-path knobs."""
+class Hooks:
+    """A recipe's hooks. Each field mirrors one of the recipe's import-path knobs and is resolved
+    on first read, then kept: a process pays only for the hooks it uses (a trainer never loads
+    the tokenizer nor imports a reward's packages), and `resolve_hooks` reads them all at once
+    where a recipe is checked (the driver, before anything is written)."""
 
-    tokenizer: Tokenizer  # data.tokenizer (an object, or a class instantiated with no
-    #                       arguments), else model.path's own (streamrl/data/tokenizer.py)
-    prompts: PromptSource  # data.prompts, or data.train as a DatasetPrompts
-    eval_prompts: DatasetPrompts | None  # data.eval (rendered like data.train)
-    init: ModelInit | None  # model.init (None: model.path is the initial checkpoint)
-    reward: RewardFn  # rollout.reward (+ reward_by_source), names built (recipe/rewards.py)
-    rollout: RolloutFn  # rollout.rollout
-    filter: SampleFilter | None  # rollout.filter (a name in FILTERS or a path)
-    engine_factory: EngineFactory | None  # rollout.engine_factory (None: the torch engine)
-    evaluate: Evaluator | None  # eval.evaluate
-    staleness: StalenessPolicy  # [staleness]: the policy instance
-    advantage: AdvantageFn  # trainer.algorithm.advantage (a name in ADVANTAGES or a path)
-    loss: LossFn  # trainer.algorithm.loss (a name in LOSSES or a path)
-    correction: CorrectionFn | None  # trainer.algorithm.correction (CORRECTIONS or a path)
-    step_hooks: tuple[TrainStepHook, ...]  # trainer.step_hooks
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def resolve_all(self) -> Hooks:
+        """Check every field now: a wrong path raises here, naming the recipe field. Each is
+        resolved, except a trainer hook given by a built-in name (ADVANTAGES, LOSSES,
+        CORRECTIONS): its name is checked against its table here and resolved on first read,
+        so a process that does not train never imports the trainer (tests/recipe resolve every
+        table entry). A user's import path is always imported and checked against its type."""
+        algorithm = self.config.trainer.algorithm
+        built_in = {name for name, value, table in (
+            ("advantage", algorithm.advantage, ADVANTAGES), ("loss", algorithm.loss, LOSSES),
+            ("correction", algorithm.correction, CORRECTIONS)) if value in table}
+        for name in HOOK_FIELDS:
+            if name not in built_in:
+                getattr(self, name)
+        return self
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """data.tokenizer (an object, or a class instantiated with no arguments), else
+        model.path's own (streamrl/data/tokenizer.py)."""
+        config = self.config
+        return (_tokenizer(config.data.tokenizer) if config.data.tokenizer is not None
+                else load_tokenizer(str(config.model.path)))
+
+    @functools.cached_property
+    def prompts(self) -> PromptSource:
+        """data.prompts, or data.train as a DatasetPrompts."""
+        data = self.config.data
+        if data.prompts is not None:
+            return resolve(data.prompts, PromptSource, what="data.prompts")
+        return _dataset(self.config, data.train, "train", self)  # type: ignore[return-value]
+
+    @functools.cached_property
+    def eval_prompts(self) -> DatasetPrompts | None:
+        """data.eval (rendered like data.train)."""
+        return _dataset(self.config, self.config.data.eval, "eval", self)
+
+    @functools.cached_property
+    def init(self) -> ModelInit | None:
+        """model.init (None: model.path is the initial checkpoint)."""
+        init = self.config.model.init
+        return resolve(init, ModelInit, what="model.init") if init is not None else None
+
+    @functools.cached_property
+    def reward(self) -> RewardFn:
+        """rollout.reward (+ reward_by_source), names built (recipe/rewards.py)."""
+        rollout = self.config.rollout
+        return build_reward(rollout.reward, rollout.reward_by_source)
+
+    @functools.cached_property
+    def rollout(self) -> RolloutFn:
+        """rollout.rollout."""
+        return resolve(self.config.rollout.rollout, RolloutFn, what="rollout.rollout")
+
+    @functools.cached_property
+    def filter(self) -> SampleFilter | None:
+        """rollout.filter (a name in FILTERS or a path)."""
+        name = self.config.rollout.filter
+        if not name:
+            return None
+        return resolve(hook_path(name, FILTERS, what="rollout.filter"), SampleFilter,
+                       what="rollout.filter")
+
+    @functools.cached_property
+    def engine_factory(self) -> EngineFactory | None:
+        """rollout.engine_factory (None: the torch engine)."""
+        name = self.config.rollout.engine_factory
+        if not name:
+            return None
+        return resolve(hook_path(name, ENGINES, what="rollout.engine_factory"), EngineFactory,
+                       what="rollout.engine_factory")
+
+    @functools.cached_property
+    def evaluate(self) -> Evaluator | None:
+        """eval.evaluate."""
+        path = self.config.eval.evaluate
+        return resolve(path, Evaluator, what="eval.evaluate") if path else None
+
+    @functools.cached_property
+    def staleness(self) -> StalenessPolicy:
+        """[staleness]: the policy instance."""
+        return build_policy(self.config.staleness)
+
+    @functools.cached_property
+    def advantage(self) -> AdvantageFn:
+        """trainer.algorithm.advantage (a name in ADVANTAGES or a path)."""
+        name = self.config.trainer.algorithm.advantage
+        return cast(AdvantageFn, resolve(hook_path(name, ADVANTAGES, what="advantage"),
+                                         AdvantageFn, what="advantage"))
+
+    @functools.cached_property
+    def loss(self) -> LossFn:
+        """trainer.algorithm.loss (a name in LOSSES or a path)."""
+        name = self.config.trainer.algorithm.loss
+        return cast(LossFn, resolve(hook_path(name, LOSSES, what="loss"), LossFn, what="loss"))
+
+    @functools.cached_property
+    def correction(self) -> CorrectionFn | None:
+        """trainer.algorithm.correction (CORRECTIONS or a path)."""
+        name = self.config.trainer.algorithm.correction
+        if not name:
+            return None
+        return cast(CorrectionFn, resolve(
+            hook_path(name, CORRECTIONS, what="correction"), CorrectionFn,
+            what="trainer.algorithm.correction"))
+
+    @functools.cached_property
+    def step_hooks(self) -> tuple[TrainStepHook, ...]:
+        """trainer.step_hooks."""
+        return tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
+                     for path in self.config.trainer.step_hooks)
 
 
-def resolve_hooks(config: RunConfig) -> Hooks:
+HOOK_FIELDS = ("tokenizer", "prompts", "eval_prompts", "init", "reward", "rollout", "filter",
+               "engine_factory", "evaluate", "staleness", "advantage", "loss", "correction",
+               "step_hooks")
+"""Every field of `Hooks`, in the order `resolve_all` reads them (the tokenizer first: the
+datasets render with it)."""
+
+
+def resolve_hooks(config: RunConfig, *, lazy: bool = False) -> Hooks:
     """Import every hook `config` names and check it against its protocol; a wrong path raises
-    `ResolveError` (a ValueError) whose message names the recipe field and what is wrong."""
-    rollout, algorithm = config.rollout, config.trainer.algorithm
-    tokenizer = (_tokenizer(config.data.tokenizer) if config.data.tokenizer is not None
-                 else load_tokenizer(str(config.model.path)))
-    return Hooks(
-        tokenizer=tokenizer,
-        prompts=(resolve(config.data.prompts, PromptSource, what="data.prompts")
-                 if config.data.prompts is not None
-                 else _dataset(config, config.data.train, "train", tokenizer)),
-        eval_prompts=_dataset(config, config.data.eval, "eval", tokenizer),
-        init=(resolve(config.model.init, ModelInit, what="model.init")
-              if config.model.init is not None else None),
-        reward=build_reward(rollout.reward, rollout.reward_by_source),
-        rollout=resolve(rollout.rollout, RolloutFn, what="rollout.rollout"),
-        filter=(resolve(hook_path(rollout.filter, FILTERS, what="rollout.filter"),
-                        SampleFilter, what="rollout.filter") if rollout.filter else None),
-        engine_factory=(resolve(hook_path(rollout.engine_factory, ENGINES,
-                                          what="rollout.engine_factory"),
-                                EngineFactory, what="rollout.engine_factory")
-                        if rollout.engine_factory else None),
-        evaluate=(resolve(config.eval.evaluate, Evaluator, what="eval.evaluate")
-                  if config.eval.evaluate else None),
-        staleness=build_policy(config.staleness),
-        advantage=cast(AdvantageFn, resolve(
-            hook_path(algorithm.advantage, ADVANTAGES, what="advantage"), AdvantageFn,
-            what="advantage")),
-        loss=cast(LossFn, resolve(hook_path(algorithm.loss, LOSSES, what="loss"), LossFn,
-                                  what="loss")),
-        correction=(cast(CorrectionFn, resolve(
-            hook_path(algorithm.correction, CORRECTIONS, what="correction"), CorrectionFn,
-            what="trainer.algorithm.correction")) if algorithm.correction else None),
-        step_hooks=tuple(resolve(path, TrainStepHook, what="trainer.step_hooks")
-                         for path in config.trainer.step_hooks))
+    `ResolveError` (a ValueError) whose message names the recipe field and what is wrong. With
+    `lazy`, each hook is resolved on its first read instead (a component rebuilding its context
+    from the log: the driver has checked them all before the run started)."""
+    hooks = Hooks(config)
+    return hooks if lazy else hooks.resolve_all()
 
 
 def check_prompts(hooks: Hooks) -> None:
@@ -98,7 +181,7 @@ def check_prompts(hooks: Hooks) -> None:
 
 
 def _dataset(config: RunConfig, path: str | None, split: str,
-             tokenizer: Tokenizer) -> DatasetPrompts | None:
+             hooks: Hooks) -> DatasetPrompts | None:
     """`path` as prompts (read lazily: only the driver reads it); eval rows go once, in order."""
     if path is None:
         return None
@@ -110,7 +193,7 @@ def _dataset(config: RunConfig, path: str | None, split: str,
                                           num_prompts=data.num_prompts)
     else:
         options = msgspec.structs.replace(options, shuffle=False, epochs=1)
-    return DatasetPrompts(path, split=split, tokenizer=tokenizer, options=options)
+    return DatasetPrompts(path, split=split, tokenizer=hooks.tokenizer, options=options)
 
 
 def _tokenizer(path: str) -> Tokenizer:
