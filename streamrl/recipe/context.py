@@ -55,7 +55,7 @@ class RunContext(msgspec.Struct, kw_only=True, frozen=True, dict=True):
         """The recipe's hooks: those handed in (`load_recipe`'s), or resolved here on first use,
         so each process resolves a recipe once (streamrl/recipe/hooks.py)."""
         return self.resolved_hooks if self.resolved_hooks is not None else (
-            resolve_hooks(self.config))
+            resolve_hooks(self.config, lazy=True))
 
     @property
     def first_version(self) -> int:
