@@ -26,6 +26,12 @@ gathered through the block table. Consequences:
 - Writes never collide as long as positions within a row are distinct and rows do not share
   a block they write (the engine shares only full prompt blocks, written once before sharing).
 
+Multi-head latent attention (`config.is_mla`, `mla.py`) caches per token and layer only its
+latent row [c | k_rot] (kv_lora_rank + qk_rope_head_dim numbers, shared by every head): the
+k pool holds it as one "head" of that width and the v pool has width 0, so blocks, block tables,
+prefix sharing and copy-on-write work unchanged, and `bytes_per_block` counts latent bytes only.
+MLA layers go through `CacheStep.store_latent` / `update_latent` instead of `store` / `update`.
+
 Fresh prefill: when every row's positions are exactly 0..T-1 (new sequences, right-padded),
 what a query may attend to is exactly the batch's own new k/v under a plain causal mask, so
 attention skips the cache read and the explicit mask (`CacheStep.fresh`), and SDPA may pick a
@@ -55,6 +61,7 @@ class KVCache:
         max_seq_len: int,
         num_kv_heads: int,
         head_dim: int,
+        v_head_dim: int | None = None,
         num_blocks: int | None = None,
         block_size: int = 16,
         dtype: torch.dtype = torch.float32,
@@ -66,9 +73,10 @@ class KVCache:
         static = num_blocks is None
         if num_blocks is None:
             num_blocks = num_slots * self.blocks_per_seq
-        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (num_layers, num_blocks, block_size, num_kv_heads)
+        self.k = torch.zeros(*shape, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(*shape, head_dim if v_head_dim is None else v_head_dim,
+                             dtype=dtype, device=device)  # width 0: a latent (MLA) cache
         self.block_tables = torch.zeros(num_slots, self.blocks_per_seq, dtype=torch.int64,
                                         device=device)  # [num_slots, max_blocks_per_seq]
         if static:  # slot s owns blocks s * blocks_per_seq ... (s + 1) * blocks_per_seq - 1
@@ -92,7 +100,7 @@ class KVCache:
     ) -> KVCache:
         """A cache shaped for `config`. Without `num_blocks`, each slot owns blocks for
         `max_seq_len` tokens (a static cache); with it, the block tables start all zero and the
-        caller assigns blocks."""
+        caller assigns blocks. An MLA model's cache holds latent rows (module docstring)."""
         if max_seq_len > config.max_position_embeddings:
             raise ValueError(
                 f"max_seq_len ({max_seq_len}) exceeds the model's max_position_embeddings "
@@ -102,8 +110,7 @@ class KVCache:
             num_layers=config.num_hidden_layers,
             num_slots=num_slots,
             max_seq_len=max_seq_len,
-            num_kv_heads=config.num_key_value_heads,
-            head_dim=config.head_dim,
+            **_token_layout(config),
             num_blocks=num_blocks,
             block_size=block_size,
             dtype=dtype,
@@ -112,10 +119,11 @@ class KVCache:
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-        """k and v of one block over all layers."""
+        """k and v (MLA: the latent rows) of one block over all layers."""
         elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads \
-            * config.head_dim * elem
+        layout = _token_layout(config)
+        per_token = layout["num_kv_heads"] * (layout["head_dim"] + layout["v_head_dim"])
+        return config.num_hidden_layers * block_size * per_token * elem
 
     def addresses(self, slots: Tensor, positions: Tensor) -> Tensor:
         """Flat token index (block * block_size + offset) of each (slot, position)."""
@@ -127,7 +135,8 @@ class KVCache:
     def flat(self, layer: int) -> tuple[Tensor, Tensor]:
         """Layer `layer`'s k and v pools as [num_blocks * block_size, Hkv, D] views."""
         k, v = self.k[layer], self.v[layer]
-        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])
+        n = self.num_blocks * self.block_size  # explicit: an MLA cache's v has no elements
+        return k.view(n, *k.shape[2:]), v.view(n, *v.shape[2:])
 
     def copy_blocks(self, src: Tensor, dst: Tensor) -> None:
         """Copy blocks `src` onto blocks `dst` in every layer (copy-on-write of shared prefixes)."""
@@ -162,6 +171,15 @@ class KVCache:
         return CacheStep(self, slots.long(), positions.long(), kv_len, fresh=fresh)
 
 
+def _token_layout(config: ModelConfig) -> dict[str, int]:
+    """What one token of one layer keeps: per-head k and v, or MLA's one latent row."""
+    if config.kv_lora_rank is not None:  # config.is_mla
+        return {"num_kv_heads": 1, "head_dim": config.kv_lora_rank + config.qk_rope_head_dim,
+                "v_head_dim": 0}
+    return {"num_kv_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+            "v_head_dim": config.head_dim}
+
+
 class CacheStep:
     """One forward pass's view of the cache: what attention layers call to store and read k/v."""
 
@@ -188,12 +206,30 @@ class CacheStep:
         """Store the new k/v and return every cached k/v the batch's queries may attend to."""
         # k, v: [B, T, Hkv, D] -> returns k, v: [B, Hkv, kv_len, D]
         self.store(layer, k, v)
+        k_all, v_all = self.cache.flat(layer)
+        read = self._read_addresses()
+        return k_all[read].transpose(1, 2), v_all[read].transpose(1, 2)
+
+    def store_latent(self, layer: int, latent: Tensor) -> None:
+        """MLA: write the new tokens' latent rows at their (slot, position)."""
+        # latent: [B, T, kv_lora_rank + qk_rope_head_dim]
+        k_all, _ = self.cache.flat(layer)  # [N * bs, 1, W]
+        k_all[self.dest] = latent[:, :, None].to(k_all.dtype)
+
+    def update_latent(self, layer: int, latent: Tensor) -> Tensor:
+        """MLA: store the new latent rows and return every row the batch's queries may see."""
+        # latent: [B, T, W] -> [B, kv_len, W]
+        self.store_latent(layer, latent)
+        k_all, _ = self.cache.flat(layer)
+        return k_all[self._read_addresses(), 0]
+
+    def _read_addresses(self) -> Tensor:
+        """[B, kv_len] addresses of positions 0..kv_len-1 of each row's slot (built once)."""
         if self._read is None:
             B = self.slots.shape[0]
             j = torch.arange(self.kv_len, device=self.slots.device).expand(B, -1)
             self._read = self.cache.addresses(self.slots, j)
-        k_all, v_all = self.cache.flat(layer)
-        return k_all[self._read].transpose(1, 2), v_all[self._read].transpose(1, 2)
+        return self._read
 
     def attention_mask(self, window: int | None = None) -> Tensor | None:
         """True where a query may attend: cache index j <= the query's position (and, with a

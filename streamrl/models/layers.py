@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from streamrl.models.rope import Llama3Rope, inverse_frequencies
+from streamrl.models.rope import RopeScaling, inverse_frequencies, rope_attention_factor
 
 
 class RMSNorm(nn.Module):
@@ -38,7 +38,7 @@ class RotaryEmbedding(nn.Module):
     re-init) and works for any position layout (left/right padding, packing, per-slot decode).
     """
 
-    def __init__(self, head_dim: int, theta: float, scaling: Llama3Rope | None = None) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
@@ -50,6 +50,9 @@ class RotaryEmbedding(nn.Module):
                                        positions.device)  # [D/2]
         angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
         angles = torch.cat((angles, angles), dim=-1)  # [B, T, D]
+        factor = rope_attention_factor(self.scaling)  # YaRN's cos/sin scale, else 1
+        if factor != 1.0:
+            return (angles.cos() * factor).to(dtype), (angles.sin() * factor).to(dtype)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 

@@ -27,6 +27,7 @@ from streamrl.models.attention import Attention, segment_causal_mask
 from streamrl.models.config import ModelConfig
 from streamrl.models.kv_cache import CacheStep, KVCache
 from streamrl.models.layers import MLP, RMSNorm, RotaryEmbedding
+from streamrl.models.mla import MLAttention
 from streamrl.models.moe import MoE
 
 
@@ -42,7 +43,7 @@ class ModelOutput(NamedTuple):
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = (MLAttention if config.is_mla else Attention)(config, layer_idx)
         self.is_moe = layer_idx in config.moe_layers
         self.mlp: MLP | MoE = (
             MoE(config) if self.is_moe

@@ -48,7 +48,7 @@ from torch import Tensor
 from streamrl.models import CausalLM, KVCache
 from streamrl.models.fp8_linear import Fp8Linear, fuse_fp8
 from streamrl.models.moe import MoE
-from streamrl.models.rope import inverse_frequencies
+from streamrl.models.rope import inverse_frequencies, rope_attention_factor
 from streamrl.producers.engine.cuda.attention import decode_attention, num_splits
 from streamrl.producers.engine.cuda.fused import add_rmsnorm, qk_norm_rope_cache, silu_mul
 from streamrl.producers.engine.cuda.sampling import sample_untruncated
@@ -61,6 +61,12 @@ def unsupported_reason(model: CausalLM, max_seq_len: int | None = None) -> str |
     the model's `max_position_embeddings`), or None if it can."""
     c = model.config
     limit = c.max_position_embeddings if max_seq_len is None else max_seq_len
+    if c.is_mla:
+        return ("multi-head latent attention: its cache holds latent rows, which the fused "
+                "kernels do not read; use decode='eager'")
+    if rope_attention_factor(c.rope_scaling) != 1.0:
+        return ("YaRN rope with an attention factor other than 1 (the fused rotary does not "
+                "scale cos/sin); use decode='eager'")
     if c.sliding_window is not None and c.sliding_window < limit:
         return (f"a sliding window ({c.sliding_window}) shorter than max_seq_len ({limit}); "
                 "use decode='eager', or max_seq_len <= sliding_window")
