@@ -1,11 +1,27 @@
-"""Sparse mixture-of-experts MLP: softmax router, top-k routed SwiGLU experts, optional shared
-expert, and routing replay.
+"""Sparse mixture-of-experts MLP: a router, top-k routed SwiGLU experts, optional shared
+experts, and routing replay.
+
+Two routers, one per style of MoE (`ModelConfig.deepseek_moe`), with one interface: `scores`
+(fp32 [N, E], what the weights are taken from), `choose` (the top-k ids) and `weigh` (the
+weights at given ids).
+
+- `SoftmaxRouter` (Qwen3-MoE): softmax over the router logits, top-k of those probabilities,
+  optionally renormalized (`norm_topk_prob`). A Qwen2-style shared expert sits behind its own
+  sigmoid gate (`shared_expert`, `shared_expert_gate`).
+- `SigmoidRouter` (DeepSeek-V3, GLM-4.5): sigmoid scores from fp32 logits. Experts are *chosen*
+  on the scores plus `e_score_correction_bias` (DeepSeek's auxiliary-loss-free balancing term),
+  limited to the `topk_group` best of `n_group` expert groups, a group ranked by the sum of its
+  two best biased scores; the *weights* are the unbiased scores at the chosen ids, optionally
+  renormalized, times `routed_scaling_factor`. The bias is a parameter without gradient (it is
+  loaded and synced like a weight, never trained; DeepSeek adjusts it outside backprop by
+  expert load, which streamrl does not). `n_shared_experts` shared experts run as one ungated
+  MLP (`shared_experts`).
 
 Routing replay: the trainer must push gradients through the same experts the rollout engine
 used, or the importance ratio compares two different networks. Given `forced_ids` (the ids the
 engine recorded), the block routes each token to exactly those experts, but takes the gate
-weights from its own router probabilities at those ids. The weights are then a differentiable
-function of the router, so the router still learns.
+weights from its own router scores at those ids (normalized and scaled as in free routing).
+The weights are then a differentiable function of the router, so the router still learns.
 """
 
 from __future__ import annotations
@@ -75,6 +91,71 @@ class Experts(nn.Module):
         return (y.view(N, k, -1) * weights[..., None]).sum(dim=1)
 
 
+class SoftmaxRouter(nn.Linear):
+    """Qwen's router: top-k of the softmax probabilities (`mlp.gate.weight`: [E, H])."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config.hidden_size, config.num_experts, bias=False)
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+
+    def scores(self, x: Tensor) -> Tensor:
+        # x: [N, H] -> [N, E] fp32 probabilities
+        return F.softmax(self(x), dim=-1, dtype=torch.float32)
+
+    def choose(self, scores: Tensor) -> Tensor:
+        # scores: [N, E] -> ids: [N, k] long, best first
+        return torch.topk(scores, self.top_k, dim=-1).indices
+
+    def weigh(self, scores: Tensor, ids: Tensor) -> Tensor:
+        # scores: [N, E]; ids: [N, k] -> weights: [N, k] fp32
+        weights = scores.gather(-1, ids)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights
+
+
+class SigmoidRouter(nn.Module):
+    """DeepSeek-V3 / GLM-4.5's router (module docstring). Parameter names are the checkpoints':
+    `mlp.gate.weight` [E, H] and `mlp.gate.e_score_correction_bias` [E]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        E = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(E, config.hidden_size))
+        nn.init.normal_(self.weight, std=0.02)
+        # A parameter, not a buffer, so checkpoints, weight sync and digests carry it like any
+        # weight; requires_grad=False keeps it out of the optimizer.
+        self.e_score_correction_bias = nn.Parameter(torch.zeros(E), requires_grad=False)
+
+    def scores(self, x: Tensor) -> Tensor:
+        # x: [N, H] -> [N, E] fp32 sigmoid scores (logits in fp32, as transformers computes them)
+        return torch.sigmoid(F.linear(x.float(), self.weight.float()))
+
+    def choose(self, scores: Tensor) -> Tensor:
+        # scores: [N, E] -> ids: [N, k] long, best (bias-corrected) first
+        N, E = scores.shape
+        biased = (scores + self.e_score_correction_bias.float()).detach()  # [N, E]
+        grouped = biased.view(N, self.n_group, E // self.n_group)  # [N, G, E/G]
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [N, G]
+        best_groups = group_scores.topk(self.topk_group, dim=-1).indices  # [N, topk_group]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)
+        biased = biased.masked_fill(~keep[:, :, None].expand_as(grouped).reshape(N, E),
+                                    float("-inf"))
+        return biased.topk(self.top_k, dim=-1).indices
+
+    def weigh(self, scores: Tensor, ids: Tensor) -> Tensor:
+        # scores: [N, E]; ids: [N, k] -> weights: [N, k] fp32
+        weights = scores.gather(-1, ids)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.routed_scaling_factor
+
+
 class MoE(nn.Module):
     """Drop-in replacement for the dense MLP in MoE layers; also returns the routed ids."""
 
@@ -83,14 +164,17 @@ class MoE(nn.Module):
         H = config.hidden_size
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
-        self.norm_topk_prob = config.norm_topk_prob
-        self.gate = nn.Linear(H, config.num_experts, bias=False)  # the router
+        self.gate: SoftmaxRouter | SigmoidRouter = (
+            SigmoidRouter(config) if config.deepseek_moe else SoftmaxRouter(config))
         self.experts = Experts(config.num_experts, H, config.moe_intermediate_size)
         self.shared_expert: MLP | None = None
         self.shared_expert_gate: nn.Linear | None = None
         if config.shared_expert_intermediate_size > 0:
             self.shared_expert = MLP(H, config.shared_expert_intermediate_size)
             self.shared_expert_gate = nn.Linear(H, 1, bias=False)
+        self.shared_experts: MLP | None = None  # DeepSeek/GLM: ungated, n_shared_experts wide
+        if config.deepseek_moe and config.n_shared_experts > 0:
+            self.shared_experts = MLP(H, config.n_shared_experts * config.moe_intermediate_size)
 
     def forward(
         self, x: Tensor, forced_ids: Tensor | None = None, forced_mask: Tensor | None = None
@@ -102,24 +186,23 @@ class MoE(nn.Module):
         # -> out: [B, T, H], ids: [B, T, k] int32
         B, T, H = x.shape
         flat = x.reshape(B * T, H)
-        probs = F.softmax(self.gate(flat), dim=-1, dtype=torch.float32)  # [N, E]
+        scores = self.gate.scores(flat)  # [N, E] fp32
         if forced_ids is None:
-            weights, ids = torch.topk(probs, self.top_k, dim=-1)  # [N, k], descending
+            ids = self.gate.choose(scores)  # [N, k]
         else:
             ids = self._check_forced(forced_ids, B, T).reshape(B * T, self.top_k)
             if forced_mask is not None:
-                own = torch.topk(probs, self.top_k, dim=-1).indices
-                ids = torch.where(forced_mask.reshape(B * T, 1), ids, own)
+                ids = torch.where(forced_mask.reshape(B * T, 1), ids, self.gate.choose(scores))
             # A token's k experts are distinct, as top-k makes them (the padded grouped
             # backend sizes each expert's buffer for at most one row per token).
             if self.top_k > 1 and bool((ids.sort(-1).values.diff(dim=-1) == 0).any()):
                 raise ValueError("forced routing repeats an expert within one token's top-k")
-            weights = probs.gather(-1, ids)
-        if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = self.gate.weigh(scores, ids)  # [N, k] fp32
         out = self.experts(flat, ids, weights.to(x.dtype))
         if self.shared_expert is not None and self.shared_expert_gate is not None:
             out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
         return out.view(B, T, H), ids.view(B, T, self.top_k).to(torch.int32)
 
     def _check_forced(self, forced_ids: Tensor, B: int, T: int) -> Tensor:
