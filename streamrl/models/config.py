@@ -206,7 +206,10 @@ class ModelConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     @property
     def rotary_dim(self) -> int:
-        """Leading dims of each q/k head that rotary embedding turns (`partial_rotary_factor`)."""
+        """Dims of each q/k head that rotary embedding turns: the first
+        `int(head_dim * partial_rotary_factor)`, or MLA's `qk_rope_head_dim`."""
+        if self.is_mla:
+            return self.qk_rope_head_dim
         return int(self.head_dim * self.partial_rotary_factor)
 
     @property

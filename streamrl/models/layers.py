@@ -36,6 +36,8 @@ class RotaryEmbedding(nn.Module):
     Angles are computed on the fly from `positions` instead of a precomputed table: it costs
     head_dim/2 multiplies per token, keeps no state (so meta-device construction needs no
     re-init) and works for any position layout (left/right padding, packing, per-slot decode).
+    `head_dim` is the rotated width: the whole head, GLM's `rotary_dim` (partial rotary) or
+    MLA's `qk_rope_head_dim`.
     """
 
     def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
@@ -57,8 +59,13 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (i, i + D/2) of each head by the token's angle (the "rotate half" layout)."""
-    # x: [B, T, H, D]; cos, sin: [B, T, D]
+    """Rotate pairs (i, i + d/2) of each head by the token's angle (the "rotate half" layout),
+    d the width of cos/sin. When d < D (partial rotary, GLM), only the first d dims of each head
+    turn, paired among themselves, and the rest pass unchanged, as transformers' glm4_moe does."""
+    # x: [B, T, H, D]; cos, sin: [B, T, d], d <= D
+    d = cos.shape[-1]
+    if d < x.shape[-1]:
+        return torch.cat((apply_rotary(x[..., :d], cos, sin), x[..., d:]), dim=-1)
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)

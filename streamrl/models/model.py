@@ -82,7 +82,7 @@ class Qwen3Model(nn.Module):
             DecoderLayer(config, i) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.rotary = RotaryEmbedding(config.rotary_dim, config.rope_theta, config.rope_scaling)
         self.checkpoint_above: int | None = None
         """Activation checkpointing for forwards with grad enabled whose rows are longer than
         this many tokens (0: every such forward; None: never): keep only each layer's input and

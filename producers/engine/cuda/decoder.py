@@ -6,7 +6,7 @@ Llama's `attention_bias`/`mlp_bias`) ride in the GEMMs (`F.linear(x, w, b)`), an
 frequencies are the eager model's own (`streamrl.models.rope`, llama3 scaling included). Not
 covered (`unsupported_reason`; `decode="auto"` then decodes eagerly): a sliding window shorter
 than the engine's `max_seq_len` (Mistral v0.1's 4096), which the split-K attention kernel does
-not apply.
+not apply; partial rotary (GLM-4.5), which the fused rotary does not.
 
 MoE layers (Qwen3-MoE, Qwen2-MoE) run the model's own `MoE` module: router, top-k and the
 grouped experts of `streamrl.models.grouped`, whose shapes depend only on the batch, never on
@@ -67,6 +67,10 @@ def unsupported_reason(model: CausalLM, max_seq_len: int | None = None) -> str |
     if rope_attention_factor(c.rope_scaling) != 1.0:
         return ("YaRN rope with an attention factor other than 1 (the fused rotary does not "
                 "scale cos/sin); use decode='eager'")
+    if not c.is_mla and c.rotary_dim != c.head_dim:
+        return (f"partial rotary (GLM's partial_rotary_factor {c.partial_rotary_factor}: "
+                f"{c.rotary_dim} of {c.head_dim} dims per head), which the fused rotary does "
+                "not apply; use decode='eager'")
     if c.sliding_window is not None and c.sliding_window < limit:
         return (f"a sliding window ({c.sliding_window}) shorter than max_seq_len ({limit}); "
                 "use decode='eager', or max_seq_len <= sliding_window")
