@@ -7,6 +7,12 @@ checkpoints use and what transformers 5.24 writes for Qwen3-MoE (it fuses `gate_
 in memory). Loading also accepts the fused layout (`mlp.experts.gate_up_proj`: [E, 2I, H] with
 gate rows first, `mlp.experts.down_proj`: [E, H, I]) in case a checkpoint was written that way.
 
+DeepSeek-V3 and GLM-4.5 checkpoints also hold multi-token-prediction layers, numbered after
+the decoder's (`model.layers.{num_hidden_layers + j}.*`, j < `num_nextn_predict_layers`).
+Like transformers, we skip them on load and so never write them (the config keeps its count).
+Their shared experts (`mlp.shared_experts.*`), router bias (`mlp.gate.e_score_correction_bias`)
+and first dense layers keep their HF names as they are.
+
 Save -> load is bit-exact: tensors are copied, never recomputed. Tied embeddings are written
 once (no `lm_head.weight`), as transformers does.
 """
@@ -32,6 +38,7 @@ INDEX_FILE = "model.safetensors.index.json"
 _PROJS = ("gate_proj", "up_proj", "down_proj")
 _PER_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _FUSED_GATE_UP = re.compile(r"^(.*\.mlp\.experts)\.gate_up_proj$")
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def load_checkpoint(
@@ -148,10 +155,15 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def from_hf_names(tensors: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
-    """HF tensor names -> our state dict (stacks per-expert weights, splits fused gate_up)."""
+    """HF tensor names -> our state dict (stacks per-expert weights, splits fused gate_up,
+    drops multi-token-prediction layers)."""
     state: dict[str, Tensor] = {}
     per_expert: dict[tuple[str, str], dict[int, Tensor]] = {}
+    mtp = range(config.num_hidden_layers,
+                config.num_hidden_layers + config.num_nextn_predict_layers)
     for name, t in tensors.items():
+        if mtp and (m := _LAYER.match(name)) and int(m[1]) in mtp:
+            continue
         if m := _PER_EXPERT.match(name):
             per_expert.setdefault((m[1], m[3]), {})[int(m[2])] = t
         elif m := _FUSED_GATE_UP.match(name):
