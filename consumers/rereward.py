@@ -6,7 +6,7 @@ generating anything again:
 
 The new run is a normal run: `RunStarted(parent=RunParent(RUN, 0, "rereward"))` with the parent's
 config but `rollout.reward` replaced, and a trajectories stream that holds the parent's records
-in the parent's order, one record for each, with the same rows (sample and group ids, versions,
+in the parent's order (each record in its partition), one record for each, with the same rows (sample and group ids, versions,
 tokens, logprobs, routing) and only `run_id`, `reward` and `reward_details` new. So GRPO groups
 stay whole and `streamrl replay PARENT --trajectories NEW_RUN` trains on it as recorded arrival.
 Sample and group ids still name the parent's prompt records (its prompts stream is where they
@@ -37,11 +37,12 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from streamrl.consumers.trainer.reader import TrajectoryReader
 from streamrl.hooks.rollout import RewardInput, RewardOutput
 from streamrl.hooks.run import Tokenizer, prompt_text
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.config import RunConfig, config_from_builtins
-from streamrl.recipe.context import RunContext, load_run_context
+from streamrl.recipe.context import RunContext, load_run_context, trajectory_partitions
 from streamrl.recipe.rewards import RewardRecipe
 from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
@@ -58,7 +59,7 @@ from streamrl.schemas import (
 )
 from streamrl.schemas.ids import group_id_for
 from streamrl.schemas.integrity import digest_headers
-from streamrl.streams import RunStreams, check_run_id
+from streamrl.streams import RunStreams, StreamKind, check_run_id
 
 
 def progress_group(new_run: str) -> str:
@@ -93,7 +94,7 @@ class RerewardResult(msgspec.Struct, kw_only=True):
     num_dead_lettered: int = 0
     reward_before: float = 0.0  # mean over the re-scored samples
     reward_after: float = 0.0
-    resumed_at: int = 0  # the parent offset this call started from
+    resumed_at: int = 0  # the parent offset this call started from (summed over partitions)
     num_reward_failures: int = 0  # samples scored 0 because the call timed out or failed
     first_failure: str = ""  # the status of the first one
 
@@ -117,29 +118,42 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     parent = await load_run_context(log, parent_id, timeout_s=5.0)
     ctx = await _start(log, parent, reward, new_run, runs_dir)
     source = parent.streams.trajectories
-    start = await log.committed(progress_group(new_run), source, 0) or 0
-    end = await log.end_offset(source, 0)
+    partitions = range(await trajectory_partitions(log, parent))
+    offsets = {p: await log.committed(progress_group(new_run), source, p) or 0
+               for p in partitions}
+    end = sum([await log.end_offset(source, p) for p in partitions])
     r = parent.config.rollout
     sandbox = workers(spec, timeout_s=r.reward_timeout_s, num_workers=r.reward_workers)
     scorer = Scorer(sandbox, parent.hooks.tokenizer, await _prompts(log, parent))
-    result = RerewardResult(run_id=new_run, resumed_at=start)
-    offset = start
+    result = RerewardResult(run_id=new_run, resumed_at=sum(offsets.values()))
+    # Several partitions: records are re-scored in the merged order a counterfactual reads the
+    # parent in, each kept in its partition, so `replay --trajectories` reads them alike.
+    reader = TrajectoryReader(log, source, finite=True, page=PAGE)
     await sandbox.start()
     try:
-        while offset < end and (records := await log.read(source, 0, offset, max_records=PAGE)):
+        while records := await _page(reader, offsets):
             appends = [await _rescored(record, ctx, scorer, result) for record in records]
-            offset = records[-1].offset + 1
-            await log.transact(progress_group(new_run), {StreamPartition(source, 0): offset},
+            await log.transact(progress_group(new_run),
+                               {StreamPartition(source, p): o for p, o in offsets.items()},
                                appends)
             result.num_records += len(records)
             if on_progress is not None:
-                on_progress(offset, end)
+                on_progress(sum(offsets.values()), end)
     finally:
         await sandbox.close()
     if result.num_samples:  # sums so far
         result.reward_before /= result.num_samples
         result.reward_after /= result.num_samples
     return result
+
+
+async def _page(reader: TrajectoryReader, offsets: dict[int, int]) -> list[Record]:
+    """The next PAGE records of the parent (fewer at its end), `offsets` moved past them."""
+    records: list[Record] = []
+    while len(records) < PAGE and (record := await reader.next(offsets)) is not None:
+        records.append(record)
+        offsets[record.partition] = record.offset + 1
+    return records
 
 
 class Scorer:
@@ -202,7 +216,7 @@ async def _rescored(record: Record, ctx: RunContext, scorer: Scorer,
     batch = pa.RecordBatch.from_arrays(columns, schema=rows.schema)
     value = encode_trajectories(batch)
     return Append(stream=ctx.streams.trajectories, value=value, key=record.key,
-                  headers=digest_headers(value))
+                  headers=digest_headers(value), partition=record.partition)
 
 
 async def _prompts(log: Log, parent: RunContext) -> dict[str, Prompt]:
@@ -227,8 +241,9 @@ async def _start(log: Log, parent: RunContext, reward: str, new_run: str,
     ctx = RunContext(run_id=new_run, config=_with_reward(parent.config, reward),
                      init_checkpoint=parent.init_checkpoint, run_dir=runs_dir / new_run,
                      parent=RunParent(run_id=parent.run_id, version=0, relation="rereward"))
-    for stream in streams.all().values():
-        await log.ensure_stream(stream, 1)
+    for kind, stream in streams.all().items():
+        await log.ensure_stream(stream, parent.config.log.trajectory_partitions
+                                if kind is StreamKind.TRAJECTORIES else 1)
     started: RunStarted = ctx.run_started(f"rereward of {parent.run_id}")
     started.config["rereward"] = {"source": parent.streams.trajectories, "reward": reward}
     await log.append(streams.events, encode_event(started))

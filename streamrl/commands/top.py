@@ -82,7 +82,7 @@ class RunView:
     def __init__(self, run_id: str, window_s: float) -> None:
         self.streams = RunStreams(run_id)
         self.window_us = int(window_s * 1e6)
-        self.offsets = {"events": 0, "trajectories": 0}
+        self.offsets: dict[str, int] = {"events": 0}  # and "trajectories/<partition>"
         self.max_versions: int | None = None
         self.run_dir: Path | None = None  # as RunStarted records it
         self.steps: deque[TrainStep] = deque(maxlen=RECENT_STEPS)
@@ -100,15 +100,18 @@ class RunView:
                 self._on(decode_event(record.value, "events"))
             except DecodeError:
                 self.num_undecodable += 1
-        for record in await log.read(self.streams.trajectories, 0, self.offsets["trajectories"],
-                                     max_records=100_000, timeout_s=0):
-            self.offsets["trajectories"] = record.offset + 1
-            try:
-                self._on_samples(decode_trajectories(record.value))
-            except DecodeError:
-                self.num_undecodable += 1
-        end = await log.end_offset(self.streams.trajectories, 0)
-        self.lag = end - (await log.committed(TRAINER_GROUP, self.streams.trajectories, 0) or 0)
+        trajectories, self.lag = self.streams.trajectories, 0
+        for p in range(await log.num_partitions(trajectories)):  # log.trajectory_partitions
+            key = f"trajectories/{p}"
+            for record in await log.read(trajectories, p, self.offsets.get(key, 0),
+                                         max_records=100_000, timeout_s=0):
+                self.offsets[key] = record.offset + 1
+                try:
+                    self._on_samples(decode_trajectories(record.value))
+                except DecodeError:
+                    self.num_undecodable += 1
+            self.lag += (await log.end_offset(trajectories, p)
+                         - (await log.committed(TRAINER_GROUP, trajectories, p) or 0))
 
     def _producer(self, producer_id: str) -> ProducerView:
         return self.producers.setdefault(producer_id, ProducerView())

@@ -29,6 +29,8 @@ class ForkPoint(msgspec.Struct, kw_only=True, frozen=True):
 
     version: int
     trajectories_offset: int  # the parent's trajectory records before it were judged at version
+    # (partition 0's), and per partition of the parent's trajectories (empty: one partition)
+    trajectories_offsets: tuple[int, ...] = ()
     carried: dict[str, str] = {}  # the fork's group id -> the parent's group id
     num_carried_samples: int = 0
 

@@ -64,8 +64,9 @@ async def start_derived(log: Log, parent: RunContext, *, run_id: str, config: Ru
                      run_dir=run_dir, parent=RunParent(run_id=parent.run_id, version=0,
                                                        relation=relation),
                      resolved_hooks=hooks)
-    for stream in (streams.prompts, streams.trajectories, streams.weights, streams.events,
-                   streams.dlq):
+    # the run's own trajectories stream (empty: it reads its parent's) as its config says
+    await log.ensure_stream(streams.trajectories, config.log.trajectory_partitions)
+    for stream in (streams.prompts, streams.weights, streams.events, streams.dlq):
         await log.ensure_stream(stream, 1)
     await log.append(streams.events, encode_event(
         ctx.run_started(f"{relation} of {parent.run_id}")))

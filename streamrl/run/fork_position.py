@@ -1,10 +1,12 @@
 """A fork's position in its parent's log: what the parent had done at the fork version V, what it
 still had to do, and how the fork takes that over.
 
-The parent's trainer judges trajectory records strictly in log order, and a batch closes on the
-record that fills it. So at version V (made by the batch with policy_version V-1) it had judged
-exactly the records before `O_V` = the offset after that batch's last position (0 for V = 0):
-each sample there was trained into a version <= V, or rejected by then. Every prompt of the
+The parent's trainer judges each trajectories partition's records strictly in log order, and a
+batch closes on the record that fills it. So at version V (made by the batch with policy_version
+V-1) it had judged exactly the records before `O_V`, per partition: the offsets committed with
+that batch (`BatchFormed.consumed_to`; in runs recorded before it, the offset after the batch's
+last position), and none at V = 0. Each sample there was trained into a version <= V, or rejected
+by then. Every prompt of the
 parent is then in one of these states, decided per prompt id (a requeued prompt has several
 records; they are one task):
 
@@ -27,6 +29,7 @@ the right prompt. `ForkPoint.carried` maps each fork group id to the parent's.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 
 import msgspec
@@ -34,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from streamrl.consumers.trainer.resume import History
-from streamrl.log import Append, Log, StreamPartition
+from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.context import PRODUCER_GROUP, ForkPoint, RunContext
 from streamrl.records import decode_trajectory_record
 from streamrl.schemas import (
@@ -50,7 +53,7 @@ from streamrl.schemas.integrity import digest_headers
 
 class ForkPosition(msgspec.Struct, kw_only=True):
     version: int
-    trajectories_offset: int  # O_V: the parent's records before it were judged at V
+    trajectories_offsets: dict[int, int]  # O_V per partition: records before it judged at V
     carried: list[tuple[Prompt, pa.RecordBatch]]  # (prompt, the group's rows), parent order
     pending: list[Prompt]  # prompts the fork's producers generate, parent order
     num_trained: int  # prompts trained by the parent before V
@@ -63,30 +66,36 @@ class ForkPosition(msgspec.Struct, kw_only=True):
         n = num_partitions
         carried = {group_id_for(i % n, i // n): rows["group_id"][0].as_py()
                    for i, (_, rows) in enumerate(self.carried)}
-        return ForkPoint(version=self.version, trajectories_offset=self.trajectories_offset,
+        offsets = self.trajectories_offsets
+        return ForkPoint(version=self.version, trajectories_offset=offsets.get(0, 0),
+                         trajectories_offsets=tuple(offsets.get(p, 0)
+                                                    for p in range(max(offsets, default=0) + 1)),
                          carried=carried,
                          num_carried_samples=sum(rows.num_rows for _, rows in self.carried))
 
 
-def judged_offset(history: History, version: int) -> int:
-    """O_V: the parent's trajectories offset after the last record of the batch that made
-    `version`."""
+def judged_offsets(history: History, version: int) -> dict[int, int]:
+    """O_V per trajectories partition: where the parent's trainer stood after the batch that made
+    `version` (absent: nothing judged there)."""
     if version == 0:
-        return 0
+        return {}
     [batch] = [b for b in history.batches if b.policy_version == version - 1]
-    return max(p.offset for p in batch.positions) + 1
+    if batch.consumed_to:
+        return {p.partition: p.offset for p in batch.consumed_to}
+    last = max(batch.positions, key=lambda p: p.offset)  # one partition: the batch's last record
+    return {last.partition: last.offset + 1}
 
 
 async def plan_position(log: Log, parent: RunContext, history: History,
                         version: int) -> ForkPosition:
-    offset = judged_offset(history, version)
+    offsets = judged_offsets(history, version)
     trained_before = {sid for b in history.batches if b.policy_version < version
                       for sid in b.sample_ids}
     judged: set[str] = set()  # group ids judged at V
     trained_prompts: set[str] = set()
     candidates: dict[str, pa.RecordBatch] = {}  # group id -> rows, first occurrence after O_V
     num_undecodable = 0
-    for record in await log.read_all(parent.streams.trajectories, 0):
+    for record in await _arrival_order(log, parent.streams.trajectories):
         try:
             data = decode_trajectory_record(record)
         except DecodeError:
@@ -94,14 +103,14 @@ async def plan_position(log: Log, parent: RunContext, history: History,
             continue
         for group_id in dict.fromkeys(data["group_id"].to_pylist()):
             rows = data.filter(pc.equal(data["group_id"], group_id))
-            if record.offset < offset:
+            if record.offset < offsets.get(record.partition, 0):
                 judged.add(group_id)
                 if trained_before & set(rows["sample_id"].to_pylist()):
                     trained_prompts.add(rows["prompt_id"][0].as_py())
             elif group_id not in candidates and _sampled_by(rows) <= version:
                 candidates[group_id] = rows
     prompts = await _prompt_records(log, parent)
-    position = ForkPosition(version=version, trajectories_offset=offset, carried=[], pending=[],
+    position = ForkPosition(version=version, trajectories_offsets=offsets, carried=[], pending=[],
                             num_trained=len(trained_prompts), num_dropped=0,
                             num_undecodable=num_undecodable)
     for prompt_id, records in prompts.items():
@@ -117,6 +126,18 @@ async def plan_position(log: Log, parent: RunContext, history: History,
     order = {gid: i for i, gid in enumerate(candidates)}  # candidates keep log order
     position.carried.sort(key=lambda pr: order[pr[1]["group_id"][0].as_py()])
     return position
+
+
+async def _arrival_order(log: Log, stream: str) -> list[Record]:
+    """Every record of `stream`, its partitions merged as the trainer's reader merges a recorded
+    stream (consumers/trainer/reader.py): by (timestamp, partition, offset), each partition in
+    log order."""
+    records = await log.read_all(stream)
+    if await log.num_partitions(stream) == 1:
+        return records
+    return list(heapq.merge(*(
+        [r for r in records if r.partition == p] for p in sorted({r.partition for r in records})),
+        key=lambda r: (r.timestamp_ms, r.partition, r.offset)))
 
 
 def _sampled_by(rows: pa.RecordBatch) -> int:
