@@ -194,6 +194,24 @@ async def test_transact_appends_and_commits_together(make: LogFactory) -> None:
     assert [r.value for r in records] == [b"BatchFormed", b"TrainStep"]
 
 
+async def test_transact_commits_every_partition_together_or_none(make: LogFactory) -> None:
+    """The trainer's step over a partitioned trajectories stream: one transaction moves the
+    positions of several partitions with its appends, and a failed one moves none of them."""
+    log = await make()
+    traj, events = unique("traj"), unique("events")
+    await log.ensure_stream(traj, 2)
+    await log.ensure_stream(events, 1)
+    group = unique("trainer")
+    p0, p1 = StreamPartition(traj, 0), StreamPartition(traj, 1)
+    await log.transact(group, {p0: 3, p1: 5}, [Append(stream=events, value=b"batch-1")])
+    with pytest.raises((StreamNotFoundError, ValueError)):
+        await log.transact(group, {p0: 4, p1: 9}, [Append(stream=unique("missing"), value=b"x")])
+    await log.stop()
+    again = await make()
+    assert [await again.committed(group, traj, p) for p in (0, 1)] == [3, 5]
+    assert [r.value for r in await again.read(events, 0, 0, timeout_s=5)] == [b"batch-1"]
+
+
 async def test_a_failed_transact_leaves_nothing_behind(make: LogFactory) -> None:
     log = await make()
     events = unique("events")
