@@ -41,6 +41,7 @@ from streamrl.checkpoints import OPTIMIZER_FILE
 from streamrl.consumers.trainer.batch import TrainBatch
 from streamrl.consumers.trainer.compute import autocast
 from streamrl.consumers.trainer.learner import Learner, LearnerSetup
+from streamrl.consumers.trainer.megatron import convert
 from streamrl.consumers.trainer.megatron.convert import (
     hf_to_megatron,
     megatron_to_hf,
@@ -49,6 +50,7 @@ from streamrl.consumers.trainer.megatron.convert import (
 from streamrl.consumers.trainer.megatron.replay import replaying
 from streamrl.models import CausalLM, ModelConfig, fused_token_logprobs, load_checkpoint
 from streamrl.models.checkpoint import from_hf_names, save_checkpoint, to_hf_names
+from streamrl.models.rope import Llama3Rope
 
 
 def require_megatron() -> Any:
@@ -75,10 +77,14 @@ def initialize(seed: int = 0, port: int = 29518) -> None:
     model_parallel_cuda_manual_seed(seed)
 
 
-def transformer_config(config: ModelConfig, params_dtype: torch.dtype) -> Any:
-    from megatron.core.transformer.transformer_config import TransformerConfig
+def transformer_config(config: ModelConfig, params_dtype: torch.dtype, *,
+                       use_cpu_initialization: bool = False) -> Any:
+    from megatron.core.transformer.transformer_config import (
+        MLATransformerConfig,
+        TransformerConfig,
+    )
 
-    return TransformerConfig(
+    fields = dict(
         num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
         num_attention_heads=config.num_attention_heads,
         num_query_groups=config.num_key_value_heads, kv_channels=config.head_dim,
@@ -87,15 +93,43 @@ def transformer_config(config: ModelConfig, params_dtype: torch.dtype) -> Any:
         add_bias_linear=False, add_qkv_bias=config.qkv_bias, qk_layernorm=config.qk_norm,
         hidden_dropout=0.0,
         attention_dropout=0.0, params_dtype=params_dtype, bf16=params_dtype == torch.bfloat16,
-        attention_softmax_in_fp32=True, **_moe_fields(config))
+        attention_softmax_in_fp32=True, use_cpu_initialization=use_cpu_initialization,
+        **_moe_fields(config))
+    if config.is_mla:
+        return MLATransformerConfig(**fields | _mla_fields(config))
+    return TransformerConfig(**fields)
+
+
+def _mla_fields(config: ModelConfig) -> dict[str, Any]:
+    """MLATransformerConfig fields for DeepSeek-V3's attention. Every head has its own key, so
+    the query groups are the heads; `kv_channels` is the value width (the attention output's
+    per-head width); `qk_layernorm` builds the q/kv latent norms; rope or yarn as
+    `convert.megatron_unsupported` allows (the YaRN mscales mapped so both sides scale cos/sin
+    and the softmax alike)."""
+    s = config.rope_scaling
+    rope: dict[str, Any] = dict(rope_type="rope", mscale=1.0, mscale_all_dim=0.0)
+    if s is not None:  # YaRN (megatron_unsupported refuses the rest)
+        both = bool(s.mscale and s.mscale_all_dim)
+        rope = dict(rope_type="yarn", rotary_scaling_factor=s.factor,
+                    original_max_position_embeddings=s.original_max_position_embeddings,
+                    beta_fast=s.beta_fast, beta_slow=s.beta_slow,
+                    mscale=s.mscale if both else 1.0,
+                    mscale_all_dim=s.mscale_all_dim if both else 0.0)
+    return dict(
+        num_query_groups=config.num_attention_heads, kv_channels=config.v_head_dim,
+        qk_layernorm=True, q_lora_rank=config.q_lora_rank, kv_lora_rank=config.kv_lora_rank,
+        qk_head_dim=config.qk_nope_head_dim, qk_pos_emb_head_dim=config.qk_rope_head_dim,
+        v_head_dim=config.v_head_dim, rotary_base=config.rope_theta, apply_rope_fusion=False,
+        **rope)
 
 
 def _moe_fields(config: ModelConfig) -> dict[str, Any]:
-    """TransformerConfig fields that make megatron's MoE layers compute Qwen3-MoE's."""
+    """TransformerConfig fields that make megatron's MoE layers compute ours (Qwen3-MoE's
+    softmax router, or DeepSeek's sigmoid one)."""
     if not config.is_moe:
         return {}
     shared = config.shared_expert_intermediate_size
-    return dict(
+    fields = dict(
         num_moe_experts=config.num_experts, moe_router_topk=config.num_experts_per_tok,
         moe_ffn_hidden_size=config.moe_intermediate_size,
         moe_layer_freq=[int(i in config.moe_layers) for i in range(config.num_hidden_layers)],
@@ -105,11 +139,38 @@ def _moe_fields(config: ModelConfig) -> dict[str, Any]:
         moe_grouped_gemm=False, moe_permute_fusion=False, moe_token_dispatcher_type="allgather",
         moe_enable_routing_replay=True,
         moe_shared_expert_intermediate_size=shared or None, moe_shared_expert_gate=shared > 0)
+    if config.deepseek_moe:
+        fields |= _deepseek_router_fields(config)
+    return fields
+
+
+def _deepseek_router_fields(config: ModelConfig) -> dict[str, Any]:
+    """DeepSeek/GLM routing: sigmoid scores, the correction bias (a buffer, `expert_bias`)
+    added for choosing only, groups where they can matter, the routed scaling factor, an
+    ungated shared MLP of n_shared_experts * moe_intermediate_size; logits in fp32 as
+    transformers computes them (`_router_class`)."""
+    groups = convert.groups_matter(config)
+    shared = config.n_shared_experts * config.moe_intermediate_size
+    return dict(
+        moe_router_score_function="sigmoid", moe_router_pre_softmax=False,
+        moe_router_enable_expert_bias=True, moe_router_dtype="fp32",
+        moe_router_num_groups=config.n_group if groups else None,
+        moe_router_group_topk=config.topk_group if groups else None,
+        moe_router_topk_scaling_factor=config.routed_scaling_factor,
+        moe_shared_expert_intermediate_size=shared or None, moe_shared_expert_gate=False)
 
 
 def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) -> Any:
     """An (initialized, random) megatron GPTModel for `config` on the current CUDA device:
     local-spec layers, MoE ones where `config.moe_layers` says."""
+    return gpt_model(config, params_dtype).cuda()
+
+
+def gpt_model(config: ModelConfig, params_dtype: torch.dtype = torch.float32, *,
+              use_cpu_initialization: bool = False) -> Any:
+    """`build_gpt`'s model before it moves to CUDA (with `use_cpu_initialization`, its
+    parameters are made on the CPU); refuses what `megatron_unsupported` names before
+    importing megatron-core."""
     if (reason := megatron_unsupported(config)) is not None:
         raise ValueError(f"the megatron backend cannot express this {config.model_type} model: "
                          f"{reason}; use [trainer] backend = \"torch\"")
@@ -120,23 +181,32 @@ def build_gpt(config: ModelConfig, params_dtype: torch.dtype = torch.float32) ->
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
-    dense = get_gpt_layer_local_spec(qk_layernorm=config.qk_norm, normalization="RMSNorm")
+    # MLA's q/kv latent norms are its "qk_layernorm"
+    qk_norm = config.qk_norm or config.is_mla
+    dense = get_gpt_layer_local_spec(qk_layernorm=qk_norm, normalization="RMSNorm",
+                                     multi_latent_attention=config.is_mla)
     moe = get_gpt_layer_local_spec(num_experts=config.num_experts or None,
-                                   qk_layernorm=config.qk_norm, normalization="RMSNorm",
-                                   moe_grouped_gemm=False)
+                                   qk_layernorm=qk_norm, normalization="RMSNorm",
+                                   moe_grouped_gemm=False, multi_latent_attention=config.is_mla)
     if config.is_moe:
         moe.submodules.mlp.keywords["submodules"].router = _router_class()
+    if config.is_mla:
+        for layer in (dense, moe):
+            layer.submodules.self_attention.submodules.core_attention = _mla_core_attention()
     spec = TransformerBlockSubmodules(
         layer_specs=[moe if i in config.moe_layers else dense
                      for i in range(config.num_hidden_layers)],
         layer_norm=WrappedTorchNorm)  # torch RMSNorm for the final norm too
+    llama3 = isinstance(config.rope_scaling, Llama3Rope)
     gpt = GPTModel(
-        config=transformer_config(config, params_dtype), transformer_layer_spec=spec,
+        config=transformer_config(config, params_dtype,
+                                  use_cpu_initialization=use_cpu_initialization),
+        transformer_layer_spec=spec,
         vocab_size=config.vocab_size, max_sequence_length=config.max_position_embeddings,
         share_embeddings_and_output_weights=config.tie_word_embeddings,
         position_embedding_type="rope", rotary_base=int(config.rope_theta),
-        rotary_percent=1.0, rope_scaling=config.rope_scaling is not None,
-        rope_scaling_factor=config.rope_scaling.factor if config.rope_scaling else 8.0).cuda()
+        rotary_percent=config.partial_rotary_factor, rope_scaling=llama3,
+        rope_scaling_factor=config.rope_scaling.factor if llama3 else 8.0)
     # Each router registers its RouterReplay in a class-level list that would keep every model
     # ever built alive; `replay.py` drives a model's own instances instead.
     RouterReplay.global_router_replay_instances.clear()
@@ -153,24 +223,62 @@ def _router_class() -> type:
     Float16Module) and no autocast: under bf16 autocast over fp32 master weights, as this
     backend trains, its forward returns bf16 logits and its backward then multiplies a bf16
     gradient with the fp32 weight and fails. `F.linear` gives the logits the torch backend's
-    `nn.Linear` gate gives (a bf16 matmul under autocast, fp32 without) and autograd's own
-    backward. Everything after the logits (top-k, softmax, replay) is megatron's."""
+    `nn.Linear` gate gives (a bf16 matmul under autocast, fp32 without; always fp32 for the
+    DeepSeek-style router) and autograd's own backward. Everything after the logits (top-k,
+    softmax or sigmoid, replay) is megatron's."""
     global _ROUTER
     if _ROUTER is None:
         from megatron.core.transformer.moe.router import TopKRouter
 
         class Router(TopKRouter):
             def gating(self, input: Tensor) -> Tensor:
-                return F.linear(input, self.weight, self.bias)
+                if self.config.moe_router_dtype != "fp32":
+                    return F.linear(input, self.weight, self.bias)
+                # DeepSeek/GLM: fp32 logits whatever the autocast, as transformers'
+                # router (`F.linear(h.float(), weight.float())`)
+                with torch.autocast(input.device.type, enabled=False):
+                    return F.linear(input.float(), self.weight.float())
 
         _ROUTER = Router
     return _ROUTER
 
 
+_MLA_CORE: type | None = None
+
+
+def _mla_core_attention() -> type:
+    """megatron's local DotProductAttention for MLA's core attention.
+
+    MLASelfAttention builds its core attention with `k_channels` / `v_channels` (the q/k
+    head width nope + rope differs from v's), which only Transformer Engine's attention takes
+    in megatron-core 0.19. The local one computes the same thing for any q/k and v widths: its
+    scores use the query's own width, the given softmax scale (MLA's, yarn mscale included),
+    and its output width is `kv_channels` per head, which `_mla_fields` sets to v_head_dim."""
+    global _MLA_CORE
+    if _MLA_CORE is None:
+        from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+        class MLACoreAttention(DotProductAttention):
+            def __init__(self, config: Any, *args: Any, k_channels: int | None = None,
+                         v_channels: int | None = None, **kwargs: Any) -> None:
+                assert v_channels in (None, config.kv_channels), (v_channels, config.kv_channels)
+                super().__init__(config, *args, **kwargs)
+
+        _MLA_CORE = MLACoreAttention
+    return _MLA_CORE
+
+
+def state_tensors(model: Any) -> dict[str, Tensor]:
+    """The model's tensors that hold HF weights: its parameters and the DeepSeek routers'
+    correction bias (a persistent buffer, `mlp.router.expert_bias`)."""
+    return dict(model.named_parameters()) | {
+        n: b for n, b in model.named_buffers() if n.endswith("router.expert_bias")}
+
+
 def load_hf(model: Any, hf: Mapping[str, Tensor], config: ModelConfig) -> None:
     """Copy HF-named weights into `model` in place (names and shapes checked first)."""
     state = hf_to_megatron(hf, config)
-    params = dict(model.named_parameters())
+    params = state_tensors(model)
     if set(params) != set(state):
         raise ValueError(f"GPTModel parameters differ from the conversion: only in the model "
                          f"{sorted(set(params) - set(state))[:5]}, only converted "
@@ -181,7 +289,8 @@ def load_hf(model: Any, hf: Mapping[str, Tensor], config: ModelConfig) -> None:
 
 
 def to_hf(model: Any, config: ModelConfig) -> dict[str, Tensor]:
-    return megatron_to_hf({n: p.detach().clone() for n, p in model.named_parameters()}, config)
+    return megatron_to_hf({n: p.detach().clone() for n, p in state_tensors(model).items()},
+                          config)
 
 
 def logprobs(model: Any, tokens: Tensor, targets: Tensor, *, temperature: float = 1.0,
