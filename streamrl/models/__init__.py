@@ -1,5 +1,6 @@
 """streamrl's own decoder models, shared by producers and trainer: Llama 3.x, Mistral,
-Qwen2/Qwen2.5, Qwen3 and Qwen3-MoE, one decoder with per-family switches (`config.FAMILIES`).
+Qwen2/Qwen2.5, Qwen3, Qwen3-MoE, GLM-4.5 (`glm4_moe`) and DeepSeek-V3 / Kimi K2
+(`deepseek_v3`), one decoder with per-family switches (`config.FAMILIES`).
 
     model = load_checkpoint("path/to/hf_checkpoint")          # CausalLM, fp32 on CPU
     out = model(tokens, positions)                            # out.logits: [B, T, vocab]

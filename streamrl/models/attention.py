@@ -1,5 +1,7 @@
-"""Grouped-query self-attention through torch SDPA, with the families' switches: Qwen3's
-per-head q/k RMSNorm (`config.qk_norm`), q/k/v and o biases (`qkv_bias`, `o_bias`).
+"""Grouped-query self-attention through torch SDPA, with the families' switches: per-head q/k
+RMSNorm (`config.qk_norm`: Qwen3, GLM's `use_qk_norm`), q/k/v and o biases (`qkv_bias`,
+`o_bias`), and GLM's partial rotary (cos/sin narrower than a head turn only its first dims, see
+`layers.apply_rotary`). DeepSeek's multi-head latent attention is `mla.py`.
 
 Who may attend to whom is decided by the caller as one boolean mask per forward (see
 `segment_causal_mask` and `CacheStep.attention_mask`), so the same module serves packed

@@ -1,6 +1,7 @@
 """The decoder (every family of `config.FAMILIES`, dense and MoE) used by both the rollout
 engine and the trainer. Families differ only in switches read from the config (q/k norm,
-biases, rope scaling, sliding window); there is one class per role, not per family.
+biases, rope scaling, partial rotary, sliding window, the MoE router's style, multi-head latent
+attention); there is one class per role, not per family.
 
 One forward serves both roles; what differs is only what the caller passes:
 
