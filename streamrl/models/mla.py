@@ -11,7 +11,7 @@ its value. A head's key is [k_nope | k_rot], its query [q_nope | q_rot] from `q_
 
 What the cache holds is the latent alone, kv_lora_rank + qk_rope_head_dim numbers per token and
 layer (`KVCache.for_model` lays it out as one "head" of that width, with no v pool): 576 for
-DeepSeek-V3 against 2 x 128 heads x 192 = 49,152 for full per-head k/v.
+DeepSeek-V3 against 128 heads x (192 + 128) = 40,960 for full per-head k/v.
 
 Two ways to attend, equal in exact arithmetic (fp32 tests hold them within 1e-5):
 
