@@ -133,8 +133,10 @@ class SigmoidRouter(nn.Module):
         self.e_score_correction_bias = nn.Parameter(torch.zeros(E), requires_grad=False)
 
     def scores(self, x: Tensor) -> Tensor:
-        # x: [N, H] -> [N, E] fp32 sigmoid scores (logits in fp32, as transformers computes them)
-        return torch.sigmoid(F.linear(x.float(), self.weight.float()))
+        # x: [N, H] -> [N, E] fp32 sigmoid scores. Logits in fp32 as transformers computes them,
+        # also under autocast (which would run the linear in bf16 and move near-tied choices).
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sigmoid(F.linear(x.float(), self.weight.float()))
 
     def choose(self, scores: Tensor) -> Tensor:
         # scores: [N, E] -> ids: [N, k] long, best (bias-corrected) first
