@@ -84,7 +84,8 @@ def read_hf_config(config: RunConfig, recipe: Path, given: Path | None) -> dict[
 
 
 def _billions(n: float) -> str:
-    return f"{n / 1e9:,.2f} B"
+    """Billions to two decimals; a model under 10M parameters (a tiny twin) exactly."""
+    return f"{n / 1e9:,.2f} B" if n >= 1e7 else f"{int(n):,}"
 
 
 def print_plan(plan: Plan, console: Console, *, title: str) -> None:
