@@ -47,13 +47,14 @@ class Hooks:
     def resolve_all(self) -> Hooks:
         """Check every field now: a wrong path raises here, naming the recipe field. Each is
         resolved, except a trainer hook given by a built-in name (ADVANTAGES, LOSSES,
-        CORRECTIONS): its name is checked against its table here and resolved on first read,
+        CORRECTIONS) or its path: found in its table, it is resolved on first read,
         so a process that does not train never imports the trainer (tests/recipe resolve every
         table entry). A user's import path is always imported and checked against its type."""
         algorithm = self.config.trainer.algorithm
         built_in = {name for name, value, table in (
             ("advantage", algorithm.advantage, ADVANTAGES), ("loss", algorithm.loss, LOSSES),
-            ("correction", algorithm.correction, CORRECTIONS)) if value in table}
+            ("correction", algorithm.correction, CORRECTIONS))
+            if value in table or value in table.values()}
         for name in HOOK_FIELDS:
             if name not in built_in:
                 getattr(self, name)
