@@ -70,8 +70,9 @@ transformers sums the best 2, so group-limited routing is exact only when k / to
 or when the groups cannot matter (n_group == 1 or topk_group == n_group). MLA: megatron rotates
 interleaved pairs only (`rope_interleave = false` refused); of YaRN's settings, `truncate =
 false`, an explicit `attention_factor` and `mscale_all_dim` without `mscale` have no megatron
-counterpart. The weights of those still convert when their tensors exist; `build_gpt` refuses
-the model.
+counterpart; without `q_lora_rank` (DeepSeek-V2-Lite style; V3 and K2 have one) megatron's MLA
+needs a norm fused into linear_q_proj that the model has not. The weights of those still
+convert when their tensors exist; `build_gpt` refuses the model.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def megatron_unsupported(config: ModelConfig) -> str | None:
 
 def _rope_unsupported(config: ModelConfig) -> str | None:
     s = config.rope_scaling
+    if config.is_mla and config.q_lora_rank is None:
+        return ("MLA without `q_lora_rank` (a plain q_proj): megatron-core 0.19's MLA then wants "
+                "a norm fused before linear_q_proj, which DeepSeek has not, or drops the kv "
+                "latent norm")
     if config.is_mla and not config.rope_interleave:
         return ("`rope_interleave = false` with MLA: megatron's MLA rotates interleaved pairs "
                 "(2i, 2i + 1) only")
