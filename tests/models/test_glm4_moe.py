@@ -81,6 +81,8 @@ def test_config_reads_what_transformers_writes(glm: Tiny) -> None:
         ModelConfig.from_hf_dict({**raw, "n_group": 3})
     with pytest.raises(ValueError, match="topk_group"):
         ModelConfig.from_hf_dict({**raw, "topk_group": 5})
+    with pytest.raises(ValueError, match="scoring_func"):  # DeepSeek-V2's softmax router
+        ModelConfig.from_hf_dict({**raw, "scoring_func": "softmax"})
 
 
 def test_logits_and_routed_ids_match_transformers(glm: Tiny) -> None:
@@ -178,6 +180,8 @@ def test_routing_replay_reproduces_logprobs_and_trains_the_router(glm: Tiny) -> 
     replayed.logits.log_softmax(-1)[..., 0].sum().backward()
     router = model.model.layers[1].mlp.gate
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+    # The correction bias is loaded like a weight but never trained.
+    assert not router.e_score_correction_bias.requires_grad
     assert router.e_score_correction_bias.grad is None
 
 
