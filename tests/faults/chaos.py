@@ -39,9 +39,11 @@ async def assert_exactly_once(log: Log, ctx: RunContext) -> list[BatchFormed]:
     trained = [sid for b in batches for sid in b.sample_ids]
     assert len(trained) == len(set(trained)), "a sample was trained twice"
     rejected = {e.subject for e in events if isinstance(e, Rejected)}
-    committed = await log.committed(TRAINER_GROUP, ctx.streams.trajectories, 0)
-    assert committed is not None
-    covered = {sid for r in await log.read_all(ctx.streams.trajectories) if r.offset < committed
+    stream = ctx.streams.trajectories  # every partition (`[log] trajectory_partitions`)
+    committed = [await log.committed(TRAINER_GROUP, stream, p) or 0
+                 for p in range(await log.num_partitions(stream))]
+    assert any(committed)
+    covered = {sid for r in await log.read_all(stream) if r.offset < committed[r.partition]
                for sid in decode_trajectories(r.value)["sample_id"].to_pylist()}
     assert set(trained) <= covered, "trained a sample beyond the committed position"
     assert covered - set(trained) <= rejected, "a covered sample was neither trained nor rejected"

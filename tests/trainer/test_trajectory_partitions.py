@@ -16,12 +16,14 @@ import pytest
 
 from streamrl.audit import audit_run
 from streamrl.consumers.trainer.__main__ import train
+from streamrl.consumers.trainer.resume import read_history
 from streamrl.log import Append, Log, open_log
 from streamrl.log.file import FileLog
 from streamrl.recipe.config import ConfigError, load_recipe
 from streamrl.recipe.context import load_run_context, trajectory_partitions
 from streamrl.replay.exact import replay_exact
 from streamrl.run.driver import start_run
+from streamrl.run.fork_position import judged_offsets
 from streamrl.schemas import BatchFormed, decode_event, encode_trajectories, samples_to_batch
 from streamrl.schemas.integrity import digest_headers
 from streamrl.schemas.testing import make_group
@@ -82,6 +84,9 @@ async def check_trained_exactly_once(log: Log, run_id: str,
         end = await log.end_offset(streams.trajectories, p)
         assert await log.committed("trainer", streams.trajectories, p) == end
         assert formed[-1].consumed_to[p].offset == end
+    # a fork at version 2 starts each partition where the batch that made version 2 stopped
+    history = await read_history(log, await load_run_context(log, run_id))
+    assert judged_offsets(history, 2) == {0: 2, 1: 2}
     report = await replay_exact(log, run_id)
     assert report.ok and report.headline == (
         f"reproduced {MAX_VERSIONS}/{MAX_VERSIONS} versions bit-exactly"), report.headline
