@@ -29,7 +29,8 @@ from streamrl.models.config import FAMILIES
 from streamrl.models.moe import Experts
 from streamrl.plan import count_params, read_shape
 from streamrl.plan.twin import DROPPED, SIZES, twin_config
-from streamrl.schemas import batch_to_samples, decode_trajectories
+from streamrl.recipe.context import load_run_context
+from streamrl.schemas import Sample, batch_to_samples, decode_trajectories
 from streamrl.streams import RunStreams
 from tests.helpers import REPO, streamrl_here
 
@@ -142,14 +143,16 @@ def test_the_twin_checkpoint_is_small_grouped_and_planned_to_the_parameter(
     assert int(found.group(1).replace(",", "")) == numel
 
 
-def _samples(log_url: str, run_id: str) -> list:
-    async def read() -> list:
+def _recorded(log_url: str, run_id: str) -> tuple[Path, list[Sample]]:
+    """The run's version-0 checkpoint (as RunStarted names it) and every trained-on sample."""
+    async def read() -> tuple[Path, list]:
         async with open_log(log_url) as log:
-            return await log.read_all(RunStreams(run_id).trajectories)
+            context = await load_run_context(log, run_id)
+            return context.init_checkpoint, await log.read_all(RunStreams(run_id).trajectories)
 
-    records = aio.run(read())
+    initial, records = aio.run(read())
     assert records
-    return [s for r in records for s in batch_to_samples(decode_trajectories(r.value))]
+    return initial, [s for r in records for s in batch_to_samples(decode_trajectories(r.value))]
 
 
 @pytest.mark.slow
@@ -165,7 +168,7 @@ def test_the_twin_runs_with_routing_replay_and_replays_bit_exactly(
     assert code == 0, stderr[-4000:] + stdout[-2000:]
 
     # Captured: every response token's top-k set of every MoE layer, with the twin's expert count.
-    samples = _samples(log_url, run_id)
+    initial, samples = _recorded(log_url, run_id)
     for s in samples:
         routing = np.asarray(s.routed_experts)
         assert s.moe_num_experts == shape.num_experts
@@ -178,7 +181,6 @@ def test_the_twin_runs_with_routing_replay_and_replays_bit_exactly(
     batch = build_batch(first)
     assert batch.forced_routing is not None and batch.routing_mask is not None
     assert int(batch.routing_mask.sum()) == sum(len(s.response_tokens) for s in first)
-    [initial] = Path(runs, "cache").glob("init-*")
     model = load_checkpoint(initial)
     with torch.no_grad():
         out = model(batch.tokens, batch.positions, forced_routing=batch.forced_routing,
