@@ -2,7 +2,10 @@
 
 Each writes the twin of the config.json beside its recipe: the same architecture at tiny sizes
 (`streamrl.plan.twin.twin_config`), the arithmetic recipe's character vocabulary, random init
-seeded by `run.seed`, saved by streamrl's own `save_checkpoint` (about 1 MB).
+seeded by `run.seed`, saved by streamrl's own `save_checkpoint` (about 1 MB). `streamrl run`
+caches it under runs/cache keyed by this file's source, the `[model]` section and the seed
+(streamrl/run/init.py): after editing streamrl/plan/twin.py or a config.json here, delete the
+cached `init-*` directories.
 
     python -m recipes.frontier.twins kimi_k2 runs/kimi-k2-twin     # the same, by hand
 """
