@@ -15,7 +15,6 @@ from streamrl.hooks.generation import GenerationRequest, SamplingParams
 from streamrl.models import KVCache, ModelConfig, load_checkpoint, save_checkpoint
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.layers import RotaryEmbedding
-from streamrl.models.logprobs import token_logprobs
 from streamrl.models.mla import MLAttention
 from streamrl.models.rope import (
     YarnRope,
@@ -249,36 +248,3 @@ def test_engine_caches_latents_and_logprobs_equal_trainer(tiny: Tiny) -> None:
         assert r.routed_experts is not None
         np.testing.assert_array_equal(routed[len(r.prompt_tokens) - 1 : -1], r.routed_experts)
 
-
-def _scored_on_device(model, result) -> np.ndarray:
-    """Teacher-forced logprobs of `result`'s response on the model's own device and dtype."""
-    device = model.lm_head.weight.device
-    P = len(result.prompt_tokens)
-    tokens = torch.from_numpy(np.concatenate([result.prompt_tokens, result.response_tokens]))
-    tokens = tokens.long().to(device)
-    with torch.inference_mode():
-        hidden = model(tokens[None], torch.arange(len(tokens), device=device)[None],
-                       return_hidden=True).hidden[0, P - 1 : -1]
-        logp, _ = token_logprobs(hidden, model.lm_head.weight, tokens[P:], temperature=1.0)
-    return logp.float().cpu().numpy()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize(("dtype", "atol", "mean_atol"),
-                         [("float32", 1e-4, 1e-5), ("bfloat16", 0.15, 0.03)])
-def test_engine_on_cuda_decodes_mla_eagerly_like_the_trainer(
-        tiny: Tiny, dtype: str, atol: float, mean_atol: float) -> None:
-    """On a GPU, `decode="auto"` falls back to the eager path for MLA, and the latent cache's
-    logprobs equal a teacher-forced forward on the same device: fp32 to 1e-4 (CUDA's SDPA
-    kernels differ between prefill and decode), bf16 to rounding (on CPU this tiny model's
-    bf16 gap is 0.056 at most, 0.008 on average)."""
-    config = EngineConfig(max_batch_size=4, max_seq_len=64, kv_block_size=16, device="cuda",
-                          dtype=dtype, decode="auto")
-    eng = TorchEngine(load_checkpoint(tiny.path), config)
-    assert eng._fused is None
-    params = SamplingParams(max_new_tokens=12, temperature=1.0)
-    requests = [GenerationRequest(request_id=f"c{i}", prompt_tokens=prompt(5 + 7 * i, seed=i),
-                                  params=params) for i in range(4)]
-    gaps = np.concatenate([np.abs(_scored_on_device(eng.model, r) - r.logprobs)
-                           for r in eng.generate(requests)])
-    assert gaps.max() <= atol and gaps.mean() <= mean_atol
