@@ -97,6 +97,15 @@ def test_a_full_q_projection_stays_full_in_the_twin() -> None:
     assert read_shape(twin_config(raw, vocab_size=20)).q_lora_rank is None
 
 
+def test_a_sparse_layer_pattern_is_kept_until_two_moe_layers() -> None:
+    raw = original("qwen3_30b_a3b") | {"decoder_sparse_step": 2, "mlp_only_layers": [0, 47]}
+    tiny = twin_config(raw, vocab_size=20)
+    assert (tiny["num_hidden_layers"], tiny["mlp_only_layers"]) == (4, [0])
+    assert read_shape(tiny).moe_layers == (1, 3)
+    with pytest.raises(ValueError, match="too sparse for a tiny twin"):
+        twin_config(raw | {"decoder_sparse_step": 9}, vocab_size=20)
+
+
 def test_the_qwen3_235b_twin_is_the_qwen3_30b_twin(tmp_path: Path) -> None:
     """Qwen3-235B-A22B and Qwen3-30B-A3B differ only in sizes: their twins are one model (the
     same config, the same checkpoint bytes for a seed) under the same recipe, so the 30B twin's
