@@ -219,11 +219,12 @@ def test_save_load_in_transformers_is_exact(tiny: Tiny, tmp_path: Path) -> None:
 
 
 def test_engine_caches_latents_and_logprobs_equal_trainer(tiny: Tiny) -> None:
-    """The paged engine with prefix sharing (a group of equal prompts) and prefix caching (a
-    next turn) holds a pool of latent rows, sized by latent bytes; every sample's logprobs
-    equal a teacher-forced forward, and replaying its recorded routing reproduces them."""
-    config = EngineConfig(max_batch_size=3, max_seq_len=64, kv_block_size=4,
-                          prefix_sharing=True, prefix_caching=True)
+    """The paged engine with prefix sharing (a group of equal prompts), prefix caching (a
+    next turn) and preemption (a pool too small for all) holds a pool of latent rows, sized by
+    latent bytes; every sample's logprobs equal a teacher-forced forward, and replaying its
+    recorded routing reproduces them."""
+    config = EngineConfig(max_batch_size=3, max_seq_len=64, kv_block_size=4, kv_blocks=17,
+                          prefix_sharing=True, prefix_caching=True)  # 17: one sequence's worth
     eng = TorchEngine(load_checkpoint(tiny.path), config)
     c = eng.model.config
     assert eng.cache.k.shape[-2:] == (1, c.kv_lora_rank + c.qk_rope_head_dim)
@@ -231,15 +232,16 @@ def test_engine_caches_latents_and_logprobs_equal_trainer(tiny: Tiny) -> None:
     assert KVCache.bytes_per_block(c, 4, torch.float32) == 3 * 4 * (32 + 8) * 4
 
     def ask(name: str, tokens: list[int]) -> GenerationRequest:
-        params = SamplingParams(max_new_tokens=6, temperature=1.0)
+        params = SamplingParams(max_new_tokens=8, temperature=1.0)
         return GenerationRequest(request_id=name, prompt_tokens=tokens, params=params)
 
-    group = [ask(f"g{i}", prompt(13, seed=1)) for i in range(2)] + [ask("o", prompt(21, seed=2))]
+    group = [ask(f"g{i}", prompt(13, seed=1)) for i in range(2)] + [ask("o", prompt(33, seed=2))]
     results = eng.generate(group)
     first = results[0]
     follow_up = [*first.prompt_tokens.tolist(), *first.response_tokens.tolist(), 7, 8, 9]
     results += eng.generate([ask("next", follow_up)])
     assert eng.stats["num_cached_prefix_tokens"] > 0  # the next turn reused cached latents
+    assert eng.stats["num_preemptions"] > 0
     for r in results:
         logp, routed, _ = teacher_forced(eng.model, r, 1.0)
         assert np.abs(logp - r.logprobs).max() <= LOGPROB_ATOL
