@@ -3,6 +3,11 @@
     python -m streamrl.consumers.trainer --log URL --run RUN
     python -m producers --log URL --run RUN --index I --num-producers N
 
+`Prestarted` starts them before the run exists (`--await-run`: they import torch and their
+modules while `streamrl run` checks the recipe, then wait for the run id on stdin,
+streamrl/prestart.py); a `LocalLauncher` given them hands each its run id instead of spawning it,
+and `close()` ends the ones the run did not use (SIGTERM: they have opened nothing).
+
 A producer is stopped with SIGTERM (it finishes its decoding step, writes ProducerLeft and
 exits). A child that dies (killed, crashed) is started again after RESTART_DELAY_S and resumes
 from the log, as Ray restarts an actor; after MAX_RESTARTS restarts of one role the run ends with
@@ -27,12 +32,68 @@ MAX_RESTARTS = 5  # per role and index, over the run: a crash loop still ends th
 RESTART_DELAY_S = 2.0  # lets a broker or a lock holder that took the child down come back
 
 
-async def spawn(module: str, *args: str,
-                extra_env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+TRAINER, PRODUCERS = "streamrl.consumers.trainer", "streamrl.producers"
+
+
+async def spawn(module: str, *args: str, extra_env: dict[str, str] | None = None,
+                stdin: int | None = None) -> asyncio.subprocess.Process:
     """`python -m module args` with one torch thread: processes share the machine's cores."""
     env = {**os.environ, **NVLINK_MULTICAST_OFF, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            **(extra_env or {})}
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env)
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", module, *args, env=env,
+                                                stdin=stdin)
+
+
+class Prestarted:
+    """The trainer and producers 0..n-1 of a run not yet started, importing meanwhile; each
+    waits for its run id (`--await-run`). Taken by a `LocalLauncher`, or ended by `close()`."""
+
+    def __init__(self) -> None:
+        self.trainer: asyncio.subprocess.Process | None = None
+        self.producers: dict[tuple[int, int], asyncio.subprocess.Process] = {}  # (index, n)
+
+    @classmethod
+    async def start(cls, log_url: str, num_producers: int) -> Prestarted:
+        self = cls()
+        common = ("--log", log_url, "--await-run")
+        self.trainer = await spawn(TRAINER, *common, stdin=asyncio.subprocess.PIPE)
+        for index in range(num_producers):
+            self.producers[(index, num_producers)] = await spawn(
+                PRODUCERS, *common, "--index", str(index), "--num-producers",
+                str(num_producers), stdin=asyncio.subprocess.PIPE)
+        return self
+
+    async def take_trainer(self, run_id: str) -> asyncio.subprocess.Process | None:
+        proc, self.trainer = self.trainer, None
+        return await _hand_run_id(proc, run_id) if proc is not None else None
+
+    async def take_producer(self, index: int, num_producers: int,
+                            run_id: str) -> asyncio.subprocess.Process | None:
+        proc = self.producers.pop((index, num_producers), None)
+        return await _hand_run_id(proc, run_id) if proc is not None else None
+
+    async def close(self) -> None:
+        """End every process not taken: none has opened the log yet."""
+        procs = [p for p in (self.trainer, *self.producers.values()) if p is not None]
+        self.trainer, self.producers = None, {}
+        for proc in procs:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        await asyncio.gather(*(stop_process(p, timeout_s=10.0) for p in procs))
+
+
+async def _hand_run_id(proc: asyncio.subprocess.Process,
+                       run_id: str) -> asyncio.subprocess.Process | None:
+    """The process, told its run id; None if it is gone (the caller spawns a fresh one)."""
+    assert proc.stdin is not None, "a prestarted process reads its run id from stdin"
+    try:
+        proc.stdin.write(f"{run_id}\n".encode())
+        await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        await stop_process(proc)
+        return None
+    return proc
 
 
 async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP_TIMEOUT_S,
@@ -50,21 +111,34 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = STOP
 class LocalLauncher:
     kind = "local"
 
-    def __init__(self, log_url: str, run_id: str, *, role_env: RoleEnv | None = None) -> None:
+    def __init__(self, log_url: str, run_id: str, *, role_env: RoleEnv | None = None,
+                 prestarted: Prestarted | None = None) -> None:
+        self.run_id = run_id
         self.common = ("--log", log_url, "--run", run_id)
         self.role_env = role_env  # extra environment per process (disaggregated.py)
+        assert prestarted is None or role_env is None, "a prestarted process has no role env"
+        self.prestarted = prestarted  # used for the first start of each role, if still alive
         self.trainer: asyncio.subprocess.Process | None = None
         self.producers: dict[int, tuple[int, asyncio.subprocess.Process]] = {}  # index -> (n, p)
         self.restarts: dict[str, int] = {}
 
     async def start_trainer(self) -> None:
-        self.trainer = await spawn("streamrl.consumers.trainer", *self.common,
+        if self.prestarted is not None:
+            self.trainer = await self.prestarted.take_trainer(self.run_id)
+            if self.trainer is not None:
+                return
+        self.trainer = await spawn(TRAINER, *self.common,
                                    extra_env=self.role_env("trainer", 0, 0) if self.role_env
                                    else None)
 
     async def start_producer(self, index: int, num_producers: int) -> None:
         assert index not in self.producers, f"producer {index} is already running"
-        proc = await spawn("streamrl.producers", *self.common, "--index", str(index),
+        if self.prestarted is not None:
+            proc = await self.prestarted.take_producer(index, num_producers, self.run_id)
+            if proc is not None:
+                self.producers[index] = (num_producers, proc)
+                return
+        proc = await spawn(PRODUCERS, *self.common, "--index", str(index),
                            "--num-producers", str(num_producers),
                            extra_env=self.role_env("producer", index, num_producers)
                            if self.role_env else None)
@@ -113,6 +187,8 @@ class LocalLauncher:
         return out
 
     async def close(self) -> None:
+        if self.prestarted is not None:
+            await self.prestarted.close()
         procs = [p for _, p in self.producers.values()]
         if self.trainer is not None:
             procs.append(self.trainer)
