@@ -18,25 +18,20 @@ import contextlib
 import json
 import sys
 import time
+import tomllib
 from pathlib import Path
-
-import msgspec
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from streamrl import aio
-from streamrl.checkpoints import checkpoint_dir
-from streamrl.consumers.trainer.resume import ResumeError
-from streamrl.hooks.run import EvalRequest
-from streamrl.launch import Launcher, LaunchError
-from streamrl.launch.exhaustion import PromptsExhausted
-from streamrl.log import open_log
-from streamrl.recipe.config import ConfigError, RunConfig, load_recipe
-from streamrl.recipe.context import RunContext, load_run_context
-from streamrl.recipe.hooks import Hooks
-from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
-from streamrl.run.fork import ForkError, parse_fork_spec
-from streamrl.run.monitor import eval_metrics, plot_reward
+
+if TYPE_CHECKING:  # the run's modules import torch: imported when the command runs (below)
+    from rich.table import Table
+
+    from streamrl.launch import Launcher
+    from streamrl.launch.local import Prestarted
+    from streamrl.recipe.config import RunConfig
+    from streamrl.recipe.context import RunContext
+    from streamrl.recipe.hooks import Hooks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,18 +64,60 @@ def _max_versions(text: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config, hooks = load_recipe(args.recipe)
-        config = _with_overrides(config, args)  # overrides touch no hook path
-        args.fork = parse_fork_spec(args.fork) if args.fork is not None else None
-    except (ConfigError, ForkError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     args.runs_dir = Path(args.runs_dir).absolute()  # processes may start elsewhere
-    return aio.run(_run(args, config, hooks))
+    return aio.run(_main(args, _num_prestarted(args)))
+
+
+async def _main(args: argparse.Namespace, num_prestarted: int | None) -> int:
+    """The trainer and producers start first (`Prestarted`: they import torch meanwhile), then
+    the recipe is checked; a refused recipe ends them before they have touched the log."""
+    prestarted = None
+    if num_prestarted is not None:
+        from streamrl.launch.local import Prestarted
+
+        prestarted = await Prestarted.start(args.log, num_prestarted)
+    try:
+        from streamrl.recipe.config import ConfigError, load_recipe
+        from streamrl.run.fork import ForkError, parse_fork_spec
+
+        try:
+            config, hooks = load_recipe(args.recipe)
+            config = _with_overrides(config, args)  # overrides touch no hook path
+            args.fork = parse_fork_spec(args.fork) if args.fork is not None else None
+        except (ConfigError, ForkError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return await _run(args, config, hooks, prestarted)
+    finally:
+        if prestarted is not None:  # what the run did not take (LocalLauncher.close: the rest)
+            await prestarted.close()
+
+
+def _num_prestarted(args: argparse.Namespace) -> int | None:
+    """How many producers to start with the trainer before the recipe is checked, or None:
+    not with Ray or external producers, nor with the broadcast weight transport (its processes
+    get their rank in the environment). The recipe is only peeked at here (`load_recipe` checks
+    it): a wrong guess costs an unused process, ended when the run starts."""
+    if args.ray is not None or args.external_producers:
+        return None
+    try:
+        with open(args.recipe, "rb") as f:
+            peek: dict[str, Any] = tomllib.load(f)
+        transport = args.weights_transport or peek.get("weights", {}).get("transport")
+        num_producers = args.producers or peek.get("rollout", {}).get("num_producers", 1)
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        return None  # load_recipe says what is wrong
+    if transport == "broadcast" or not isinstance(num_producers, int) or not (
+            0 < num_producers <= 64):
+        return None
+    return num_producers
 
 
 def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    import msgspec
+
+    from streamrl.recipe.config import ConfigError, RunConfig
+
     data = msgspec.to_builtins(config)
     if args.producers is not None:
         data["rollout"]["num_producers"] = args.producers
@@ -94,7 +131,23 @@ def _with_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         raise ConfigError(f"{args.recipe} with command-line overrides: {error}") from None
 
 
-async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int:
+async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks,
+               prestarted: Prestarted | None) -> int:
+    import msgspec
+    from rich.console import Console
+
+    from streamrl.checkpoints import checkpoint_dir
+    from streamrl.consumers.trainer.resume import ResumeError
+    from streamrl.hooks.run import EvalRequest
+    from streamrl.launch import LaunchError
+    from streamrl.launch.exhaustion import PromptsExhausted
+    from streamrl.log import open_log
+    from streamrl.recipe.config import ConfigError
+    from streamrl.recipe.context import load_run_context
+    from streamrl.run.driver import RunExists, RunStopped, start_run, supervise
+    from streamrl.run.fork import ForkError
+    from streamrl.run.monitor import eval_metrics, plot_reward
+
     console = Console()
     run_id = args.run or f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     evaluate = hooks.evaluate
@@ -126,7 +179,8 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
         t0 = time.monotonic()
         with v0:
             try:
-                monitor = await supervise(ctx, args.log, log, _launcher(args, ctx))
+                monitor = await supervise(ctx, args.log, log,
+                                          _launcher(args, ctx, prestarted))
             except RunStopped as stopped:
                 console.print(f"[yellow]{stopped}[/yellow]")
                 return 143
@@ -161,8 +215,16 @@ async def _run(args: argparse.Namespace, config: RunConfig, hooks: Hooks) -> int
     return 0
 
 
-def _launcher(args: argparse.Namespace, ctx: RunContext) -> Launcher | None:
-    """Ray actors with `--ray`; None means local processes (the default)."""
+def _launcher(args: argparse.Namespace, ctx: RunContext,
+              prestarted: Prestarted | None) -> Launcher | None:
+    """Ray actors with `--ray`; local processes otherwise (None: the driver's default), using
+    the prestarted ones where the checked recipe starts them as they are."""
+    if prestarted is not None:
+        from streamrl.launch.disaggregated import role_env
+        from streamrl.launch.local import LocalLauncher
+
+        if role_env(ctx.config) is None:
+            return LocalLauncher(args.log, ctx.run_id, prestarted=prestarted)
     if args.external_producers:
         from streamrl.launch.compose import ExternalProducers
 
@@ -182,6 +244,10 @@ def _headline(metrics: dict[str, float]) -> float:
 
 def _summary(steps: list, evals: dict[str, float], wall: float, rejected: dict,
              periodic: list) -> Table:
+    from rich.table import Table
+
+    from streamrl.run.monitor import eval_metrics
+
     table = Table(title="run summary", title_justify="left")
     table.add_column("what")
     table.add_column("value", justify="right")
