@@ -2,6 +2,7 @@
 
     python -m bench.profile_version                        # this checkout, 8 versions
     python -m bench.profile_version --versions 8 --checkout /tmp/before --checkout .
+    python -m bench.profile_version --versions 3 --repeat 3 --checkout /tmp/before --checkout .
 
 Each `--checkout` (a git worktree of another commit, e.g. `git worktree add /tmp/before HEAD~1`)
 runs the same recipe on the same warm start (`recipes.gsm8k.prepare`, cached) one after the
@@ -12,7 +13,9 @@ run's first event was written (`RunStarted`), when the producer joined, when the
 generation began (its `started_at`: the prompt's prefill, i.e. the first generated token less
 one prefill) and when the first version was committed; per version: the interval between
 committed versions (steady: the median after the first two), the learner's `step_ms` and the
-weight copy. Writes the `profile_version` section of BENCHMARKS.md (`--no-write`: print only).
+weight copy. `--repeat N` runs the checkouts N times, interleaved (before, after, before, ...),
+and adds a line of each checkout's medians, first against last (other jobs' load varies).
+Writes the `profile_version` section of BENCHMARKS.md (`--no-write`: print only).
 """
 
 from __future__ import annotations
@@ -217,11 +220,32 @@ def _med(values: list[float]) -> str:
     return f"{statistics.median(values):.0f}" if values else "-"
 
 
-def render(timelines: list[Timeline], versions: int) -> str:
+STARTUP = (("RunStarted", "run_started_s"), ("producer joined", "producer_joined_s"),
+           ("first token", "first_token_s"), ("first version", "first_version_s"))
+
+
+def before_after(timelines: list[Timeline]) -> str:
+    """Medians per checkout, the first checkout's against the last's."""
+    by: dict[str, list[Timeline]] = {}
+    for t in timelines:
+        by.setdefault(t.checkout, []).append(t)
+    (first, a), (last, b) = next(iter(by.items())), list(by.items())[-1]
+
+    def med(rows: list[Timeline], key: str) -> float:
+        return statistics.median(getattr(t, key) for t in rows)
+
+    parts = [f"{name} {med(a, key):.1f} → {med(b, key):.1f} s" for name, key in STARTUP]
+    parts.append(f"steady {med(a, 'steady_ms'):.0f} → {med(b, 'steady_ms'):.0f} ms/version")
+    return (f"Before → after (medians of {len(a)} and {len(b)} runs; before: {first}, after: "
+            f"{last}): " + ", ".join(parts) + ".")
+
+
+def render(timelines: list[Timeline], versions: int, repeat: int = 1) -> str:
     info = machine_info()
+    flags = f"--versions {versions}" + (f" --repeat {repeat}" if repeat > 1 else "")
     lines = [
         f"{info['date']} · {info['machine']} · Python {info['python']} · "
-        f"`python -m bench.profile_version --versions {versions}`; other jobs shared the 2 "
+        f"`python -m bench.profile_version {flags}`; other jobs shared the 2 "
         "cores (load average per row: compare rows of one run, not across runs)", "",
         "`recipes/gsm8k/recipe.toml` without evaluations, file log, one producer and the "
         "trainer (1 torch thread each); seconds from the launch of `streamrl run`.", "",
@@ -234,6 +258,8 @@ def render(timelines: list[Timeline], versions: int) -> str:
             f"{t.first_token_s:.1f} | {t.first_version_s:.1f} | {t.steady_ms:.0f} | "
             f"{_med(t.step_ms)} | {_med(t.weights_copy_ms)} | {t.wall_s:.1f} | "
             f"{t.load_before:.1f} → {t.load_after:.1f} |")
+    if len({t.checkout for t in timelines}) > 1:
+        lines += ["", before_after(timelines)]
     return "\n".join(lines)
 
 
@@ -263,6 +289,8 @@ def main() -> None:
     p.add_argument("--versions", type=int, default=8)
     p.add_argument("--checkout", action="append", type=Path, default=None,
                    help="a checkout to run (repeat; default: this one)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the checkouts this many times, interleaved")
     p.add_argument("--no-write", action="store_true", help="print, do not write BENCHMARKS.md")
     p.add_argument("--ab", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), default=None,
                    help="instead: the two overhead fixes before/after in one run: a fresh "
@@ -277,10 +305,10 @@ def main() -> None:
         return
     checkouts = [c.resolve() for c in (args.checkout or [ROOT])]
     timelines = []
-    for i, checkout in enumerate(checkouts):
+    for i, checkout in enumerate(checkouts * args.repeat):
         timelines.append(profile(checkout, args.versions, i))
         print(msgspec.json.encode(timelines[-1]).decode(), flush=True)
-    text = render(timelines, args.versions)
+    text = render(timelines, args.versions, args.repeat)
     print(text)
     if not args.no_write:
         replace_section("profile_version", text)
