@@ -1,6 +1,6 @@
-"""megatron-core GPTModel for the same HF config (Qwen3, Qwen3-MoE, Qwen2, Llama 3.x, Mistral;
-`convert.megatron_unsupported` names what it cannot express), and a learner that trains it
-with the same GRPO step as the torch backend.
+"""megatron-core GPTModel for the same HF config (Qwen3, Qwen3-MoE, Qwen2, Llama 3.x, Mistral,
+GLM-4.5, DeepSeek-V3 / Kimi K2; `convert.megatron_unsupported` names what it cannot express),
+and a learner that trains it with the same GRPO step as the torch backend.
 
     pip install 'streamrl[megatron]'   # megatron-core; its forward needs CUDA
     initialize()                        # one-rank process group + megatron's model parallel state
@@ -21,10 +21,12 @@ when `norm_topk_prob`; megatron's `moe_router_pre_softmax=False` takes the top-k
 and a softmax over those k, which is the same renormalized distribution (softmax is monotone),
 and `moe_router_pre_softmax=True` is softmax then top-k without renormalizing. No aux loss, no
 z-loss, no jitter, no capacity dropping, unfused router (the fused path bypasses replay):
-exactly the torch backend's MoE. Routing replay goes through megatron's own RouterReplay
-(`replay.py`). Checkpoints are HF checkpoints plus megatron-ordered AdamW state (`save`,
-`from_checkpoint`). Limits: tensor, pipeline and expert parallel size 1, unpacked batches
-(megatron's RoPE counts positions per row).
+exactly the torch backend's MoE. GLM-4.5 / DeepSeek-V3: the sigmoid router with its correction
+bias, groups, scaling factor and ungated shared experts (`_deepseek_router_fields`); DeepSeek's
+MLA through megatron's MLASelfAttention (`_mla_fields`, `_mla_core_attention`). Routing replay
+goes through megatron's own RouterReplay (`replay.py`). Checkpoints are HF checkpoints plus
+megatron-ordered AdamW state (`save`, `from_checkpoint`). Limits: tensor, pipeline and expert
+parallel size 1, unpacked batches (megatron's RoPE counts positions per row).
 """
 
 from __future__ import annotations
