@@ -23,18 +23,19 @@ import time
 from bench.common import RESULTS, machine_info, replace_section
 from bench.log_throughput import GROUP, VOCAB, encode, groups, make_samples
 from streamrl import aio
-from streamrl.consumers.trainer.reader import TrajectoryReader
 from streamrl.log import Append, open_log
 from streamrl.schemas import decode_trajectories
 
 WINDOW = 4  # appends each producer keeps in flight
 
 
-def _producer(url: str, stream: str, index: int, num_rows: int, start: mp.Event) -> None:
+def _producer(url: str, stream: str, index: int, num_rows: int, ready: mp.Queue,
+              start: mp.Event) -> None:
     messages = [encode(g) for g in groups(make_samples(num_rows, moe=True, seed=index))]
 
     async def produce() -> None:
         async with open_log(url, writer_id=f"bench-producer-{index}") as log:
+            ready.put(index)
             start.wait()
             inflight: collections.deque[asyncio.Task] = collections.deque()
             for i, value in enumerate(messages):
@@ -48,12 +49,16 @@ def _producer(url: str, stream: str, index: int, num_rows: int, start: mp.Event)
     aio.run(produce())
 
 
-def _consumer(url: str, stream: str, num_rows: int, start: mp.Event, out: mp.Queue) -> None:
+def _consumer(url: str, stream: str, num_rows: int, ready: mp.Queue, start: mp.Event,
+              out: mp.Queue) -> None:
+    from streamrl.consumers.trainer.reader import TrajectoryReader  # imports torch: not timed
+
     async def consume() -> None:
         async with open_log(url) as log:
             reader = TrajectoryReader(log, stream, finite=False, page=16)
             offsets: dict[int, int] = {}
             per_partition: collections.Counter[int] = collections.Counter()
+            ready.put("consumer")
             start.wait()
             seen = 0
             while seen < num_rows:
@@ -77,14 +82,17 @@ def end_to_end(url: str, stream: str, partitions: int, producers: int,
 
     aio.run(prepare())
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_producer, args=(url, stream, i, rows_per_producer, start))
+    start, ready, out = ctx.Event(), ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_producer, args=(url, stream, i, rows_per_producer, ready,
+                                                 start))
              for i in range(producers)]
     procs.append(ctx.Process(target=_consumer, args=(url, stream, producers * rows_per_producer,
-                                                     start, out)))
+                                                     ready, start, out)))
     for p in procs:
         p.start()
-    time.sleep(8.0)  # imported, connected and holding their data before the clock starts
+    for _ in procs:  # every process imported, connected and holding its data
+        ready.get(timeout=600)
+    time.sleep(0.5)
     t0 = time.perf_counter()
     start.set()
     counts = out.get(timeout=600)

@@ -15,6 +15,7 @@ With one partition this is the plain log order, read in pages of `page` records.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 
@@ -26,7 +27,10 @@ class TrajectoryReader:
                  wait_s: float = 1.0, poll_s: float = 0.05) -> None:
         self.log, self.stream, self.finite = log, stream, finite
         self.page = page
-        self.wait_s = wait_s  # a live read of an idle stream waits this long in all
+        # A live read of an idle stream waits up to `wait_s` on one partition; with several,
+        # every partition waits at once for 2 * `poll_s` (a read is never cancelled: a
+        # cancelled Kafka fetch could drop records it had taken), and the caller asks again.
+        self.wait_s = wait_s
         self.poll_s = poll_s  # an empty partition is polled at most this often meanwhile
         self._buffers: list[deque[Record]] = []
         self._ended: set[int] = set()  # finite: partitions read to their end
@@ -47,7 +51,8 @@ class TrajectoryReader:
             self._polled = [0.0] * n
         await self._refill(offsets, wait_s=0.0)
         if not any(self._buffers) and not self.finite:
-            await self._refill(offsets, wait_s=self.wait_s / self.num_partitions)
+            await self._refill(offsets, wait_s=self.wait_s if self.num_partitions == 1
+                               else 2 * self.poll_s)
         heads = [b[0] for b in self._buffers if b]
         if not heads:
             return None
@@ -57,14 +62,14 @@ class TrajectoryReader:
     async def _refill(self, offsets: dict[int, int], *, wait_s: float) -> None:
         now = time.monotonic()
         idle = not any(self._buffers)
-        for p, buffer in enumerate(self._buffers):
-            if buffer or p in self._ended:
-                continue
-            if not (self.finite or idle or now - self._polled[p] >= self.poll_s):
-                continue
+        due = [p for p, buffer in enumerate(self._buffers)
+               if not buffer and p not in self._ended
+               and (self.finite or idle or now - self._polled[p] >= self.poll_s)]
+        pages = await asyncio.gather(*(  # partitions are read independently, at once
+            self.log.read(self.stream, p, offsets.get(p, 0), max_records=self.page,
+                          timeout_s=wait_s) for p in due))
+        for p, page in zip(due, pages, strict=True):
             self._polled[p] = now
-            page = await self.log.read(self.stream, p, offsets.get(p, 0),
-                                       max_records=self.page, timeout_s=wait_s)
-            buffer.extend(page)
+            self._buffers[p].extend(page)
             if not page and self.finite:
                 self._ended.add(p)
