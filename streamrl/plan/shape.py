@@ -174,4 +174,9 @@ def read_shape(raw: dict[str, Any]) -> ModelShape:
     if reader is None:
         raise ValueError(f"config.json: `model_type` is {model_type!r}; the planner knows "
                          f"{', '.join(sorted(READERS))}")
-    return reader(raw)
+    from streamrl.models.config import FAMILIES  # the keys a config.json may leave out
+
+    family = FAMILIES.get(model_type)
+    defaults = family.defaults if family is not None else {}
+    return reader({**defaults, **{k: v for k, v in raw.items() if v is not None or k not in
+                                  defaults or k == "q_lora_rank"}})

@@ -71,8 +71,8 @@ def test_mtp_layers_excluded_and_mla_counted() -> None:
 def test_unknown_model_type_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"'gpt2'.*deepseek_v3.*glm4_moe"):
         read_shape({"model_type": "gpt2"})
-    with pytest.raises(ValueError, match="kv_lora_rank"):
-        read_shape({k: v for k, v in config("deepseek_v3").items() if k != "kv_lora_rank"})
+    with pytest.raises(ValueError, match="n_routed_experts"):
+        read_shape({k: v for k, v in config("deepseek_v3").items() if k != "n_routed_experts"})
 
 
 TINY = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
@@ -84,6 +84,13 @@ FAMILIES = [
     {"model_type": "mistral", "tie_word_embeddings": True},
     {"model_type": "qwen3_moe", "num_experts": 4, "num_experts_per_tok": 2,
      "moe_intermediate_size": 24, "mlp_only_layers": [0]},
+    # Sparse configs: the keys left out (dense first layers, shared experts, groups, partial
+    # rotary, q rank) take the family's transformers defaults in the planner as in the model.
+    {"model_type": "glm4_moe", "n_routed_experts": 4, "num_experts_per_tok": 2,
+     "moe_intermediate_size": 24, "n_group": 1, "topk_group": 1},
+    {"model_type": "deepseek_v3", "num_hidden_layers": 4, "n_routed_experts": 16,
+     "num_experts_per_tok": 2, "moe_intermediate_size": 24, "q_lora_rank": 24,
+     "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8},
 ]
 
 
