@@ -7,6 +7,7 @@ cannot express refused by name."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import msgspec
@@ -278,3 +279,26 @@ def test_yarn_as_deepseek_v3_and_kimi_k2_use_it_is_expressible(deepseek, glm) ->
         assert megatron_unsupported(_with(config, rope_scaling=yarn)) is None
     glm_yarn = _with(glm[0], rope_scaling=yarn)
     assert "YaRN rope scaling outside MLA" in (megatron_unsupported(glm_yarn) or "")
+
+
+FRONTIER = Path(__file__).parents[2] / "recipes" / "frontier"
+
+
+@pytest.mark.parametrize(("name", "billions"), [("deepseek_v3", 671.0), ("kimi_k2", 1026.4),
+                                                ("glm45_air", 106.9)])
+def test_the_frontier_models_are_expressible(name: str, billions: float) -> None:
+    """The full models' own config.json (DeepSeek-V3's group-limited routing and YaRN, Kimi K2's
+    YaRN, GLM-4.5-Air's partial rotary) pass every check, and megatron's layout holds exactly
+    the parameters `streamrl plan` counts (DeepSeek-V3's published 671B; the multi-token
+    prediction layers aside, as transformers leaves them)."""
+    import json
+
+    from streamrl.plan.params import count_params
+    from streamrl.plan.shape import read_shape
+
+    path = FRONTIER / name / "config.json"
+    config = ModelConfig.from_file(path)
+    assert megatron_unsupported(config) is None
+    total = sum(math.prod(shape) for shape in megatron_shapes(config).values())
+    assert total == count_params(read_shape(json.loads(path.read_text()))).total
+    assert round(total / 1e9, 1) == billions
