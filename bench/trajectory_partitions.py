@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import multiprocessing as mp
+import os
 import tempfile
 import time
 
@@ -125,6 +126,7 @@ def main() -> None:
                 seconds, counts = end_to_end(url or f"file://{d}/log", stream, n,
                                              args.producers, args.rows)
             rows.append({"backend": name, "partitions": n, "seconds": seconds,
+                         "load_average": os.getloadavg()[0],  # others' work on this machine
                          "mb_per_s": total_mb / seconds,
                          "rows_per_s": args.producers * args.rows / seconds,
                          "records_per_partition": [counts.get(p, 0) for p in range(n)]})
@@ -138,11 +140,11 @@ def main() -> None:
     (RESULTS / "trajectory_partitions.json").write_text(
         json.dumps({"info": info, "record_mb": record_mb, "producers": args.producers,
                     "rows_per_producer": args.rows, "cases": rows}, indent=2) + "\n")
-    table = ["| backend | partitions | MB/s | rows/s | records per partition |",
-             "|---|---|---|---|---|"]
+    table = ["| backend | partitions | MB/s | rows/s | records per partition | load average |",
+             "|---|---|---|---|---|---|"]
     table += [f"| {r['backend']} | {r['partitions']} | {r['mb_per_s']:,.1f} | "
-              f"{r['rows_per_s']:,.0f} | {', '.join(map(str, r['records_per_partition']))} |"
-              for r in rows]
+              f"{r['rows_per_s']:,.0f} | {', '.join(map(str, r['records_per_partition']))} | "
+              f"{r['load_average']:.1f} |" for r in rows]
     replace_section("trajectory_partitions", "\n".join([
         f"{info['date']} · {info['machine']} · Python {info['python']} · "
         "`python -m bench.trajectory_partitions`", "",
