@@ -41,10 +41,11 @@ class TrajectoryReader:
         return len(self._buffers)
 
     async def next(self, offsets: dict[int, int]) -> Record | None:
-        """The next record to judge; None when nothing arrived within `wait_s` (live) or every
-        partition is read to its end (finite). `offsets` is where each partition's unjudged
-        records start (partition -> offset; absent is 0): an empty buffer is refilled from there,
-        so a buffer never skips or repeats a record the caller has not judged."""
+        """The next record to judge; None when nothing arrived within the wait (live: see
+        `__init__`) or every partition is read to its end (finite). `offsets` is where each
+        partition's unjudged records start (partition -> offset; absent is 0): an empty buffer
+        is refilled from there, so a buffer never skips or repeats a record the caller has not
+        judged."""
         if not self._buffers:
             n = await self.log.num_partitions(self.stream)
             self._buffers = [deque() for _ in range(n)]
