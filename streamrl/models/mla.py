@@ -20,7 +20,8 @@ Two ways to attend, equal in exact arithmetic (fp32 tests hold them within 1e-5)
 - Absorption (a cached step: decode, or a prefill continuing a cached prefix): with
   W_k, W_v the per-head blocks of kv_b_proj, q·k_nope = (W_kᵀ q_nope)·c, and softmax(...)·v =
   W_v (softmax(...)·c). So each query is moved into latent space once, attention runs over the
-  cached latent rows directly as one shared key/value head (value = the c part of a row), and
+  cached latent rows directly as one shared key/value head (value = the c part of a row; the
+  heads are folded into the query rows, so no per-head copy of the cache is made either), and
   the per-head output is W_v of the result. Nothing of size [S, H, ·] is built per step.
   It needs kv_b_proj's weight as a plain matrix: a kv_b_proj wrapped by LoRA, fake
   quantization or FP8 up-projects instead (`absorb` is then False).
@@ -143,16 +144,23 @@ class MLAttention(nn.Module):
         to the attended latent (module docstring)."""
         # q_nope: [B, T, H, nope]; q_rot: [B, T, H, rope]; latent: [B, S, R + rope]
         # -> [B, T, H, v]
-        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_head_dim, -1)
+        B, T, H, _ = q_nope.shape
+        assert mask is not None or T == 1, "a cached step attends under its cache's mask"
+        w = self.kv_b_proj.weight.view(H, self.nope_dim + self.v_head_dim, -1)
         w_k, w_v = w.split([self.nope_dim, self.v_head_dim], dim=1)  # [H, nope, R], [H, v, R]
-        q_latent = torch.einsum("bthn,hnr->bhtr", q_nope, w_k)  # [B, H, T, R]
-        q = torch.cat((q_latent, q_rot.transpose(1, 2)), dim=-1)  # [B, H, T, R + rope]
-        kv = latent[:, None]  # [B, 1, S, R + rope]: one key/value head shared by every head
+        q_latent = torch.einsum("bthn,hnr->bthr", q_nope, w_k)  # [B, T, H, R]
+        q = torch.cat((q_latent, q_rot), dim=-1)  # [B, T, H, R + rope]
+        # One key/value head shared by every query head: fold the heads into the query rows
+        # ([B, 1, T*H, .]) so attention reads each latent row once, with no per-head copy of
+        # the cache (SDPA's enable_gqa would repeat it H times on its math path).
+        kv = latent[:, None]  # [B, 1, S, R + rope]
+        if mask is not None:
+            mask = mask[:, :, :, None].expand(-1, -1, -1, H, -1).reshape(B, 1, T * H, -1)
         out = F.scaled_dot_product_attention(
-            q, kv, kv[..., : self.kv_lora_rank],
-            attn_mask=mask, is_causal=mask is None, scale=self.scale, enable_gqa=True,
-        )  # [B, H, T, R]
-        return torch.einsum("bhtr,hvr->bthv", out, w_v)
+            q.reshape(B, 1, T * H, -1), kv, kv[..., : self.kv_lora_rank],
+            attn_mask=mask, scale=self.scale,
+        )  # [B, 1, T*H, R]
+        return torch.einsum("bthr,hvr->bthv", out.view(B, T, H, -1), w_v)
 
 
 def _deinterleave(x: Tensor) -> Tensor:
