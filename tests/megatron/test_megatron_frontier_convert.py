@@ -19,6 +19,7 @@ from streamrl.consumers.trainer.megatron import hf_names, hf_to_megatron, megatr
 from streamrl.consumers.trainer.megatron.convert import megatron_shapes, megatron_unsupported
 from streamrl.consumers.trainer.megatron.model import gpt_model, load_hf
 from streamrl.models import ModelConfig
+from streamrl.models.checkpoint import to_hf_names
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
             num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8, n_shared_experts=1,
@@ -194,7 +195,8 @@ def test_megatron_forward_matches_transformers_on_cpu(case: str, tmp_path_factor
     """megatron's GPTModel with the converted weights computes transformers' logits (fp32):
     MLA with YaRN past its original context, group-limited sigmoid routing with a bias that
     changes choices, shared experts, GLM's partial rotary, q/k norm and q/k/v bias; and with
-    a forced routing replayed, the torch backend's logits under the same routing. On CPU
+    a forced routing replayed, the torch backend's logits and gradients (routers included)
+    under the same routing. On CPU
     megatron needs two things CUDA gives it: the causal mask (passed explicitly) and the
     dropout RNG tracker (dropout is 0; a tracker that forks nothing)."""
     import contextlib
@@ -236,13 +238,23 @@ def test_megatron_forward_matches_transformers_on_cpu(case: str, tmp_path_factor
     positions = torch.arange(S).expand(2, S)
     ours = load_checkpoint(path).eval()
     free = want
-    with torch.no_grad():
-        want = ours(tokens, positions, forced_routing=forced).logits
-        assert (want - free).abs().max() > 0.1  # the forced experts change the logits
-        with replaying(gpt, lambda: gpt(tokens, positions, mask), forced,
-                       torch.ones(2, S, dtype=torch.bool)):
-            got = gpt(tokens, positions, mask)
+    want = ours(tokens, positions, forced_routing=forced).logits
+    assert (want - free).abs().max() > 0.1  # the forced experts change the logits
+    with replaying(gpt, lambda: gpt(tokens, positions, mask), forced,
+                   torch.ones(2, S, dtype=torch.bool)):
+        got = gpt(tokens, positions, mask)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+    # and every gradient under replay, the routers' included, is the torch backend's
+    probe = torch.randn(want.shape, generator=torch.Generator().manual_seed(4))
+    (want * probe).sum().backward()
+    (got * probe).sum().backward()
+    grads = to_hf_names({n: p.grad for n, p in ours.named_parameters() if p.grad is not None},
+                        config)
+    expected = hf_to_megatron({**hf, **grads}, config)  # the router bias has no gradient
+    for name, p in gpt.named_parameters():  # fp32 sums in another order: 1e-5 of the largest
+        assert (p.grad - expected[name]).abs().max() <= 1e-5 * expected[name].abs().max(), name
+    assert expected["decoder.layers.1.mlp.router.weight"].abs().max() > 1e-3
 
 
 def _with(config: ModelConfig, **fields: object) -> ModelConfig:
