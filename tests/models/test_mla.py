@@ -204,6 +204,19 @@ def test_logits_match_transformers(tiny: Tiny) -> None:
     assert ref.std(dim=-1).min() > 0.1
 
 
+def test_packed_rows_match_transformers_per_sequence(tiny: Tiny) -> None:
+    """Training packs sequences back to back (positions restart): MLA keeps them apart."""
+    model = load_checkpoint(tiny.path)
+    (a, b), _ = batch(2, 24, seed=3)
+    tokens = torch.cat([a, b[:20]])[None]
+    positions = torch.cat([torch.arange(24), torch.arange(20)])[None]
+    with torch.no_grad():
+        packed = model(tokens, positions).logits[0]
+        ref_a, ref_b = tiny.ref(a[None]).logits[0], tiny.ref(b[None, :20]).logits[0]
+    assert (packed[:24] - ref_a).abs().max() <= ATOL
+    assert (packed[24:] - ref_b).abs().max() <= ATOL
+
+
 def test_save_load_in_transformers_is_exact(tiny: Tiny, tmp_path: Path) -> None:
     model = load_checkpoint(tiny.path)
     save_checkpoint(model, tmp_path)
