@@ -26,7 +26,7 @@ from streamrl.models.rope import (
 )
 from streamrl.producers.engine import EngineConfig, TorchEngine
 from tests.engine.engine_util import LOGPROB_ATOL, prompt, teacher_forced
-from tests.models.tiny import ATOL, Tiny, batch
+from tests.models.tiny import ATOL, Tiny, batch, build
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, yarn_apply_mscale  # noqa: E402
@@ -93,6 +93,24 @@ def test_unknown_rope_type_is_refused() -> None:
     with pytest.raises(ValueError, match=r"rope_parameters.*yarn.*factor"):
         parse_rope({"rope_parameters": {"rope_type": "yarn", "factor": "big",
                                         "original_max_position_embeddings": 64}})
+
+
+def test_yarn_in_a_gqa_family_matches_transformers(tmp_path: Path) -> None:
+    """YaRN is not MLA's alone: a Qwen3 with Qwen's long-context YaRN (cos/sin scaled by
+    0.1 ln 4 + 1) gives transformers' logits, and the fused CUDA decode, whose rotary does not
+    scale cos/sin, refuses it."""
+    tiny = build(tmp_path, moe=False, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+        "original_max_position_embeddings": 64})
+    model = load_checkpoint(tiny.path)
+    assert rope_attention_factor(model.config.rope_scaling) == pytest.approx(1.1386, abs=1e-4)
+    tokens, positions = batch(2, 40)
+    with torch.no_grad():
+        assert (model(tokens, positions).logits - tiny.ref(tokens).logits).abs().max() <= ATOL
+    pytest.importorskip("triton")
+    from streamrl.producers.engine.cuda.decoder import unsupported_reason
+
+    assert "attention factor" in unsupported_reason(model)
 
 
 def hf_config(**overrides) -> transformers.DeepseekV3Config:
