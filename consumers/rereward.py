@@ -6,8 +6,9 @@ generating anything again:
 
 The new run is a normal run: `RunStarted(parent=RunParent(RUN, 0, "rereward"))` with the parent's
 config but `rollout.reward` replaced, and a trajectories stream that holds the parent's records
-in the parent's order (each record in its partition), one record for each, with the same rows (sample and group ids, versions,
-tokens, logprobs, routing) and only `run_id`, `reward` and `reward_details` new. So GRPO groups
+in the parent's order (each record in its own partition), one record for each, with the same
+rows (sample and group ids, versions, tokens, logprobs, routing) and only `run_id`, `reward` and
+`reward_details` new. So GRPO groups
 stay whole and `streamrl replay PARENT --trajectories NEW_RUN` trains on it as recorded arrival.
 Sample and group ids still name the parent's prompt records (its prompts stream is where they
 resolve); the new run has no prompts, weights or batches of its own.
