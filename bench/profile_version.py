@@ -227,8 +227,8 @@ STARTUP = (("RunStarted", "run_started_s"), ("producer joined", "producer_joined
 def before_after(timelines: list[Timeline]) -> str:
     """Medians per checkout, the first checkout's against the last's."""
     by: dict[str, list[Timeline]] = {}
-    for t in timelines:
-        by.setdefault(t.checkout, []).append(t)
+    for t in timelines:  # by path: a checkout's commit may move between its runs
+        by.setdefault(t.checkout.split(" (")[0], []).append(t)
     (first, a), (last, b) = next(iter(by.items())), list(by.items())[-1]
 
     def med(rows: list[Timeline], key: str) -> float:
