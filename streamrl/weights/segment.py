@@ -23,6 +23,7 @@ import torch
 
 from streamrl.weights import layout
 from streamrl.weights.base import (
+    PendingVersion,
     Published,
     WeightFormatError,
     WeightTransport,
@@ -79,6 +80,26 @@ class SegmentTransport(WeightTransport):
             self._digest_pool = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"{self.name}-digest")
         return self._digest_pool.submit(digest)
+
+    def finish_publish(self, pending: PendingVersion) -> Published:
+        """As the base class does; then also remove this prefix's segments (and torn temporary
+        files) older than the newest `keep_last` versions that this instance does not hold: what
+        a killed predecessor of a restarted publisher left behind. Without this, every trainer
+        kill would leave up to `keep_last` full copies of the weights in /dev/shm for good."""
+        published = super().finish_publish(pending)
+        if self._retained and self._retained[-1] is published:
+            self._sweep_before(published.version - self.keep_last + 1)
+        return published
+
+    def _sweep_before(self, version: int) -> None:
+        held = {self._path_of(p.locator) for p in self._retained}
+        directory = self._publish_dir()
+        for name in os.listdir(directory):
+            m = _NAME.match(name)
+            if (m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix
+                    and int(m["version"]) < version and directory / name not in held):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
 
     def close(self) -> None:
         try:

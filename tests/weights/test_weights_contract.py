@@ -239,6 +239,29 @@ def test_remove_stale_clears_what_a_crashed_publisher_left(make: Make) -> None:
         restarted.load(published[1].locator)
 
 
+def test_a_restarted_publisher_sweeps_what_a_killed_one_kept(make: Make) -> None:
+    """A killed trainer's newest `keep_last` versions stay readable for the producers still
+    loading them, and go once the restarted trainer's own versions replace them: no copy of the
+    weights is left behind in /dev/shm per kill (kill campaign finding, 2026-12-08)."""
+    killed = make(keep_last=2)
+    published = [killed.publish(v, state_dict()) for v in range(4)]  # holds v2, v3; never closed
+    directory = segment_path(killed, published[0].locator).parent
+
+    def versions_on_disk() -> list[int]:
+        return sorted(int(n.split("v")[-1][:8]) for n in os.listdir(directory)
+                      if killed.prefix in n)  # type: ignore[attr-defined]
+
+    assert versions_on_disk() == [2, 3]
+    restarted = make(keep_last=2)
+    restarted.discard_after(3)
+    restarted.publish(4, state_dict(seed=4))
+    assert versions_on_disk() == [3, 4]  # v3 may still be loading somewhere
+    assert_bit_identical(restarted.load(published[3].locator), state_dict())
+    restarted.publish(5, state_dict(seed=5))
+    assert versions_on_disk() == [4, 5]
+    killed._retained.clear()  # type: ignore[attr-defined]  # it died holding them
+
+
 def test_remove_stale_spares_other_runs_segments() -> None:
     with open_transport("shm", namespace=f"a{uuid.uuid4().hex[:8]}") as a, \
             open_transport("shm", namespace=f"{a.namespace}-b") as ab:  # type: ignore[attr-defined]
