@@ -42,7 +42,22 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
                        "cls_token", "mask_token")
 
 
-class HFTokenizer:
+class _StopIds:
+    """What both tokenizers say about stopping: the checkpoint's eos ids."""
+
+    _stop_token_ids: tuple[int, ...]
+
+    @property
+    def stop_token_id(self) -> int:
+        return self._stop_token_ids[0]
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends an answer: the checkpoint's eos ids."""
+        return self._stop_token_ids
+
+
+class HFTokenizer(_StopIds):
     """An HF tokenizer behind the `Tokenizer` protocol, plus its chat template."""
 
     def __init__(self, inner: Any, stop_token_ids: tuple[int, ...], source: Path) -> None:
@@ -64,15 +79,6 @@ class HFTokenizer:
     def bos_token_id(self) -> int | None:
         bos = self.inner.bos_token_id
         return int(bos) if bos is not None else None
-
-    @property
-    def stop_token_id(self) -> int:
-        return self._stop_token_ids[0]
-
-    @property
-    def stop_token_ids(self) -> tuple[int, ...]:
-        """Every id that ends an answer: the checkpoint's eos ids."""
-        return self._stop_token_ids
 
     @property
     def has_chat_template(self) -> bool:
@@ -113,7 +119,7 @@ class HFTokenizer:
             return ""
 
 
-class FastTokenizer:
+class FastTokenizer(_StopIds):
     """A checkpoint's `tokenizer.json` read by the `tokenizers` library and its chat template
     rendered by jinja2: `HFTokenizer`'s ids and text without transformers (load_tokenizer
     picks it only where the two agree)."""
@@ -144,15 +150,6 @@ class FastTokenizer:
     @property
     def bos_token_id(self) -> int | None:
         return self._bos
-
-    @property
-    def stop_token_id(self) -> int:
-        return self._stop_token_ids[0]
-
-    @property
-    def stop_token_ids(self) -> tuple[int, ...]:
-        """Every id that ends an answer: the checkpoint's eos ids."""
-        return self._stop_token_ids
 
     @property
     def has_chat_template(self) -> bool:
