@@ -26,7 +26,7 @@ from streamrl.log import open_log
 from streamrl.models import load_checkpoint
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.lora_files import run_adapter
-from streamrl.prestart import run_id_from_launcher
+from streamrl.prestart import add_run_arguments, run_id_of
 from streamrl.producers.engine import TorchEngine
 from streamrl.producers.metrics import serve_producer_metrics
 from streamrl.producers.replica import own_dns_name
@@ -105,10 +105,7 @@ def _own_index() -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--log", required=True)
-    p.add_argument("--run", default=None)
-    p.add_argument("--await-run", action="store_true",
-                   help="started ahead of its run: read the run id from stdin "
-                        "(streamrl/prestart.py)")
+    add_run_arguments(p)
     p.add_argument("--index", default="0",
                    help="producer index, or `auto`: a docker compose replica's number minus 1")
     p.add_argument("--num-producers", type=int, default=1)
@@ -119,12 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = build_parser()
     args = p.parse_args()
-    if args.await_run:
-        args.run = run_id_from_launcher()
-        if args.run is None:  # the run was refused before it started
-            return
-    elif args.run is None:
-        p.error("--run is required")
+    args.run = run_id_of(args, p)
+    if args.run is None:  # the run was refused before it started
+        return
     index = _own_index() if args.index == "auto" else int(args.index)
     if not 0 <= index < args.num_producers:
         p.error(f"--index must be in [0, {args.num_producers}), got {index}")

@@ -11,6 +11,7 @@ opened nothing: a refused recipe leaves no trace of it (the launcher also sends 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import TextIO
 
@@ -19,3 +20,21 @@ def run_id_from_launcher(stream: TextIO | None = None) -> str | None:
     """The run id the launcher writes on stdin (one line); None at end of file."""
     line = (stream or sys.stdin).readline()
     return line.strip() or None
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """`--run ID`, or `--await-run` for a process started ahead of its run."""
+    p.add_argument("--run", default=None)
+    p.add_argument("--await-run", action="store_true",
+                   help="started ahead of its run: read the run id from stdin "
+                        "(streamrl/prestart.py)")
+
+
+def run_id_of(args: argparse.Namespace, p: argparse.ArgumentParser) -> str | None:
+    """The run id from `--run` or, with `--await-run`, from the launcher (None: the run was
+    refused; exit without touching anything). Neither given: a usage error."""
+    if args.await_run:
+        return run_id_from_launcher()
+    if args.run is None:
+        p.error("--run is required")
+    return args.run

@@ -22,7 +22,7 @@ from streamrl.consumers.trainer.metrics import trainer_metrics
 from streamrl.consumers.trainer.resume import committed_offsets, read_history, rebuild
 from streamrl.log import open_log
 from streamrl.plan.learner import TrainerMemoryError
-from streamrl.prestart import run_id_from_launcher
+from streamrl.prestart import add_run_arguments, run_id_of
 from streamrl.recipe.config import EXIT_REFUSED, ConfigError
 from streamrl.recipe.context import load_run_context, trajectory_partitions
 
@@ -58,18 +58,12 @@ async def train(log_url: str, run_id: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--log", required=True)
-    p.add_argument("--run", default=None)
-    p.add_argument("--await-run", action="store_true",
-                   help="started ahead of its run: read the run id from stdin "
-                        "(streamrl/prestart.py)")
+    add_run_arguments(p)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args()
-    if args.await_run:
-        args.run = run_id_from_launcher()
-        if args.run is None:  # the run was refused before it started
-            return
-    elif args.run is None:
-        p.error("--run is required")
+    args.run = run_id_of(args, p)
+    if args.run is None:  # the run was refused before it started
+        return
     torch.set_num_threads(args.threads)
     try:
         aio.run(train(args.log, args.run))
