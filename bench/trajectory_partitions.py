@@ -5,6 +5,8 @@ decodes each record.
 
     .venv/bin/python -m bench.trajectory_partitions            # file log + local Kafka broker
     .venv/bin/python -m bench.trajectory_partitions --quick --no-kafka
+    scripts/kafka.sh cluster 3 && .venv/bin/python -m bench.trajectory_partitions \
+        --cluster 127.0.0.1:29092                              # also the 3-broker cluster
 
 Rows are those of bench/log_throughput.py with the routing of a 48-layer top-8 MoE (6.5 MB per
 8-row group). Writes its section of BENCHMARKS.md and bench/results/trajectory_partitions.json.
@@ -109,6 +111,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kafka", default="127.0.0.1:9092", help="broker; '' to skip Kafka")
     p.add_argument("--no-kafka", dest="kafka", action="store_const", const="")
+    p.add_argument("--cluster", default="", help="a replicated cluster's broker (e.g. "
+                   "127.0.0.1:29092 from `scripts/kafka.sh cluster 3`) measured as a third backend")
     p.add_argument("--producers", type=int, default=2)
     p.add_argument("--rows", type=int, default=160, help="MoE rows per producer")
     p.add_argument("--quick", action="store_true", help="few rows: a smoke run, not a record")
@@ -118,6 +122,8 @@ def main() -> None:
     record_mb = len(encode(make_samples(GROUP, moe=True)[:GROUP])) / 1e6
     total_mb = record_mb * args.producers * args.rows / GROUP
     backends = [("file log", None)] + ([("Kafka", f"kafka://{args.kafka}")] if args.kafka else [])
+    if args.cluster:
+        backends.append(("Kafka, 3-broker cluster (RF 3, min ISR 2)", f"kafka://{args.cluster}"))
     rows = []
     for name, url in backends:
         for n in (1, 2, 4):
@@ -151,7 +157,10 @@ def main() -> None:
         f"{args.producers} producer processes × {args.rows} MoE rows (48 layers top-8 routing, "
         f"{record_mb:.1f} MB per 8-row group, keyed by group id) → one consumer process reading "
         "every partition as the trainer does (`TrajectoryReader`) and decoding each record; "
-        "clock from start until the consumer has decoded every row. Local single broker.", "",
+        "clock from start until the consumer has decoded every row. Kafka: the local single "
+        "broker" + (", and the three-node loopback cluster (`scripts/kafka.sh cluster 3`, "
+                    "acks=all to 2 of 3 replicas) on the same 2 cores" if args.cluster else "")
+        + ".", "",
         *table]))
 
 
