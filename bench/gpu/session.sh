@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call's worth of checks: the CUDA tests of the grouped MoE, paged engine, LoRA, deferred
-# digest and planner work, then the MoE speed benchmark. Each step has its own time limit and
+# digest, planner, MLA and the frontier families' megatron conversion, then one benchmark
+# (BENCH="module args", e.g. BENCH="bench.mla_decode --device cuda"). Each step has its own time limit and
 # writes its log under $OUT as it goes, so a call cut short still returns what ran.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -19,6 +20,12 @@ step tests "${TESTS_S:-170}" python3 -m pytest -q -p no:cacheprovider --timeout 
     tests/models/test_moe_grouped.py tests/engine/test_cuda_moe.py tests/engine/test_cuda_kernels.py \
     tests/engine/test_cuda_engine.py tests/models/test_fp8_linear.py tests/models/test_int4_kernel.py \
     tests/lora/test_lora_cuda.py tests/weights/test_cuda_ipc_deferred.py \
-    tests/models/test_fp8_training.py tests/plan/test_plan_memory_gpu.py
+    tests/models/test_fp8_training.py tests/plan/test_plan_memory_gpu.py \
+    tests/models/test_mla_gpu.py tests/engine/test_cuda_families.py
+# megatron in its own process (it builds models over a CPU process group as well): the frontier
+# families (MLA, sigmoid router) against the torch backend, then the CPU conversion tests that CI
+# skips (CI's Python 3.11 venv cannot install megatron-core 0.19, which needs 3.12)
+step megatron "${MEGATRON_S:-240}" python3 -m pytest -q -p no:cacheprovider --timeout 120 -v \
+    --tb=short tests/megatron/test_megatron_frontier_gpu.py tests/megatron/test_megatron_frontier_convert.py
 [ -n "${BENCH:-}" ] && step bench "${BENCH_S:-200}" python3 -m $BENCH
 tail -15 "$OUT/tests.log"
