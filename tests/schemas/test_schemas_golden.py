@@ -144,8 +144,8 @@ GOLDEN_PROMPT = bytes.fromhex(
      "run_id='r', event_id='e1', time_ms=1)"),
     (GOLDEN_BATCH_FORMED, "events", "BatchFormed(batch_id='b', positions=(LogPosition("
      "stream='trajectories', partition=0, offset=5),), sample_ids=('s',), policy_version=3, "
-     "staleness=Staleness(min=0, max=1, mean=0.5), sample_weights=(), run_id='r', "
-     "event_id='e2', time_ms=1)"),
+     "staleness=Staleness(min=0, max=1, mean=0.5), sample_weights=(), consumed_to=(), "
+     "run_id='r', event_id='e2', time_ms=1)"),  # consumed_to: added 2026-12-08 (partitions)
     (GOLDEN_WEIGHTS, "weights", "WeightVersionAnnounced(version=4, parent=3, digest='"
      + "ab" * 32 + "', num_bytes=8, locator='/w', transport='shm', batch_ids=('b',), "
      "payload=None, quantized_digest=None, quantization=None, run_id='r', event_id='e3', "
