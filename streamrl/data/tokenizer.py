@@ -43,9 +43,18 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 
 
 class _StopIds:
-    """What both tokenizers say about stopping: the checkpoint's eos ids."""
+    """What both tokenizers share: the checkpoint's eos ids, and bos/stop around encoded ids."""
 
     _stop_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+
+    def _wrap(self, ids: list[int], bos: bool, stop: bool) -> npt.NDArray[np.int32]:
+        """`ids` with the bos token prepended (`bos`, if the tokenizer has one and they do not
+        start with it) and the first stop id appended (`stop`)."""
+        if bos and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids.insert(0, self.bos_token_id)
+        ids += [self.stop_token_id] * stop
+        return np.asarray(ids, dtype=np.int32)
 
     @property
     def stop_token_id(self) -> int:
@@ -101,7 +110,7 @@ class HFTokenizer(_StopIds):
         """Ids of `text`, special tokens written in it included (a rendered chat template's);
         `bos` prepends the bos token if the tokenizer has one and the text does not start
         with it; `stop` appends the first stop id."""
-        return _wrap(list(self.inner.encode(text, add_special_tokens=False)), self, bos, stop)
+        return self._wrap(list(self.inner.encode(text, add_special_tokens=False)), bos, stop)
 
     def encode_batch(self, texts: Sequence[str]) -> list[npt.NDArray[np.int32]]:
         """`encode` of each text (no bos, no stop), in one call: the Rust tokenizer spreads a
@@ -168,7 +177,7 @@ class FastTokenizer(_StopIds):
 
     def encode(self, text: str, *, bos: bool = False, stop: bool = False) -> npt.NDArray[np.int32]:
         """As `HFTokenizer.encode`: special tokens written in `text` stay special."""
-        return _wrap(self.backend.encode(text, add_special_tokens=False).ids, self, bos, stop)
+        return self._wrap(self.backend.encode(text, add_special_tokens=False).ids, bos, stop)
 
     def encode_batch(self, texts: Sequence[str]) -> list[npt.NDArray[np.int32]]:
         """`encode` of each text (no bos, no stop), spread over the Rust tokenizer's threads."""
@@ -182,16 +191,6 @@ class FastTokenizer(_StopIds):
             return str(self.backend.decode(ids, skip_special_tokens=True))
         except Exception:  # model output must never crash a producer
             return ""
-
-
-def _wrap(ids: list[int], tok: HFTokenizer | FastTokenizer, bos: bool,
-          stop: bool) -> npt.NDArray[np.int32]:
-    """`ids` with the bos token prepended (`bos`, if the tokenizer has one and they do not start
-    with it) and the first stop id appended (`stop`)."""
-    if bos and tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id]:
-        ids.insert(0, tok.bos_token_id)
-    ids += [tok.stop_token_id] * stop
-    return np.asarray(ids, dtype=np.int32)
 
 
 def _known_ids(tokens: Any, vocab_size: int) -> list[int]:
