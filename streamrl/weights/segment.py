@@ -93,13 +93,22 @@ class SegmentTransport(WeightTransport):
 
     def _sweep_before(self, version: int) -> None:
         held = {self._path_of(p.locator) for p in self._retained}
+        for path, v in self._own_files():
+            if v < version and path not in held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def _own_files(self) -> list[tuple[Path, int]]:
+        """(path, version) of every segment and temporary file under this instance's prefix."""
         directory = self._publish_dir()
+        if not directory.exists():
+            return []
+        found = []
         for name in os.listdir(directory):
             m = _NAME.match(name)
-            if (m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix
-                    and int(m["version"]) < version and directory / name not in held):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(directory / name)
+            if m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix:
+                found.append((directory / name, int(m["version"])))
+        return found
 
     def close(self) -> None:
         try:
@@ -173,31 +182,22 @@ class SegmentTransport(WeightTransport):
             os.unlink(self._path_of(locator))
 
     def discard_after(self, version: int) -> None:
-        directory = self._publish_dir()
-        if not directory.exists():
-            return
-        for name in os.listdir(directory):
-            m = _NAME.match(name)
-            if (m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix
-                    and int(m["version"]) > version):
+        for path, v in self._own_files():
+            if v > version:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(directory / name)
+                    os.unlink(path)
 
     def remove_stale(self) -> list[Path]:
         """Remove segments and temporary files under this instance's prefix that it does not
         hold: what a crashed publisher of the same run left behind. Call it when a publisher
         starts, never while another live publisher uses the same prefix."""
         held = {self._path_of(p.locator) for p in self._retained}
-        directory = self._publish_dir()
         removed = []
-        for name in os.listdir(directory):
-            m = _NAME.match(name)
-            if m and m["prefix"] == self.prefix and (m["suffix"] or "") == self.suffix:
-                path = directory / name
-                if path not in held:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                    removed.append(path)
+        for path, _ in self._own_files():
+            if path not in held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                removed.append(path)
         return removed
 
 
