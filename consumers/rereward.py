@@ -132,7 +132,7 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
     reader = TrajectoryReader(log, source, finite=True, page=PAGE)
     await sandbox.start()
     try:
-        while records := await _page(reader, offsets):
+        while records := await reader.take(offsets, PAGE):
             appends = [await _rescored(record, ctx, scorer, result) for record in records]
             await log.transact(progress_group(new_run),
                                {StreamPartition(source, p): o for p, o in offsets.items()},
@@ -146,15 +146,6 @@ async def rereward(log: Log, parent_id: str, reward: str, *, new_run: str, runs_
         result.reward_before /= result.num_samples
         result.reward_after /= result.num_samples
     return result
-
-
-async def _page(reader: TrajectoryReader, offsets: dict[int, int]) -> list[Record]:
-    """The next PAGE records of the parent (fewer at its end), `offsets` moved past them."""
-    records: list[Record] = []
-    while len(records) < PAGE and (record := await reader.next(offsets)) is not None:
-        records.append(record)
-        offsets[record.partition] = record.offset + 1
-    return records
 
 
 class Scorer:

@@ -60,6 +60,16 @@ class TrajectoryReader:
         first = min(heads, key=lambda r: (r.timestamp_ms, r.partition, r.offset))
         return self._buffers[first.partition].popleft()
 
+    async def take(self, offsets: dict[int, int], limit: int | None = None) -> list[Record]:
+        """The next `limit` records (all that are there, for None) in `next`'s order, `offsets`
+        moved past each; fewer at the end of a finite stream or when a live one goes quiet."""
+        records: list[Record] = []
+        while (limit is None or len(records) < limit) and (
+                record := await self.next(offsets)) is not None:
+            records.append(record)
+            offsets[record.partition] = record.offset + 1
+        return records
+
     async def _refill(self, offsets: dict[int, int], *, wait_s: float) -> None:
         now = time.monotonic()
         idle = not any(self._buffers)

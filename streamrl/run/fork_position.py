@@ -29,13 +29,13 @@ the right prompt. `ForkPoint.carried` maps each fork group id to the parent's.
 
 from __future__ import annotations
 
-import heapq
 from collections import defaultdict
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamrl.consumers.trainer.reader import TrajectoryReader
 from streamrl.consumers.trainer.resume import History
 from streamrl.log import Append, Log, Record, StreamPartition
 from streamrl.recipe.context import PRODUCER_GROUP, ForkPoint, RunContext
@@ -130,14 +130,8 @@ async def plan_position(log: Log, parent: RunContext, history: History,
 
 async def _arrival_order(log: Log, stream: str) -> list[Record]:
     """Every record of `stream`, its partitions merged as the trainer's reader merges a recorded
-    stream (consumers/trainer/reader.py): by (timestamp, partition, offset), each partition in
-    log order."""
-    records = await log.read_all(stream)
-    if await log.num_partitions(stream) == 1:
-        return records
-    return list(heapq.merge(*(
-        [r for r in records if r.partition == p] for p in sorted({r.partition for r in records})),
-        key=lambda r: (r.timestamp_ms, r.partition, r.offset)))
+    stream (by (timestamp, partition, offset), each partition in log order)."""
+    return await TrajectoryReader(log, stream, finite=True).take({})
 
 
 def _sampled_by(rows: pa.RecordBatch) -> int:
