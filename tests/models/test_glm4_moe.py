@@ -15,7 +15,7 @@ from streamrl.models import ModelConfig, load_checkpoint, save_checkpoint
 from streamrl.models.checkpoint import read_safetensors
 from streamrl.models.moe import MoE
 from tests.engine.engine_util import LOGPROB_ATOL, engine, request, teacher_forced
-from tests.models.tiny import ATOL, TINY, Tiny, batch
+from tests.models.tiny import ATOL, TINY, Tiny, batch, randomize
 
 # Every DeepSeek-style switch on: groups that cut the choice (2 of 4 groups of 2 experts),
 # top-3, 2 shared experts, a routed scaling factor, a dense first layer; GLM's q/k/v bias (no o
@@ -29,25 +29,12 @@ GLM = dict(**{k: v for k, v in TINY.items() if k != "rope_parameters"}, **MOE,
                             "partial_rotary_factor": 0.5})
 
 
-def _randomize(ref: torch.nn.Module) -> None:
-    """Norm gains, biases and the routers' correction biases far from their init."""
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.5 * torch.randn_like(p))
-        for name, b in ref.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
-
-
 @pytest.fixture(scope="module")
 def glm(tmp_path_factory) -> Tiny:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(11)
     ref = transformers.Glm4MoeForCausalLM(transformers.Glm4MoeConfig(**GLM))
-    _randomize(ref)
+    randomize(ref)
     path = tmp_path_factory.mktemp("glm4_moe")
     ref.eval().save_pretrained(path)
     return Tiny(path, ref)

@@ -26,7 +26,7 @@ from streamrl.models.rope import (
 )
 from streamrl.producers.engine import EngineConfig, TorchEngine
 from tests.engine.engine_util import LOGPROB_ATOL, prompt, teacher_forced
-from tests.models.tiny import ATOL, Tiny, batch, build
+from tests.models.tiny import ATOL, Tiny, batch, build, randomize
 
 transformers = pytest.importorskip("transformers")
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, yarn_apply_mscale  # noqa: E402
@@ -200,13 +200,7 @@ def tiny(tmp_path_factory) -> Tiny:
     bias randomized so routing and attention are far from uniform."""
     torch.manual_seed(5)
     ref = transformers.DeepseekV3ForCausalLM(hf_config()).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-        for name, b in ref.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
+    randomize(ref)
     path = tmp_path_factory.mktemp("deepseek_v3")
     ref.save_pretrained(path)
     return Tiny(path, ref)

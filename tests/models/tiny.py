@@ -76,15 +76,24 @@ def build_family(path: Path, family: str, seed: int = 0, **overrides) -> Tiny:
     if fields["head_dim"] is None:
         del fields["head_dim"]
     ref = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**fields))
+    randomize(ref)
+    ref.eval()
+    ref.save_pretrained(path)
+    return Tiny(path, ref)
+
+
+def randomize(ref: torch.nn.Module) -> None:
+    """Norm gains, biases and MoE routers' correction biases (a buffer in transformers) far
+    from their init, so a missed norm, bias or routing term shows in the logits."""
     with torch.no_grad():
         for name, p in ref.named_parameters():
             if name.endswith("norm.weight"):
                 p.copy_(1 + 0.2 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.5 * torch.randn_like(p))
-    ref.eval()
-    ref.save_pretrained(path)
-    return Tiny(path, ref)
+        for name, b in ref.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn_like(b))
 
 
 def batch(B: int, T: int, vocab: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
